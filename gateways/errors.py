@@ -1,0 +1,68 @@
+"""The few failures a caller must tell apart, whatever the protocol.
+
+Every error carries the URL it concerns with credentials already removed, so that
+printing one can never leak a secret, and a short hint saying what to do.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every gateway failure; ``str()`` is one line fit for a user."""
+
+    hint = ""
+
+    def __init__(self, url: str, message: str, hint: str | None = None) -> None:
+        self.url = url
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.url}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class NotFound(GatewayError):
+    hint = "check the path, bucket or directory name"
+
+
+class PermissionDenied(GatewayError):
+    hint = "check the credentials and the permissions they grant"
+
+
+class TransientError(GatewayError):
+    """Worth retrying: the same request may succeed a moment later."""
+
+    hint = "the server or network failed; it may work on a later run"
+
+    def __init__(
+        self, url: str, message: str, hint: str | None = None, retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(url, message, hint)
+
+
+class ProtocolError(GatewayError):
+    hint = "the server answered in a way this protocol does not allow"
+
+
+class ReadOnlyError(GatewayError):
+    hint = "this kind of URL can only be read; write to a local path, s3://, sftp:// or ftp://"
+
+
+class IntegrityError(GatewayError):
+    """The bytes that arrived are not the bytes that were promised."""
+
+    hint = "the source may be corrupt or changed during the copy; nothing was written"
+
+
+class LockHeld(GatewayError):
+    hint = "another run holds this target; wait for it, or remove a lock you know is stale"
+
+
+class UsageError(GatewayError):
+    """A malformed or unsupported URL: the user's mistake, not the server's."""
+
+    hint = ""

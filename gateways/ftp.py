@@ -1,0 +1,349 @@
+"""FTP and FTPS through ftplib: passive mode, MLSD with a LIST fallback, REST resume.
+
+ftplib connections are not thread-safe and a transfer occupies its control
+connection, so each stream or call borrows a connection from a small pool.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ftplib
+import netrc
+import queue
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
+
+from .base import FileInfo, Gateway, GatewayOptions, stat_etag
+from .errors import NotFound, PermissionDenied, ProtocolError, TransientError
+from .retry import call
+from .streams import CHUNK, RawStream, ResumingReader
+from .urls import parse
+
+_NETWORK = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply)
+T = TypeVar("T")
+Entry = tuple[str, int, "float | None", bool]
+
+
+def _mdtm(value: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(value[:14], "%Y%m%d%H%M%S")) - time.timezone
+    except ValueError:
+        return None
+
+
+class _Download(RawStream):
+    def __init__(self, gateway: FTPGateway, conn: ftplib.FTP, sock: socket.socket, url: str):
+        self._gateway, self._conn, self._sock, self._url = gateway, conn, sock, url
+        self._done = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            data = self._sock.recv(size if size and size > 0 else CHUNK)
+            if not data and not self._done:
+                self._done = True
+                self._sock.close()
+                self._conn.voidresp()
+            return data
+        except _NETWORK as exc:
+            self._abandon()
+            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
+
+    def _abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self._sock.close()
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._conn = None  # type: ignore[assignment]
+
+    def close(self) -> None:
+        if self._conn is None:
+            return
+        if self._done:
+            self._gateway._release(self._conn)
+        else:
+            self._abandon()  # a half-read transfer leaves the control channel unusable
+        self._conn = None  # type: ignore[assignment]
+
+
+class FTPGateway(Gateway):
+    scheme = "ftp"
+
+    def __init__(self, url: str, options: GatewayOptions | None = None) -> None:
+        super().__init__(url, options)
+        loc = parse(url)
+        self.host, self.port = loc.host, loc.port or 21
+        self.tls = loc.scheme == "ftps" or self.options.ftps
+        self.user = loc.username or "anonymous"
+        self.password = loc.password
+        if self.password is None and loc.username:
+            with contextlib.suppress(FileNotFoundError, netrc.NetrcParseError):
+                auth = netrc.netrc().authenticators(self.host)
+                if auth and auth[0] in (None, loc.username):
+                    self.password = auth[2]
+        self.root = loc.path.rstrip("/") or ""
+        self._pool: queue.LifoQueue[ftplib.FTP] = queue.LifoQueue()
+        self._mlsd = True
+
+    # -- connections -------------------------------------------------------------
+    def _connect(self) -> ftplib.FTP:
+        where = self.display()
+        try:
+            if self.tls:
+                context = ssl.create_default_context(cafile=self.options.ca_bundle)
+                if not self.options.verify_tls:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                conn: ftplib.FTP = ftplib.FTP_TLS(context=context, timeout=self.options.timeout)
+            else:
+                conn = ftplib.FTP(timeout=self.options.timeout)
+            conn.connect(self.host, self.port)
+            conn.login(self.user, self.password or "")
+            if isinstance(conn, ftplib.FTP_TLS):
+                conn.prot_p()
+            conn.set_pasv(True)
+            conn.voidcmd("TYPE I")
+            return conn
+        except ftplib.error_perm as exc:
+            raise PermissionDenied(
+                where,
+                f"login refused: {str(exc)[:3]}",
+                "check the user name and password (URL or ~/.netrc)",
+            ) from None
+        except _NETWORK as exc:
+            raise TransientError(
+                where,
+                f"cannot connect ({type(exc).__name__})",
+                "check the host name, port and network",
+            ) from None
+
+    def _acquire(self) -> ftplib.FTP:
+        while True:
+            try:
+                conn = self._pool.get_nowait()
+            except queue.Empty:
+                return call(self._connect, self.options.retry, self.display())
+            try:
+                conn.voidcmd("NOOP")
+                return conn
+            except _NETWORK:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _release(self, conn: ftplib.FTP) -> None:
+        self._pool.put(conn)
+
+    @contextlib.contextmanager
+    def _conn(self, path: str) -> Iterator[ftplib.FTP]:
+        conn = self._acquire()
+        try:
+            yield conn
+        except ftplib.error_perm as exc:
+            self._release(conn)
+            code = str(exc)[:3]
+            if code in ("550", "450"):
+                raise NotFound(
+                    self.display(path), f"FTP {code}: no such file or access denied"
+                ) from None
+            if code in ("530", "532"):
+                raise PermissionDenied(self.display(path), f"FTP {code}: not allowed") from None
+            raise ProtocolError(self.display(path), f"FTP error {str(exc)[:60]}") from None
+        except _NETWORK as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise TransientError(
+                self.display(path), f"connection broke: {type(exc).__name__}"
+            ) from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        else:
+            self._release(conn)
+
+    def _do(self, path: str, fn: Callable[[ftplib.FTP], T]) -> T:
+        def attempt() -> T:
+            with self._conn(path) as conn:
+                return fn(conn)
+
+        return call(attempt, self.options.retry, self.display(path))
+
+    def _abs(self, path: str) -> str:
+        rel = self._rel(path)
+        return f"{self.root}/{rel}" if rel else (self.root or "/")
+
+    # -- reading -----------------------------------------------------------------
+    def info(self, path: str) -> FileInfo:
+        target = self._abs(path)
+
+        def stat(conn: ftplib.FTP) -> FileInfo:
+            size = conn.size(target)
+            if size is None:
+                raise ProtocolError(self.display(path), "the server does not report sizes")
+            mtime = _mdtm(conn.sendcmd(f"MDTM {target}")[4:].strip())
+            return FileInfo(self._rel(path), size, mtime, stat_etag(size, mtime))
+
+        try:
+            return self._do(path, stat)
+        except NotFound:
+            if self._is_dir(target):
+                return FileInfo(self._rel(path), 0, None, None, True)
+            raise
+
+    def _is_dir(self, target: str) -> bool:
+        try:
+            with self._conn(target) as conn:
+                conn.cwd(target)
+                conn.cwd("/")
+            return True
+        except NotFound:
+            return False
+
+    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
+        rel = self._rel(path)
+        entries: list[FileInfo] = []
+        for name, size, mtime, is_dir in self._listdir(path, self._abs(path)):
+            child = f"{rel}/{name}" if rel else name
+            if is_dir and recursive:
+                entries.extend(self.list(child, recursive=True))
+            else:
+                entries.append(FileInfo(child, size, mtime, stat_etag(size, mtime), is_dir))
+        return sorted(entries, key=lambda f: f.path)
+
+    def _listdir(self, path: str, target: str) -> builtins.list[Entry]:
+        def mlsd(conn: ftplib.FTP) -> builtins.list[Entry]:
+            out: builtins.list[Entry] = []
+            for name, facts in conn.mlsd(target, facts=["type", "size", "modify"]):
+                kind = facts.get("type", "file")
+                if kind in ("cdir", "pdir") or name in (".", ".."):
+                    continue
+                out.append(
+                    (name, int(facts.get("size", 0)), _mdtm(facts.get("modify", "")), kind == "dir")
+                )
+            return out
+
+        def unix_list(conn: ftplib.FTP) -> builtins.list[Entry]:
+            lines: list[str] = []
+            conn.retrlines(f"LIST {target}", lines.append)
+            out: builtins.list[Entry] = []
+            for line in lines:
+                fields = line.split(None, 8)
+                if len(fields) < 9 or fields[8] in (".", ".."):
+                    continue
+                out.append(
+                    (
+                        fields[8],
+                        int(fields[4]) if fields[4].isdigit() else 0,
+                        None,
+                        line.startswith("d"),
+                    )
+                )
+            return out
+
+        if self._mlsd:
+            try:
+                return self._do(path, mlsd)
+            except ProtocolError as exc:
+                if not any(code in exc.message for code in ("500", "502", "504")):
+                    raise
+                self._mlsd = False
+        return self._do(path, unix_list)
+
+    def _open(self, path: str, offset: int) -> BinaryIO:
+        conn = self._acquire()
+        try:
+            sock = conn.transfercmd(f"RETR {self._abs(path)}", rest=offset or None)
+        except ftplib.error_perm as exc:
+            self._release(conn)
+            raise NotFound(self.display(path), f"FTP {str(exc)[:3]}: cannot read") from None
+        except _NETWORK as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise TransientError(
+                self.display(path), f"connection broke: {type(exc).__name__}"
+            ) from None
+        return _Download(self, conn, sock, self.display(path)).as_binary()
+
+    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
+        self._rel(path)
+        return ResumingReader(
+            lambda at: self._open(path, at), self.options.retry, self.display(path), offset
+        ).as_binary()
+
+    # -- writing -----------------------------------------------------------------
+    def _makedirs(self, conn: ftplib.FTP, directory: str) -> None:
+        current = ""
+        for part in directory.strip("/").split("/"):
+            if not part:
+                continue
+            current = f"{current}/{part}"
+            with contextlib.suppress(ftplib.error_perm):
+                conn.mkd(current)
+
+    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
+        target = self._abs(path)
+        parent, _, name = target.rpartition("/")
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.part"
+        with self._conn(path) as conn:
+            self._makedirs(conn, parent)
+            try:
+                conn.storbinary(f"STOR {tmp}", stream, CHUNK)
+                self._replace(conn, tmp, target)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.delete(tmp)
+                raise
+        return self.info(path)
+
+    def _replace(self, conn: ftplib.FTP, src: str, dst: str) -> None:
+        try:
+            conn.rename(src, dst)
+        except ftplib.error_perm:
+            # servers that refuse to rename over a file: the gap is one round trip
+            with contextlib.suppress(ftplib.error_perm):
+                conn.delete(dst)
+            conn.rename(src, dst)
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(NotFound), self._conn(path) as conn:
+            conn.delete(self._abs(path))
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._conn(src) as conn:
+            target = self._abs(dst)
+            self._makedirs(conn, target.rpartition("/")[0])
+            self._replace(conn, self._abs(src), target)
+
+    # FTP has no exclusive create; MKD is exclusive, so a lock is a directory
+    # holding its owner's record.
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        target = self._abs(path)
+        with self._conn(path) as conn:
+            self._makedirs(conn, target.rpartition("/")[0])
+            try:
+                conn.mkd(target)
+            except ftplib.error_perm:
+                return False
+        self.write_bytes(f"{self._rel(path)}/owner", data)
+        return True
+
+    def read_lock(self, path: str) -> bytes:
+        return self.read_bytes(f"{self._rel(path)}/owner")
+
+    def _remove_lock(self, path: str) -> None:
+        self.delete(f"{self._rel(path)}/owner")
+        with contextlib.suppress(NotFound), self._conn(path) as conn:
+            conn.rmd(self._abs(path))
+
+    def close(self) -> None:
+        while True:
+            try:
+                conn = self._pool.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(Exception):
+                conn.quit()

@@ -1,0 +1,136 @@
+"""The local file system: the target of most mirrors, and the model for the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .base import FileInfo, Gateway, GatewayOptions, stat_etag
+from .errors import NotFound, PermissionDenied, ProtocolError
+from .streams import CHUNK
+from .urls import parse
+
+
+class LocalGateway(Gateway):
+    scheme = "file"
+
+    def __init__(self, url: str, options: GatewayOptions | None = None) -> None:
+        super().__init__(url, options)
+        self.root = Path(parse(url).path).expanduser().absolute()
+
+    def _abs(self, path: str) -> Path:
+        rel = self._rel(path)
+        return self.root / rel if rel else self.root
+
+    @contextlib.contextmanager
+    def _errors(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError:
+            raise NotFound(self.display(path), "no such file or directory") from None
+        except PermissionError:
+            raise PermissionDenied(self.display(path), "permission denied") from None
+        except NotADirectoryError:
+            raise NotFound(self.display(path), "a parent is not a directory") from None
+        except OSError as exc:
+            hint = "free some space" if exc.errno == errno.ENOSPC else None
+            raise ProtocolError(self.display(path), exc.strerror or str(exc), hint) from None
+
+    def _info(self, rel: str, st: os.stat_result, is_dir: bool) -> FileInfo:
+        return FileInfo(rel, st.st_size, st.st_mtime, stat_etag(st.st_size, st.st_mtime), is_dir)
+
+    def info(self, path: str) -> FileInfo:
+        with self._errors(path):
+            st = self._abs(path).stat()
+        return self._info(self._rel(path), st, stat.S_ISDIR(st.st_mode))
+
+    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
+        base = self._abs(path)
+        prefix = self._rel(path)
+        out: list[FileInfo] = []
+        with self._errors(path):
+            if not base.is_dir():
+                raise NotFound(self.display(path), "not a directory")
+            stack = [(base, prefix)]
+            while stack:
+                directory, rel_dir = stack.pop()
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        if recursive and is_dir:
+                            stack.append((Path(entry.path), rel))
+                            continue
+                        out.append(self._info(rel, entry.stat(), is_dir))
+        return sorted(out, key=lambda f: f.path)
+
+    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
+        with self._errors(path):
+            handle = open(self._abs(path), "rb")  # noqa: SIM115 - returned to the caller
+            if offset:
+                handle.seek(offset)
+            return handle
+
+    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
+        target = self._abs(path)
+        with self._errors(path):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(stream, out, CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(target.parent)
+        return self.info(path)
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(NotFound), self._errors(path):
+            self._abs(path).unlink()
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._errors(src):
+            target = self._abs(dst)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._abs(src), target)
+
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        target = self._abs(path)
+        with self._errors(path):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable: a power cut must not undo a published file."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,295 @@
+"""SFTP through paramiko: keys as OpenSSH finds them, host keys checked by default.
+
+The URL path is absolute on the server; ``/~/`` starts at the login's home, as
+curl reads it. One SSH transport serves every thread, each with its own channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
+
+import paramiko
+
+from .base import FileInfo, Gateway, GatewayOptions, stat_etag
+from .errors import NotFound, PermissionDenied, ProtocolError, TransientError
+from .retry import call
+from .streams import CHUNK, RawStream, ResumingReader
+from .urls import parse
+
+log = logging.getLogger("ferry.gateways")
+_NETWORK = (paramiko.SSHException, EOFError, OSError)
+T = TypeVar("T")
+
+
+class _Download(RawStream):
+    def __init__(self, handle: paramiko.SFTPFile, url: str) -> None:
+        self._handle, self._url = handle, url
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return self._handle.read(size if size and size > 0 else CHUNK)
+        except _NETWORK as exc:
+            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._handle.close()
+
+
+class SFTPGateway(Gateway):
+    scheme = "sftp"
+
+    def __init__(self, url: str, options: GatewayOptions | None = None) -> None:
+        super().__init__(url, options)
+        loc = parse(url)
+        self.host, self.port = loc.host, loc.port or 22
+        self.user = loc.username or os.environ.get("USER") or "root"
+        self.password = loc.password
+        path = loc.path or "/"
+        # "/~/x" is x below the home directory, which is where SFTP sessions start.
+        self.root = path[3:].rstrip("/") if path.startswith("/~") else (path.rstrip("/") or "/")
+        if path in ("/~", "/~/"):
+            self.root = "."
+        self._lock = threading.Lock()
+        self._client: paramiko.SSHClient | None = None
+        self._local = threading.local()
+        self._generation = 0
+
+    # -- connections -------------------------------------------------------------
+    def _connect(self) -> paramiko.SSHClient:
+        where = self.display()
+        client = paramiko.SSHClient()
+        try:
+            if self.options.known_hosts:
+                client.load_host_keys(os.path.expanduser(self.options.known_hosts))
+            else:
+                client.load_system_host_keys()
+        except OSError as exc:
+            raise ProtocolError(where, f"cannot read known_hosts: {exc.strerror}") from None
+        if self.options.insecure_skip_host_key:
+            log.warning("%s: host key NOT verified (insecure option)", where)
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                self.host,
+                self.port,
+                username=self.user,
+                password=self.password,
+                key_filename=os.path.expanduser(self.options.key_file)
+                if self.options.key_file
+                else None,
+                timeout=self.options.timeout,
+                banner_timeout=self.options.timeout,
+                auth_timeout=self.options.timeout,
+                allow_agent=True,
+                look_for_keys=True,
+            )
+        except paramiko.BadHostKeyException:
+            raise ProtocolError(
+                where,
+                "the server's host key does not match known_hosts",
+                "the server changed or someone is in between: check it",
+            ) from None
+        except paramiko.AuthenticationException:
+            raise PermissionDenied(
+                where, "authentication failed", "check the user, key file (--key-file) or password"
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise ProtocolError(
+                    where,
+                    "the server's host key is not in known_hosts",
+                    "add it with ssh-keyscan, or give --known-hosts",
+                ) from None
+            raise TransientError(where, f"SSH failed: {type(exc).__name__}") from None
+        except (OSError, EOFError) as exc:
+            raise TransientError(
+                where,
+                f"cannot connect ({type(exc).__name__})",
+                "check the host name, port and network",
+            ) from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(30)
+        return client
+
+    def _sftp(self) -> paramiko.SFTPClient:
+        """This thread's channel, reconnecting the shared transport if it died."""
+        with self._lock:
+            transport = self._client.get_transport() if self._client else None
+            if transport is None or not transport.is_active():
+                if self._client is not None:
+                    with contextlib.suppress(Exception):
+                        self._client.close()
+                self._client = call(self._connect, self.options.retry, self.display())
+                self._generation += 1
+            client, generation = self._client, self._generation
+            assert client is not None
+        channel = getattr(self._local, "sftp", None)
+        if channel is None or getattr(self._local, "generation", -1) != generation:
+            try:
+                channel = client.open_sftp()
+            except _NETWORK as exc:
+                raise TransientError(
+                    self.display(),
+                    f"cannot open SFTP ({type(exc).__name__})",
+                    "is the sftp subsystem enabled on the server?",
+                ) from None
+            self._local.sftp, self._local.generation = channel, generation
+        return channel
+
+    def _abs(self, path: str) -> str:
+        rel = self._rel(path)
+        if not rel:
+            return self.root
+        return f"{self.root.rstrip('/')}/{rel}" if self.root != "." else rel
+
+    @contextlib.contextmanager
+    def _errors(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError:
+            raise NotFound(self.display(path), "no such file") from None
+        except PermissionError:
+            raise PermissionDenied(self.display(path), "permission denied") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise NotFound(self.display(path), "no such file") from None
+            if exc.errno == errno.EACCES:
+                raise PermissionDenied(self.display(path), "permission denied") from None
+            if isinstance(exc, (ConnectionError, TimeoutError, EOFError)) or (
+                exc.errno is None and "Socket" in str(exc)
+            ):
+                self._local.sftp = None
+                raise TransientError(self.display(path), f"connection broke: {exc}") from None
+            raise ProtocolError(self.display(path), f"SFTP: {exc.strerror or exc}") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            self._local.sftp = None
+            raise TransientError(
+                self.display(path), f"connection broke: {type(exc).__name__}"
+            ) from None
+
+    def _do(self, path: str, fn: Callable[[paramiko.SFTPClient], T]) -> T:
+        def attempt() -> T:
+            with self._errors(path):
+                return fn(self._sftp())
+
+        return call(attempt, self.options.retry, self.display(path))
+
+    # -- reading -----------------------------------------------------------------
+    def _info(self, rel: str, attrs: paramiko.SFTPAttributes) -> FileInfo:
+        size = attrs.st_size or 0
+        mtime = float(attrs.st_mtime) if attrs.st_mtime is not None else None
+        is_dir = stat.S_ISDIR(attrs.st_mode or 0)
+        return FileInfo(rel, size, mtime, stat_etag(size, mtime), is_dir)
+
+    def info(self, path: str) -> FileInfo:
+        attrs = self._do(path, lambda s: s.stat(self._abs(path)))
+        return self._info(self._rel(path), attrs)
+
+    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
+        rel = self._rel(path)
+        entries = self._do(path, lambda s: s.listdir_attr(self._abs(path)))
+        out: list[FileInfo] = []
+        for attrs in entries:
+            child = f"{rel}/{attrs.filename}" if rel else attrs.filename
+            item = self._info(child, attrs)
+            if item.is_dir and recursive:
+                out.extend(self.list(child, recursive=True))
+            else:
+                out.append(item)
+        return sorted(out, key=lambda f: f.path)
+
+    def _open(self, path: str, offset: int) -> BinaryIO:
+        def opener(sftp: paramiko.SFTPClient) -> BinaryIO:
+            handle = sftp.open(self._abs(path), "rb", bufsize=CHUNK)
+            size = handle.stat().st_size or 0
+            handle.seek(offset)
+            if size > offset:
+                handle.prefetch(size - offset)  # pipelined reads: the throughput of SFTP
+            return _Download(handle, self.display(path)).as_binary()
+
+        with self._errors(path):
+            return opener(self._sftp())
+
+    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
+        self._rel(path)
+        return ResumingReader(
+            lambda at: self._open(path, at), self.options.retry, self.display(path), offset
+        ).as_binary()
+
+    # -- writing -----------------------------------------------------------------
+    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
+        if directory in ("", ".", "/"):
+            return
+        try:
+            sftp.stat(directory)
+            return
+        except FileNotFoundError:
+            pass
+        self._makedirs(sftp, directory.rpartition("/")[0])
+        with contextlib.suppress(OSError):
+            sftp.mkdir(directory)
+
+    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
+        target = self._abs(path)
+        parent, _, name = target.rpartition("/")
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.part" if parent else f".{name}.part"
+        with self._errors(path):
+            sftp = self._sftp()
+            self._makedirs(sftp, parent)
+            try:
+                with sftp.open(tmp, "wb", bufsize=CHUNK) as out:
+                    out.set_pipelined(True)
+                    while chunk := stream.read(CHUNK):
+                        out.write(chunk)
+                sftp.posix_rename(tmp, target)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sftp.remove(tmp)
+                raise
+        return self.info(path)
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._do(path, lambda s: s.remove(self._abs(path)))
+
+    def rename(self, src: str, dst: str) -> None:
+        def move(sftp: paramiko.SFTPClient) -> None:
+            target = self._abs(dst)
+            self._makedirs(sftp, target.rpartition("/")[0])
+            sftp.posix_rename(self._abs(src), target)
+
+        self._do(src, move)
+
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        target = self._abs(path)
+        with self._errors(path):
+            sftp = self._sftp()
+            self._makedirs(sftp, target.rpartition("/")[0])
+            try:
+                with sftp.open(target, "wbx") as out:  # O_CREAT|O_EXCL|O_WRONLY
+                    out.write(data)
+            except OSError:
+                try:
+                    sftp.stat(target)
+                except FileNotFoundError:
+                    raise
+                return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None

@@ -1,0 +1,163 @@
+"""Byte streams that the adapters hand out: resuming, verifying, and their base.
+
+Transient failures on long transfers are the rule on real networks; starting a
+multi-GB download over because of one reset wastes hours, so streams reopen at the
+byte already received instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from typing import BinaryIO, cast
+
+from .errors import IntegrityError, TransientError
+from .retry import RetryPolicy, call
+
+log = logging.getLogger("ferry.gateways")
+CHUNK = 1 << 20
+
+
+class RawStream(io.RawIOBase):
+    """A readable stream defined by ``read`` alone."""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        chunks = []
+        while chunk := self.read(CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def as_binary(self) -> BinaryIO:
+        return cast(BinaryIO, self)
+
+
+class ResumingReader(RawStream):
+    """A read-only stream that reopens at its current offset after a transient error.
+
+    ``opener(offset)`` returns a raw stream positioned at ``offset``; it raises
+    :class:`TransientError` for failures worth another try, and so must the stream's
+    ``read``.
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[int], BinaryIO],
+        policy: RetryPolicy,
+        what: str,
+        offset: int = 0,
+    ) -> None:
+        super().__init__()
+        self._opener = opener
+        self._policy = policy
+        self._what = what
+        self._offset = offset
+        self._failures = 0
+        self._stream: BinaryIO | None = call(lambda: opener(offset), policy, what)
+
+    def tell(self) -> int:
+        return self._offset
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        while True:
+            try:
+                if self._stream is None:
+                    offset = self._offset
+                    self._stream = self._opener(offset)
+                data = self._stream.read(size) or b""
+            except TransientError as exc:
+                self._failures += 1
+                self._drop()
+                if self._failures >= self._policy.attempts:
+                    raise
+                pause = self._policy.delay(self._failures - 1, exc.retry_after)
+                log.warning(
+                    "%s: %s at byte %d; resuming in %.1fs",
+                    self._what,
+                    exc.message,
+                    self._offset,
+                    pause,
+                )
+                time.sleep(pause)
+                continue
+            self._offset += len(data)
+            return data
+
+    def _drop(self) -> None:
+        if self._stream is not None:
+            # closing a broken stream may fail again; it is gone anyway
+            with contextlib.suppress(Exception):
+                self._stream.close()
+            self._stream = None
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class VerifyingReader(RawStream):
+    """Passes bytes through and fails at end of stream if size or sha256 differ.
+
+    Because every ``write_atomic`` reads to the end before it publishes, a mismatch
+    aborts the write and the destination keeps its old content.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        url: str,
+        size: int | None = None,
+        sha256: str | None = None,
+        md5: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._stream = stream
+        self._url = url
+        self._size = size
+        self._expect_sha256 = sha256.lower() if sha256 else None
+        self._expect_md5 = md5.lower() if md5 else None
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5()
+        self.count = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        data = self._stream.read(size)
+        if data:
+            self.count += len(data)
+            self.sha256.update(data)
+            self.md5.update(data)
+            if self._size is not None and self.count > self._size:
+                raise IntegrityError(self._url, f"more than the expected {self._size} bytes")
+            return data
+        self._check()
+        return b""
+
+    def _check(self) -> None:
+        if self._size is not None and self.count != self._size:
+            raise IntegrityError(self._url, f"got {self.count} bytes, expected {self._size}")
+        if self._expect_sha256 and self.sha256.hexdigest() != self._expect_sha256:
+            raise IntegrityError(self._url, "sha256 does not match")
+        if self._expect_md5 and self.md5.hexdigest() != self._expect_md5:
+            raise IntegrityError(self._url, "md5 does not match")
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()

@@ -1,0 +1,115 @@
+"""Parse gateway URLs and remove secrets from anything that will be shown."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from .errors import UsageError
+
+SCHEMES = ("file", "http", "https", "s3", "ftp", "ftps", "sftp")
+
+# Query parameters that authorise a request (pre-signed S3 URLs, tokens).
+_SECRET_QUERY = re.compile(
+    r"(?i)^(x-amz-[a-z-]*|signature|sig|token|access_token|auth|key|password|awsaccesskeyid)$"
+)
+# anaconda.org style path tokens: /t/<token>/channel
+_PATH_TOKEN = re.compile(r"/t/[^/]+/")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A URL split into the parts adapters need; ``path`` is always unquoted."""
+
+    scheme: str
+    host: str
+    port: int | None
+    username: str | None
+    password: str | None
+    path: str
+    query: str = ""
+
+    @property
+    def netloc_without_secret(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.host}{port}"
+
+
+def parse(url: str) -> Location:
+    """Split ``url``; a bare path is a ``file`` location."""
+    if not url:
+        raise UsageError("''", "empty URL")
+    if "://" not in url:
+        return Location("file", "", None, None, None, url)
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise UsageError(
+            redact(url),
+            f"unknown scheme '{scheme}://'",
+            "use a local path, file://, http(s)://, s3://, ftp://, ftps:// or sftp://",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(redact(url), "the port is not a number") from None
+    if scheme == "file":
+        return Location("file", "", None, None, None, unquote(parts.path))
+    if not parts.hostname:
+        what = "bucket" if scheme == "s3" else "host"
+        raise UsageError(redact(url), f"no {what} in the URL", f"write {scheme}://{what}/path")
+    return Location(
+        scheme=scheme,
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        path=unquote(parts.path),
+        query=parts.query,
+    )
+
+
+def redact(url: str) -> str:
+    """``url`` with passwords, path tokens and signing query parameters masked."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    path = _PATH_TOKEN.sub("/t/***/", parts.path)
+    query = "&".join(
+        f"{k}=***" if _SECRET_QUERY.match(k) else (f"{k}={v}" if sep else k)
+        for k, sep, v in (p.partition("=") for p in parts.query.split("&") if p)
+    )
+    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+
+
+def clean_relative(path: str, url: str = "") -> str:
+    """Normalise a path below a gateway root, refusing escapes such as ``../x``.
+
+    Everything a gateway writes is named relative to its root; a name that climbs out
+    of it (from hostile repodata, a manifest, a user) must never reach the protocol.
+    """
+    if "\\" in path or "\x00" in path:
+        raise UsageError(url or path, f"unsafe path {path!r}")
+    parts = [p for p in PurePosixPath(path.lstrip("/")).parts if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UsageError(url or path, f"path {path!r} leaves the target", "use a path below it")
+    return "/".join(parts)
+
+
+def join(base: str, path: str) -> str:
+    """Join a root URL and a relative path, quoting the path for the URL."""
+    rel = clean_relative(path, redact(base))
+    if not rel:
+        return base
+    return f"{base.rstrip('/')}/{quote(rel)}"

@@ -1,0 +1,1 @@
+"""What a channel serves, computed from packages or records."""

@@ -1,0 +1,1 @@
+"""Sync jobs and the ``ferry`` command line: everything that knows about users."""

@@ -1,0 +1,228 @@
+"""The ``ferry`` command line.
+
+Exit status: 0 ok, 1 failed, 2 usage or configuration error, 3 partial (some
+packages failed, the rest was published), 75 the target is locked by another run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any, TypeVar
+
+import click
+
+from gateways import (
+    Gateway,
+    GatewayError,
+    GatewayOptions,
+    LockHeld,
+    NotFound,
+    UsageError,
+    VerifyingReader,
+    open_gateway,
+    redact,
+    split_url,
+)
+
+from . import errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("ferry")
+
+
+class FerryGroup(click.Group):
+    """Turns every expected failure into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LockHeld as exc:
+            _fail(str(exc), errors.LOCKED)
+        except UsageError as exc:
+            _fail(str(exc), errors.USAGE)
+        except GatewayError as exc:
+            _fail(str(exc), errors.FAILED)
+        except errors.FerryError as exc:
+            _fail(str(exc), exc.code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"ferry: error: {message}", err=True)
+    sys.exit(code)
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("botocore", "boto3", "urllib3", "paramiko", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(cls=FerryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("conda-ferry"), prog_name="ferry")
+@click.option("-v", "--verbose", count=True, help="More detail (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """Mirror conda channels across air gaps and publish custom channels.
+
+    \b
+    URLs: a local path or file://, http(s)://host/path (read-only),
+    s3://bucket/prefix, ftp(s)://user@host:port/path, sftp://user@host:port/path
+    (/~/ for the home directory). See docs/gateways.md for credentials.
+
+    \b
+    Exit status: 0 ok, 1 failed, 2 usage or configuration error,
+    3 partial (some packages failed), 75 target locked by another run.
+    """
+    setup_logging(-1 if quiet else verbose)
+
+
+def gateway_options(fn: F) -> F:
+    """The connection options every command that opens a URL accepts."""
+    decorators = [
+        click.option(
+            "--timeout",
+            type=float,
+            default=30.0,
+            show_default=True,
+            help="Seconds before a silent connection counts as failed.",
+        ),
+        click.option(
+            "--ca-bundle",
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA certificates for TLS (http, s3, ftps).",
+        ),
+        click.option("--no-verify-tls", is_flag=True, help="Do not verify TLS certificates."),
+        click.option("--endpoint-url", help="S3 endpoint (else AWS_ENDPOINT_URL)."),
+        click.option("--region", help="S3 region."),
+        click.option("--profile", help="AWS profile for s3:// URLs."),
+        click.option(
+            "--key-file",
+            type=click.Path(exists=True, dir_okay=False),
+            help="SSH private key for sftp:// URLs.",
+        ),
+        click.option(
+            "--known-hosts",
+            type=click.Path(exists=True, dir_okay=False),
+            help="known_hosts file for sftp:// (default ~/.ssh/known_hosts).",
+        ),
+        click.option(
+            "--insecure-host-key", is_flag=True, help="Accept any SSH host key (insecure)."
+        ),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["options"] = GatewayOptions(
+            timeout=kwargs.pop("timeout"),
+            ca_bundle=kwargs.pop("ca_bundle"),
+            verify_tls=not kwargs.pop("no_verify_tls"),
+            endpoint_url=kwargs.pop("endpoint_url"),
+            region=kwargs.pop("region"),
+            profile=kwargs.pop("profile"),
+            key_file=kwargs.pop("key_file"),
+            known_hosts=kwargs.pop("known_hosts"),
+            insecure_skip_host_key=kwargs.pop("insecure_host_key"),
+        )
+        return fn(*args, **kwargs)
+
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def _human(size: int) -> str:
+    if size < 0:
+        return "-"
+    value = float(size)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(size)
+
+
+@main.command("ls")
+@click.argument("url")
+@click.option("-r", "--recursive", is_flag=True, help="List every file below URL.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@gateway_options
+def ls_command(url: str, recursive: bool, as_json: bool, options: GatewayOptions) -> None:
+    """List a directory with sizes and times: a quick check of credentials and reach."""
+    with open_gateway(url, options) as gateway:
+        try:
+            entries = gateway.list("", recursive=recursive)
+        except NotFound:
+            parent_url, name = split_url(url)
+            if not name:
+                raise
+            with open_gateway(parent_url, options) as parent:
+                entries = [parent.info(name)]
+    for entry in entries:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "path": entry.path,
+                        "size": entry.size,
+                        "mtime": entry.mtime,
+                        "dir": entry.is_dir,
+                    }
+                )
+            )
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.mtime)) if entry.mtime else "-"
+        name = f"{entry.path}/" if entry.is_dir else entry.path
+        click.echo(f"{_human(entry.size):>8}  {when:16}  {name}")
+
+
+def _open_file(url: str, options: GatewayOptions) -> tuple[Gateway, str]:
+    directory, name = split_url(url)
+    if not name:
+        raise UsageError(redact(url), "names no file", "give the URL of a file")
+    return open_gateway(directory, options), name
+
+
+@main.command("cp")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--sha256", help="Refuse the copy unless the bytes have this digest.")
+@gateway_options
+def cp_command(src: str, dst: str, sha256: str | None, options: GatewayOptions) -> None:
+    """Copy one file between any two URLs: streamed, verified, atomic.
+
+    DST ending in / is a directory: the file keeps its name.
+    """
+    source, name = _open_file(src, options)
+    if dst.endswith("/"):
+        target, target_name = open_gateway(dst, options), name
+    else:
+        target, target_name = _open_file(dst, options)
+    started = time.monotonic()
+    with source, target:
+        size = source.info(name).size
+        stream = VerifyingReader(
+            source.open_read(name), source.display(name), size if size >= 0 else None, sha256
+        )
+        with stream:
+            target.write_atomic(target_name, stream.as_binary(), size if size >= 0 else None)
+        log.info(
+            "copied %s to %s: %d bytes in %.1fs, sha256 %s",
+            source.display(name),
+            target.display(target_name),
+            stream.count,
+            time.monotonic() - started,
+            stream.sha256.hexdigest(),
+        )

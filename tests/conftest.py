@@ -1,0 +1,145 @@
+"""Session-wide real servers, and a fresh empty area on each for every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from gateways import Gateway, GatewayOptions, RetryPolicy, open_gateway
+from tests import servers
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.5)
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    server = servers.start_nginx(tmp_path_factory.mktemp("nginx"))
+    yield server
+    servers.stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    for key, value in S3_ENV.items():
+        os.environ.setdefault(key, value)
+    server = servers.start_moto(tmp_path_factory.mktemp("moto"))
+    boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket="ferry")
+    yield server
+    servers.stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def ftpd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    server = servers.start_ftp(tmp_path_factory.mktemp("ftp"))
+    yield server
+    servers.stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    server = servers.start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    servers.stop(server.proc)
+
+
+@dataclass
+class Area:
+    """A fresh directory on one server: the gateway under test and a back door.
+
+    ``seed`` and ``peek`` reach the storage without the gateway (the disk behind
+    nginx, FTP and SFTP; boto3 for S3), so a test checks the adapter, not itself.
+    """
+
+    kind: str
+    url: str
+    options: GatewayOptions
+    seed: Callable[[str, bytes], None]
+    peek: Callable[[str], bytes | None]
+
+    def gateway(self) -> Gateway:
+        return open_gateway(self.url, self.options)
+
+
+def disk_area(kind: str, root: Path, url: str, options: GatewayOptions) -> Area:
+    root.mkdir(parents=True, exist_ok=True)
+
+    def seed(path: str, data: bytes) -> None:
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def peek(path: str) -> bytes | None:
+        target = root / path
+        return target.read_bytes() if target.is_file() else None
+
+    return Area(kind, url, options, seed, peek)
+
+
+def make_area(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Area:
+    name = uuid.uuid4().hex[:10]
+    base = GatewayOptions(retry=FAST_RETRY, timeout=10)
+    if kind == "localfs":
+        return disk_area(kind, tmp_path / "root", str(tmp_path / "root"), base)
+    if kind == "http":
+        server = request.getfixturevalue("nginx")
+        return disk_area(kind, server.root / name, f"{server.url}/{name}", base)
+    if kind == "ftp":
+        server = request.getfixturevalue("ftpd")
+        return disk_area(kind, server.root / name, f"{server.url}/{name}", base)
+    if kind == "sftp":
+        server = request.getfixturevalue("sshd")
+        options = GatewayOptions(
+            retry=FAST_RETRY,
+            timeout=10,
+            key_file=server.extra["key_file"],
+            known_hosts=server.extra["known_hosts"],
+        )
+        return disk_area(kind, server.root / name, f"{server.url}/{name}", options)
+    assert kind == "s3"
+    server = request.getfixturevalue("moto")
+    client = boto3.client("s3", endpoint_url=server.url)
+    options = GatewayOptions(retry=FAST_RETRY, timeout=10, endpoint_url=server.url)
+
+    def seed(path: str, data: bytes) -> None:
+        client.put_object(Bucket="ferry", Key=f"{name}/{path}", Body=data)
+
+    def peek(path: str) -> bytes | None:
+        try:
+            return bytes(client.get_object(Bucket="ferry", Key=f"{name}/{path}")["Body"].read())
+        except client.exceptions.NoSuchKey:
+            return None
+
+    return Area(kind, f"s3://ferry/{name}", options, seed, peek)
+
+
+ALL = ["localfs", "http", "s3", "ftp", "sftp"]
+WRITABLE = ["localfs", "s3", "ftp", "sftp"]
+
+
+@pytest.fixture(params=ALL)
+def area(request: pytest.FixtureRequest, tmp_path: Path) -> Area:
+    return make_area(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=WRITABLE)
+def writable(request: pytest.FixtureRequest, tmp_path: Path) -> Area:
+    return make_area(request.param, request, tmp_path)

@@ -1,0 +1,207 @@
+"""Real servers on 127.0.0.1 for the tests: nginx, moto_server, pyftpdlib, sshd.
+
+Each starts in a temporary directory on a free port and is stopped afterwards;
+a test that needs one asks for its fixture in conftest.py.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {out[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None
+    )
+    if path is None:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{binary} is not installed; .ci/run must install it")
+        pytest.skip(f"{binary} is not installed (apt-get install it, or run .ci/run)")
+    return path
+
+
+@dataclass
+class Server:
+    url: str
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    extra: dict[str, str]
+
+
+NGINX_CONF = """
+{user}
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {dir}/access.log combined;
+    client_body_temp_path {dir}/tmp_body;
+    proxy_temp_path {dir}/tmp_proxy;
+    fastcgi_temp_path {dir}/tmp_fastcgi;
+    uwsgi_temp_path {dir}/tmp_uwsgi;
+    scgi_temp_path {dir}/tmp_scgi;
+    sendfile on;
+    types {{
+        application/json json;
+        text/html html;
+        application/octet-stream conda bz2 zst jlap msgpack;
+    }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        autoindex on;
+        gzip on;
+        gzip_types application/json;
+        gzip_min_length 32;
+    }}
+}}
+"""
+
+
+def start_nginx(base: Path) -> Server:
+    binary = require("nginx")
+    root = base / "www"
+    root.mkdir(parents=True)
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = base / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(user=user, dir=base, port=port, root=root))
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf), "-p", str(base), "-e", str(base / "error.log")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, proc, "nginx")
+    return Server(f"http://127.0.0.1:{port}", root, port, proc, {"log": str(base / "access.log")})
+
+
+def start_moto(base: Path) -> Server:
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=base,
+    )
+    wait_for_port(port, proc, "moto_server")
+    return Server(f"http://127.0.0.1:{port}", base, port, proc, {})
+
+
+def start_ftp(base: Path) -> Server:
+    root = base / "ftproot"
+    root.mkdir(parents=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyftpdlib",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "-d",
+            str(root),
+            "-u",
+            "ferry",
+            "-P",
+            "s3cret-ftp",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, proc, "pyftpdlib")
+    return Server(f"ftp://ferry:s3cret-ftp@127.0.0.1:{port}", root, port, proc, {})
+
+
+SSHD_CONF = """
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/host_key
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {dir}/authorized_keys
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin yes
+Subsystem sftp internal-sftp
+LogLevel ERROR
+"""
+
+
+def start_sshd(base: Path) -> Server:
+    binary = require("sshd")
+    keygen = require("ssh-keygen")
+    port = free_port()
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True
+        )
+    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
+    host_pub = (base / "host_key.pub").read_text().split()
+    (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    conf = base / "sshd_config"
+    conf.write_text(SSHD_CONF.format(port=port, dir=base))
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "-D", "-e", "-f", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    wait_for_port(port, proc, "sshd")
+    root = base / "sftproot"
+    root.mkdir()
+    user = getpass.getuser()
+    return Server(
+        f"sftp://{user}@127.0.0.1:{port}{root}",
+        root,
+        port,
+        proc,
+        {"key_file": str(base / "client_key"), "known_hosts": str(base / "known_hosts")},
+    )

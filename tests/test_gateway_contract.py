@@ -1,0 +1,260 @@
+"""One behaviour contract, proved by every adapter against its real server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateways import (
+    GatewayOptions,
+    IntegrityError,
+    LockHeld,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    ReadOnlyError,
+    UsageError,
+    VerifyingReader,
+    open_gateway,
+)
+from tests.conftest import FAST_RETRY, Area
+from tests.servers import Server
+
+BLOB = os.urandom(3 * 1024 * 1024 + 17)
+
+
+def test_list_one_level_and_recursive(area: Area) -> None:
+    area.seed("a/b.txt", b"bb")
+    area.seed("a/c/d.txt", b"ddd")
+    area.seed("e.txt", b"e")
+    with area.gateway() as gw:
+        top = {(f.path, f.is_dir) for f in gw.list("")}
+        assert top == {("a", True), ("e.txt", False)}
+        files = gw.list("", recursive=True)
+        assert [f.path for f in files] == ["a/b.txt", "a/c/d.txt", "e.txt"]
+        if area.kind != "http":  # autoindex pages carry no reliable sizes
+            assert [f.size for f in files] == [2, 3, 1]
+        assert [f.path for f in gw.list("a")] == ["a/b.txt", "a/c"]
+
+
+def test_info_exists_and_not_found(area: Area) -> None:
+    area.seed("x/file.bin", BLOB)
+    with area.gateway() as gw:
+        info = gw.info("x/file.bin")
+        assert (info.path, info.size) == ("x/file.bin", len(BLOB))
+        assert info.mtime and abs(info.mtime - time.time()) < 3600
+        assert gw.exists("x/file.bin")
+        assert not gw.exists("x/missing.bin")
+        with pytest.raises(NotFound) as caught:
+            gw.info("x/missing.bin")
+        assert "missing.bin" in str(caught.value)
+
+
+def test_streamed_read_from_offset(area: Area) -> None:
+    area.seed("blob", BLOB)
+    with area.gateway() as gw:
+        with gw.open_read("blob") as stream:
+            assert hashlib.sha256(stream.read()).digest() == hashlib.sha256(BLOB).digest()
+        with gw.open_read("blob", offset=1_000_001) as stream:
+            first = stream.read(10)
+            rest = b"".join(iter(lambda: stream.read(65536), b""))
+        assert first + rest == BLOB[1_000_001:]
+
+
+def test_conditional_fetch(area: Area) -> None:
+    area.seed("repodata.json", b'{"packages": {}}')
+    with area.gateway() as gw:
+        fetched = gw.fetch_if_changed("repodata.json")
+        assert fetched is not None
+        with fetched:
+            assert fetched.stream.read() == b'{"packages": {}}'
+        etag, modified = fetched.info.etag, fetched.last_modified
+        assert etag
+        assert gw.fetch_if_changed("repodata.json", etag, modified) is None
+        time.sleep(1.1)  # second-resolution mtimes and Last-Modified
+        area.seed("repodata.json", b'{"packages": {"a": 1}}')
+        again = gw.fetch_if_changed("repodata.json", etag, modified)
+        assert again is not None
+        with again:
+            assert again.stream.read() == b'{"packages": {"a": 1}}'
+
+
+def test_http_gzip_json_is_decoded_and_compressed_files_stay(nginx: Server) -> None:
+    root = nginx.root / "gz"
+    root.mkdir()
+    document = json.dumps({"packages": {f"p{i}": i for i in range(500)}}).encode()
+    frame = b"\x28\xb5\x2f\xfd" + document[:100]
+    (root / "repodata.json").write_bytes(document)
+    (root / "repodata.json.zst").write_bytes(frame)
+    with open_gateway(f"{nginx.url}/gz") as gw:
+        assert gw.read_bytes("repodata.json") == document
+        assert gw.read_bytes("repodata.json.zst") == frame
+    sent = {}
+    for line in Path(nginx.extra["log"]).read_text().splitlines():
+        fields = line.split('"')
+        request, status_size = fields[1], fields[2].split()
+        sent[request.split()[1]] = int(status_size[1])
+    assert sent["/gz/repodata.json"] < len(document) / 2  # it travelled gzip-encoded
+    assert sent["/gz/repodata.json.zst"] == len(frame)
+
+
+def test_write_atomic_replaces_and_cleans_up(writable: Area) -> None:
+    with writable.gateway() as gw:
+        gw.write_bytes("sub/dir/file.bin", b"old")
+        assert writable.peek("sub/dir/file.bin") == b"old"
+        info = gw.write_atomic("sub/dir/file.bin", io.BytesIO(BLOB), len(BLOB))
+        assert info.size == len(BLOB)
+        assert writable.peek("sub/dir/file.bin") == BLOB
+        assert [f.path for f in gw.list("sub/dir")] == ["sub/dir/file.bin"]
+
+
+class SlowStream(io.RawIOBase):
+    def __init__(self, data: bytes, pieces: int = 12, pause: float = 0.04) -> None:
+        self.data, self.size, self.pause = data, max(1, len(data) // pieces), pause
+        self.at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        time.sleep(self.pause)
+        chunk = self.data[self.at : self.at + min(self.size, n if n > 0 else self.size)]
+        self.at += len(chunk)
+        return chunk
+
+
+def test_reader_during_write_sees_old_or_new(writable: Area) -> None:
+    old, new = b"o" * 200_000, b"n" * (20 * 1024 * 1024)
+    with writable.gateway() as gw:
+        gw.write_bytes("f.bin", old)
+        seen: set[int] = set()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                data = writable.peek("f.bin")
+                assert data in (old, new), f"partial file of {len(data or b'')} bytes seen"
+                seen.add(len(data or b""))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            gw.write_atomic("f.bin", SlowStream(new), len(new))  # type: ignore[arg-type]
+        finally:
+            done.set()
+            watcher.join()
+        assert writable.peek("f.bin") == new
+        assert len(old) in seen
+
+
+def test_failed_write_keeps_old_file(writable: Area) -> None:
+    with writable.gateway() as gw:
+        gw.write_bytes("pkg.conda", b"old")
+        bad = VerifyingReader(io.BytesIO(BLOB), "src", len(BLOB), sha256="00" * 32)
+        with pytest.raises(IntegrityError):
+            gw.write_atomic("pkg.conda", bad.as_binary(), len(BLOB))
+        assert writable.peek("pkg.conda") == b"old"
+        assert [f.path for f in gw.list("")] == ["pkg.conda"]
+
+
+def test_delete_and_rename(writable: Area) -> None:
+    with writable.gateway() as gw:
+        gw.write_bytes("a.txt", b"A")
+        gw.write_bytes("b.txt", b"B")
+        gw.rename("a.txt", "b.txt")
+        assert writable.peek("b.txt") == b"A"
+        assert writable.peek("a.txt") is None
+        gw.rename("b.txt", "moved/c.txt")
+        assert writable.peek("moved/c.txt") == b"A"
+        gw.delete("moved/c.txt")
+        assert not gw.exists("moved/c.txt")
+        gw.delete("moved/c.txt")  # deleting what is gone is fine
+
+
+def test_lock_excludes_a_second_holder(writable: Area) -> None:
+    with writable.gateway() as first, writable.gateway() as second:
+        with first.lock("linux-64/.ferry.lock") as held:
+            assert held.pid == os.getpid()
+            with pytest.raises(LockHeld) as caught, second.lock("linux-64/.ferry.lock"):
+                pass
+            assert "held by pid" in str(caught.value)
+        with second.lock("linux-64/.ferry.lock"):
+            pass
+
+
+def test_stale_lock_is_taken_over(writable: Area, caplog: pytest.LogCaptureFixture) -> None:
+    dead = {
+        "host": socket.gethostname(),
+        "pid": 2**22 + 12345,
+        "started": time.time(),
+        "expires": time.time() + 3600,
+    }
+    expired = {"host": "elsewhere", "pid": 1, "started": 0, "expires": 1}
+    with writable.gateway() as gw:
+        for record in (dead, expired):
+            if writable.kind == "ftp":
+                gw._create_exclusive(".lock", json.dumps(record).encode())
+            else:
+                writable.seed(".lock", json.dumps(record).encode())
+            with gw.lock(".lock"):
+                pass
+        assert "stale lock" in caplog.text
+
+
+def test_http_is_read_only(nginx: Server) -> None:
+    with open_gateway(nginx.url) as gw:
+        with pytest.raises(ReadOnlyError):
+            gw.write_bytes("x", b"x")
+        with pytest.raises(ReadOnlyError):
+            gw.delete("x")
+
+
+def test_paths_cannot_escape_the_root(area: Area) -> None:
+    with area.gateway() as gw:
+        for bad in ("../x.conda", "a/../../x", "..\\x"):
+            with pytest.raises(UsageError):
+                gw.info(bad)
+
+
+def test_bad_credentials_are_named_without_secrets(
+    ftpd: Server, sshd: Server, moto: Server, tmp_path: Path
+) -> None:
+    url = ftpd.url.replace("s3cret-ftp", "wrong-password")
+    with pytest.raises(PermissionDenied) as caught:
+        open_gateway(url, GatewayOptions(retry=FAST_RETRY)).list("")
+    assert "wrong-password" not in str(caught.value) and "127.0.0.1" in str(caught.value)
+
+    other_key = tmp_path / "other"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
+    )
+    options = GatewayOptions(
+        retry=FAST_RETRY, key_file=str(other_key), known_hosts=sshd.extra["known_hosts"]
+    )
+    with pytest.raises(PermissionDenied):
+        open_gateway(sshd.url, options).list("")
+
+    missing = GatewayOptions(retry=FAST_RETRY, endpoint_url=moto.url)
+    with pytest.raises(NotFound) as gone:
+        open_gateway("s3://no-such-bucket/x", missing).list("")
+    assert "no-such-bucket" in str(gone.value)
+
+
+def test_unknown_host_key_is_refused(sshd: Server, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    options = GatewayOptions(
+        retry=FAST_RETRY, key_file=sshd.extra["key_file"], known_hosts=str(empty)
+    )
+    with pytest.raises(ProtocolError) as caught:
+        open_gateway(sshd.url, options).list("")
+    assert "known_hosts" in str(caught.value)
