@@ -139,7 +139,12 @@ class HTTPGateway(Gateway):
             ) from None
 
     def _request(
-        self, method: str, path: str, headers: dict[str, str], stream: bool = False
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        stream: bool = False,
+        retry: bool = True,
     ) -> requests.Response:
         def attempt() -> requests.Response:
             with self._errors(path):
@@ -154,7 +159,7 @@ class HTTPGateway(Gateway):
             self._check(response, path)
             return response
 
-        return call(attempt, self.options.retry, self.display(path))
+        return call(attempt, self.options.retry, self.display(path)) if retry else attempt()
 
     def _check(self, response: requests.Response, path: str) -> None:
         status = response.status_code
@@ -222,7 +227,7 @@ class HTTPGateway(Gateway):
             headers["Range"] = f"bytes={offset}-"
             if if_range:
                 headers["If-Range"] = if_range
-        response = self._request("GET", path, headers, stream=True)
+        response = self._request("GET", path, headers, stream=True, retry=False)
         skip = 0
         if offset and response.status_code == 200:
             if if_range and response.headers.get("ETag") not in (None, if_range):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import BinaryIO, cast
 
 from .errors import IntegrityError, TransientError
-from .retry import RetryPolicy, call
+from .retry import RetryPolicy
 
 log = logging.getLogger("ferry.gateways")
 CHUNK = 1 << 20
@@ -49,9 +49,9 @@ class RawStream(io.RawIOBase):
 class ResumingReader(RawStream):
     """A read-only stream that reopens at its current offset after a transient error.
 
-    ``opener(offset)`` returns a raw stream positioned at ``offset``; it raises
-    :class:`TransientError` for failures worth another try, and so must the stream's
-    ``read``.
+    ``opener(offset)`` returns a raw stream positioned at ``offset`` without retrying
+    on its own: this class is the one retry layer, so attempts stay bounded. It raises
+    :class:`TransientError` for failures worth another try, and so must the stream.
     """
 
     def __init__(
@@ -67,7 +67,8 @@ class ResumingReader(RawStream):
         self._what = what
         self._offset = offset
         self._failures = 0
-        self._stream: BinaryIO | None = call(lambda: opener(offset), policy, what)
+        self._stream: BinaryIO | None = None
+        self._retrying(lambda: b"")  # open now: a missing file fails here, not later
 
     def tell(self) -> int:
         return self._offset
@@ -75,12 +76,18 @@ class ResumingReader(RawStream):
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             return self.readall()
+        data = self._retrying(lambda: self._stream.read(size) or b"")  # type: ignore[union-attr]
+        if data:
+            self._offset += len(data)
+            self._failures = 0  # progress: the budget is per stall, not per file
+        return data
+
+    def _retrying(self, step: Callable[[], bytes]) -> bytes:
         while True:
             try:
                 if self._stream is None:
-                    offset = self._offset
-                    self._stream = self._opener(offset)
-                data = self._stream.read(size) or b""
+                    self._stream = self._opener(self._offset)
+                return step()
             except TransientError as exc:
                 self._failures += 1
                 self._drop()
@@ -95,9 +102,6 @@ class ResumingReader(RawStream):
                     pause,
                 )
                 time.sleep(pause)
-                continue
-            self._offset += len(data)
-            return data
 
     def _drop(self) -> None:
         if self._stream is not None:

@@ -103,6 +103,7 @@ http {{
 
 def start_nginx(base: Path) -> Server:
     binary = require("nginx")
+    base.mkdir(parents=True, exist_ok=True)
     root = base / "www"
     root.mkdir(parents=True)
     port = free_port()
@@ -119,6 +120,7 @@ def start_nginx(base: Path) -> Server:
 
 
 def start_moto(base: Path) -> Server:
+    base.mkdir(parents=True, exist_ok=True)
     binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     port = free_port()
     proc = subprocess.Popen(
@@ -132,6 +134,7 @@ def start_moto(base: Path) -> Server:
 
 
 def start_ftp(base: Path) -> Server:
+    base.mkdir(parents=True, exist_ok=True)
     root = base / "ftproot"
     root.mkdir(parents=True)
     port = free_port()
@@ -180,6 +183,7 @@ def start_sshd(base: Path) -> Server:
     binary = require("sshd")
     keygen = require("ssh-keygen")
     port = free_port()
+    base.mkdir(parents=True, exist_ok=True)
     for name in ("host_key", "client_key"):
         subprocess.run(
             [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True

@@ -1,0 +1,121 @@
+"""Retries and resume, proved through a proxy that drops, fails and corrupts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateways import GatewayOptions, TransientError, open_gateway
+from mirror.cli import main
+from tests.conftest import FAST_RETRY
+from tests.faultproxy import FaultProxy
+from tests.servers import Server
+
+DATA = os.urandom(2 * 1024 * 1024 + 3)
+
+
+@pytest.fixture
+def http_proxy(nginx: Server) -> Iterator[FaultProxy]:
+    (nginx.root / "faults").mkdir(exist_ok=True)
+    (nginx.root / "faults" / "pkg.tar.bz2").write_bytes(DATA)
+    proxy = FaultProxy(nginx.port)
+    yield proxy
+    proxy.close()
+
+
+def _http(proxy: FaultProxy) -> str:
+    return f"http://127.0.0.1:{proxy.port}/faults"
+
+
+def test_http_resumes_after_a_drop_mid_body(http_proxy: FaultProxy) -> None:
+    http_proxy.plan("drop:700000", "drop:700000")
+    with open_gateway(_http(http_proxy), GatewayOptions(retry=FAST_RETRY)) as gw:
+        assert gw.read_bytes("pkg.tar.bz2") == DATA
+    assert http_proxy.connections == 3
+
+
+@pytest.mark.parametrize("fault", ["status:500", "status:503", "status:429:0", "stall:0.1"])
+def test_http_retries_transient_answers(http_proxy: FaultProxy, fault: str) -> None:
+    http_proxy.plan(fault, fault)
+    with open_gateway(_http(http_proxy), GatewayOptions(retry=FAST_RETRY)) as gw:
+        assert gw.read_bytes("pkg.tar.bz2") == DATA
+
+
+def test_http_gives_up_after_bounded_attempts(http_proxy: FaultProxy) -> None:
+    http_proxy.plan(*["status:503"] * 10)
+    with (
+        open_gateway(_http(http_proxy), GatewayOptions(retry=FAST_RETRY)) as gw,
+        pytest.raises(TransientError),
+    ):
+        gw.read_bytes("pkg.tar.bz2")
+    assert http_proxy.connections == FAST_RETRY.attempts
+
+
+def test_s3_resumes_after_a_drop_mid_body(moto: Server) -> None:
+    proxy = FaultProxy(moto.port)
+    try:
+        endpoint = f"http://127.0.0.1:{proxy.port}"
+        options = GatewayOptions(retry=FAST_RETRY, endpoint_url=endpoint)
+        with open_gateway("s3://ferry/faults", options) as gw:
+            gw.write_bytes("big.conda", DATA)
+            proxy.plan("drop:900000")
+            assert gw.read_bytes("big.conda") == DATA
+    finally:
+        proxy.close()
+
+
+def test_sftp_resumes_after_the_connection_dies(sshd: Server) -> None:
+    (sshd.root / "faults").mkdir(exist_ok=True)
+    (sshd.root / "faults" / "pkg.conda").write_bytes(DATA)
+    proxy = FaultProxy(sshd.port)
+    try:
+        url = sshd.url.replace(f":{sshd.port}", f":{proxy.port}") + "/faults"
+        known = (
+            Path(sshd.extra["known_hosts"]).read_text().replace(f"]:{sshd.port}", f"]:{proxy.port}")
+        )
+        hosts = Path(sshd.extra["known_hosts"]).with_name(f"known_hosts_{proxy.port}")
+        hosts.write_text(known)
+        options = GatewayOptions(
+            retry=FAST_RETRY, key_file=sshd.extra["key_file"], known_hosts=str(hosts)
+        )
+        proxy.plan("drop:1200000")
+        with open_gateway(url, options) as gw:
+            assert gw.read_bytes("pkg.conda") == DATA
+        assert proxy.connections == 2
+    finally:
+        proxy.close()
+
+
+def test_ftp_resumes_with_rest(ftpd: Server) -> None:
+    (ftpd.root / "faults").mkdir(exist_ok=True)
+    (ftpd.root / "faults" / "pkg.conda").write_bytes(DATA)
+    with open_gateway(f"{ftpd.url}/faults", GatewayOptions(retry=FAST_RETRY)) as gw:
+        stream = gw.open_read("pkg.conda")
+        head = stream.read(1000)
+        stream._stream._sock.close()  # type: ignore[attr-defined]  # the data connection dies
+        assert head + stream.read() == DATA
+
+
+def test_cp_refuses_a_corrupted_body_and_writes_nothing(
+    http_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    digest = hashlib.sha256(DATA).hexdigest()
+    http_proxy.plan("flip:1000000")
+    target = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["cp", f"{_http(http_proxy)}/pkg.tar.bz2", f"{target}/", "--sha256", digest]
+    )
+    assert result.exit_code == 1
+    assert "sha256 does not match" in result.output
+    assert not target.exists() or list(target.iterdir()) == []
+    http_proxy.plan("drop:1000")
+    ok = CliRunner().invoke(
+        main, ["cp", f"{_http(http_proxy)}/pkg.tar.bz2", f"{target}/", "--sha256", digest]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert (target / "pkg.tar.bz2").read_bytes() == DATA
