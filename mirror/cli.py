@@ -6,6 +6,7 @@ packages failed, the rest was published), 75 the target is locked by another run
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -226,3 +227,138 @@ def cp_command(src: str, dst: str, sha256: str | None, options: GatewayOptions) 
             time.monotonic() - started,
             stream.sha256.hexdigest(),
         )
+
+
+def write_report(path: str, report: dict[str, Any]) -> None:
+    """Write a ``--json`` report atomically: monitoring never reads half a file."""
+    directory, name = split_url(path) if "/" in path else (".", path)
+    with open_gateway(directory) as gateway:
+        gateway.write_bytes(name, json.dumps(report, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def _load_patches(
+    patch_instructions: str | None, patch_package: str | None, options: GatewayOptions
+) -> dict[str, dict[str, Any]] | None:
+    from index.channel import load_patch_file, load_patch_package
+    from index.patches import BadPatch
+
+    if patch_instructions and patch_package:
+        raise UsageError("--patch-instructions", "give either a file or a package, not both")
+    source = patch_instructions or patch_package
+    if source is None:
+        return None
+    gateway, name = _open_file(source, options)
+    with gateway:
+        try:
+            if patch_instructions:
+                return load_patch_file(gateway, name)
+            return load_patch_package(gateway, name)
+        except BadPatch as exc:
+            raise errors.ConfigError(f"{redact(source)}: {exc}") from None
+
+
+@main.command("index")
+@click.argument("channel")
+@click.option("--subdir", "subdirs", multiple=True, help="Index only this subdir (repeatable).")
+@click.option("--patch-instructions", help="A patch_instructions.json to apply.")
+@click.option("--patch-package", help="A repodata-patches .tar.bz2 package to apply.")
+@click.option("--no-jlap", is_flag=True, help="Do not write repodata.jlap.")
+@click.option("--no-shards", is_flag=True, help="Do not write sharded repodata (CEP 16).")
+@click.option("--no-zst", is_flag=True, help="Do not write repodata.json.zst.")
+@click.option("--bz2", is_flag=True, help="Also write repodata.json.bz2.")
+@click.option("--current-repodata", is_flag=True, help="Also write current_repodata.json.")
+@click.option(
+    "--jlap-max-bytes",
+    type=click.IntRange(min=4096),
+    default=8 << 20,
+    show_default=True,
+    help="Trim repodata.jlap once it passes this size.",
+)
+@click.option(
+    "--jlap-max-patch-bytes",
+    type=click.IntRange(min=1024),
+    default=2 << 20,
+    show_default=True,
+    help="Leave out patches larger than this.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Packages read in parallel [default: number of cores].",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the index cache lives.")
+@click.option("--strict", is_flag=True, help="Exit non-zero when any package is skipped.")
+@click.option("--json", "json_path", help="Write a summary for monitoring to this file.")
+@gateway_options
+def index_command(
+    channel: str,
+    subdirs: tuple[str, ...],
+    patch_instructions: str | None,
+    patch_package: str | None,
+    no_jlap: bool,
+    no_shards: bool,
+    no_zst: bool,
+    bz2: bool,
+    current_repodata: bool,
+    jlap_max_bytes: int,
+    jlap_max_patch_bytes: int,
+    jobs: int | None,
+    cache_dir: str | None,
+    strict: bool,
+    json_path: str | None,
+    options: GatewayOptions,
+) -> None:
+    """Write repodata.json (+ .zst), repodata.jlap and shards for a channel of packages.
+
+    CHANNEL is a directory of subdirs (noarch, linux-64, ...) on any writable URL.
+    Only new or changed packages are read; an unchanged channel is left untouched.
+    """
+    import os
+    from pathlib import Path
+
+    from index.channel import IndexOptions, discover_subdirs, index_channel
+    from index.publish import OutputOptions
+
+    patches = _load_patches(patch_instructions, patch_package, options)
+    outputs = OutputOptions(
+        zst=not no_zst,
+        bz2=bz2,
+        jlap=not no_jlap,
+        shards=not no_shards,
+        current=current_repodata,
+        jlap_max_bytes=jlap_max_bytes,
+        jlap_max_patch_bytes=jlap_max_patch_bytes,
+    )
+    with open_gateway(channel, options) as gateway:
+        if not gateway.writable:
+            raise UsageError(
+                gateway.display(),
+                "cannot index over a read-only protocol",
+                "index the channel where its files are stored",
+            )
+        chosen = list(subdirs) or discover_subdirs(gateway)
+        with contextlib.ExitStack() as locks:
+            for subdir in chosen:
+                locks.enter_context(gateway.lock(f"{subdir}/.ferry.lock"))
+            summary = index_channel(
+                gateway,
+                IndexOptions(
+                    subdirs=chosen,
+                    outputs=outputs,
+                    patch_instructions=patches,
+                    jobs=jobs or os.cpu_count() or 2,
+                    cache_dir=Path(cache_dir) if cache_dir else None,
+                ),
+            )
+    report = summary.as_dict()
+    skipped = report["skipped"]
+    click.echo(
+        f"indexed {report['url']}: {report['packages']} packages in {len(chosen)} subdirs "
+        f"({report['read']} read, {report['cached']} from cache, {len(skipped)} skipped); "
+        f"{len(report['written'])} files written in {report['seconds']:.2f}s"
+    )
+    if json_path:
+        write_report(json_path, report)
+    if strict and skipped:
+        raise errors.FerryError(f"{len(skipped)} package(s) skipped (--strict)")

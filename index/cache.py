@@ -1,0 +1,83 @@
+"""A per-channel SQLite cache of what each package file yielded.
+
+Keyed by file name, size and the storage's validator (ETag, or mtime), so that a
+re-index reads only new or changed packages. It is only ever a shortcut: delete it
+and the next run reads every package again and writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Entry:
+    record: dict[str, Any]
+    extras: dict[str, Any]
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "conda-ferry" / "index"
+
+
+class IndexCache:
+    def __init__(self, channel_url: str, directory: Path | None = None) -> None:
+        directory = directory or default_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(channel_url.encode()).hexdigest()[:20]
+        self.path = directory / f"{key}.sqlite"
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError:
+            self.path.unlink(missing_ok=True)  # a damaged cache is just a cold cache
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS packages (subdir TEXT, filename TEXT, size INTEGER,"
+            " stamp TEXT, record BLOB, extras BLOB, PRIMARY KEY (subdir, filename))"
+        )
+        return db
+
+    def load(self, subdir: str) -> dict[str, tuple[int, str, Entry]]:
+        rows = self._db.execute(
+            "SELECT filename, size, stamp, record, extras FROM packages WHERE subdir = ?",
+            (subdir,),
+        )
+        return {
+            name: (size, stamp, Entry(orjson.loads(record), orjson.loads(extras)))
+            for name, size, stamp, record, extras in rows
+        }
+
+    def store(self, subdir: str, items: list[tuple[str, int, str, Entry]]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO packages VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (subdir, name, size, stamp, orjson.dumps(e.record), orjson.dumps(e.extras))
+                    for name, size, stamp, e in items
+                ],
+            )
+
+    def forget(self, subdir: str, names: list[str]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "DELETE FROM packages WHERE subdir = ? AND filename = ?",
+                [(subdir, name) for name in names],
+            )
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,244 @@
+"""Index a channel on any gateway: read what changed, publish every subdir's outputs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateways import FileInfo, Gateway, GatewayError, NotFound
+
+from . import channeldata, patches, repodata
+from .cache import Entry, IndexCache
+from .package import BadPackage, read_package
+from .publish import OutputOptions, Written, publish_subdir, write_if_changed
+from .records import EXTENSIONS, BadFilename, check_filename, package_key, record_from_package
+
+log = logging.getLogger("ferry.index")
+KNOWN_SUBDIRS = {
+    "noarch",
+    "linux-32",
+    "linux-64",
+    "linux-aarch64",
+    "linux-armv6l",
+    "linux-armv7l",
+    "linux-ppc64",
+    "linux-ppc64le",
+    "linux-riscv64",
+    "linux-s390x",
+    "osx-64",
+    "osx-arm64",
+    "win-32",
+    "win-64",
+    "win-arm64",
+    "emscripten-wasm32",
+    "wasi-wasm32",
+    "zos-z",
+}
+
+
+@dataclass
+class IndexOptions:
+    subdirs: list[str] | None = None
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+    patch_instructions: dict[str, dict[str, Any]] | None = None  # subdir ("*": all) -> patch
+    jobs: int = os.cpu_count() or 2
+    cache_dir: Path | None = None
+    channeldata: bool = True
+    run_exports: bool = True
+
+
+@dataclass
+class SubdirSummary:
+    subdir: str
+    packages: int = 0
+    read: int = 0
+    cached: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IndexSummary:
+    url: str
+    subdirs: list[SubdirSummary] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(f"{s.subdir}/{fn}", why) for s in self.subdirs for fn, why in s.skipped]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "seconds": round(self.seconds, 3),
+            "packages": sum(s.packages for s in self.subdirs),
+            "read": sum(s.read for s in self.subdirs),
+            "cached": sum(s.cached for s in self.subdirs),
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "written": self.written + [p for s in self.subdirs for p in s.written],
+            "subdirs": {
+                s.subdir: {
+                    "packages": s.packages,
+                    "read": s.read,
+                    "cached": s.cached,
+                    "skipped": len(s.skipped),
+                    "written": s.written,
+                }
+                for s in self.subdirs
+            },
+        }
+
+
+def discover_subdirs(gateway: Gateway) -> list[str]:
+    """Directories that look like subdirs: a known platform name, or holding packages."""
+    found = {"noarch"}
+    for entry in gateway.list(""):
+        if not entry.is_dir:
+            continue
+        if entry.path in KNOWN_SUBDIRS:
+            found.add(entry.path)
+            continue
+        try:
+            children = gateway.list(entry.path)
+        except GatewayError:
+            continue
+        if any(f.path.endswith((*EXTENSIONS, "/repodata.json")) for f in children):
+            found.add(entry.path)
+    return sorted(found)
+
+
+def _stamp(info: FileInfo) -> str:
+    return info.etag or f"{info.size}:{info.mtime}"
+
+
+def _read_one(gateway: Gateway, path: str, filename: str) -> Entry:
+    with gateway.open_read(path) as stream:
+        meta = read_package(filename, stream)
+    return Entry(
+        record_from_package(meta),
+        {"about": meta.about, "run_exports": meta.run_exports, "features": meta.features},
+    )
+
+
+def scan_subdir(
+    gateway: Gateway, subdir: str, cache: IndexCache, jobs: int, summary: SubdirSummary
+) -> dict[str, Entry]:
+    """Records for every valid package in ``subdir``, reading only what changed."""
+    try:
+        listing = [f for f in gateway.list(subdir) if not f.is_dir]
+    except NotFound:
+        listing = []
+    files: dict[str, FileInfo] = {}
+    for info in listing:
+        name = info.name
+        if not name.endswith(EXTENSIONS) or name.startswith("."):
+            continue
+        try:
+            files[check_filename(name)] = info
+        except BadFilename as exc:
+            summary.skipped.append((name, str(exc)))
+    cached = cache.load(subdir)
+    entries: dict[str, Entry] = {}
+    todo: list[str] = []
+    for name, info in files.items():
+        hit = cached.get(name)
+        if hit and hit[0] == info.size and hit[1] == _stamp(info):
+            entries[name] = hit[2]
+        else:
+            todo.append(name)
+    summary.cached = len(entries)
+    cache.forget(subdir, [name for name in cached if name not in files])
+
+    fresh: list[tuple[str, int, str, Entry]] = []
+
+    def work(name: str) -> tuple[str, Entry | str]:
+        try:
+            return name, _read_one(gateway, f"{subdir}/{name}", name)
+        except BadPackage as exc:
+            return name, str(exc)
+        except GatewayError as exc:
+            return name, f"cannot read: {exc.message}"
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for name, result in pool.map(work, sorted(todo)):
+            if isinstance(result, str):
+                log.warning("skipping %s: %s", gateway.display(f"{subdir}/{name}"), result)
+                summary.skipped.append((name, result))
+                continue
+            record_subdir = result.record.get("subdir")
+            if record_subdir not in (None, subdir):
+                why = f"built for {record_subdir}, not {subdir}"
+                log.warning("skipping %s: %s", gateway.display(f"{subdir}/{name}"), why)
+                summary.skipped.append((name, why))
+                continue
+            entries[name] = result
+            info = files[name]
+            fresh.append((name, info.size, _stamp(info), result))
+    cache.store(subdir, fresh)
+    summary.read = len(fresh)
+    summary.packages = len(entries)
+    return entries
+
+
+def index_channel(gateway: Gateway, options: IndexOptions) -> IndexSummary:
+    started = time.monotonic()
+    summary = IndexSummary(gateway.display())
+    subdirs = options.subdirs or discover_subdirs(gateway)
+    cache = IndexCache(gateway.url, options.cache_dir)
+    everything: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    try:
+        for subdir in subdirs:
+            sub = SubdirSummary(subdir)
+            summary.subdirs.append(sub)
+            entries = scan_subdir(gateway, subdir, cache, options.jobs, sub)
+            sections: dict[str, dict[str, dict[str, Any]]] = {"packages": {}, "packages.conda": {}}
+            for name, entry in sorted(entries.items()):
+                sections[package_key(name)][name] = entry.record
+            document = repodata.build(subdir, sections["packages"], sections["packages.conda"])
+            extra_files: dict[str, bytes] = {}
+            instructions = options.patch_instructions or {}
+            patch = instructions.get(subdir) or instructions.get("*")
+            if patch is not None:
+                extra_files["repodata_from_packages.json"] = repodata.dumps(document)
+                document = patches.apply(document, patch)
+            if options.run_exports:
+                extra_files["run_exports.json"] = repodata.dumps(
+                    channeldata.run_exports_document(
+                        subdir,
+                        {
+                            n: e.extras["run_exports"]
+                            for n, e in entries.items()
+                            if e.extras.get("run_exports")
+                        },
+                    )
+                )
+            written = publish_subdir(gateway, subdir, document, options.outputs, extra_files)
+            sub.written, sub.deleted = written.paths, written.deleted
+            kept = {**document["packages"], **document["packages.conda"]}
+            everything.extend((subdir, kept[n], e.extras) for n, e in entries.items() if n in kept)
+        if options.channeldata:
+            data = channeldata.channeldata(subdirs, everything)
+            top = Written()
+            write_if_changed(gateway, "channeldata.json", repodata.dumps(data), top)
+            summary.written.extend(top.paths)
+    finally:
+        cache.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def load_patch_file(gateway: Gateway, path: str) -> dict[str, dict[str, Any]]:
+    """Instructions from a patch_instructions.json, applied to every subdir."""
+    return {"*": patches.load_instructions(gateway.read_bytes(path), gateway.display(path))}
+
+
+def load_patch_package(gateway: Gateway, path: str) -> dict[str, dict[str, Any]]:
+    with gateway.open_read(path) as stream:
+        return patches.instructions_from_package(stream, path.rsplit("/", 1)[-1])

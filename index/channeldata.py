@@ -1,0 +1,75 @@
+"""channeldata.json (CEP 38) and run_exports.json (CEP 12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ABOUT_KEYS = ("home", "license", "summary", "description", "dev_url", "doc_url", "source_url")
+FLAGS = (
+    "activate.d",
+    "deactivate.d",
+    "post_link",
+    "pre_link",
+    "pre_unlink",
+    "binary_prefix",
+    "text_prefix",
+)
+
+
+def run_exports_document(subdir: str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``entries`` maps filename to that package's run_exports."""
+    doc: dict[str, Any] = {
+        "info": {"subdir": subdir, "version": 1},
+        "packages": {},
+        "packages.conda": {},
+    }
+    for filename, run_exports in sorted(entries.items()):
+        section = "packages.conda" if filename.endswith(".conda") else "packages"
+        doc[section][filename] = {"run_exports": run_exports}
+    return doc
+
+
+def channeldata(
+    subdirs: list[str],
+    records: list[tuple[str, dict[str, Any], dict[str, Any]]],
+) -> dict[str, Any]:
+    """``records`` are (subdir, repodata record, extras with about/run_exports/flags).
+
+    The newest version of each name (conda's ordering, via rattler) supplies the
+    descriptive fields; flags are true when any build has them.
+    """
+    from rattler import Version
+
+    packages: dict[str, dict[str, Any]] = {}
+    newest: dict[str, tuple[Version, int]] = {}
+    for subdir, record, extras in records:
+        name = record["name"]
+        entry = packages.setdefault(
+            name, {**{flag: False for flag in FLAGS}, "run_exports": {}, "subdirs": []}
+        )
+        if subdir not in entry["subdirs"]:
+            entry["subdirs"].append(subdir)
+        for flag in FLAGS:
+            entry[flag] = entry[flag] or bool(extras.get("features", {}).get(flag))
+        if extras.get("run_exports"):
+            entry["run_exports"][record["version"]] = extras["run_exports"]
+        stamp = int(record.get("timestamp", 0) or 0)
+        stamp = stamp // 1000 if stamp > 1e11 else stamp
+        entry["timestamp"] = max(entry.get("timestamp", 0), stamp)
+        version = Version(str(record["version"]))
+        if name not in newest or newest[name][0] < version:
+            newest[name] = (version, stamp)
+            entry["version"] = record["version"]
+            about = extras.get("about", {})
+            for key in ABOUT_KEYS:
+                if about.get(key):
+                    entry[key] = about[key]
+                elif key == "license" and record.get("license"):
+                    entry[key] = record["license"]
+    for entry in packages.values():
+        entry["subdirs"].sort()
+    return {
+        "channeldata_version": 1,
+        "packages": dict(sorted(packages.items())),
+        "subdirs": sorted(subdirs),
+    }

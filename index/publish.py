@@ -1,0 +1,142 @@
+"""Write one subdir's index outputs in the order that keeps every client consistent.
+
+Order: new shards, the shard index, repodata.json.zst (and .bz2), repodata.json,
+repodata.jlap; then auxiliary files; stale shards last. A kill at any instant
+leaves either the previous set or the new one readable: each file is replaced
+atomically, and nothing refers to a file that is not yet there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateways import Gateway, NotFound
+
+from . import jlap, repodata, shards
+from .jlap import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
+
+log = logging.getLogger("ferry.index")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    zst: bool = True
+    bz2: bool = False
+    jlap: bool = True
+    shards: bool = True
+    current: bool = False
+    jlap_max_bytes: int = DEFAULT_MAX_BYTES
+    jlap_max_patch_bytes: int = DEFAULT_MAX_PATCH_BYTES
+    zst_level: int = repodata.ZSTD_LEVEL
+
+
+@dataclass
+class Written:
+    paths: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+def write_if_changed(gateway: Gateway, path: str, data: bytes, written: Written) -> bool:
+    """Replace ``path`` unless it already holds exactly ``data``: caches stay valid."""
+    try:
+        if gateway.info(path).size == len(data) and gateway.read_bytes(path) == data:
+            return False
+    except NotFound:
+        pass
+    gateway.write_bytes(path, data)
+    written.paths.append(path)
+    return True
+
+
+def _read_existing(gateway: Gateway, path: str) -> bytes | None:
+    try:
+        return gateway.read_bytes(path)
+    except NotFound:
+        return None
+
+
+def publish_subdir(
+    gateway: Gateway,
+    subdir: str,
+    document: dict[str, Any],
+    options: OutputOptions,
+    extra_files: dict[str, bytes] | None = None,
+) -> Written:
+    """Publish ``document`` as ``subdir``'s repodata and everything derived from it."""
+    written = Written()
+    new_json = repodata.dumps(document)
+    old_json = _read_existing(gateway, f"{subdir}/repodata.json")
+
+    referenced: set[str] = set()
+    if options.shards:
+        index_bytes, shard_files = shards.build(document)
+        referenced = {shards.shard_path(h) for h in shard_files}
+        existing = {
+            f.path.split("/", 1)[1] for f in _list(gateway, f"{subdir}/{shards.SHARDS_DIR}")
+        }
+        for digest, data in shard_files.items():
+            path = shards.shard_path(digest)
+            if path not in existing:  # content-addressed: present means identical
+                gateway.write_bytes(f"{subdir}/{path}", data)
+                written.paths.append(f"{subdir}/{path}")
+        write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", index_bytes, written)
+
+    if options.zst:
+        write_if_changed(
+            gateway,
+            f"{subdir}/repodata.json.zst",
+            repodata.zst(new_json, options.zst_level),
+            written,
+        )
+    if options.bz2:
+        write_if_changed(
+            gateway, f"{subdir}/repodata.json.bz2", repodata.bz2_bytes(new_json), written
+        )
+    if old_json != new_json:
+        gateway.write_bytes(f"{subdir}/repodata.json", new_json)
+        written.paths.append(f"{subdir}/repodata.json")
+    if options.current:
+        write_if_changed(
+            gateway,
+            f"{subdir}/current_repodata.json",
+            repodata.dumps(repodata.current(document)),
+            written,
+        )
+
+    if options.jlap:
+        old_doc = None
+        if old_json is not None and old_json != new_json:
+            try:
+                old_doc = repodata.loads(old_json)
+            except ValueError:
+                old_doc = None
+        log_bytes = jlap.update(
+            _read_existing(gateway, f"{subdir}/repodata.jlap"),
+            old_json,
+            old_doc,
+            new_json,
+            document,
+            options.jlap_max_bytes,
+            options.jlap_max_patch_bytes,
+        )
+        write_if_changed(gateway, f"{subdir}/repodata.jlap", log_bytes, written)
+
+    for path, data in (extra_files or {}).items():
+        write_if_changed(gateway, f"{subdir}/{path}", data, written)
+
+    if options.shards:
+        for info in _list(gateway, f"{subdir}/{shards.SHARDS_DIR}"):
+            rel = info.path.split("/", 1)[1]
+            if rel not in referenced and rel.endswith(".msgpack.zst"):
+                gateway.delete(info.path)
+                written.deleted.append(info.path)
+    return written
+
+
+def _list(gateway: Gateway, path: str) -> list[Any]:
+    try:
+        return [f for f in gateway.list(path) if not f.is_dir]
+    except NotFound:
+        return []

@@ -1,0 +1,81 @@
+"""The bytes of repodata.json and its compressed forms, the same on every run.
+
+Determinism is what keeps HTTP caches, ETags and the JLAP log quiet when nothing
+changed: sorted keys, fixed indentation, a fixed zstd level.
+"""
+
+from __future__ import annotations
+
+import bz2
+from typing import Any
+
+import orjson
+import zstandard
+
+ZSTD_LEVEL = 16
+
+
+def build(
+    subdir: str,
+    packages: dict[str, dict[str, Any]],
+    packages_conda: dict[str, dict[str, Any]],
+    removed: list[str] | None = None,
+    base_url: str | None = None,
+) -> dict[str, Any]:
+    info: dict[str, Any] = {"subdir": subdir}
+    if base_url:
+        info["base_url"] = base_url
+    return {
+        "info": info,
+        "packages": packages,
+        "packages.conda": packages_conda,
+        "removed": sorted(set(removed or ())),
+        "repodata_version": 2 if base_url else 1,
+    }
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+
+
+def loads(data: bytes) -> dict[str, Any]:
+    value = orjson.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("repodata is not a JSON object")
+    return value
+
+
+def zst(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def unzst(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().stream_reader(data).read()
+
+
+def bz2_bytes(data: bytes) -> bytes:
+    return bz2.compress(data, 9)
+
+
+def current(document: dict[str, Any]) -> dict[str, Any]:
+    """current_repodata.json: the newest version of each name, every build of it.
+
+    Uses rattler's conda version ordering; dependencies are not pulled in (a client
+    falls back to the full repodata when current does not solve).
+    """
+    from rattler import Version
+
+    newest: dict[str, Version] = {}
+    for key in ("packages", "packages.conda"):
+        for record in document.get(key, {}).values():
+            version = Version(str(record["version"]))
+            if record["name"] not in newest or newest[record["name"]] < version:
+                newest[record["name"]] = version
+    trimmed = dict(document)
+    for key in ("packages", "packages.conda"):
+        trimmed[key] = {
+            fn: rec
+            for fn, rec in document.get(key, {}).items()
+            if Version(str(rec["version"])) == newest[rec["name"]]
+        }
+    return trimmed

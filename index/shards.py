@@ -1,0 +1,70 @@
+"""Sharded repodata (CEP 16): one content-addressed msgpack.zst file per package name."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+import msgpack
+import zstandard
+
+ZSTD_LEVEL = 19  # shards are small and written once: compress hard
+INDEX_NAME = "repodata_shards.msgpack.zst"
+SHARDS_DIR = "shards"
+
+
+def _binary_digests(record: dict[str, Any]) -> dict[str, Any]:
+    out = dict(record)
+    for key in ("md5", "sha256"):
+        value = out.get(key)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                out[key] = bytes.fromhex(value)
+    return out
+
+
+def _pack(value: Any) -> bytes:
+    packed = msgpack.packb(value, use_bin_type=True)
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(packed)
+
+
+def build(repodata: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
+    """The shard index bytes, and each shard file's bytes by its hex sha256."""
+    by_name: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"packages": {}, "packages.conda": {}, "removed": []}
+    )
+    for section in ("packages", "packages.conda"):
+        for filename in sorted(repodata.get(section, {})):
+            record = repodata[section][filename]
+            by_name[record["name"]][section][filename] = _binary_digests(record)
+    shard_files: dict[str, bytes] = {}
+    index: dict[str, bytes] = {}
+    for name in sorted(by_name):
+        data = _pack(by_name[name])
+        digest = hashlib.sha256(data).digest()
+        shard_files[digest.hex()] = data
+        index[name] = digest
+    info = dict(repodata.get("info", {}))
+    info.setdefault("base_url", "")
+    info["shards_base_url"] = f"./{SHARDS_DIR}/"
+    return _pack({"version": 1, "info": info, "shards": index}), shard_files
+
+
+def read_index(data: bytes) -> dict[str, Any]:
+    value = msgpack.unpackb(zstandard.ZstdDecompressor().stream_reader(data).read(), raw=False)
+    if not isinstance(value, dict):
+        raise ValueError("shard index is not a map")
+    return value
+
+
+def read_shard(data: bytes) -> dict[str, Any]:
+    value = msgpack.unpackb(zstandard.ZstdDecompressor().stream_reader(data).read(), raw=False)
+    if not isinstance(value, dict):
+        raise ValueError("shard is not a map")
+    return value
+
+
+def shard_path(digest_hex: str) -> str:
+    return f"{SHARDS_DIR}/{digest_hex}.msgpack.zst"
