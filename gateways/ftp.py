@@ -128,7 +128,7 @@ class FTPGateway(Gateway):
             except queue.Empty:
                 return call(self._connect, self.options.retry, self.display())
             try:
-                conn.voidcmd("NOOP")
+                conn.voidcmd("TYPE I")  # a liveness check, and LIST/MLSD leave ASCII mode on
                 return conn
             except _NETWORK:
                 with contextlib.suppress(Exception):
@@ -248,6 +248,8 @@ class FTPGateway(Gateway):
             try:
                 return self._do(path, mlsd)
             except ProtocolError as exc:
+                if "501" in exc.message:  # pyftpdlib: "No such directory"
+                    raise NotFound(exc.url, "no such directory") from None
                 if not any(code in exc.message for code in ("500", "502", "504")):
                     raise
                 self._mlsd = False

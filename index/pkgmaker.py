@@ -83,14 +83,21 @@ def _info_members(spec: Spec) -> list[tuple[str, bytes]]:
     payload = spec.files or {f"share/{spec.name}/README": f"{spec.stem}\n".encode()}
     paths = {
         "paths": [
-            {"_path": p, "path_type": "hardlink", "sha256": hashlib.sha256(d).hexdigest(),
-             "size_in_bytes": len(d)}
+            {
+                "_path": p,
+                "path_type": "hardlink",
+                "sha256": hashlib.sha256(d).hexdigest(),
+                "size_in_bytes": len(d),
+            }
             for p, d in sorted(payload.items())
         ],
         "paths_version": 1,
     }
-    about = {"license": spec.license, "summary": spec.summary or f"The {spec.name} package",
-             "home": f"https://example.org/{spec.name}"}
+    about = {
+        "license": spec.license,
+        "summary": spec.summary or f"The {spec.name} package",
+        "home": f"https://example.org/{spec.name}",
+    }
     members = [
         ("info/about.json", json.dumps(about, sort_keys=True).encode()),
         ("info/files", "".join(f"{p}\n" for p in sorted(payload)).encode()),
@@ -114,6 +121,7 @@ def package_bytes(spec: Spec, fmt: str = ".conda") -> bytes:
     compressor = zstandard.ZstdCompressor(level=3)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+
         def add(name: str, data: bytes) -> None:
             entry = zipfile.ZipInfo(name, date_time=(2023, 11, 14, 22, 13, 20))
             archive.writestr(entry, data)

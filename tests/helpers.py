@@ -1,0 +1,36 @@
+"""Small helpers shared by the tests: running the CLI, building channels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from index.pkgmaker import Spec, write_package
+from mirror.cli import main
+
+
+def ferry(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_bytes()))
+
+
+def small_channel(root: Path, count: int = 4, subdir: str = "linux-64") -> list[Path]:
+    """A channel with a little dependency graph in both formats."""
+    made = [
+        write_package(
+            root,
+            Spec("libzed", "1.0", "h0_0", subdir=subdir, run_exports={"weak": ["libzed >=1.0"]}),
+        ),
+        write_package(root, Spec("libzed", "1.1", "h0_0", subdir=subdir)),
+        write_package(
+            root, Spec("app", "2.0", "h1_0", subdir=subdir, depends=["libzed >=1.1"]), ".tar.bz2"
+        ),
+        write_package(root, Spec("pyutil", "0.5", "pyh_0", noarch="generic", depends=["app"])),
+    ]
+    return made[:count]

@@ -1,0 +1,32 @@
+"""py-rattler 0.22.0, the last release whose fetch_repo_data reads JLAP, in its own venv."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VERSION = "0.22.0"
+
+
+def old_rattler_python() -> str:
+    """The venv's python, made once per machine; skips the test if it cannot be installed."""
+    base = Path(os.environ.get("XDG_CACHE_HOME_REAL") or Path.home() / ".cache")
+    venv = base / "conda-ferry-tests" / f"py-rattler-{VERSION}"
+    python = venv / "bin" / "python"
+    marker = venv / ".complete"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"py-rattler=={VERSION}"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"py-rattler {VERSION} cannot be installed: {done.stderr[-300:]}")
+        marker.touch()
+    return str(python)
