@@ -50,6 +50,9 @@ class IndexOptions:
     cache_dir: Path | None = None
     channeldata: bool = True
     run_exports: bool = True
+    # Records to publish as given for files present (a mirror's upstream records,
+    # hot-fixes included): such files are never read. subdir -> filename -> record.
+    pinned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,9 +131,15 @@ def _read_one(gateway: Gateway, path: str, filename: str) -> Entry:
 
 
 def scan_subdir(
-    gateway: Gateway, subdir: str, cache: IndexCache, jobs: int, summary: SubdirSummary
+    gateway: Gateway,
+    subdir: str,
+    cache: IndexCache,
+    jobs: int,
+    summary: SubdirSummary,
+    pinned: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Entry]:
     """Records for every valid package in ``subdir``, reading only what changed."""
+    pinned = pinned or {}
     try:
         listing = [f for f in gateway.list(subdir) if not f.is_dir]
     except NotFound:
@@ -148,12 +157,18 @@ def scan_subdir(
     entries: dict[str, Entry] = {}
     todo: list[str] = []
     for name, info in files.items():
+        if name in pinned:
+            if int(pinned[name].get("size", info.size)) == info.size:
+                entries[name] = Entry(pinned[name], {})
+            else:
+                summary.skipped.append((name, "size differs from its record"))
+            continue
         hit = cached.get(name)
         if hit and hit[0] == info.size and hit[1] == _stamp(info):
             entries[name] = hit[2]
         else:
             todo.append(name)
-    summary.cached = len(entries)
+    summary.cached = len(entries) - len(pinned.keys() & entries.keys())
     cache.forget(subdir, [name for name in cached if name not in files])
 
     fresh: list[tuple[str, int, str, Entry]] = []
@@ -197,7 +212,9 @@ def index_channel(gateway: Gateway, options: IndexOptions) -> IndexSummary:
         for subdir in subdirs:
             sub = SubdirSummary(subdir)
             summary.subdirs.append(sub)
-            entries = scan_subdir(gateway, subdir, cache, options.jobs, sub)
+            entries = scan_subdir(
+                gateway, subdir, cache, options.jobs, sub, options.pinned.get(subdir)
+            )
             sections: dict[str, dict[str, dict[str, Any]]] = {"packages": {}, "packages.conda": {}}
             for name, entry in sorted(entries.items()):
                 sections[package_key(name)][name] = entry.record

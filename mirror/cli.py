@@ -362,3 +362,130 @@ def index_command(
         write_report(json_path, report)
     if strict and skipped:
         raise errors.FerryError(f"{len(skipped)} package(s) skipped (--strict)")
+
+
+def _print_sync(report: Any) -> None:
+    for sub in report.subdirs:
+        if sub.status == "planned":
+            click.echo(
+                f"{sub.subdir:14} add {sub.added:6} ({_human(sub.bytes)})  "
+                f"update {sub.updated:6}  remove {sub.removed:6}"
+            )
+            continue
+        line = f"{sub.subdir:14} {sub.status:10}"
+        if sub.status not in ("up to date", "locked", "failed"):
+            line += (
+                f" added {sub.added}, updated {sub.updated}, removed {sub.removed}, "
+                f"{_human(sub.bytes)}"
+            )
+        click.echo(line + (f"  {sub.message}" if sub.message else ""))
+        for filename, why in sorted(sub.failures.items()):
+            click.echo(f"  failed: {sub.subdir}/{filename}: {why}", err=True)
+
+
+@main.command("sync")
+@click.argument("job_file", metavar="JOB.yaml")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option(
+    "--explain",
+    metavar="NAME",
+    help="Say which rule kept or dropped each record of package NAME (writes nothing).",
+)
+@click.option("--force", is_flag=True, help="Prune even beyond max_prune_fraction.")
+@click.option("--json", "json_path", help="Write the summary (or plan) to this file.")
+@click.pass_context
+def sync_command(
+    ctx: click.Context,
+    job_file: str,
+    dry_run: bool,
+    explain: str | None,
+    force: bool,
+    json_path: str | None,
+) -> None:
+    """Mirror the subdirs of an upstream channel as JOB.yaml describes.
+
+    Quiet when nothing changed (one request per subdir), loud when something failed.
+    Exit 0 ok, 1 failed, 2 bad config, 3 partial (named packages failed), 75 locked.
+    """
+    from .config import load_job
+    from .progress import make_progress
+    from .sync import SyncRun
+
+    job = load_job(job_file)
+    quiet = logging.getLogger().level > logging.INFO
+    progress = make_progress(quiet)
+    try:
+        report, explanation = SyncRun(job, progress, dry_run=dry_run, force=force).run(explain)
+    finally:
+        progress.close()
+    if explain is not None:
+        for line in explanation:
+            click.echo(line)
+        return
+    _print_sync(report)
+    for note in report.dropped_dependencies:
+        click.echo(f"  dependency not mirrored: {note}", err=True)
+    totals = report.as_dict()["totals"]
+    if not dry_run:
+        log.info(
+            "done in %.1fs: %d added, %d updated, %d removed, %s",
+            report.seconds,
+            totals["added"],
+            totals["updated"],
+            totals["removed"],
+            _human(totals["bytes"]),
+        )
+    if json_path:
+        write_report(json_path, report.as_dict())
+    if report.exit_code:
+        ctx.exit(report.exit_code)
+
+
+@main.command("verify")
+@click.argument("target")
+@click.option("--subdir", "subdirs", multiple=True, help="Only this subdir (repeatable).")
+@click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--json", "json_path", help="Write the findings to this file.")
+@gateway_options
+@click.pass_context
+def verify_command(
+    ctx: click.Context,
+    target: str,
+    subdirs: tuple[str, ...],
+    jobs: int,
+    json_path: str | None,
+    options: GatewayOptions,
+) -> None:
+    """Re-read every package the repodata lists: report missing, extra and corrupt files."""
+    from .verify import verify_channel
+
+    with open_gateway(target, options) as gateway:
+        findings = verify_channel(gateway, list(subdirs) or None, jobs)
+    for kind in ("missing", "corrupt", "extra"):
+        for item in findings[kind]:
+            click.echo(f"{kind}: {item}")
+    click.echo(
+        f"verified {findings['checked']} packages: {len(findings['missing'])} missing, "
+        f"{len(findings['corrupt'])} corrupt, {len(findings['extra'])} extra"
+    )
+    if json_path:
+        write_report(json_path, findings)
+    if findings["missing"] or findings["corrupt"] or findings["extra"]:
+        ctx.exit(errors.FAILED)
+
+
+@main.command("publish")
+@click.argument("packages", nargs=-1, required=True)
+@click.option("--to", "channel", required=True, help="The custom channel (any writable URL).")
+@click.option("--subdir", help="Put the packages here [default: each package's own subdir].")
+@gateway_options
+def publish_command(
+    packages: tuple[str, ...], channel: str, subdir: str | None, options: GatewayOptions
+) -> None:
+    """Add local packages to a custom channel and re-index the subdirs they went to."""
+    from .publish import publish_packages
+
+    with open_gateway(channel, options) as gateway:
+        placed = publish_packages(gateway, list(packages), subdir, options)
+    for path in placed:
+        click.echo(f"published {path}")

@@ -1,0 +1,71 @@
+"""Compare what the filters want with what the mirror holds: add, update, remove."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def same_file(a: Record | None, b: Record | None) -> bool:
+    """Whether two records describe the same bytes (sha256, else md5, and size)."""
+    if a is None or b is None or a.get("size") != b.get("size"):
+        return False
+    if a.get("sha256") and b.get("sha256"):
+        return bool(a["sha256"] == b["sha256"])
+    return bool(a.get("md5")) and a.get("md5") == b.get("md5")
+
+
+@dataclass
+class Plan:
+    subdir: str
+    desired: dict[str, Record]
+    add: list[str] = field(default_factory=list)
+    update: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    retained: dict[str, Record] = field(default_factory=dict)  # no longer wanted, not pruned
+
+    @property
+    def add_bytes(self) -> int:
+        return sum(int(self.desired[fn].get("size") or 0) for fn in self.add)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "subdir": self.subdir,
+            "add": self.add,
+            "update": self.update,
+            "remove": self.remove,
+            "add_bytes": self.add_bytes,
+            "retained": sorted(self.retained),
+        }
+
+
+def make_plan(
+    subdir: str,
+    desired: dict[str, Record],
+    published: dict[str, Record],
+    present: dict[str, int],
+    managed: set[str],
+    prune: bool,
+) -> Plan:
+    """``published``: the mirror's current records; ``present``: file name -> size;
+    ``managed``: files sync put there (custom packages are never touched)."""
+    plan = Plan(subdir, desired)
+    for filename, record in sorted(desired.items()):
+        have = published.get(filename)
+        if (
+            filename in present
+            and present[filename] == record.get("size")
+            and same_file(have, record)
+        ):
+            if have != record:
+                plan.update.append(filename)  # upstream hot-fixed the metadata only
+        else:
+            plan.add.append(filename)
+    for filename in sorted((managed & present.keys()) - desired.keys()):
+        if prune or filename not in published:
+            plan.remove.append(filename)  # never-published leftovers always go
+        else:
+            plan.retained[filename] = published[filename]
+    return plan

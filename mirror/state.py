@@ -1,0 +1,46 @@
+"""What a mirror remembers between runs, one small JSON file per subdir on the target.
+
+Per subdir, so that subdirs of one job can sync from different hosts into one
+target. It holds validators and names, never credentials; losing it costs one
+full comparison, never correctness.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gateways import Gateway, NotFound
+
+STATE_DIR = ".ferry"
+
+
+@dataclass
+class SubdirState:
+    subdir: str
+    etag: str | None = None
+    last_modified: str | None = None
+    variant: str | None = None  # which upstream file answered: repodata.json(.zst)
+    fingerprint: str | None = None  # the job config that produced the mirror
+    complete: bool = False  # the last run published everything it planned
+    upstream_files: list[str] = field(default_factory=list)  # files sync manages
+    last_run: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def path(subdir: str) -> str:
+        return f"{STATE_DIR}/{subdir}.json"
+
+    @classmethod
+    def load(cls, gateway: Gateway, subdir: str) -> SubdirState:
+        try:
+            raw = json.loads(gateway.read_bytes(cls.path(subdir)))
+        except (NotFound, ValueError):
+            return cls(subdir)
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        known["subdir"] = subdir
+        return cls(**known)
+
+    def save(self, gateway: Gateway) -> None:
+        data = json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        gateway.write_bytes(self.path(self.subdir), data)

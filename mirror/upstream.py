@@ -1,0 +1,90 @@
+"""Fetch an upstream subdir's repodata: compressed when served, conditional always."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zstandard
+
+from gateways import Gateway, NotFound
+
+from .errors import FerryError
+
+log = logging.getLogger("ferry.upstream")
+VARIANTS = ("repodata.json.zst", "repodata.json")
+MAX_REPODATA = 4 << 30  # a zstd frame that expands beyond this is refused
+
+
+@dataclass
+class Upstream:
+    subdir: str
+    document: dict[str, Any] | None  # None: not modified since the validators
+    etag: str | None
+    last_modified: str | None
+    variant: str
+
+
+def fetch(
+    gateway: Gateway,
+    subdir: str,
+    variant: str | None = None,
+    etag: str | None = None,
+    last_modified: str | None = None,
+) -> Upstream:
+    """One conditional request when the variant is known; else .zst, then plain."""
+    order = [variant] if variant else list(VARIANTS)
+    for index, name in enumerate(order):
+        path = f"{subdir}/{name}"
+        try:
+            fetched = gateway.fetch_if_changed(path, etag, last_modified)
+        except NotFound:
+            if index + 1 < len(order):
+                continue
+            if variant:  # the remembered variant went away: look again
+                return fetch(gateway, subdir)
+            raise FerryError(
+                f"{gateway.display(f'{subdir}/repodata.json')}: upstream serves no repodata "
+                f"for {subdir} (check the source URL and the subdir name)"
+            ) from None
+        if fetched is None:
+            return Upstream(subdir, None, etag, last_modified, name)
+        with fetched:
+            raw = fetched.stream.read()
+        if name.endswith(".zst"):
+            try:
+                raw = (
+                    zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_REPODATA)
+                    if _has_size(raw)
+                    else _stream_unzst(raw)
+                )
+            except zstandard.ZstdError as exc:
+                raise FerryError(f"{gateway.display(path)}: not valid zstd ({exc})") from None
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise FerryError(f"{gateway.display(path)}: not valid JSON ({exc})") from None
+        if not isinstance(document, dict):
+            raise FerryError(f"{gateway.display(path)}: repodata is not a JSON object")
+        return Upstream(subdir, document, fetched.info.etag, fetched.last_modified, name)
+    raise AssertionError("unreachable")
+
+
+def _has_size(frame: bytes) -> bool:
+    try:
+        return zstandard.frame_content_size(frame) > 0
+    except zstandard.ZstdError:
+        return False
+
+
+def _stream_unzst(frame: bytes) -> bytes:
+    reader = zstandard.ZstdDecompressor().stream_reader(frame)
+    chunks, total = [], 0
+    while chunk := reader.read(1 << 24):
+        total += len(chunk)
+        if total > MAX_REPODATA:
+            raise zstandard.ZstdError("expands beyond the repodata size limit")
+        chunks.append(chunk)
+    return b"".join(chunks)

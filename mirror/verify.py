@@ -1,0 +1,61 @@
+"""Check a channel against its repodata: every listed file present and intact."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateways import CHUNK, Gateway, GatewayError, NotFound
+from index import repodata
+from index.channel import discover_subdirs
+from index.records import EXTENSIONS
+
+
+def _digest(gateway: Gateway, path: str) -> tuple[int, str]:
+    sha = hashlib.sha256()
+    size = 0
+    with gateway.open_read(path) as stream:
+        while chunk := stream.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def _check(
+    gateway: Gateway, path: str, record: dict[str, Any], present: bool
+) -> tuple[str, str | None]:
+    if not present:
+        return "missing", path
+    try:
+        size, sha = _digest(gateway, path)
+    except GatewayError as exc:
+        return "corrupt", f"{path}: {exc.message}"
+    if size != record.get("size") or (record.get("sha256") and sha != record["sha256"]):
+        return "corrupt", f"{path}: size or sha256 differs from its record"
+    return "ok", None
+
+
+def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> dict[str, Any]:
+    findings: dict[str, Any] = {"checked": 0, "missing": [], "corrupt": [], "extra": []}
+    for subdir in subdirs or discover_subdirs(gateway):
+        try:
+            document = repodata.loads(gateway.read_bytes(f"{subdir}/repodata.json"))
+        except NotFound:
+            findings["missing"].append(f"{subdir}/repodata.json")
+            continue
+        records = {**document.get("packages", {}), **document.get("packages.conda", {})}
+        try:
+            listing = {f.name for f in gateway.list(subdir) if not f.is_dir}
+        except NotFound:
+            listing = set()
+        present = {n for n in listing if n.endswith(EXTENSIONS) and not n.startswith(".")}
+        findings["extra"].extend(f"{subdir}/{n}" for n in sorted(present - records.keys()))
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            checks = [(gateway, f"{subdir}/{n}", records[n], n in present) for n in sorted(records)]
+            for kind, item in pool.map(lambda args: _check(*args), checks):
+                findings["checked"] += 1
+                if item is not None:
+                    findings[kind].append(item)
+    return findings
