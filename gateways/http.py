@@ -239,15 +239,25 @@ class HTTPGateway(Gateway):
 
     def open_read(self, path: str, offset: int = 0) -> BinaryIO:
         self._rel(path)
-        etag: list[str | None] = [None]
+        return self._resuming(path, offset, None, None)
+
+    def _resuming(self, path: str, offset: int, first: _Body | None, etag: str | None) -> BinaryIO:
+        """A body that resumes, with If-Range, into the same version of the file only."""
+        validator: list[str | None] = [etag]
 
         def opener(at: int) -> BinaryIO:
-            body = self._open(path, at, etag[0])
-            if etag[0] is None:
-                etag[0] = body._response.headers.get("ETag")  # type: ignore[attr-defined]
+            body = self._open(path, at, validator[0])
+            if validator[0] is None:
+                validator[0] = body._response.headers.get("ETag")  # type: ignore[attr-defined]
             return body
 
-        return ResumingReader(opener, self.options.retry, self.display(path), offset).as_binary()
+        return ResumingReader(
+            opener,
+            self.options.retry,
+            self.display(path),
+            offset,
+            first.as_binary() if first else None,
+        ).as_binary()
 
     def fetch_if_changed(
         self, path: str, etag: str | None = None, last_modified: str | None = None
@@ -265,7 +275,8 @@ class HTTPGateway(Gateway):
         info = self._info_from(path, response)
         encoded = bool(response.headers.get("Content-Encoding"))
         body = _Body(response, encoded and not compressed, self.display(path), 0)
-        return Fetched(info, body.as_binary(), response.headers.get("Last-Modified"))
+        stream = self._resuming(path, 0, body, response.headers.get("ETag"))
+        return Fetched(info, stream, response.headers.get("Last-Modified"))
 
     def _read_only(self, path: str) -> ReadOnlyError:
         return ReadOnlyError(self.display(path), "HTTP is read-only")

@@ -179,21 +179,28 @@ class S3Gateway(Gateway):
             )
 
     def open_read(self, path: str, offset: int = 0) -> BinaryIO:
+        return self._resuming(path, offset, None, None)
+
+    def _resuming(
+        self, path: str, offset: int, first: BinaryIO | None, etag: str | None
+    ) -> BinaryIO:
         key = self._key(path)
-        etag: list[str | None] = [None]
+        validator: list[str | None] = [etag]
 
         def opener(at: int) -> BinaryIO:
             kwargs: dict[str, Any] = {"Key": key}
             if at:
                 kwargs["Range"] = f"bytes={at}-"
-            if etag[0]:
-                kwargs["IfMatch"] = etag[0]  # resume only into the same object version
+            if validator[0]:
+                kwargs["IfMatch"] = validator[0]  # resume only into the same object version
             with self._errors(path):
                 response = self.client.get_object(Bucket=self.bucket, **kwargs)
-            etag[0] = etag[0] or response.get("ETag")
+            validator[0] = validator[0] or response.get("ETag")
             return _Body(response["Body"], self.display(path)).as_binary()
 
-        return ResumingReader(opener, self.options.retry, self.display(path), offset).as_binary()
+        return ResumingReader(
+            opener, self.options.retry, self.display(path), offset, first
+        ).as_binary()
 
     def fetch_if_changed(
         self, path: str, etag: str | None = None, last_modified: str | None = None
@@ -213,7 +220,8 @@ class S3Gateway(Gateway):
             response["LastModified"].timestamp(),
             response["ETag"],
         )
-        return Fetched(info, _Body(response["Body"], self.display(path)).as_binary())
+        first = _Body(response["Body"], self.display(path)).as_binary()
+        return Fetched(info, self._resuming(path, 0, first, response["ETag"]))
 
     def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
         key = self._key(path)

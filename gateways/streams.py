@@ -60,6 +60,7 @@ class ResumingReader(RawStream):
         policy: RetryPolicy,
         what: str,
         offset: int = 0,
+        first: BinaryIO | None = None,
     ) -> None:
         super().__init__()
         self._opener = opener
@@ -67,7 +68,7 @@ class ResumingReader(RawStream):
         self._what = what
         self._offset = offset
         self._failures = 0
-        self._stream: BinaryIO | None = None
+        self._stream: BinaryIO | None = first  # a body already opened by the caller
         self._retrying(lambda: b"")  # open now: a missing file fails here, not later
 
     def tell(self) -> int:

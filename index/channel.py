@@ -53,6 +53,8 @@ class IndexOptions:
     # Records to publish as given for files present (a mirror's upstream records,
     # hot-fixes included): such files are never read. subdir -> filename -> record.
     pinned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Files present but not to be published (a mirror's files on their way out).
+    ignored: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,9 +139,11 @@ def scan_subdir(
     jobs: int,
     summary: SubdirSummary,
     pinned: dict[str, dict[str, Any]] | None = None,
+    ignored: set[str] | None = None,
 ) -> dict[str, Entry]:
     """Records for every valid package in ``subdir``, reading only what changed."""
     pinned = pinned or {}
+    ignored = ignored or set()
     try:
         listing = [f for f in gateway.list(subdir) if not f.is_dir]
     except NotFound:
@@ -147,7 +151,7 @@ def scan_subdir(
     files: dict[str, FileInfo] = {}
     for info in listing:
         name = info.name
-        if not name.endswith(EXTENSIONS) or name.startswith("."):
+        if not name.endswith(EXTENSIONS) or name.startswith(".") or name in ignored:
             continue
         try:
             files[check_filename(name)] = info
@@ -213,7 +217,13 @@ def index_channel(gateway: Gateway, options: IndexOptions) -> IndexSummary:
             sub = SubdirSummary(subdir)
             summary.subdirs.append(sub)
             entries = scan_subdir(
-                gateway, subdir, cache, options.jobs, sub, options.pinned.get(subdir)
+                gateway,
+                subdir,
+                cache,
+                options.jobs,
+                sub,
+                options.pinned.get(subdir),
+                options.ignored.get(subdir),
             )
             sections: dict[str, dict[str, dict[str, Any]]] = {"packages": {}, "packages.conda": {}}
             for name, entry in sorted(entries.items()):

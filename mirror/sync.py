@@ -222,17 +222,22 @@ class SyncRun:
             set(state.upstream_files),
             self.job.prune,
         )
-        mirrored = len(set(state.upstream_files) & present.keys())
+        mirrored = set(state.upstream_files) & present.keys()
+        wanted_names = {r.get("name") for r in plan.desired.values()}
+        # Turnover (an old build replaced by a new one) is routine; names vanishing
+        # wholesale is what an emptied upstream or a filter mistake looks like.
+        vanishing = [
+            f for f in plan.remove if (published.get(f) or {}).get("name") not in wanted_names
+        ]
         if (
-            plan.remove
-            and mirrored
+            vanishing
             and not self.force
-            and len(plan.remove) / mirrored > self.job.max_prune_fraction
+            and len(vanishing) / len(mirrored) > self.job.max_prune_fraction
         ):
             raise errors.FerryError(
-                f"{subdir}: the plan removes {len(plan.remove)} of {mirrored} mirrored packages, "
-                f"more than max_prune_fraction {self.job.max_prune_fraction} "
-                "(check the filters; --force to do it anyway)"
+                f"{subdir}: the plan drops every build of {len(vanishing)} of the "
+                f"{len(mirrored)} mirrored packages, more than max_prune_fraction "
+                f"{self.job.max_prune_fraction} (check the filters; --force to do it anyway)"
             )
         return plan, published, present
 
@@ -278,6 +283,7 @@ class SyncRun:
             IndexOptions(
                 subdirs=[subdir],
                 pinned={subdir: pinned},
+                ignored={subdir: set(state.upstream_files) - pinned.keys()},
                 channeldata=False,
                 run_exports=False,
                 jobs=self.job.jobs,

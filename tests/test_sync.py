@@ -1,0 +1,349 @@
+"""ferry sync end to end against real servers, with real clients reading the mirror."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import boto3
+import pytest
+import rattler
+
+from gateways import open_gateway
+from index.pkgmaker import Spec, write_package
+from tests.faultproxy import FaultProxy
+from tests.helpers import ferry, load
+from tests.mirrorcheck import assert_consistent
+from tests.servers import Server
+from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
+
+FILTERS = """filters:
+  include: ["pngtool >=2"]
+  exclude: ["*-dbg"]
+  dependencies: true
+  licenses: {deny: ["GPL-*"]}
+prune: true
+"""
+EXPECTED = {
+    "linux-64": ["libpng-1.6.43-h1_0.conda", "pngtool-2.0-h2_0.conda", "zlib-1.3.1-h0_0.conda"],
+    "noarch": ["data-2024.1-0.conda"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def upstream(nginx: Server, request: pytest.FixtureRequest) -> tuple[Path, str]:
+    name = f"up-{request.node.name}".replace("[", "-").replace("]", "")[:60]
+    root = nginx.root / name
+    build_upstream(root)
+    return root, f"{nginx.url}/{name}"
+
+
+def files(mirror: Path) -> dict[str, list[str]]:
+    out = {}
+    for subdir in ("linux-64", "noarch"):
+        out[subdir] = sorted(p.name for p in (mirror / subdir).glob("*.conda")) + sorted(
+            p.name for p in (mirror / subdir).glob("*.tar.bz2")
+        )
+    return out
+
+
+def requests_since(server: Server, start: int) -> list[str]:
+    return Path(server.extra["log"]).read_text().splitlines()[start:]
+
+
+def log_length(server: Server) -> int:
+    return len(Path(server.extra["log"]).read_text().splitlines())
+
+
+def test_http_to_localfs_then_clients_install(
+    nginx: Server, upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = upstream
+    mirror = nginx.root / f"mirror-{tmp_path.name}"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), FILTERS)
+    result = ferry("sync", str(job), "--json", str(tmp_path / "report.json"))
+    assert result.exit_code == 0, result.output
+    assert files(mirror) == EXPECTED
+    assert assert_consistent(mirror) == 4
+    report = load(tmp_path / "report.json")
+    assert report["totals"]["added"] == 4 and report["exit_code"] == 0
+    upstream_doc = load(root / "linux-64/repodata.json")
+    mirrored = load(mirror / "linux-64/repodata.json")
+    for filename, record in mirrored["packages.conda"].items():
+        assert record == upstream_doc["packages.conda"][filename]  # verbatim
+
+    # a real client solves and installs from the mirror, served over HTTP
+    records = asyncio.run(
+        rattler.solve(
+            sources=[rattler.Channel(f"{nginx.url}/{mirror.name}")],
+            specs=["pngtool"],
+            platforms=["linux-64", "noarch"],
+            virtual_packages=[],
+            gateway=rattler.Gateway(cache_dir=tmp_path / "rc"),
+        )
+    )
+    assert sorted(r.name.normalized for r in records) == ["data", "libpng", "pngtool", "zlib"]
+    asyncio.run(
+        rattler.install(records, tmp_path / "env", cache_dir=tmp_path / "pkgs", show_progress=False)
+    )
+    assert (tmp_path / "env/share/pngtool/README").exists()
+
+    # nothing changed: one request per subdir, no writes
+    before_files = {p: p.stat().st_mtime_ns for p in mirror.rglob("*")}
+    start = log_length(nginx)
+    again = ferry("sync", str(job))
+    assert again.exit_code == 0 and "up to date" in again.output
+    upstream_requests = [r for r in requests_since(nginx, start) if f"/{root.name}/" in r]
+    assert len(upstream_requests) == 2 and all(" 304 " in r for r in upstream_requests)
+    assert {p: p.stat().st_mtime_ns for p in mirror.rglob("*")} == before_files
+
+    # upstream adds, hot-fixes and removes; the mirror follows
+    write_package(root, Spec("zlib", "1.3.2", "h0_0", subdir="linux-64", license="Zlib"))
+    (root / "noarch/data-2024.1-0.conda").unlink()
+    write_package(root, Spec("data", "2024.2", "0", noarch="generic", license="CC0-1.0"))
+    reindex(root)
+
+    def hotfix(document: dict[str, object]) -> None:
+        records = document["packages.conda"]
+        records["libpng-1.6.43-h1_0.conda"]["depends"] = ["zlib >=1.3,<2"]  # type: ignore[index]
+
+    edit_repodata(root, "linux-64", hotfix)
+    third = ferry("sync", str(job), "--json", str(tmp_path / "third.json"))
+    assert third.exit_code == 0, third.output
+    summary = load(tmp_path / "third.json")
+    assert summary["totals"] == {
+        "added": 2,
+        "updated": 1,
+        "removed": 1,
+        "bytes": summary["totals"]["bytes"],
+    }
+    mirrored = load(mirror / "linux-64/repodata.json")
+    assert mirrored["packages.conda"]["libpng-1.6.43-h1_0.conda"]["depends"] == ["zlib >=1.3,<2"]
+    assert "zlib-1.3.2-h0_0.conda" in mirrored["packages.conda"]
+    assert files(mirror)["noarch"] == ["data-2024.2-0.conda"]
+    assert assert_consistent(mirror) == 5
+    assert ferry("verify", str(mirror)).exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["s3", "sftp", "ftp"])
+def test_other_gateways(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, upstream: tuple[Path, str]
+) -> None:
+    root, _ = upstream
+    if kind == "s3":
+        moto: Server = request.getfixturevalue("moto")
+        client = boto3.client("s3", endpoint_url=moto.url)
+        for path in root.rglob("*"):
+            if path.is_file() and ".cache" not in path.parts:
+                client.put_object(
+                    Bucket="ferry",
+                    Key=f"up-{tmp_path.name}/{path.relative_to(root)}",
+                    Body=path.read_bytes(),
+                )
+        extra = (
+            f"source_options: {{endpoint_url: '{moto.url}'}}\n"
+            f"target_options: {{endpoint_url: '{moto.url}'}}\n"
+        )
+        source, target = f"s3://ferry/up-{tmp_path.name}", f"s3://ferry/mirror-{tmp_path.name}"
+    elif kind == "sftp":
+        sshd: Server = request.getfixturevalue("sshd")
+        shutil.copytree(root, sshd.root / tmp_path.name)
+        extra = (
+            f"source_options: {{key_file: '{sshd.extra['key_file']}', "
+            f"known_hosts: '{sshd.extra['known_hosts']}'}}\n"
+        )
+        source, target = f"{sshd.url}/{tmp_path.name}", str(tmp_path / "mirror")
+    else:
+        ftpd: Server = request.getfixturevalue("ftpd")
+        shutil.copytree(root, ftpd.root / tmp_path.name)
+        extra, source, target = "", f"{ftpd.url}/{tmp_path.name}", str(tmp_path / "mirror")
+    job = job_yaml(tmp_path / "job.yaml", source, target, FILTERS + extra)
+    result = ferry("sync", str(job))
+    assert result.exit_code == 0, result.output
+    if kind == "s3":
+        local = tmp_path / "copy"
+        with open_gateway(target, open_gateway(source).options if False else None) as _:
+            pass
+        client = boto3.client("s3", endpoint_url=moto.url)
+        pages = client.list_objects_v2(Bucket="ferry", Prefix=f"mirror-{tmp_path.name}/")
+        for obj in pages["Contents"]:
+            dest = local / obj["Key"].split("/", 1)[1]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(client.get_object(Bucket="ferry", Key=obj["Key"])["Body"].read())
+        target = str(local)
+    assert files(Path(target)) == EXPECTED
+    assert assert_consistent(Path(target)) == 4
+    again = ferry("sync", str(job))
+    assert "up to date" in again.output
+    assert "s3cret" not in result.output + again.output
+
+
+def test_faults_never_publish_corrupt_packages(
+    nginx: Server, upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = upstream
+    victim = root / "linux-64/zlib-1.3.1-h0_0.conda"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:500] + bytes([good[500] ^ 0xFF]) + good[501:])  # same size
+    proxy = FaultProxy(nginx.port)
+    try:
+        proxied = url.replace(f":{nginx.port}", f":{proxy.port}")
+        mirror = tmp_path / "mirror"
+        job = job_yaml(
+            tmp_path / "job.yaml", proxied, str(mirror), "jobs: 2\nsource_options: {retries: 4}\n"
+        )
+        proxy.plan("status:503", "drop:400", "status:500", "drop:1200", "flip:900")
+        result = ferry("sync", str(job), "--json", str(tmp_path / "r.json"))
+        assert result.exit_code == 3, result.output
+        report = load(tmp_path / "r.json")
+        failed = {f for s in report["subdirs"] for f in s["failures"]}
+        assert failed == {"zlib-1.3.1-h0_0.conda"}
+        assert "zlib-1.3.1-h0_0.conda" in result.output and "sha256" in result.output
+        assert not (mirror / "linux-64/zlib-1.3.1-h0_0.conda").exists()
+        assert (
+            "zlib-1.3.1-h0_0.conda" not in load(mirror / "linux-64/repodata.json")["packages.conda"]
+        )
+        assert assert_consistent(mirror) == 7
+        victim.write_bytes(good)
+        healed = ferry("sync", str(job))
+        assert healed.exit_code == 0, healed.output
+        assert assert_consistent(mirror) == 8
+    finally:
+        proxy.close()
+
+
+def test_hostile_filenames_are_refused(
+    nginx: Server, upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = upstream
+    for bad in ("../escape.conda", "/etc/evil.conda", "sub/dir.conda"):
+
+        def poison(document: dict[str, object], bad: str = bad) -> None:
+            records = document["packages.conda"]
+            records[bad] = dict(next(iter(records.values())))  # type: ignore[call-overload]
+
+        edit_repodata(root, "linux-64", poison)
+        mirror = tmp_path / "deep" / "mirror"
+        job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+        result = ferry("sync", str(job))
+        assert result.exit_code == 1, result.output
+        assert "unsafe package file name" in result.output and "refused" in result.output
+        assert not (tmp_path / "deep" / "escape.conda").exists()
+        assert not (mirror / "linux-64").exists()
+        reindex(root)
+
+
+def test_second_run_on_a_locked_target_exits_75(upstream: tuple[Path, str], tmp_path: Path) -> None:
+    _, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    with open_gateway(str(mirror)) as gateway, gateway.lock("linux-64/.ferry.lock"):
+        result = ferry("sync", str(job))
+    assert result.exit_code == 75
+    assert "held by pid" in result.output
+
+
+def test_prune_beyond_fraction_refuses_without_force(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), "prune: true\n")
+    assert ferry("sync", str(job)).exit_code == 0
+    job_yaml(job, url, str(mirror), "prune: true\nfilters: {include: [zlib]}\n")
+    refused = ferry("sync", str(job))
+    assert refused.exit_code == 1 and "max_prune_fraction" in refused.output
+    assert len(files(mirror)["linux-64"]) == 6
+    forced = ferry("sync", str(job), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert files(mirror)["linux-64"] == ["zlib-1.3.1-h0_0.conda", "zlib-1.2.13-h0_0.tar.bz2"]
+
+
+def test_dry_run_and_explain_write_nothing(upstream: tuple[Path, str], tmp_path: Path) -> None:
+    _, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), FILTERS)
+    plan = ferry("sync", str(job), "--dry-run", "--json", str(tmp_path / "plan.json"))
+    assert plan.exit_code == 0 and "add" in plan.output
+    assert load(tmp_path / "plan.json")["subdirs"][0]["plan"]["add"] == EXPECTED["linux-64"]
+    explain = ferry("sync", str(job), "--explain", "gpltool")
+    assert "drop linux-64/gpltool-1.0-h3_0.conda" in explain.output
+    assert not mirror.exists()
+
+
+def test_base_url_is_honoured(nginx: Server, tmp_path: Path) -> None:
+    root = nginx.root / f"split-{tmp_path.name}"
+    build_upstream(root)
+    packages = nginx.root / f"pkgs-{tmp_path.name}"
+    for subdir in ("linux-64", "noarch"):
+        (packages / subdir).mkdir(parents=True)
+        for path in (root / subdir).glob("*.conda"):
+            path.rename(packages / subdir / path.name)
+        for path in (root / subdir).glob("*.tar.bz2"):
+            path.rename(packages / subdir / path.name)
+
+        def rebase(document: dict[str, object], subdir: str = subdir) -> None:
+            document["info"] = {"subdir": subdir, "base_url": f"../../{packages.name}/{subdir}/"}
+            document["repodata_version"] = 2
+
+        edit_repodata(root, subdir, rebase)
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror), FILTERS)
+    result = ferry("sync", str(job))
+    assert result.exit_code == 0, result.output
+    assert files(mirror) == EXPECTED
+    assert "base_url" not in load(mirror / "linux-64/repodata.json")["info"]
+
+
+def test_publish_custom_packages_and_verify(tmp_path: Path) -> None:
+    custom = tmp_path / "custom"
+    built = tmp_path / "built"
+    one = write_package(built, Spec("inhouse", "1.0", "0", subdir="linux-64"))
+    two = write_package(built, Spec("inhouse-docs", "1.0", "0", noarch="generic"), ".tar.bz2")
+    result = ferry("publish", str(one), str(two), "--to", str(custom))
+    assert result.exit_code == 0, result.output
+    assert "inhouse-1.0-0.conda" in load(custom / "linux-64/repodata.json")["packages.conda"]
+    assert "inhouse-docs-1.0-0.tar.bz2" in load(custom / "noarch/repodata.json")["packages"]
+    assert ferry("verify", str(custom)).exit_code == 0
+    (custom / "linux-64/inhouse-1.0-0.conda").write_bytes(b"garbage")
+    (custom / "noarch/stray-1.0-0.conda").write_bytes(b"x")
+    (custom / "noarch/inhouse-docs-1.0-0.tar.bz2").unlink()
+    bad = ferry("verify", str(custom), "--json", str(tmp_path / "v.json"))
+    assert bad.exit_code == 1
+    findings = load(tmp_path / "v.json")
+    assert len(findings["corrupt"]) == 1 and len(findings["missing"]) == 1
+    assert findings["extra"] == ["noarch/stray-1.0-0.conda"]
+    broken = tmp_path / "broken-1.0-0.conda"
+    broken.write_bytes(b"nope")
+    refused = ferry("publish", str(broken), "--to", str(custom))
+    assert refused.exit_code == 1 and "not a valid package" in refused.output
+
+
+def test_publish_into_a_mirror_keeps_upstream_records(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = upstream
+
+    def hotfix(document: dict[str, object]) -> None:
+        document["packages.conda"]["zlib-1.3.1-h0_0.conda"]["depends"] = ["fixed"]  # type: ignore[index]
+
+    edit_repodata(root, "linux-64", hotfix)
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    assert ferry("sync", str(job)).exit_code == 0
+    own = write_package(tmp_path / "built", Spec("inhouse", "1.0", "0", subdir="linux-64"))
+    assert ferry("publish", str(own), "--to", str(mirror)).exit_code == 0
+    records = load(mirror / "linux-64/repodata.json")["packages.conda"]
+    assert records["zlib-1.3.1-h0_0.conda"]["depends"] == ["fixed"]
+    assert "inhouse-1.0-0.conda" in records
+    again = ferry("sync", str(job))  # the custom package survives a sync with prune
+    assert again.exit_code == 0
+    assert "inhouse-1.0-0.conda" in load(mirror / "linux-64/repodata.json")["packages.conda"]
+    json.dumps(records)

@@ -1,0 +1,82 @@
+"""Job configs: every mistake is one line naming file, line and fix; exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mirror.config import load_job, parse_size
+from tests.helpers import ferry
+
+
+def run(tmp_path: Path, text: str) -> tuple[int, str]:
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    result = ferry("sync", str(job))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    "text,line,words",
+    [
+        ("source: a\ntarget: b\nsubdirs: [noarch]\nfliters: {}\n", 4, "did you mean 'filters'"),
+        ("source: a\nsubdirs: [noarch]\n", 1, "target: is required"),
+        (
+            "source: a\ntarget: b\nsubdirs: [noarch]\nfilters:\n  include: ['numpy >=>1']\n",
+            5,
+            "is not a match spec",
+        ),
+        (
+            "source: a\ntarget: b\nsubdirs: [noarch]\nfilters:\n  max_size: huge\n",
+            5,
+            "is not a size",
+        ),
+        ("source: a\ntarget: b\nsubdirs: [noarch]\nfilters:\n  latest: 0\n", 5, ">= 1"),
+        ("source: a\ntarget: b\nsubdirs: [noarch]\nfilters:\n  after: someday\n", 5, "YYYY-MM-DD"),
+        ("source: a\ntarget: b\nsubdirs: [Linux 64]\n", 3, "not a subdir name"),
+        (
+            "source: ftp://u:${NO_SUCH_VAR_X}@h/x\ntarget: b\nsubdirs: [noarch]\n",
+            1,
+            "NO_SUCH_VAR_X is not set",
+        ),
+        ("source: a\ntarget: b\nsubdirs: [noarch]\nprune: yes please\n", 4, "true or false"),
+        ("source: [a\n", 2, "YAML"),
+    ],
+)
+def test_bad_configs_name_file_line_and_fix(
+    tmp_path: Path, text: str, line: int, words: str
+) -> None:
+    code, output = run(tmp_path, text)
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert f"job.yaml:{line}:" in lines[0] and words in lines[0]
+    assert "Traceback" not in output
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    result = ferry("sync", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_defaults_and_env_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTP_PASSWORD", "hunter2")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source: ftp://me:${FTP_PASSWORD}@host/ch\ntarget: mirror\n"
+        "subdirs: [noarch]\nfilters:\n  max_size: 1.5GiB\n"
+    )
+    loaded = load_job(str(job))
+    assert loaded.source == "ftp://me:hunter2@host/ch"
+    assert loaded.target == str(tmp_path / "mirror")
+    assert loaded.filters.max_size == int(1.5 * 1024**3)
+    assert (loaded.prune, loaded.jobs, loaded.max_prune_fraction) == (False, 4, 0.5)
+    assert loaded.outputs.jlap and loaded.outputs.shards and loaded.outputs.zst
+
+
+def test_parse_size() -> None:
+    assert parse_size("500MB") == 500_000_000
+    assert parse_size("2GiB") == 2 * 1024**3
+    assert parse_size(1234) == 1234
+    assert parse_size("lots") is None
