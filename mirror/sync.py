@@ -102,6 +102,38 @@ def _records(document: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     return merged
 
 
+@dataclass
+class MirrorView:
+    """What a mirror subdir holds now: published records, package files, temp files."""
+
+    published: dict[str, dict[str, Any]]
+    present: dict[str, int]
+    partials: list[str]
+
+    @classmethod
+    def read(cls, target: Gateway, subdir: str) -> MirrorView:
+        try:
+            listing = [f for f in target.list(subdir) if not f.is_dir]
+        except NotFound:
+            listing = []
+        published: dict[str, dict[str, Any]] = {}
+        try:
+            document = repodata.loads(target.read_bytes(f"{subdir}/repodata.json"))
+            published = {**document.get("packages", {}), **document.get("packages.conda", {})}
+        except (NotFound, ValueError):
+            pass
+        hidden = [f for f in listing if f.name.startswith(".")]
+        return cls(
+            published,
+            {
+                f.name: f.size
+                for f in listing
+                if f.name.endswith(EXTENSIONS) and not f.name.startswith(".")
+            },
+            [f.path for f in hidden if f.name.endswith(".part")],
+        )
+
+
 class SyncRun:
     def __init__(
         self, job: Job, progress: Progress, dry_run: bool = False, force: bool = False
@@ -197,37 +229,22 @@ class SyncRun:
 
     def _plan(
         self, target: Gateway, subdir: str, selection: Selection, state: SubdirState
-    ) -> tuple[Plan, dict[str, dict[str, Any]], dict[str, int]]:
-        """The plan, the mirror's published records, and its package files by size."""
-        try:
-            listing = target.list(subdir)
-        except NotFound:
-            listing = []
-        present = {
-            f.name: f.size
-            for f in listing
-            if not f.is_dir and f.name.endswith(EXTENSIONS) and not f.name.startswith(".")
-        }
-        published: dict[str, dict[str, Any]] = {}
-        try:
-            document = repodata.loads(target.read_bytes(f"{subdir}/repodata.json"))
-            published = {**document.get("packages", {}), **document.get("packages.conda", {})}
-        except (NotFound, ValueError):
-            pass
+    ) -> tuple[Plan, MirrorView]:
+        view = MirrorView.read(target, subdir)
         plan = make_plan(
             subdir,
             selection.kept.get(subdir, {}),
-            published,
-            present,
+            view.published,
+            view.present,
             set(state.upstream_files),
             self.job.prune,
         )
-        mirrored = set(state.upstream_files) & present.keys()
+        mirrored = set(state.upstream_files) & view.present.keys()
         wanted_names = {r.get("name") for r in plan.desired.values()}
         # Turnover (an old build replaced by a new one) is routine; names vanishing
         # wholesale is what an emptied upstream or a filter mistake looks like.
         vanishing = [
-            f for f in plan.remove if (published.get(f) or {}).get("name") not in wanted_names
+            f for f in plan.remove if (view.published.get(f) or {}).get("name") not in wanted_names
         ]
         if (
             vanishing
@@ -239,7 +256,7 @@ class SyncRun:
                 f"{len(mirrored)} mirrored packages, more than max_prune_fraction "
                 f"{self.job.max_prune_fraction} (check the filters; --force to do it anyway)"
             )
-        return plan, published, present
+        return plan, view
 
     def _apply(
         self,
@@ -251,7 +268,10 @@ class SyncRun:
         report: SubdirReport,
     ) -> None:
         subdir = answer.subdir
-        plan, published, present = self._plan(target, subdir, selection, state)
+        plan, view = self._plan(target, subdir, selection, state)
+        published, present = view.published, view.present
+        for partial in view.partials:  # a killed run's temp files; we hold the lock
+            target.delete(partial)
         state.upstream_files = sorted(set(state.upstream_files) | set(plan.add))
         state.complete = False
         if plan.add:

@@ -3,7 +3,8 @@
 Faults: ``drop:N`` closes the client side after N bytes from the server; ``status:C``
 answers an HTTP status C without asking the server (``status:429:1`` adds
 Retry-After: 1); ``stall:S`` waits S seconds before forwarding; ``flip:N`` changes
-byte N of the server's answer; anything else passes through.
+byte N of the server's answer; ``slow:B`` forwards at about B bytes a second;
+anything else passes through. ``default`` applies when no fault is planned.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class FaultProxy:
         self.target_port = target_port
         self.port = free_port()
         self.faults: deque[str] = deque()
+        self.default = "pass"
         self.connections = 0
         self._sock = socket.create_server(("127.0.0.1", self.port))
         self._sock.settimeout(0.2)
@@ -38,7 +40,7 @@ class FaultProxy:
             except (TimeoutError, OSError):
                 continue
             self.connections += 1
-            fault = self.faults.popleft() if self.faults else "pass"
+            fault = self.faults.popleft() if self.faults else self.default
             threading.Thread(target=self._handle, args=(client, fault), daemon=True).start()
 
     def _handle(self, client: socket.socket, fault: str) -> None:
@@ -61,7 +63,7 @@ class FaultProxy:
         except OSError:
             client.close()
             return
-        limit = int(arg) if kind in ("drop", "flip") else None
+        limit = int(arg) if kind in ("drop", "flip", "slow") else None
         threading.Thread(
             target=self._pipe, args=(client, upstream, None, None), daemon=True
         ).start()
@@ -72,7 +74,9 @@ class FaultProxy:
     ) -> None:
         sent = 0
         try:
-            while data := src.recv(65536):
+            while data := src.recv(8192 if kind == "slow" else 65536):
+                if kind == "slow" and limit:
+                    self._stop.wait(len(data) / limit)
                 if limit is not None and kind == "drop" and sent + len(data) >= limit:
                     dst.sendall(data[: max(0, limit - sent)])
                     break
