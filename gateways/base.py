@@ -189,11 +189,20 @@ class Gateway(abc.ABC):
 
     # -- writing ----------------------------------------------------------------
     @abc.abstractmethod
-    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
-        """Store ``stream`` at ``path`` so that readers see the old or new file only."""
+    def write_atomic(
+        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
+    ) -> FileInfo:
+        """Store ``stream`` at ``path`` so that readers see the old or new file only.
 
-    def write_bytes(self, path: str, data: bytes) -> FileInfo:
-        return self.write_atomic(path, io.BytesIO(data), len(data))
+        ``durable=False`` may skip per-file flushes to stable storage; the caller then
+        calls :meth:`flush` once before publishing anything that refers to the files.
+        """
+
+    def write_bytes(self, path: str, data: bytes, durable: bool = True) -> FileInfo:
+        return self.write_atomic(path, io.BytesIO(data), len(data), durable)
+
+    def flush(self) -> None:  # noqa: B027 - remote stores are durable once they answer
+        """Make every earlier non-durable write durable."""
 
     @abc.abstractmethod
     def delete(self, path: str) -> None:

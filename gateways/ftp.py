@@ -286,7 +286,9 @@ class FTPGateway(Gateway):
             with contextlib.suppress(ftplib.error_perm):
                 conn.mkd(current)
 
-    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
+    def write_atomic(
+        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
+    ) -> FileInfo:
         target = self._abs(path)
         parent, _, name = target.rpartition("/")
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.part"

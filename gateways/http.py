@@ -281,7 +281,9 @@ class HTTPGateway(Gateway):
     def _read_only(self, path: str) -> ReadOnlyError:
         return ReadOnlyError(self.display(path), "HTTP is read-only")
 
-    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
+    def write_atomic(
+        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
+    ) -> FileInfo:
         raise self._read_only(path)
 
     def delete(self, path: str) -> None:

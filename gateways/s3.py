@@ -223,7 +223,9 @@ class S3Gateway(Gateway):
         first = _Body(response["Body"], self.display(path)).as_binary()
         return Fetched(info, self._resuming(path, 0, first, response["ETag"]))
 
-    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
+    def write_atomic(
+        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
+    ) -> FileInfo:
         key = self._key(path)
         first = _read_full(stream, PART_SIZE)
         if len(first) < PART_SIZE:

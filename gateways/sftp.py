@@ -241,7 +241,9 @@ class SFTPGateway(Gateway):
         with contextlib.suppress(OSError):
             sftp.mkdir(directory)
 
-    def write_atomic(self, path: str, stream: BinaryIO, size: int | None = None) -> FileInfo:
+    def write_atomic(
+        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
+    ) -> FileInfo:
         target = self._abs(path)
         parent, _, name = target.rpartition("/")
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.part" if parent else f".{name}.part"

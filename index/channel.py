@@ -15,7 +15,7 @@ from gateways import FileInfo, Gateway, GatewayError, NotFound
 from . import channeldata, patches, repodata
 from .cache import Entry, IndexCache
 from .package import BadPackage, read_package
-from .publish import OutputOptions, Written, publish_subdir, write_if_changed
+from .publish import OutputOptions, Written, publish_subdir, sweep_partials, write_if_changed
 from .records import EXTENSIONS, BadFilename, check_filename, package_key, record_from_package
 
 log = logging.getLogger("ferry.index")
@@ -148,6 +148,7 @@ def scan_subdir(
         listing = [f for f in gateway.list(subdir) if not f.is_dir]
     except NotFound:
         listing = []
+    sweep_partials(gateway, listing)
     files: dict[str, FileInfo] = {}
     for info in listing:
         name = info.name

@@ -42,6 +42,7 @@ def channeldata(
 
     packages: dict[str, dict[str, Any]] = {}
     newest: dict[str, tuple[Version, int]] = {}
+    parsed: dict[str, Version] = {}
     for subdir, record, extras in records:
         name = record["name"]
         entry = packages.setdefault(
@@ -56,7 +57,8 @@ def channeldata(
         stamp = int(record.get("timestamp", 0) or 0)
         stamp = stamp // 1000 if stamp > 1e11 else stamp
         entry["timestamp"] = max(entry.get("timestamp", 0), stamp)
-        version = Version(str(record["version"]))
+        text = str(record["version"])
+        version = parsed.get(text) or parsed.setdefault(text, Version(text))
         if name not in newest or newest[name][0] < version:
             newest[name] = (version, stamp)
             entry["version"] = record["version"]

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateways import Gateway, NotFound
+from gateways import FileInfo, Gateway, NotFound
 
 from . import jlap, repodata, shards
 from .jlap import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
@@ -50,6 +50,18 @@ def write_if_changed(gateway: Gateway, path: str, data: bytes, written: Written)
     return True
 
 
+def is_partial(name: str) -> bool:
+    """A temp file of an atomic write (``.name.XXXX.part``): a killed run's leftover."""
+    return name.startswith(".") and name.endswith(".part")
+
+
+def sweep_partials(gateway: Gateway, files: list[FileInfo]) -> None:
+    """Remove a killed run's temp files; callers hold the subdir's lock."""
+    for info in files:
+        if is_partial(info.name):
+            gateway.delete(info.path)
+
+
 def _read_existing(gateway: Gateway, path: str) -> bytes | None:
     try:
         return gateway.read_bytes(path)
@@ -79,8 +91,10 @@ def publish_subdir(
         for digest, data in shard_files.items():
             path = shards.shard_path(digest)
             if path not in existing:  # content-addressed: present means identical
-                gateway.write_bytes(f"{subdir}/{path}", data)
+                gateway.write_bytes(f"{subdir}/{path}", data, durable=False)
                 written.paths.append(f"{subdir}/{path}")
+        if written.paths:
+            gateway.flush()  # one flush for all shards, before the index names them
         write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", index_bytes, written)
 
     if options.zst:
@@ -135,7 +149,7 @@ def publish_subdir(
     return written
 
 
-def _list(gateway: Gateway, path: str) -> list[Any]:
+def _list(gateway: Gateway, path: str) -> list[FileInfo]:
     try:
         return [f for f in gateway.list(path) if not f.is_dir]
     except NotFound:

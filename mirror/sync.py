@@ -104,11 +104,10 @@ def _records(document: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class MirrorView:
-    """What a mirror subdir holds now: published records, package files, temp files."""
+    """What a mirror subdir holds now: published records and package files by size."""
 
     published: dict[str, dict[str, Any]]
     present: dict[str, int]
-    partials: list[str]
 
     @classmethod
     def read(cls, target: Gateway, subdir: str) -> MirrorView:
@@ -122,16 +121,12 @@ class MirrorView:
             published = {**document.get("packages", {}), **document.get("packages.conda", {})}
         except (NotFound, ValueError):
             pass
-        hidden = [f for f in listing if f.name.startswith(".")]
-        return cls(
-            published,
-            {
-                f.name: f.size
-                for f in listing
-                if f.name.endswith(EXTENSIONS) and not f.name.startswith(".")
-            },
-            [f.path for f in hidden if f.name.endswith(".part")],
-        )
+        present = {
+            f.name: f.size
+            for f in listing
+            if f.name.endswith(EXTENSIONS) and not f.name.startswith(".")
+        }
+        return cls(published, present)
 
 
 class SyncRun:
@@ -270,8 +265,6 @@ class SyncRun:
         subdir = answer.subdir
         plan, view = self._plan(target, subdir, selection, state)
         published, present = view.published, view.present
-        for partial in view.partials:  # a killed run's temp files; we hold the lock
-            target.delete(partial)
         state.upstream_files = sorted(set(state.upstream_files) | set(plan.add))
         state.complete = False
         if plan.add:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +32,13 @@ def old_rattler_python() -> str:
             pytest.skip(f"py-rattler {VERSION} cannot be installed: {done.stderr[-300:]}")
         marker.touch()
     return str(python)
+
+
+def old_fetch(python: str, url: str, cache: Path) -> dict[str, Any]:
+    """What py-rattler 0.22.0 fetches of ``url``'s linux-64 (see oldrattler_fetch.py)."""
+    script = Path(__file__).with_name("oldrattler_fetch.py")
+    out = subprocess.run(
+        [python, str(script), url, str(cache)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, f"py-rattler {VERSION} failed ({out.returncode}): {out.stderr}"
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))

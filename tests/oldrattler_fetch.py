@@ -20,7 +20,7 @@ async def main(url: str, cache: str) -> None:
             for record in sparse.load_records(rattler.PackageName(name)):
                 names.add(record.name.normalized)
                 files.append(record.file_name)
-    print(json.dumps({"names": sorted(names), "linux-64": sorted(files)}))
+    print(json.dumps({"names": sorted(names), "linux-64": sorted(files)}), flush=True)
 
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))

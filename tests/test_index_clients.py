@@ -139,26 +139,17 @@ def test_keyed_diff_is_a_valid_rfc6902_patch(
 
 def test_old_rattler_follows_jlap(nginx: Server, tmp_path: Path) -> None:
     """py-rattler 0.22.0 (its own venv) updates through repodata.jlap with a ranged GET."""
-    from tests.oldrattler import old_rattler_python
+    from tests.oldrattler import old_fetch, old_rattler_python
 
     python = old_rattler_python()
     name = "jlap-channel"
     channel = nginx.root / name
     small_channel(channel)
     assert ferry("index", str(channel)).exit_code == 0
-    script = Path(__file__).with_name("oldrattler_fetch.py")
     cache = tmp_path / "cache-old"
-    import subprocess
 
     def fetch() -> dict[str, object]:
-        out = subprocess.run(
-            [python, str(script), f"{nginx.url}/{name}", str(cache)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        return old_fetch(python, f"{nginx.url}/{name}", cache)
 
     first = fetch()
     assert first["names"] == ["app", "libzed"]

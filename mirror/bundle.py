@@ -1,0 +1,564 @@
+"""Air-gap bundles: a mirror's changes as volumes of files plus a signed manifest.
+
+The inside can never tell the outside what it has, so bundles form a chain: each
+names the bundle it follows, and import refuses a gap that would lose removals or
+hot-fixes. Every byte is verified against the manifest before the target is
+touched; the target is then written in sync's publishing order, so a killed import
+leaves it consistent and a rerun finishes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gateways import (
+    CHUNK,
+    Gateway,
+    GatewayError,
+    NotFound,
+    UsageError,
+    VerifyingReader,
+    clean_relative,
+    open_gateway,
+)
+from gateways.streams import RawStream
+from index import repodata
+from index.channel import IndexOptions, discover_subdirs, index_channel
+from index.records import BadFilename, check_filename
+
+from . import signing
+from .errors import FerryError
+from .state import STATE_DIR, SubdirState
+
+log = logging.getLogger("ferry.bundle")
+FORMAT = "conda-ferry-bundle/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"
+EXPORTS = f"{STATE_DIR}/exports.json"
+IMPORTS = f"{STATE_DIR}/imports.json"
+KEEP_EXPORTS = 10
+_VOLUME = re.compile(r"^vol-\d{4}$")
+_ID = re.compile(r"^[0-9A-Za-z-]{8,64}$")
+
+
+@dataclass
+class Piece:
+    volume: str
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class BundleFile:
+    path: str  # subdir/filename
+    size: int
+    sha256: str
+    pieces: list[Piece] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    id: str
+    follows: str | None
+    full: bool
+    created: str
+    source: str
+    subdirs: list[str]
+    files: list[BundleFile]
+    removals: dict[str, list[str]]
+    format: str = FORMAT
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> Manifest:
+        """A manifest whose every name is checked: nothing in it may climb out."""
+
+        def bad(problem: str) -> FerryError:
+            return FerryError(f"{where}: {problem} (refused; nothing was written)")
+
+        try:
+            raw = json.loads(data)
+            if raw.get("format") != FORMAT:
+                raise bad(f"unknown bundle format {raw.get('format')!r}")
+            files = [
+                BundleFile(
+                    f["path"], int(f["size"]), str(f["sha256"]), [Piece(**p) for p in f["pieces"]]
+                )
+                for f in raw["files"]
+            ]
+            manifest = cls(
+                str(raw["id"]),
+                raw["follows"],
+                bool(raw["full"]),
+                str(raw["created"]),
+                str(raw["source"]),
+                [str(s) for s in raw["subdirs"]],
+                files,
+                {str(k): [str(n) for n in v] for k, v in raw["removals"].items()},
+            )
+        except FerryError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise bad("the manifest is malformed") from None
+        if not _ID.match(manifest.id) or (manifest.follows and not _ID.match(manifest.follows)):
+            raise bad("bundle ids are malformed")
+        for subdir in manifest.subdirs:
+            if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9_]+)?", subdir):
+                raise bad(f"subdir {subdir!r} is not a subdir name")
+        for item in manifest.files:
+            _check_member(item.path, manifest.subdirs, bad)
+            for piece in item.pieces:
+                if not _VOLUME.match(piece.volume):
+                    raise bad(f"volume name {piece.volume!r} is not vol-NNNN")
+                if not piece.path.startswith(item.path) or clean_relative(piece.path) != piece.path:
+                    raise bad(f"piece path {piece.path!r} is unsafe")
+        for subdir, names in manifest.removals.items():
+            for name in names:
+                _check_member(f"{subdir}/{name}", manifest.subdirs, bad)
+        return manifest
+
+
+def _check_member(path: str, subdirs: list[str], bad: Any) -> None:
+    try:
+        if clean_relative(path) != path:
+            raise ValueError
+    except (UsageError, ValueError):
+        raise bad(f"path {path!r} leaves the bundle") from None
+    subdir, _, name = path.partition("/")
+    if subdir not in subdirs:
+        raise bad(f"path {path!r} is outside the bundle's subdirs")
+    if name == "repodata.json":
+        return
+    try:
+        check_filename(name)
+    except BadFilename as exc:
+        raise bad(str(exc)) from None
+
+
+def _new_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def _read_json(gateway: Gateway, path: str, default: Any) -> Any:
+    try:
+        return json.loads(gateway.read_bytes(path))
+    except (NotFound, ValueError):
+        return default
+
+
+# -- export ------------------------------------------------------------------------------
+class _Limited(RawStream):
+    """At most ``limit`` bytes of ``stream``, hashed on the way: one piece of a file."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        super().__init__()
+        self._stream, self._left = stream, limit
+        self.sha256 = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        data = self._stream.read(min(size, self._left)) if self._left else b""
+        self._left -= len(data)
+        self.count += len(data)
+        self.sha256.update(data)
+        return data
+
+
+class _Packer:
+    """Fills volumes in order; splits a file only when it cannot fit in an empty one."""
+
+    def __init__(self, out: Gateway, volume_size: int) -> None:
+        self.out, self.volume_size = out, volume_size
+        self.number, self.used = 1, 0
+
+    @property
+    def volume(self) -> str:
+        return f"vol-{self.number:04d}"
+
+    def add(self, path: str, stream: BinaryIO, size: int) -> list[Piece]:
+        if self.used and self.used + size > self.volume_size and size <= self.volume_size:
+            self.number, self.used = self.number + 1, 0
+        pieces: list[Piece] = []
+        left, part = size, 0
+        while True:
+            room = self.volume_size - self.used
+            if room <= 0:
+                self.number, self.used = self.number + 1, 0
+                room = self.volume_size
+            take = min(left, room)
+            split = take < size
+            name = f"{path}.part-{part:04d}" if split or part else path
+            limited = _Limited(stream, take)
+            self.out.write_atomic(f"{self.volume}/{name}", limited.as_binary(), take)
+            pieces.append(Piece(self.volume, name, limited.count, limited.sha256.hexdigest()))
+            self.used += take
+            left -= take
+            part += 1
+            if left <= 0:
+                return pieces
+
+
+def export_bundle(
+    mirror: Gateway,
+    bundle_dir: str,
+    since: str | None,
+    full: bool,
+    subdirs: list[str] | None,
+    volume_size: int,
+    sign_key: str | None,
+) -> Manifest:
+    out_root = Path(bundle_dir)
+    if out_root.exists() and any(out_root.iterdir()):
+        raise FerryError(f"{bundle_dir}: not empty (export into a new directory)", 2)
+    history = _read_json(mirror, EXPORTS, {"exports": []})
+    exports: list[dict[str, Any]] = history.get("exports", [])
+    base: dict[str, Any] | None = None
+    if since:
+        base = next((e for e in exports if e["id"] == since), None)
+        if base is None:
+            known = ", ".join(e["id"] for e in exports[-3:]) or "none"
+            raise FerryError(
+                f"{mirror.display(EXPORTS)}: no export {since} in the history "
+                f"(recent: {known}; or use --full)",
+                2,
+            )
+    elif not full and exports:
+        base = exports[-1]
+    full = full or base is None
+    baseline: dict[str, dict[str, str]] = {} if full or base is None else base["snapshot"]
+    chosen = subdirs or [s for s in discover_subdirs(mirror) if mirror.exists(f"{s}/repodata.json")]
+    manifest = Manifest(
+        _new_id(),
+        base["id"] if base and not full else (exports[-1]["id"] if exports else None),
+        full,
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        mirror.display(),
+        sorted(chosen),
+        [],
+        {},
+    )
+    snapshot: dict[str, dict[str, str]] = {}
+    with open_gateway(str(out_root)) as out, _locked(mirror, chosen):
+        packer = _Packer(out, volume_size)
+        for subdir in sorted(chosen):
+            data = mirror.read_bytes(f"{subdir}/repodata.json")
+            document = repodata.loads(data)
+            records = {**document.get("packages", {}), **document.get("packages.conda", {})}
+            snapshot[subdir] = {
+                fn: str(r.get("sha256") or r.get("md5")) for fn, r in records.items()
+            }
+            before = baseline.get(subdir, {})
+            for filename in sorted(records):
+                if before.get(filename) == snapshot[subdir][filename]:
+                    continue
+                record = records[filename]
+                path = f"{subdir}/{filename}"
+                source = VerifyingReader(
+                    mirror.open_read(path),
+                    mirror.display(path),
+                    int(record["size"]),
+                    record.get("sha256"),
+                )
+                with source:
+                    pieces = packer.add(path, source.as_binary(), int(record["size"]))
+                manifest.files.append(
+                    BundleFile(path, source.count, source.sha256.hexdigest(), pieces)
+                )
+            digest = hashlib.sha256(data).hexdigest()
+            pieces = packer.add(f"{subdir}/repodata.json", _bytes_stream(data), len(data))
+            manifest.files.append(BundleFile(f"{subdir}/repodata.json", len(data), digest, pieces))
+            gone = sorted(set(before) - set(records))
+            if gone:
+                manifest.removals[subdir] = gone
+        body = manifest.to_bytes()
+        if sign_key:
+            out.write_bytes(SIGNATURE, signing.sign(body, sign_key))
+        out.write_bytes(MANIFEST, body)  # last: a bundle without it is incomplete
+    exports.append(
+        {
+            "id": manifest.id,
+            "follows": manifest.follows,
+            "full": manifest.full,
+            "created": manifest.created,
+            "snapshot": snapshot,
+        }
+    )
+    mirror.write_bytes(EXPORTS, json.dumps({"exports": exports[-KEEP_EXPORTS:]}).encode())
+    return manifest
+
+
+def _bytes_stream(data: bytes) -> BinaryIO:
+    import io
+
+    return io.BytesIO(data)
+
+
+class _locked:
+    """Hold every subdir's lock: a sync must not change the mirror under an export."""
+
+    def __init__(self, gateway: Gateway, subdirs: list[str]) -> None:
+        import contextlib
+
+        self._stack = contextlib.ExitStack()
+        self._gateway, self._subdirs = gateway, subdirs
+
+    def __enter__(self) -> None:
+        for subdir in sorted(self._subdirs):
+            self._stack.enter_context(self._gateway.lock(f"{subdir}/.ferry.lock"))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+# -- reading and checking a bundle -------------------------------------------------------
+def read_manifest(bundle: Gateway, verify_key: str | None) -> tuple[Manifest, bool]:
+    """The manifest, its signature checked when a key is given; and whether it is signed."""
+    try:
+        body = bundle.read_bytes(MANIFEST)
+    except NotFound:
+        raise FerryError(
+            f"{bundle.display(MANIFEST)}: no manifest (an incomplete or wrong bundle directory)"
+        ) from None
+    try:
+        signature: bytes | None = bundle.read_bytes(SIGNATURE)
+    except NotFound:
+        signature = None
+    if verify_key:
+        signing.verify(body, signature, verify_key, bundle.display(MANIFEST))
+    return Manifest.parse(body, bundle.display(MANIFEST)), signature is not None
+
+
+def check_volumes(bundle: Gateway, manifest: Manifest) -> None:
+    """Every piece present with its size and sha256, or one line naming what is not."""
+    missing_volumes = sorted(
+        {p.volume for f in manifest.files for p in f.pieces if not bundle.exists(p.volume)}
+    )
+    if missing_volumes:
+        raise FerryError(
+            f"{bundle.display()}: volume(s) {', '.join(missing_volumes)} missing "
+            "(copy every volume of the bundle; nothing was applied)"
+        )
+    for item in manifest.files:
+        for piece in item.pieces:
+            where = f"{piece.volume}/{piece.path}"
+            try:
+                sha, size = hashlib.sha256(), 0
+                with bundle.open_read(where) as stream:
+                    while chunk := stream.read(CHUNK):
+                        sha.update(chunk)
+                        size += len(chunk)
+            except NotFound:
+                raise FerryError(
+                    f"{bundle.display(where)}: missing (the volume is incomplete; "
+                    "nothing was applied)"
+                ) from None
+            if size != piece.size or sha.hexdigest() != piece.sha256:
+                raise FerryError(
+                    f"{bundle.display(where)}: corrupt, size or sha256 differs "
+                    "from the manifest (copy the volume again; nothing was applied)"
+                )
+
+
+class _Joined(RawStream):
+    """The pieces of one file, read one after another."""
+
+    def __init__(self, bundle: Gateway, pieces: list[Piece]) -> None:
+        super().__init__()
+        self._streams: Iterator[BinaryIO] = (
+            bundle.open_read(f"{p.volume}/{p.path}") for p in pieces
+        )
+        self._current: BinaryIO | None = next(self._streams, None)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        while self._current is not None:
+            data = self._current.read(size)
+            if data:
+                return data
+            self._current.close()
+            self._current = next(self._streams, None)
+        return b""
+
+
+# -- import ------------------------------------------------------------------------------
+@dataclass
+class ImportReport:
+    id: str
+    status: str
+    packages: int = 0
+    bytes: int = 0
+    removed: int = 0
+
+
+def import_bundle(
+    bundle: Gateway, target: Gateway, verify_key: str | None, allow_gap: bool
+) -> ImportReport:
+    manifest, _ = read_manifest(bundle, verify_key)
+    history = _read_json(target, IMPORTS, {"imported": []})
+    imported: list[str] = history.get("imported", [])
+    if manifest.id in imported:
+        return ImportReport(manifest.id, "already applied")
+    last = imported[-1] if imported else None
+    if not manifest.full and manifest.follows != last and not allow_gap:
+        raise FerryError(
+            f"{bundle.display(MANIFEST)}: bundle {manifest.id} follows "
+            f"{manifest.follows or 'nothing'}, but the last bundle imported into "
+            f"{target.display()} is {last or 'none'} (import the bundles in order, start from a "
+            "--full export, or --allow-gap to accept lost removals and hot-fixes)"
+        )
+    check_volumes(bundle, manifest)
+    report = ImportReport(manifest.id, "applied")
+    by_subdir: dict[str, list[BundleFile]] = {}
+    for item in manifest.files:
+        by_subdir.setdefault(item.path.split("/", 1)[0], []).append(item)
+    with _locked(target, manifest.subdirs):
+        for subdir in manifest.subdirs:
+            _apply_subdir(
+                bundle,
+                target,
+                subdir,
+                by_subdir.get(subdir, []),
+                manifest.removals.get(subdir, []),
+                allow_gap,
+                report,
+            )
+        imported.append(manifest.id)
+        target.write_bytes(IMPORTS, json.dumps({"imported": imported[-1000:]}).encode())
+    return report
+
+
+def _apply_subdir(
+    bundle: Gateway,
+    target: Gateway,
+    subdir: str,
+    items: list[BundleFile],
+    removals: list[str],
+    allow_gap: bool,
+    report: ImportReport,
+) -> None:
+    published: dict[str, Any] = {}
+    try:
+        current = repodata.loads(target.read_bytes(f"{subdir}/repodata.json"))
+        published = {**current.get("packages", {}), **current.get("packages.conda", {})}
+    except (NotFound, ValueError):
+        pass
+    try:
+        present = {f.name: f.size for f in target.list(subdir) if not f.is_dir}
+    except NotFound:
+        present = {}
+    packages = [i for i in items if not i.path.endswith("/repodata.json")]
+    index_file = next((i for i in items if i.path.endswith("/repodata.json")), None)
+    if index_file is None:
+        raise FerryError(f"{bundle.display()}: no repodata for {subdir} in the bundle")
+    with _Joined(bundle, index_file.pieces) as stream:
+        document = repodata.loads(stream.read())
+    records = {**document.get("packages", {}), **document.get("packages.conda", {})}
+    arriving = {i.path.split("/", 1)[1] for i in packages}
+    missing = sorted(set(records) - arriving - present.keys())
+    if missing and not allow_gap:
+        raise FerryError(
+            f"{target.display(subdir)}: {len(missing)} package(s) the bundle's "
+            f"repodata lists are neither in the bundle nor in the target, e.g. "
+            f"{missing[0]} (import the earlier bundles, or a --full export)"
+        )
+    for name in missing:
+        log.warning(
+            "%s: not in the target nor the bundle; left out (--allow-gap)",
+            target.display(f"{subdir}/{name}"),
+        )
+
+    for item in packages:  # packages first
+        name = item.path.split("/", 1)[1]
+        if _already_there(target, item, name, present, published):
+            continue
+        source = VerifyingReader(
+            _Joined(bundle, item.pieces).as_binary(),
+            bundle.display(item.path),
+            item.size,
+            item.sha256,
+        )
+        with source:
+            target.write_atomic(item.path, source.as_binary(), item.size)
+        report.packages += 1
+        report.bytes += item.size
+    pinned = {fn: r for fn, r in records.items() if fn not in missing}
+    state = SubdirState.load(target, subdir)
+    state.upstream_files = sorted(set(state.upstream_files) | set(pinned))
+    state.save(target)  # before publishing: these files are the mirror's, not custom ones
+    index_channel(
+        target,
+        IndexOptions(
+            subdirs=[subdir],
+            pinned={subdir: pinned},
+            ignored={subdir: set(removals)},
+            channeldata=False,
+            run_exports=False,
+        ),
+    )
+    for name in removals:
+        if name not in records:
+            target.delete(f"{subdir}/{name}")
+            report.removed += 1
+    state.upstream_files = sorted(set(state.upstream_files) - set(removals) | set(pinned))
+    state.complete = True
+    state.save(target)
+
+
+def _already_there(
+    target: Gateway, item: BundleFile, name: str, present: dict[str, int], published: dict[str, Any]
+) -> bool:
+    """A rerun skips files already written: known from the records, else re-hashed."""
+    if present.get(name) != item.size:
+        return False
+    if (published.get(name) or {}).get("sha256") == item.sha256:
+        return True
+    sha = hashlib.sha256()
+    try:
+        with target.open_read(item.path) as stream:
+            while chunk := stream.read(CHUNK):
+                sha.update(chunk)
+    except GatewayError:
+        return False
+    return sha.hexdigest() == item.sha256
+
+
+def describe(manifest: Manifest, signed: bool) -> list[str]:
+    lines = [
+        f"bundle {manifest.id} ({'full' if manifest.full else 'changes'}), follows "
+        f"{manifest.follows or 'nothing'}",
+        f"created {manifest.created} from {manifest.source}; {'signed' if signed else 'unsigned'}",
+    ]
+    volumes: dict[str, int] = {}
+    for item in manifest.files:
+        for piece in item.pieces:
+            volumes[piece.volume] = volumes.get(piece.volume, 0) + piece.size
+    for subdir in manifest.subdirs:
+        packages = [
+            f
+            for f in manifest.files
+            if f.path.startswith(f"{subdir}/") and not f.path.endswith("/repodata.json")
+        ]
+        lines.append(
+            f"  {subdir:14} {len(packages):6} packages {sum(f.size for f in packages):>14,}"
+            f" bytes, {len(manifest.removals.get(subdir, [])):5} removals"
+        )
+    lines.append(
+        f"  {len(volumes)} volume(s): "
+        + ", ".join(f"{v} {size:,} bytes" for v, size in sorted(volumes.items()))
+    )
+    return lines

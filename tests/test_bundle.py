@@ -1,0 +1,291 @@
+"""Across the air gap: export, carry, import; verified, in order, resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import rattler
+
+from index.pkgmaker import Spec, write_package
+from tests.helpers import ferry, load
+from tests.mirrorcheck import assert_consistent
+from tests.servers import Server
+from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def snapshot(mirror: Path) -> dict[str, Any]:
+    """Records and package bytes of a mirror: what 'equal' means for two mirrors."""
+    out: dict[str, Any] = {}
+    for subdir in ("linux-64", "noarch"):
+        document = load(mirror / subdir / "repodata.json")
+        out[subdir] = {
+            "records": {**document["packages"], **document["packages.conda"]},
+            "files": {
+                p.name: p.read_bytes()
+                for p in (mirror / subdir).iterdir()
+                if p.name.endswith((".conda", ".tar.bz2"))
+            },
+        }
+    return out
+
+
+@pytest.fixture
+def outside(nginx: Server, tmp_path: Path) -> dict[str, Path]:
+    """An upstream, an outside mirror synced from it, and two signed bundles."""
+    root = nginx.root / f"gap-{tmp_path.name}"
+    build_upstream(root)
+    mirror = tmp_path / "outside"
+    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror), "prune: true\n")
+    assert ferry("sync", str(job)).exit_code == 0
+    key = tmp_path / "keys" / "ferry.key"
+    key.parent.mkdir()
+    assert ferry("keygen", str(key)).exit_code == 0
+    first = ferry("export", str(mirror), str(tmp_path / "b1"), "--sign", str(key))
+    assert first.exit_code == 0, first.output
+    assert "full" in first.output
+
+    write_package(root, Spec("newtool", "1.0", "0", subdir="linux-64", license="MIT"))
+    (root / "linux-64/gpltool-1.0-h3_0.conda").unlink()
+    reindex(root)
+
+    def hotfix(document: dict[str, Any]) -> None:
+        document["packages.conda"]["libpng-1.6.43-h1_0.conda"]["depends"] = ["zlib >=1.3,<2"]
+
+    edit_repodata(root, "linux-64", hotfix)
+    assert ferry("sync", str(job)).exit_code == 0
+    second = ferry("export", str(mirror), str(tmp_path / "b2"), "--sign", str(key))
+    assert second.exit_code == 0, second.output
+    return {
+        "mirror": mirror,
+        "b1": tmp_path / "b1",
+        "b2": tmp_path / "b2",
+        "key": key,
+        "pub": key.with_name("ferry.key.pub"),
+        "root": root,
+    }
+
+
+def test_two_bundles_rebuild_the_outside_mirror_inside(
+    nginx: Server, outside: dict[str, Path], tmp_path: Path
+) -> None:
+    inside = nginx.root / f"inside-{tmp_path.name}"
+    pub = str(outside["pub"])
+    info = ferry("bundle-info", str(outside["b2"]))
+    assert "signed" in info.output and "follows" in info.output and "1 removals" in info.output
+    one = ferry("import", str(outside["b1"]), "--to", str(inside), "--verify-key", pub)
+    assert one.exit_code == 0, one.output
+    assert_consistent(inside)
+
+    # an old client holds the inside repodata now; it updates through JLAP later
+    from tests.oldrattler import old_fetch, old_rattler_python
+
+    python = old_rattler_python()
+    cache = tmp_path / "old-cache"
+
+    def fetch() -> dict[str, Any]:
+        return old_fetch(python, f"{nginx.url}/{inside.name}", cache)
+
+    assert "gpltool" in fetch()["names"]
+    two = ferry("import", str(outside["b2"]), "--to", str(inside), "--verify-key", pub)
+    assert two.exit_code == 0, two.output
+    assert snapshot(inside) == snapshot(outside["mirror"])
+    assert_consistent(inside)
+    start = len(Path(nginx.extra["log"]).read_text().splitlines())
+    after = fetch()
+    assert "newtool" in after["names"] and "gpltool" not in after["names"]
+    log = Path(nginx.extra["log"]).read_text().splitlines()[start:]
+    assert any(f"/{inside.name}/linux-64/repodata.jlap" in line and " 206 " in line for line in log)
+
+    again = ferry("import", str(outside["b2"]), "--to", str(inside), "--verify-key", pub)
+    assert again.exit_code == 0 and "applied already" in again.output
+
+    records = asyncio.run(
+        rattler.solve(
+            sources=[rattler.Channel(f"{nginx.url}/{inside.name}")],
+            specs=["pngtool >=2"],
+            platforms=["linux-64", "noarch"],
+            virtual_packages=[],
+            gateway=rattler.Gateway(cache_dir=tmp_path / "rc"),
+        )
+    )
+    assert "libpng" in {r.name.normalized for r in records}
+    assert ferry("verify", str(inside)).exit_code == 0
+
+
+def test_import_into_s3(moto: Server, outside: dict[str, Path], tmp_path: Path) -> None:
+    target = f"s3://ferry/inside-{tmp_path.name}"
+    for bundle in ("b1", "b2"):
+        result = ferry("import", str(outside[bundle]), "--to", target, "--endpoint-url", moto.url)
+        assert result.exit_code == 0, result.output
+    client = boto3.client("s3", endpoint_url=moto.url)
+    local = tmp_path / "copy"
+    listing = client.list_objects_v2(Bucket="ferry", Prefix=f"inside-{tmp_path.name}/")
+    for obj in listing["Contents"]:
+        dest = local / obj["Key"].split("/", 1)[1]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(client.get_object(Bucket="ferry", Key=obj["Key"])["Body"].read())
+    assert snapshot(local) == snapshot(outside["mirror"])
+
+
+def _refused(bundle: Path, inside: Path, *extra: str) -> str:
+    before = sorted(p for p in inside.rglob("*")) if inside.exists() else []
+    result = ferry("import", str(bundle), "--to", str(inside), *extra)
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    after = sorted(p for p in inside.rglob("*")) if inside.exists() else []
+    assert before == after  # nothing written
+    lines = result.output.strip().splitlines()
+    return lines[-1]
+
+
+def test_broken_bundles_are_refused_with_nothing_written(
+    outside: dict[str, Path], tmp_path: Path
+) -> None:
+    inside = tmp_path / "inside"
+    pub = str(outside["pub"])
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(outside["b1"], flipped)
+    victim = next(p for p in flipped.rglob("*.conda"))
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert "corrupt" in _refused(flipped, inside)
+
+    missing = tmp_path / "missing"
+    shutil.copytree(outside["b1"], missing)
+    shutil.rmtree(missing / "vol-0001")
+    assert "vol-0001 missing" in _refused(missing, inside)
+
+    assert "import the bundles in order" in _refused(outside["b2"], inside)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(outside["b1"], tampered)
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    manifest["source"] = "somewhere else"
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    assert "signature does not verify" in _refused(tampered, inside, "--verify-key", pub)
+
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(outside["b1"], unsigned)
+    (unsigned / "manifest.json.sig").unlink()
+    assert "not signed" in _refused(unsigned, inside, "--verify-key", pub)
+
+    climbing = tmp_path / "climbing"
+    shutil.copytree(outside["b1"], climbing)
+    manifest = json.loads((climbing / "manifest.json").read_text())
+    manifest["files"][0]["path"] = "linux-64/../../../etc/evil.conda"
+    (climbing / "manifest.json").write_text(json.dumps(manifest))
+    assert "leaves the bundle" in _refused(climbing, inside)
+    assert not (tmp_path / "etc").exists()
+
+
+def test_gap_needs_allow_gap_or_a_full_bundle(outside: dict[str, Path], tmp_path: Path) -> None:
+    inside = tmp_path / "inside"
+    result = ferry("import", str(outside["b2"]), "--to", str(inside), "--allow-gap")
+    assert result.exit_code == 0, result.output
+    assert_consistent(inside)
+    full = ferry("export", str(outside["mirror"]), str(tmp_path / "full"), "--full")
+    assert full.exit_code == 0
+    other = tmp_path / "other"
+    assert ferry("import", str(tmp_path / "full"), "--to", str(other)).exit_code == 0
+    assert snapshot(other) == snapshot(outside["mirror"])
+
+
+def test_big_packages_are_split_across_volumes(tmp_path: Path) -> None:
+    channel = tmp_path / "custom"
+    big = write_package(
+        tmp_path / "built",
+        Spec("bigdata", "1.0", "0", noarch="generic", files={"blob": os.urandom(2_600_000)}),
+    )
+    small = write_package(tmp_path / "built", Spec("small", "1.0", "0", noarch="generic"))
+    assert ferry("publish", str(big), str(small), "--to", str(channel)).exit_code == 0
+    result = ferry("export", str(channel), str(tmp_path / "bundle"), "--volume-size", "1MiB")
+    assert result.exit_code == 0, result.output
+    volumes = sorted(p.name for p in (tmp_path / "bundle").iterdir() if p.is_dir())
+    assert len(volumes) >= 3
+    assert all(
+        sum(f.stat().st_size for f in (tmp_path / "bundle" / v).rglob("*") if f.is_file())
+        <= 1 << 20
+        for v in volumes
+    )
+    inside = tmp_path / "inside"
+    assert ferry("import", str(tmp_path / "bundle"), "--to", str(inside)).exit_code == 0
+    assert (inside / "noarch" / big.name).read_bytes() == big.read_bytes()
+
+
+@pytest.mark.slow
+def test_killed_import_reruns_to_the_same_state(tmp_path: Path) -> None:
+    channel = tmp_path / "custom"
+    built = [
+        write_package(
+            tmp_path / "built",
+            Spec(f"p{i}", "1.0", "0", subdir="linux-64", files={"blob": os.urandom(2_000_000)}),
+        )
+        for i in range(30)
+    ]
+    assert ferry("publish", *map(str, built), "--to", str(channel)).exit_code == 0
+    assert ferry("export", str(channel), str(tmp_path / "bundle")).exit_code == 0
+    calm = tmp_path / "calm"
+    assert ferry("import", str(tmp_path / "bundle"), "--to", str(calm)).exit_code == 0
+    inside = tmp_path / "inside"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def written() -> int:
+        return len(list((inside / "linux-64").glob("*.conda"))) if inside.exists() else 0
+
+    moments = [
+        lambda: written() >= 1,
+        lambda: written() >= 10,
+        lambda: written() >= 25,
+        lambda: (inside / "linux-64/repodata.json.zst").exists(),
+        lambda: (inside / "linux-64/repodata.json").exists(),
+    ]
+    kills = 0
+    for moment in moments:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from mirror.cli import main; main()",
+                "import",
+                str(tmp_path / "bundle"),
+                "--to",
+                str(inside),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and not moment() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert_consistent(inside, ("linux-64",))
+    assert kills >= 3
+    done = ferry("import", str(tmp_path / "bundle"), "--to", str(inside))
+    assert done.exit_code == 0, done.output
+    assert load(calm / "linux-64/repodata.json") == load(inside / "linux-64/repodata.json")
+    assert sorted(p.name for p in (inside / "linux-64").glob("*.conda")) == sorted(
+        p.name for p in built
+    )
+    assert list(inside.rglob("*.part")) == []
