@@ -64,13 +64,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         data = os.urandom(CHUNK)
-        started = []
+        started: list[servers.Server] = []
         try:
             nginx = servers.start_nginx(base / "nginx")
+            started.append(nginx)
             moto = servers.start_moto(base / "moto")
+            started.append(moto)
             ftp = servers.start_ftp(base / "ftp")
+            started.append(ftp)
             sshd = servers.start_sshd(base / "sshd")
-            started = [nginx, moto, ftp, sshd]
+            started.append(sshd)
             for root in (nginx.root, ftp.root, sshd.root):
                 with open(root / "big.bin", "wb") as out:
                     for _ in range(args.mb):

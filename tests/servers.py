@@ -25,11 +25,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a server whose output goes to a file: a pipe nobody reads would fill up
+    and block the server mid-request."""
+    with log.open("ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = log.read_text(errors="replace") if log.exists() else ""
             raise RuntimeError(f"{what} exited with {proc.returncode}: {out[-2000:]}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -110,26 +119,20 @@ def start_nginx(base: Path) -> Server:
     user = "user root;" if os.geteuid() == 0 else ""
     conf = base / "nginx.conf"
     conf.write_text(NGINX_CONF.format(user=user, dir=base, port=port, root=root))
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf), "-p", str(base), "-e", str(base / "error.log")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port(port, proc, "nginx")
+    log = base / "nginx.out"
+    proc = spawn([binary, "-c", str(conf), "-p", str(base), "-e", str(base / "error.log")], log)
+    wait_for_port(port, proc, "nginx", log)
     return Server(f"http://127.0.0.1:{port}", root, port, proc, {"log": str(base / "access.log")})
 
 
 def start_moto(base: Path) -> Server:
     base.mkdir(parents=True, exist_ok=True)
-    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    beside = Path(sys.executable).parent / "moto_server"  # this venv's, before any on PATH
+    binary = str(beside) if beside.exists() else shutil.which("moto_server") or "moto_server"
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=base,
-    )
-    wait_for_port(port, proc, "moto_server")
+    log = base / "moto.out"
+    proc = spawn([binary, "-H", "127.0.0.1", "-p", str(port)], log, cwd=base)
+    wait_for_port(port, proc, "moto_server", log)
     return Server(f"http://127.0.0.1:{port}", base, port, proc, {})
 
 
@@ -138,27 +141,22 @@ def start_ftp(base: Path) -> Server:
     root = base / "ftproot"
     root.mkdir(parents=True)
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyftpdlib",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "-d",
-            str(root),
-            "-u",
-            "ferry",
-            "-P",
-            "s3cret-ftp",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port(port, proc, "pyftpdlib")
+    log = base / "ftp.out"
+    args = [
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "-d",
+        str(root),
+        "-u",
+        "ferry",
+        "-P",
+        "s3cret-ftp",
+    ]
+    proc = spawn([sys.executable, "-m", "pyftpdlib", *args], log)
+    wait_for_port(port, proc, "pyftpdlib", log)
     return Server(f"ftp://ferry:s3cret-ftp@127.0.0.1:{port}", root, port, proc, {})
 
 
@@ -195,10 +193,9 @@ def start_sshd(base: Path) -> Server:
     conf.write_text(SSHD_CONF.format(port=port, dir=base))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    proc = subprocess.Popen(
-        [binary, "-D", "-e", "-f", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    wait_for_port(port, proc, "sshd")
+    log = base / "sshd.out"
+    proc = spawn([binary, "-D", "-e", "-f", str(conf)], log)
+    wait_for_port(port, proc, "sshd", log)
     root = base / "sftproot"
     root.mkdir()
     user = getpass.getuser()
