@@ -16,7 +16,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NoReturn, TypeVar
 
 from .base import FileInfo, Gateway, GatewayOptions, stat_etag
 from .errors import NotFound, PermissionDenied, ProtocolError, TransientError
@@ -142,28 +142,26 @@ class FTPGateway(Gateway):
         conn = self._acquire()
         try:
             yield conn
-        except ftplib.error_perm as exc:
+        except BaseException as exc:
+            self._fail(conn, path, exc)
+        else:
+            self._release(conn)
+
+    def _fail(self, conn: ftplib.FTP, path: str, exc: BaseException) -> NoReturn:
+        """Map a failure to a gateway error; keep the connection only if it still works."""
+        if isinstance(exc, ftplib.error_perm):
             self._release(conn)
             code = str(exc)[:3]
             if code in ("550", "450"):
-                raise NotFound(
-                    self.display(path), f"FTP {code}: no such file or access denied"
-                ) from None
+                raise NotFound(self.display(path), f"FTP {code}: no such file or access denied")
             if code in ("530", "532"):
-                raise PermissionDenied(self.display(path), f"FTP {code}: not allowed") from None
-            raise ProtocolError(self.display(path), f"FTP error {str(exc)[:60]}") from None
-        except _NETWORK as exc:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise TransientError(
-                self.display(path), f"connection broke: {type(exc).__name__}"
-            ) from None
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
-        else:
-            self._release(conn)
+                raise PermissionDenied(self.display(path), f"FTP {code}: not allowed")
+            raise ProtocolError(self.display(path), f"FTP error {str(exc)[:60]}")
+        with contextlib.suppress(Exception):
+            conn.close()
+        if isinstance(exc, _NETWORK):
+            raise TransientError(self.display(path), f"connection broke: {type(exc).__name__}")
+        raise exc
 
     def _do(self, path: str, fn: Callable[[ftplib.FTP], T]) -> T:
         def attempt() -> T:
@@ -259,15 +257,8 @@ class FTPGateway(Gateway):
         conn = self._acquire()
         try:
             sock = conn.transfercmd(f"RETR {self._abs(path)}", rest=offset or None)
-        except ftplib.error_perm as exc:
-            self._release(conn)
-            raise NotFound(self.display(path), f"FTP {str(exc)[:3]}: cannot read") from None
-        except _NETWORK as exc:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise TransientError(
-                self.display(path), f"connection broke: {type(exc).__name__}"
-            ) from None
+        except BaseException as exc:
+            self._fail(conn, path, exc)
         return _Download(self, conn, sock, self.display(path)).as_binary()
 
     def open_read(self, path: str, offset: int = 0) -> BinaryIO:

@@ -289,3 +289,15 @@ def test_killed_import_reruns_to_the_same_state(tmp_path: Path) -> None:
         p.name for p in built
     )
     assert list(inside.rglob("*.part")) == []
+
+
+def test_since_names_the_base_export(outside: dict[str, Path], tmp_path: Path) -> None:
+    history = json.loads((outside["mirror"] / ".ferry/exports.json").read_text())["exports"]
+    first = history[0]["id"]
+    again = ferry("export", str(outside["mirror"]), str(tmp_path / "b3"), "--since", first)
+    assert again.exit_code == 0, again.output
+    manifest = json.loads((tmp_path / "b3/manifest.json").read_text())
+    assert manifest["follows"] == first and not manifest["full"]
+    assert any(f["path"].endswith("newtool-1.0-0.conda") for f in manifest["files"])
+    unknown = ferry("export", str(outside["mirror"]), str(tmp_path / "b4"), "--since", "nope-1234")
+    assert unknown.exit_code == 2 and "no export nope-1234" in unknown.output

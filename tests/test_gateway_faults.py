@@ -119,3 +119,31 @@ def test_cp_refuses_a_corrupted_body_and_writes_nothing(
     )
     assert ok.exit_code == 0, ok.output
     assert (target / "pkg.tar.bz2").read_bytes() == DATA
+
+
+def test_cli_ls_over_real_servers(nginx: Server, ftpd: Server, sshd: Server) -> None:
+    (nginx.root / "lsdir").mkdir(exist_ok=True)
+    (nginx.root / "lsdir" / "a.conda").write_bytes(b"x" * 10)
+    result = CliRunner().invoke(main, ["ls", f"{nginx.url}/lsdir"])
+    assert result.exit_code == 0 and "a.conda" in result.output
+    (ftpd.root / "lsdir").mkdir(exist_ok=True)
+    (ftpd.root / "lsdir" / "b.conda").write_bytes(b"y" * 2048)
+    result = CliRunner().invoke(main, ["ls", f"{ftpd.url}/lsdir"])
+    assert result.exit_code == 0 and "2.0K" in result.output and "b.conda" in result.output
+    assert "s3cret" not in result.output
+    result = CliRunner().invoke(main, ["ls", f"{sshd.url}", "--key-file", sshd.extra["key_file"],
+                                       "--known-hosts", sshd.extra["known_hosts"], "--json"])
+    assert result.exit_code == 0, result.output
+    missing = CliRunner().invoke(main, ["ls", f"{ftpd.url}/no-such-dir"])
+    assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
+    assert "s3cret" not in missing.output
+
+
+def test_unreachable_host_is_one_line(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    port = free_port()  # nothing listens there
+    result = CliRunner().invoke(main, ["ls", f"http://127.0.0.1:{port}/x", "--timeout", "2"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.strip().splitlines() if "error" in line]
+    assert len(lines) == 1 and "cannot reach" in lines[0]
