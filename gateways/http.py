@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import html.parser
+import os
 import time
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -108,12 +109,21 @@ class HTTPGateway(Gateway):
         # Credentials travel in the session, never in the URL that errors may show.
         self._base = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         self.session = requests.Session()
+        # The environment (proxies, NO_PROXY, ~/.netrc, REQUESTS_CA_BUNDLE) is read once
+        # for this host, not on every request: per-request it costs more than the GET.
+        self.session.trust_env = False
+        self.session.proxies = requests.utils.get_environ_proxies(self._base)
         if loc.username:
             self.session.auth = (loc.username, loc.password or "")
+        else:
+            self.session.auth = requests.utils.get_netrc_auth(self._base)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.verify = self.options.ca_bundle or self.options.verify_tls
+        env_ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self.session.verify = self.options.ca_bundle or (
+            (env_ca or True) if self.options.verify_tls else False
+        )
         self.session.headers["User-Agent"] = "conda-ferry"
 
     def _url(self, path: str) -> str:

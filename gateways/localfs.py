@@ -83,15 +83,23 @@ class LocalGateway(Gateway):
     ) -> FileInfo:
         target = self._abs(path)
         with self._errors(path):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            try:
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{target.name}.", suffix=".part", dir=target.parent
+                )
+            except FileNotFoundError:  # the first file of a new directory
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{target.name}.", suffix=".part", dir=target.parent
+                )
             try:
                 with os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(stream, out, CHUNK)
                     out.flush()
                     if durable:
                         os.fsync(out.fileno())
-                os.chmod(tmp, 0o644)
+                    os.fchmod(out.fileno(), 0o644)
+                    st = os.fstat(out.fileno())
                 os.replace(tmp, target)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -99,7 +107,7 @@ class LocalGateway(Gateway):
                 raise
             if durable:
                 _fsync_dir(target.parent)
-        return self.info(path)
+        return self._info(self._rel(path), st, False)
 
     def flush(self) -> None:
         os.sync()  # one sync beats an fsync per small file by far

@@ -159,6 +159,7 @@ class Selector:
         self.filters = filters
         self._packages: dict[int, Any] = {}
         self._dep_specs: dict[str, SpecMatcher | None] = {}
+        self._dep_matches: dict[str, list[Key]] = {}
         rules: list[Rule] = []
         if filters.exclude:
             rules.append(ExcludeRule([SpecMatcher(s) for s in filters.exclude], self.package))
@@ -268,6 +269,22 @@ class Selector:
                 self._dep_specs[text] = None
         return self._dep_specs[text]
 
+    def _satisfying(
+        self, text: str, records: dict[str, dict[str, Record]], by_name: dict[str, list[Key]]
+    ) -> list[Key]:
+        """Every record that satisfies dependency ``text``; thousands of records share
+        the same few dependency strings, so each is matched once."""
+        if text not in self._dep_matches:
+            spec = self._dep(text)
+            found: list[Key] = []
+            if spec is not None and spec.name is not None and not spec.name.startswith("__"):
+                for key in by_name.get(spec.name, []):
+                    candidate = records[key[0]][key[1]]
+                    if spec.matches(candidate, lambda c=candidate: self.package(c)):
+                        found.append(key)
+            self._dep_matches[text] = found
+        return self._dep_matches[text]
+
     def _close(
         self,
         kept: set[Key],
@@ -277,31 +294,30 @@ class Selector:
         reasons: dict[Key, str],
     ) -> list[str]:
         """Add, transitively, every record that satisfies a kept record's depends."""
-        dropped: list[str] = []
+        dropped: dict[str, None] = {}  # ordered and unique
+        done: set[tuple[str, bool, str]] = set()  # a dependency, once expanded, is complete
         queue = deque(sorted(kept))
         while queue:
             subdir, filename = queue.popleft()
             record = records[subdir][filename]
-            allowed = set(records) if subdir == "noarch" else {subdir, "noarch"}
+            noarch = subdir == "noarch"
+            allowed = set(records) if noarch else {subdir, "noarch"}
             for text in record.get("depends", []) or []:
-                spec = self._dep(str(text))
-                if spec is None or spec.name is None or spec.name.startswith("__"):
+                step = (str(text), noarch, "" if noarch else subdir)
+                if step in done:
                     continue
-                for key in by_name.get(spec.name, []):
+                done.add(step)
+                for key in self._satisfying(str(text), records, by_name):
                     if key[0] not in allowed or key in kept:
-                        continue
-                    candidate = records[key[0]][key[1]]
-                    if not spec.matches(candidate, lambda c=candidate: self.package(c)):
                         continue
                     if key in blocked:
                         note = (
                             f"{key[0]}/{key[1]} (needed by {filename} via '{text}') "
                             f"was {blocked[key]}"
                         )
-                        if note not in dropped:
-                            dropped.append(note)
+                        dropped[note] = None
                         continue
                     kept.add(key)
                     reasons[key] = f"dependency of {subdir}/{filename} via '{text}'"
                     queue.append(key)
-        return dropped
+        return list(dropped)

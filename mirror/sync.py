@@ -283,6 +283,7 @@ class SyncRun:
         finally:
             if packages is not source:
                 packages.close()
+        target.flush()  # every package durable before any repodata names it
         ok = set(result.done)
         pinned: dict[str, dict[str, Any]] = dict(plan.retained)
         for filename, record in plan.desired.items():

@@ -131,8 +131,18 @@ def test_cli_ls_over_real_servers(nginx: Server, ftpd: Server, sshd: Server) -> 
     result = CliRunner().invoke(main, ["ls", f"{ftpd.url}/lsdir"])
     assert result.exit_code == 0 and "2.0K" in result.output and "b.conda" in result.output
     assert "s3cret" not in result.output
-    result = CliRunner().invoke(main, ["ls", f"{sshd.url}", "--key-file", sshd.extra["key_file"],
-                                       "--known-hosts", sshd.extra["known_hosts"], "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "ls",
+            f"{sshd.url}",
+            "--key-file",
+            sshd.extra["key_file"],
+            "--known-hosts",
+            sshd.extra["known_hosts"],
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     missing = CliRunner().invoke(main, ["ls", f"{ftpd.url}/no-such-dir"])
     assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1

@@ -336,12 +336,15 @@ def test_optional_outputs_bz2_and_current(tmp_path: Path) -> None:
     import bz2
 
     small_channel(tmp_path / "ch")
-    result = ferry("index", str(tmp_path / "ch"), "--bz2", "--current-repodata", "--no-jlap",
-                   "--no-shards")
+    result = ferry(
+        "index", str(tmp_path / "ch"), "--bz2", "--current-repodata", "--no-jlap", "--no-shards"
+    )
     assert result.exit_code == 0, result.output
     sub = tmp_path / "ch/linux-64"
-    assert bz2.decompress((sub / "repodata.json.bz2").read_bytes()) == (
-        sub / "repodata.json").read_bytes()
+    assert (
+        bz2.decompress((sub / "repodata.json.bz2").read_bytes())
+        == (sub / "repodata.json").read_bytes()
+    )
     current = load(sub / "current_repodata.json")
     assert list(current["packages.conda"]) == ["libzed-1.1-h0_0.conda"]  # newest libzed only
     assert "app-2.0-h1_0.tar.bz2" in current["packages"]
