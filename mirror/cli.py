@@ -266,6 +266,13 @@ def _load_patches(
 @click.option("--no-shards", is_flag=True, help="Do not write sharded repodata (CEP 16).")
 @click.option("--no-zst", is_flag=True, help="Do not write repodata.json.zst.")
 @click.option("--bz2", is_flag=True, help="Also write repodata.json.bz2.")
+@click.option(
+    "--zst-level",
+    type=click.IntRange(1, 22),
+    default=10,
+    show_default=True,
+    help="zstd level of repodata.json.zst (16-19: smaller, many times slower).",
+)
 @click.option("--current-repodata", is_flag=True, help="Also write current_repodata.json.")
 @click.option(
     "--jlap-max-bytes",
@@ -300,6 +307,7 @@ def index_command(
     no_shards: bool,
     no_zst: bool,
     bz2: bool,
+    zst_level: int,
     current_repodata: bool,
     jlap_max_bytes: int,
     jlap_max_patch_bytes: int,
@@ -327,6 +335,7 @@ def index_command(
         jlap=not no_jlap,
         shards=not no_shards,
         current=current_repodata,
+        zst_level=zst_level,
         jlap_max_bytes=jlap_max_bytes,
         jlap_max_patch_bytes=jlap_max_patch_bytes,
     )

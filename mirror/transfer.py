@@ -62,7 +62,8 @@ def copy_package(
             with stream:
                 # not flushed one by one: the caller flushes once, before publishing
                 target.write_atomic(
-                    target_path, _Counting(stream.as_binary(), progress).as_binary(),
+                    target_path,
+                    _Counting(stream.as_binary(), progress).as_binary(),
                     durable=False,
                 )
             return stream.count
