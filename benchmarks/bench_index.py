@@ -56,7 +56,7 @@ def make_channel(
                 depends=[f"pkg{(i * 7) % max(count, 1)}"],
                 files=files,
             ),
-            ".conda" if i % 3 else ".tar.bz2",
+            ".tar.bz2" if bz2_share and i % bz2_share == 0 else ".conda",
         )
 
 

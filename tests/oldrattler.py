@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ VERSION = "0.22.0"
 
 def old_rattler_python() -> str:
     """The venv's python, made once per machine; skips the test if it cannot be installed."""
-    base = Path(os.environ.get("XDG_CACHE_HOME_REAL") or Path.home() / ".cache")
-    venv = base / "conda-ferry-tests" / f"py-rattler-{VERSION}"
+    # Under the real home, not the per-test XDG_CACHE_HOME: made once per machine.
+    venv = Path.home() / ".cache" / "conda-ferry-tests" / f"py-rattler-{VERSION}"
     python = venv / "bin" / "python"
     marker = venv / ".complete"
     if not marker.exists():
