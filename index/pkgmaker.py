@@ -138,3 +138,99 @@ def write_package(directory: Path, spec: Spec, fmt: str = ".conda") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(package_bytes(spec, fmt))
     return target
+
+
+DAY = 86_400_000
+T0 = 1_704_067_200_000  # 2024-01-01
+
+# The bundled demo channel (configs/demo-channel), also the upstream of the sync tests.
+DEMO = [
+    (
+        Spec(
+            "zlib",
+            "1.2.13",
+            "h0_0",
+            subdir="linux-64",
+            license="Zlib",
+            timestamp=T0 - 400 * DAY,
+            run_exports={"weak": ["zlib >=1.2.13,<1.3.0a0"]},
+        ),
+        ".tar.bz2",
+    ),
+    (
+        Spec(
+            "zlib",
+            "1.3.1",
+            "h0_0",
+            subdir="linux-64",
+            license="Zlib",
+            timestamp=T0 + 30 * DAY,
+            run_exports={"weak": ["zlib >=1.3.1,<1.4.0a0"]},
+        ),
+        ".conda",
+    ),
+    (
+        Spec(
+            "libpng",
+            "1.6.43",
+            "h1_0",
+            subdir="linux-64",
+            license="Zlib",
+            depends=["zlib >=1.3.1,<1.4.0a0"],
+            timestamp=T0 + 40 * DAY,
+        ),
+        ".conda",
+    ),
+    (
+        Spec(
+            "pngtool",
+            "2.0",
+            "h2_0",
+            subdir="linux-64",
+            license="MIT",
+            depends=["libpng >=1.6", "demo-data"],
+            timestamp=T0 + 50 * DAY,
+        ),
+        ".conda",
+    ),
+    (
+        Spec(
+            "pngtool",
+            "1.0",
+            "h2_0",
+            subdir="linux-64",
+            license="MIT",
+            depends=["libpng >=1.6"],
+            timestamp=T0 - 10 * DAY,
+        ),
+        ".tar.bz2",
+    ),
+    (
+        Spec(
+            "gpltool",
+            "1.0",
+            "h3_0",
+            subdir="linux-64",
+            license="GPL-3.0-only",
+            timestamp=T0 + 60 * DAY,
+        ),
+        ".conda",
+    ),
+    (
+        Spec(
+            "demo-data", "2024.1", "0", noarch="generic", license="CC0-1.0", timestamp=T0 + 20 * DAY
+        ),
+        ".conda",
+    ),
+    (
+        Spec(
+            "demo-data-dbg",
+            "2024.1",
+            "0",
+            noarch="generic",
+            license="CC0-1.0",
+            timestamp=T0 + 20 * DAY,
+        ),
+        ".conda",
+    ),
+]

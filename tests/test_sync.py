@@ -27,7 +27,7 @@ prune: true
 """
 EXPECTED = {
     "linux-64": ["libpng-1.6.43-h1_0.conda", "pngtool-2.0-h2_0.conda", "zlib-1.3.1-h0_0.conda"],
-    "noarch": ["data-2024.1-0.conda"],
+    "noarch": ["demo-data-2024.1-0.conda"],
 }
 
 
@@ -88,7 +88,7 @@ def test_http_to_localfs_then_clients_install(
             gateway=rattler.Gateway(cache_dir=tmp_path / "rc"),
         )
     )
-    assert sorted(r.name.normalized for r in records) == ["data", "libpng", "pngtool", "zlib"]
+    assert sorted(r.name.normalized for r in records) == ["demo-data", "libpng", "pngtool", "zlib"]
     asyncio.run(
         rattler.install(records, tmp_path / "env", cache_dir=tmp_path / "pkgs", show_progress=False)
     )
@@ -105,8 +105,8 @@ def test_http_to_localfs_then_clients_install(
 
     # upstream adds, hot-fixes and removes; the mirror follows
     write_package(root, Spec("zlib", "1.3.2", "h0_0", subdir="linux-64", license="Zlib"))
-    (root / "noarch/data-2024.1-0.conda").unlink()
-    write_package(root, Spec("data", "2024.2", "0", noarch="generic", license="CC0-1.0"))
+    (root / "noarch/demo-data-2024.1-0.conda").unlink()
+    write_package(root, Spec("demo-data", "2024.2", "0", noarch="generic", license="CC0-1.0"))
     reindex(root)
 
     def hotfix(document: dict[str, object]) -> None:
@@ -126,7 +126,7 @@ def test_http_to_localfs_then_clients_install(
     mirrored = load(mirror / "linux-64/repodata.json")
     assert mirrored["packages.conda"]["libpng-1.6.43-h1_0.conda"]["depends"] == ["zlib >=1.3,<2"]
     assert "zlib-1.3.2-h0_0.conda" in mirrored["packages.conda"]
-    assert files(mirror)["noarch"] == ["data-2024.2-0.conda"]
+    assert files(mirror)["noarch"] == ["demo-data-2024.2-0.conda"]
     assert assert_consistent(mirror) == 5
     assert ferry("verify", str(mirror)).exit_code == 0
 

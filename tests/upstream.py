@@ -10,87 +10,10 @@ import zstandard
 
 from gateways import open_gateway
 from index.channel import IndexOptions, index_channel
-from index.pkgmaker import Spec, write_package
+from index.pkgmaker import DEMO, Spec, write_package
 from index.publish import OutputOptions
 
-SPECS = [
-    (
-        Spec(
-            "zlib", "1.2.13", "h0_0", subdir="linux-64", license="Zlib", timestamp=1_690_000_000_000
-        ),
-        ".tar.bz2",
-    ),
-    (
-        Spec(
-            "zlib", "1.3.1", "h0_0", subdir="linux-64", license="Zlib", timestamp=1_710_000_000_000
-        ),
-        ".conda",
-    ),
-    (
-        Spec(
-            "libpng",
-            "1.6.43",
-            "h1_0",
-            subdir="linux-64",
-            license="Zlib",
-            depends=["zlib >=1.3"],
-            timestamp=1_710_000_000_000,
-        ),
-        ".conda",
-    ),
-    (
-        Spec(
-            "pngtool",
-            "2.0",
-            "h2_0",
-            subdir="linux-64",
-            license="MIT",
-            depends=["libpng >=1.6", "data"],
-            timestamp=1_711_000_000_000,
-        ),
-        ".conda",
-    ),
-    (
-        Spec(
-            "pngtool",
-            "1.0",
-            "h2_0",
-            subdir="linux-64",
-            license="MIT",
-            depends=["libpng"],
-            timestamp=1_700_000_000_000,
-        ),
-        ".tar.bz2",
-    ),
-    (
-        Spec(
-            "gpltool",
-            "1.0",
-            "h3_0",
-            subdir="linux-64",
-            license="GPL-3.0-only",
-            timestamp=1_712_000_000_000,
-        ),
-        ".conda",
-    ),
-    (
-        Spec(
-            "data", "2024.1", "0", noarch="generic", license="CC0-1.0", timestamp=1_705_000_000_000
-        ),
-        ".conda",
-    ),
-    (
-        Spec(
-            "data-dbg",
-            "2024.1",
-            "0",
-            noarch="generic",
-            license="CC0-1.0",
-            timestamp=1_705_000_000_000,
-        ),
-        ".conda",
-    ),
-]
+SPECS = DEMO
 
 
 def build_upstream(root: Path, extra: list[tuple[Spec, str]] | None = None) -> None:
