@@ -29,13 +29,17 @@ def timed(fn: Callable[[], Any]) -> float:
 def in_subprocess(script: str, case: str, *args: str) -> dict[str, Any]:
     """Run one case in its own process, so its peak memory is its own."""
     out = subprocess.run(
-        [sys.executable, script, "--case", case, *args], check=True, capture_output=True, text=True
+        [sys.executable, script, "--case", case, *args], capture_output=True, text=True
     )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    lines = out.stdout.strip().splitlines()
+    if lines and lines[-1].startswith("{"):
+        # py-rattler now and then aborts while its runtime shuts down, after the work
+        return dict(json.loads(lines[-1]))
+    raise SystemExit(f"case {case} failed ({out.returncode}):\n{out.stderr[-3000:]}")
 
 
 def report(values: dict[str, Any]) -> None:
-    print(json.dumps({**values, "peak_mb": round(peak_mb(), 1)}))
+    print(json.dumps({**values, "peak_mb": round(peak_mb(), 1)}), flush=True)
 
 
 def table(rows: list[tuple[str, ...]]) -> None:
