@@ -373,8 +373,11 @@ def index_command(
         raise errors.FerryError(f"{len(skipped)} package(s) skipped (--strict)")
 
 
-def _print_sync(report: Any) -> None:
+def _print_sync(report: Any, quiet: bool) -> None:
+    """One line per subdir; under -q (cron) only the subdirs that need attention."""
     for sub in report.subdirs:
+        if quiet and sub.status in ("up to date", "synced", "planned"):
+            continue
         if sub.status == "planned":
             click.echo(
                 f"{sub.subdir:14} add {sub.added:6} ({_human(sub.bytes)})  "
@@ -431,7 +434,7 @@ def sync_command(
         for line in explanation:
             click.echo(line)
         return
-    _print_sync(report)
+    _print_sync(report, quiet)
     for note in report.dropped_dependencies:
         click.echo(f"  dependency not mirrored: {note}", err=True)
     totals = report.as_dict()["totals"]

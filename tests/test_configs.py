@@ -37,3 +37,5 @@ def test_offline_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Mon
     mirror = tmp_path / load_job(str(configs / name)).target.rsplit("/", 1)[-1]
     assert assert_consistent(mirror) > 0
     assert "up to date" in ferry("sync", str(configs / name)).output
+    quiet = ferry("-q", "sync", str(configs / name))  # what cron mails: nothing at all
+    assert quiet.exit_code == 0 and quiet.output == ""
