@@ -10,6 +10,7 @@ leaves it consistent and a rerun finishes it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -37,7 +38,7 @@ from index.records import BadFilename, check_filename
 
 from . import signing
 from .errors import FerryError
-from .state import STATE_DIR, SubdirState
+from .state import STATE_DIR, SubdirState, subdir_locks
 
 log = logging.getLogger("ferry.bundle")
 FORMAT = "conda-ferry-bundle/1"
@@ -252,7 +253,7 @@ def export_bundle(
         {},
     )
     snapshot: dict[str, dict[str, str]] = {}
-    with open_gateway(str(out_root)) as out, _locked(mirror, chosen):
+    with open_gateway(str(out_root)) as out, subdir_locks(mirror, chosen):
         packer = _Packer(out, volume_size)
         for subdir in sorted(chosen):
             data = mirror.read_bytes(f"{subdir}/repodata.json")
@@ -279,7 +280,7 @@ def export_bundle(
                     BundleFile(path, source.count, source.sha256.hexdigest(), pieces)
                 )
             digest = hashlib.sha256(data).hexdigest()
-            pieces = packer.add(f"{subdir}/repodata.json", _bytes_stream(data), len(data))
+            pieces = packer.add(f"{subdir}/repodata.json", io.BytesIO(data), len(data))
             manifest.files.append(BundleFile(f"{subdir}/repodata.json", len(data), digest, pieces))
             gone = sorted(set(before) - set(records))
             if gone:
@@ -299,29 +300,6 @@ def export_bundle(
     )
     mirror.write_bytes(EXPORTS, json.dumps({"exports": exports[-KEEP_EXPORTS:]}).encode())
     return manifest
-
-
-def _bytes_stream(data: bytes) -> BinaryIO:
-    import io
-
-    return io.BytesIO(data)
-
-
-class _locked:
-    """Hold every subdir's lock: a sync must not change the mirror under an export."""
-
-    def __init__(self, gateway: Gateway, subdirs: list[str]) -> None:
-        import contextlib
-
-        self._stack = contextlib.ExitStack()
-        self._gateway, self._subdirs = gateway, subdirs
-
-    def __enter__(self) -> None:
-        for subdir in sorted(self._subdirs):
-            self._stack.enter_context(self._gateway.lock(f"{subdir}/.ferry.lock"))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
 
 # -- reading and checking a bundle -------------------------------------------------------
@@ -426,7 +404,7 @@ def import_bundle(
     by_subdir: dict[str, list[BundleFile]] = {}
     for item in manifest.files:
         by_subdir.setdefault(item.path.split("/", 1)[0], []).append(item)
-    with _locked(target, manifest.subdirs):
+    with subdir_locks(target, manifest.subdirs):
         for subdir in manifest.subdirs:
             _apply_subdir(
                 bundle,

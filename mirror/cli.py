@@ -6,7 +6,6 @@ packages failed, the rest was published), 75 the target is locked by another run
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -328,6 +327,8 @@ def index_command(
     from index.channel import IndexOptions, discover_subdirs, index_channel
     from index.publish import OutputOptions
 
+    from .state import subdir_locks
+
     patches = _load_patches(patch_instructions, patch_package, options)
     outputs = OutputOptions(
         zst=not no_zst,
@@ -347,9 +348,7 @@ def index_command(
                 "index the channel where its files are stored",
             )
         chosen = list(subdirs) or discover_subdirs(gateway)
-        with contextlib.ExitStack() as locks:
-            for subdir in chosen:
-                locks.enter_context(gateway.lock(f"{subdir}/.ferry.lock"))
+        with subdir_locks(gateway, chosen):
             summary = index_channel(
                 gateway,
                 IndexOptions(

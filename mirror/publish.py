@@ -6,7 +6,6 @@ mirrors into: there the upstream records of mirrored files are kept as they are.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from gateways import Gateway, GatewayOptions, NotFound, VerifyingReader, open_gateway, split_url
@@ -17,7 +16,7 @@ from index.package import BadPackage, read_package
 from index.records import check_filename
 
 from .errors import FerryError
-from .state import SubdirState
+from .state import SubdirState, subdir_lock, subdir_locks
 
 
 def _mirrored_records(gateway: Gateway, subdir: str) -> dict[str, dict[str, Any]]:
@@ -48,16 +47,14 @@ def publish_packages(
             except (BadPackage, ValueError) as exc:
                 raise FerryError(f"{source.display(name)}: not a valid package: {exc}") from None
             where = subdir or str(meta.index.get("subdir") or "noarch")
-            with channel.lock(f"{where}/.ferry.lock"):
+            with subdir_lock(channel, where):
                 reader = VerifyingReader(
                     source.open_read(name), source.display(name), meta.size, meta.sha256
                 )
                 with reader:
                     channel.write_atomic(f"{where}/{name}", reader.as_binary(), meta.size)
             placed.setdefault(where, []).append(f"{where}/{name}")
-    with contextlib.ExitStack() as locks:
-        for where in placed:
-            locks.enter_context(channel.lock(f"{where}/.ferry.lock"))
+    with subdir_locks(channel, placed):
         index_channel(
             channel,
             IndexOptions(

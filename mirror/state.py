@@ -7,13 +7,29 @@ full comparison, never correctness.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gateways import Gateway, NotFound
+from gateways import Gateway, LockInfo, NotFound
 
 STATE_DIR = ".ferry"
+
+
+def subdir_lock(gateway: Gateway, subdir: str) -> contextlib.AbstractContextManager[LockInfo]:
+    """The one lock every writer of a subdir takes: sync, index, publish, import."""
+    return gateway.lock(f"{subdir}/.ferry.lock")
+
+
+@contextlib.contextmanager
+def subdir_locks(gateway: Gateway, subdirs: Iterable[str]) -> Iterator[None]:
+    """Several subdirs' locks, always taken in the same order (no deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for subdir in sorted(set(subdirs)):
+            stack.enter_context(subdir_lock(gateway, subdir))
+        yield
 
 
 @dataclass

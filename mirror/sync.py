@@ -24,7 +24,7 @@ from .config import Job
 from .filters import Selection, Selector
 from .plan import Plan, make_plan
 from .progress import Progress
-from .state import SubdirState
+from .state import SubdirState, subdir_lock
 from .transfer import transfer
 
 log = logging.getLogger("ferry.sync")
@@ -211,7 +211,7 @@ class SyncRun:
                 report.added, report.updated = len(plan.add), len(plan.update)
                 report.removed, report.bytes = len(plan.remove), plan.add_bytes
                 return report
-            with target.lock(f"{subdir}/.ferry.lock"):
+            with subdir_lock(target, subdir):
                 state = SubdirState.load(target, subdir)
                 self._apply(source, target, answer, selection, state, report)
         except LockHeld as exc:
