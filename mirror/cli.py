@@ -52,6 +52,15 @@ class FerryGroup(click.Group):
             _fail(str(exc), exc.code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug of ours: still one line, the trace under -v
+            log.debug("internal error", exc_info=True)
+            _fail(
+                f"internal error: {type(exc).__name__}: {redact(str(exc))} "
+                "(a bug in ferry; run with -v for the traceback and report it)",
+                errors.FAILED,
+            )
 
 
 def _fail(message: str, code: int) -> None:

@@ -44,6 +44,9 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
         except NotFound:
             findings["missing"].append(f"{subdir}/repodata.json")
             continue
+        except ValueError:
+            findings["corrupt"].append(f"{subdir}/repodata.json: not valid JSON")
+            continue
         records = {**document.get("packages", {}), **document.get("packages.conda", {})}
         try:
             listing = {f.name for f in gateway.list(subdir) if not f.is_dir}
