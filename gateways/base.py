@@ -204,6 +204,12 @@ class Gateway(abc.ABC):
     def flush(self) -> None:  # noqa: B027 - remote stores are durable once they answer
         """Make every earlier non-durable write durable."""
 
+    def abort_incomplete(self, path: str, older_than: float = 60.0) -> int:
+        """Drop writes below ``path`` that a killed run left unfinished and invisible
+        (S3 multipart uploads, which cost storage until aborted); returns how many.
+        Temp files elsewhere are visible and swept by the caller."""
+        return 0
+
     @abc.abstractmethod
     def delete(self, path: str) -> None:
         """Remove one file; a missing file is not an error (deletes are retried)."""

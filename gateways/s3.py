@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -272,6 +273,20 @@ class S3Gateway(Gateway):
                 return False
             raise
         return True
+
+    def abort_incomplete(self, path: str, older_than: float = 60.0) -> int:
+        prefix = self._key(path)
+        prefix = f"{prefix}/" if prefix else ""
+        cutoff = time.time() - older_than
+        page = self._call(path, "list_multipart_uploads", Prefix=prefix)
+        aborted = 0
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"].timestamp() < cutoff:
+                self._call(
+                    path, "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        return aborted
 
     def close(self) -> None:
         self.client.close()

@@ -149,6 +149,10 @@ def scan_subdir(
     except NotFound:
         listing = []
     sweep_partials(gateway, listing)
+    if aborted := gateway.abort_incomplete(subdir):
+        log.info(
+            "%s: aborted %d unfinished upload(s) of a killed run", gateway.display(subdir), aborted
+        )
     files: dict[str, FileInfo] = {}
     for info in listing:
         name = info.name
