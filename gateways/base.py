@@ -230,6 +230,24 @@ class Gateway(abc.ABC):
         self.delete(path)
 
     # -- locking ----------------------------------------------------------------
+    def _why_stale(self, path: str) -> str | None:
+        """Why the lock at ``path`` may be taken over; None if it vanished meanwhile.
+
+        Raises :class:`LockHeld` while its holder may be alive."""
+        try:
+            held = LockInfo.from_bytes(self.read_lock(path))
+            age = 0.0 if held else time.time() - (self.info(path).mtime or time.time())
+        except NotFound:
+            return None
+        if held is None:  # being written this instant, or a run killed mid-create
+            if age < 300:
+                raise LockHeld(self.display(path), "locked (its owner record is unreadable)")
+            return "its owner record is unreadable and old"
+        reason = held.stale_reason()
+        if reason is None:
+            raise LockHeld(self.display(path), f"locked, {held.describe()}")
+        return reason
+
     @contextlib.contextmanager
     def lock(self, path: str, ttl: float = 6 * 3600) -> Iterator[LockInfo]:
         """Hold ``path`` as a lock for the duration; raises :class:`LockHeld`.
@@ -240,26 +258,15 @@ class Gateway(abc.ABC):
         """
         self._require_writable(path)
         mine = LockInfo.mine(ttl)
-        if not self._create_exclusive(path, mine.to_bytes()):
-            try:
-                held = LockInfo.from_bytes(self.read_lock(path))
-            except NotFound:
-                held = None
-            reason: str | None
-            if held is None:
-                # Being written this instant, or left by a run killed mid-create.
-                age = time.time() - (self.info(path).mtime or time.time())
-                if age < 300:
-                    raise LockHeld(self.display(path), "locked (its owner record is unreadable)")
-                reason = "its owner record is unreadable and old"
-            else:
-                reason = held.stale_reason()
-                if reason is None:
-                    raise LockHeld(self.display(path), f"locked, {held.describe()}")
-            log.warning("%s: taking over a stale lock (%s)", self.display(path), reason)
-            self._remove_lock(path)
-            if not self._create_exclusive(path, mine.to_bytes()):
-                raise LockHeld(self.display(path), "another run took the lock first")
+        for _ in range(3):
+            if self._create_exclusive(path, mine.to_bytes()):
+                break
+            reason = self._why_stale(path)
+            if reason is not None:
+                log.warning("%s: taking over a stale lock (%s)", self.display(path), reason)
+                self._remove_lock(path)
+        else:
+            raise LockHeld(self.display(path), "another run took the lock first")
         try:
             yield mine
         finally:
