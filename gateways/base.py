@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import BinaryIO
 
 from .errors import GatewayError, LockHeld, NotFound, ReadOnlyError
 from .retry import RetryPolicy
+from .streams import CHUNK
 from .urls import clean_relative, join, redact
 
 log = logging.getLogger("ferry.gateways")
@@ -169,6 +171,15 @@ class Gateway(abc.ABC):
     @abc.abstractmethod
     def open_read(self, path: str, offset: int = 0) -> BinaryIO:
         """A stream from ``offset``; transient breaks resume transparently."""
+
+    def checksum(self, path: str) -> tuple[int, str]:
+        """Size and sha256 of a stored file, read as a stream."""
+        sha, size = hashlib.sha256(), 0
+        with self.open_read(path) as stream:
+            while chunk := stream.read(CHUNK):
+                sha.update(chunk)
+                size += len(chunk)
+        return size, sha.hexdigest()
 
     def read_bytes(self, path: str) -> bytes:
         """The whole file: only for small files such as state and repodata."""

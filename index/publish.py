@@ -38,13 +38,21 @@ class Written:
     deleted: list[str] = field(default_factory=list)
 
 
-def write_if_changed(gateway: Gateway, path: str, data: bytes, written: Written) -> bool:
-    """Replace ``path`` unless it already holds exactly ``data``: caches stay valid."""
-    try:
-        if gateway.info(path).size == len(data) and gateway.read_bytes(path) == data:
+def write_if_changed(
+    gateway: Gateway, path: str, data: bytes, written: Written, current: bytes | None = None
+) -> bool:
+    """Replace ``path`` unless it already holds exactly ``data``: caches stay valid.
+
+    ``current``: the file's bytes when the caller has read them already."""
+    if current is not None:
+        if current == data:
             return False
-    except NotFound:
-        pass
+    else:
+        try:
+            if gateway.info(path).size == len(data) and gateway.read_bytes(path) == data:
+                return False
+        except NotFound:
+            pass
     gateway.write_bytes(path, data)
     written.paths.append(path)
     return True
@@ -126,8 +134,9 @@ def publish_subdir(
                 old_doc = repodata.loads(old_json)
             except ValueError:
                 old_doc = None
+        old_log = _read_existing(gateway, f"{subdir}/repodata.jlap")
         log_bytes = jlap.update(
-            _read_existing(gateway, f"{subdir}/repodata.jlap"),
+            old_log,
             old_json,
             old_doc,
             new_json,
@@ -135,7 +144,7 @@ def publish_subdir(
             options.jlap_max_bytes,
             options.jlap_max_patch_bytes,
         )
-        write_if_changed(gateway, f"{subdir}/repodata.jlap", log_bytes, written)
+        write_if_changed(gateway, f"{subdir}/repodata.jlap", log_bytes, written, old_log)
 
     for path, data in (extra_files or {}).items():
         write_if_changed(gateway, f"{subdir}/{path}", data, written)

@@ -49,8 +49,13 @@ def zst(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(data)
 
 
-def unzst(data: bytes) -> bytes:
-    return zstandard.ZstdDecompressor().stream_reader(data).read()
+def unzst(data: bytes, limit: int = 4 << 30) -> bytes:
+    """The decompressed bytes; a frame that expands past ``limit`` is refused (a bomb)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(data)
+    out = reader.read(limit + 1)
+    if len(out) > limit:
+        raise zstandard.ZstdError("expands beyond the size limit")
+    return out
 
 
 def bz2_bytes(data: bytes) -> bytes:

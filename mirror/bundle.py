@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateways import (
-    CHUNK,
     Gateway,
     GatewayError,
     NotFound,
@@ -334,17 +333,13 @@ def check_volumes(bundle: Gateway, manifest: Manifest) -> None:
         for piece in item.pieces:
             where = f"{piece.volume}/{piece.path}"
             try:
-                sha, size = hashlib.sha256(), 0
-                with bundle.open_read(where) as stream:
-                    while chunk := stream.read(CHUNK):
-                        sha.update(chunk)
-                        size += len(chunk)
+                size, sha = bundle.checksum(where)
             except NotFound:
                 raise FerryError(
                     f"{bundle.display(where)}: missing (the volume is incomplete; "
                     "nothing was applied)"
                 ) from None
-            if size != piece.size or sha.hexdigest() != piece.sha256:
+            if size != piece.size or sha != piece.sha256:
                 raise FerryError(
                     f"{bundle.display(where)}: corrupt, size or sha256 differs "
                     "from the manifest (copy the volume again; nothing was applied)"
@@ -505,14 +500,10 @@ def _already_there(
         return False
     if (published.get(name) or {}).get("sha256") == item.sha256:
         return True
-    sha = hashlib.sha256()
     try:
-        with target.open_read(item.path) as stream:
-            while chunk := stream.read(CHUNK):
-                sha.update(chunk)
+        return target.checksum(item.path) == (item.size, item.sha256)
     except GatewayError:
         return False
-    return sha.hexdigest() == item.sha256
 
 
 def describe(manifest: Manifest, signed: bool) -> list[str]:

@@ -10,6 +10,7 @@ import orjson
 import zstandard
 
 from gateways import Gateway, NotFound
+from index import repodata
 
 from .errors import FerryError
 
@@ -55,11 +56,7 @@ def fetch(
             raw = fetched.stream.read()
         if name.endswith(".zst"):
             try:
-                raw = (
-                    zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_REPODATA)
-                    if _has_size(raw)
-                    else _stream_unzst(raw)
-                )
+                raw = repodata.unzst(raw, MAX_REPODATA)
             except zstandard.ZstdError as exc:
                 raise FerryError(f"{gateway.display(path)}: not valid zstd ({exc})") from None
         try:
@@ -70,21 +67,3 @@ def fetch(
             raise FerryError(f"{gateway.display(path)}: repodata is not a JSON object")
         return Upstream(subdir, document, fetched.info.etag, fetched.last_modified, name)
     raise AssertionError("unreachable")
-
-
-def _has_size(frame: bytes) -> bool:
-    try:
-        return zstandard.frame_content_size(frame) > 0
-    except zstandard.ZstdError:
-        return False
-
-
-def _stream_unzst(frame: bytes) -> bytes:
-    reader = zstandard.ZstdDecompressor().stream_reader(frame)
-    chunks, total = [], 0
-    while chunk := reader.read(1 << 24):
-        total += len(chunk)
-        if total > MAX_REPODATA:
-            raise zstandard.ZstdError("expands beyond the repodata size limit")
-        chunks.append(chunk)
-    return b"".join(chunks)

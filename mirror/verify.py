@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gateways import CHUNK, Gateway, GatewayError, NotFound
+from gateways import Gateway, GatewayError, NotFound
 from index import repodata
 from index.channel import discover_subdirs
 from index.records import EXTENSIONS
-
-
-def _digest(gateway: Gateway, path: str) -> tuple[int, str]:
-    sha = hashlib.sha256()
-    size = 0
-    with gateway.open_read(path) as stream:
-        while chunk := stream.read(CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
 
 
 def _check(
@@ -28,7 +17,7 @@ def _check(
     if not present:
         return "missing", path
     try:
-        size, sha = _digest(gateway, path)
+        size, sha = gateway.checksum(path)
     except GatewayError as exc:
         return "corrupt", f"{path}: {exc.message}"
     if size != record.get("size") or (record.get("sha256") and sha != record["sha256"]):
