@@ -13,7 +13,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(ROOT))
 
 
 def peak_mb() -> float:
@@ -26,10 +25,13 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def in_subprocess(script: str, case: str, *args: str) -> dict[str, Any]:
+def in_subprocess(module: str, case: str, *args: str) -> dict[str, Any]:
     """Run one case in its own process, so its peak memory is its own."""
     out = subprocess.run(
-        [sys.executable, script, "--case", case, *args], capture_output=True, text=True
+        [sys.executable, "-m", module, "--case", case, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     lines = out.stdout.strip().splitlines()
     if lines and lines[-1].startswith("{"):

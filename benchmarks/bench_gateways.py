@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import boto3
 
-from gateways import Gateway, GatewayOptions, open_gateway
+from conda_ferry.gateways import Gateway, GatewayOptions, open_gateway
 from tests import servers
 
 CHUNK = 1 << 20

@@ -24,11 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import SHARED, in_subprocess, report, table, timed
-
-from gateways import open_gateway
-from index.channel import IndexOptions, index_channel
-from index.pkgmaker import Spec, write_package
+from benchmarks._common import SHARED, in_subprocess, report, table, timed
+from conda_ferry.gateways import open_gateway
+from conda_ferry.index.channel import IndexOptions, index_channel
+from tests.pkgmaker import Spec, write_package
 
 
 def make_channel(
@@ -110,7 +109,7 @@ def case(name: str, work: Path, args: argparse.Namespace) -> None:
         import jsonpatch
         import orjson
 
-        from index import jlap
+        from conda_ferry.index import jlap
 
         old = orjson.loads((work / "big-repodata.json").read_bytes())
         new = copy.deepcopy(old)
@@ -162,7 +161,7 @@ def main() -> None:
     if args.case:
         case(args.case, Path(args.work), args)
         return
-    me = str(Path(__file__).resolve())
+    me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         common = ["--work", tmp, "--large", str(args.large)]

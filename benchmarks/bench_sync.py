@@ -22,8 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import SHARED, in_subprocess, report, table, timed
-
+from benchmarks._common import SHARED, in_subprocess, report, table, timed
 from tests import servers
 from tests.upstream import reindex
 
@@ -31,7 +30,7 @@ JOBS = 8
 
 
 def build_upstream(root: Path, count: int) -> int:
-    from index.pkgmaker import Spec, write_package
+    from tests.pkgmaker import Spec, write_package
 
     total = 0
     for i in range(count):
@@ -92,9 +91,9 @@ def conda_mirror() -> str | None:
 def filter_case(records: int) -> None:
     import orjson
 
-    from mirror.config import Filters
-    from mirror.filters import Selector
-    from mirror.sync import _records
+    from conda_ferry.mirror.config import Filters
+    from conda_ferry.mirror.filters import Selector
+    from conda_ferry.mirror.sync import _records
 
     source = orjson.loads((SHARED / "data/repodata/r-linux-64.json").read_bytes())
     real = list({**source.get("packages", {}), **source.get("packages.conda", {})}.values())
@@ -136,7 +135,7 @@ def main() -> None:
     if args.case == "filter":
         filter_case(args.records)
         return
-    me = str(Path(__file__).resolve())
+    me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         nginx = servers.start_nginx(work / "nginx")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateways import FileInfo, Gateway, GatewayError, NotFound
+from conda_ferry.gateways import FileInfo, Gateway, GatewayError, NotFound
 
 from . import channeldata, patches, repodata
 from .cache import Entry, IndexCache

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateways import FileInfo, Gateway, NotFound
+from conda_ferry.gateways import FileInfo, Gateway, NotFound
 
 from . import jlap, repodata, shards
 from .jlap import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateways import (
+from conda_ferry.gateways import (
     Gateway,
     GatewayError,
     NotFound,
@@ -30,10 +30,10 @@ from gateways import (
     clean_relative,
     open_gateway,
 )
-from gateways.streams import RawStream
-from index import repodata
-from index.channel import IndexOptions, discover_subdirs, index_channel
-from index.records import BadFilename, check_filename
+from conda_ferry.gateways.streams import RawStream
+from conda_ferry.index import repodata
+from conda_ferry.index.channel import IndexOptions, discover_subdirs, index_channel
+from conda_ferry.index.records import BadFilename, check_filename
 
 from . import signing
 from .errors import FerryError

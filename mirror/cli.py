@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from gateways import (
+from conda_ferry.gateways import (
     Gateway,
     GatewayError,
     GatewayOptions,
@@ -247,8 +247,8 @@ def write_report(path: str, report: dict[str, Any]) -> None:
 def _load_patches(
     patch_instructions: str | None, patch_package: str | None, options: GatewayOptions
 ) -> dict[str, dict[str, Any]] | None:
-    from index.channel import load_patch_file, load_patch_package
-    from index.patches import BadPatch
+    from conda_ferry.index.channel import load_patch_file, load_patch_package
+    from conda_ferry.index.patches import BadPatch
 
     if patch_instructions and patch_package:
         raise UsageError("--patch-instructions", "give either a file or a package, not both")
@@ -333,8 +333,8 @@ def index_command(
     import os
     from pathlib import Path
 
-    from index.channel import IndexOptions, discover_subdirs, index_channel
-    from index.publish import OutputOptions
+    from conda_ferry.index.channel import IndexOptions, discover_subdirs, index_channel
+    from conda_ferry.index.publish import OutputOptions
 
     from .state import subdir_locks
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from gateways import GatewayOptions, RetryPolicy
+from conda_ferry.gateways import GatewayOptions, RetryPolicy
 
 from .errors import ConfigError
 

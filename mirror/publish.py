@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateways import Gateway, GatewayOptions, NotFound, VerifyingReader, open_gateway, split_url
-from gateways.errors import UsageError
-from index import repodata
-from index.channel import IndexOptions, index_channel
-from index.package import BadPackage, read_package
-from index.records import check_filename
+from conda_ferry.gateways import (
+    Gateway,
+    GatewayOptions,
+    NotFound,
+    VerifyingReader,
+    open_gateway,
+    split_url,
+)
+from conda_ferry.gateways.errors import UsageError
+from conda_ferry.index import repodata
+from conda_ferry.index.channel import IndexOptions, index_channel
+from conda_ferry.index.package import BadPackage, read_package
+from conda_ferry.index.records import check_filename
 
 from .errors import FerryError
 from .state import SubdirState, subdir_lock, subdir_locks

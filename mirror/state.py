@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gateways import Gateway, LockInfo, NotFound
+from conda_ferry.gateways import Gateway, LockInfo, NotFound
 
 STATE_DIR = ".ferry"
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
-from gateways import Gateway, GatewayError, LockHeld, NotFound, open_gateway
-from index import repodata
-from index.channel import IndexOptions, index_channel
-from index.publish import OutputOptions
-from index.records import EXTENSIONS, BadFilename, check_filename
+from conda_ferry.gateways import Gateway, GatewayError, LockHeld, NotFound, open_gateway
+from conda_ferry.index import repodata
+from conda_ferry.index.channel import IndexOptions, index_channel
+from conda_ferry.index.publish import OutputOptions
+from conda_ferry.index.records import EXTENSIONS, BadFilename, check_filename
 
 from . import errors, upstream
 from .config import Job

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from gateways import Gateway, GatewayError, IntegrityError, VerifyingReader
-from gateways.streams import RawStream
+from conda_ferry.gateways import Gateway, GatewayError, IntegrityError, VerifyingReader
+from conda_ferry.gateways.streams import RawStream
 
 from .progress import Progress
 

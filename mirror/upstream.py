@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import zstandard
 
-from gateways import Gateway, NotFound
-from index import repodata
+from conda_ferry.gateways import Gateway, NotFound
+from conda_ferry.index import repodata
 
 from .errors import FerryError
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gateways import Gateway, GatewayError, NotFound
-from index import repodata
-from index.channel import discover_subdirs
-from index.records import EXTENSIONS
+from conda_ferry.gateways import Gateway, GatewayError, NotFound
+from conda_ferry.index import repodata
+from conda_ferry.index.channel import discover_subdirs
+from conda_ferry.index.records import EXTENSIONS
 
 
 def _check(

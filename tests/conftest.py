@@ -7,11 +7,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
-from gateways import Gateway, GatewayOptions, RetryPolicy, open_gateway
+from conda_ferry.gateways import Gateway, GatewayOptions, RetryPolicy, open_gateway
 from tests import servers
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -30,35 +31,36 @@ def shared() -> Path:
     return SHARED
 
 
-@pytest.fixture(scope="session")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    server = servers.start_nginx(tmp_path_factory.mktemp("nginx"))
-    yield server
-    servers.stop(server.proc)
+def _server_fixture(start: Callable[[Path], servers.Server], name: str) -> Any:
+    """A session-wide server started on first use and stopped at the end."""
+
+    @pytest.fixture(scope="session", name=name)
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+        server = start(tmp_path_factory.mktemp(name))
+        yield server
+        servers.stop(server.proc)
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+def _start_moto(base: Path) -> servers.Server:
     for key, value in S3_ENV.items():
         os.environ.setdefault(key, value)
-    server = servers.start_moto(tmp_path_factory.mktemp("moto"))
+    server = servers.start_moto(base)
     boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket="ferry")
-    yield server
-    servers.stop(server.proc)
+    return server
 
 
-@pytest.fixture(scope="session")
-def ftpd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    server = servers.start_ftp(tmp_path_factory.mktemp("ftp"))
-    yield server
-    servers.stop(server.proc)
+nginx = _server_fixture(servers.start_nginx, "nginx")
+moto = _server_fixture(_start_moto, "moto")
+ftpd = _server_fixture(servers.start_ftp, "ftpd")
+sshd = _server_fixture(servers.start_sshd, "sshd")
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    server = servers.start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    servers.stop(server.proc)
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test indexes with a cache of its own, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 @dataclass

@@ -8,8 +8,8 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from index.pkgmaker import Spec, write_package
-from mirror.cli import main
+from conda_ferry.mirror.cli import main
+from tests.pkgmaker import Spec, write_package
 
 
 def ferry(*args: str) -> Result:

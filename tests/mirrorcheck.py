@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from index import repodata, shards
+from conda_ferry.index import repodata, shards
 
 
 def assert_consistent(mirror: Path, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> int:

@@ -17,16 +17,11 @@ import boto3
 import pytest
 import rattler
 
-from index.pkgmaker import Spec, write_package
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
+from tests.pkgmaker import Spec, write_package
 from tests.servers import Server
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def snapshot(mirror: Path) -> dict[str, Any]:

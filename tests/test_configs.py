@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.config import load_job
+from conda_ferry.mirror.config import load_job
 from tests.helpers import ferry
 from tests.mirrorcheck import assert_consistent
 
@@ -27,7 +27,6 @@ def test_every_example_config_is_valid(
 
 @pytest.mark.parametrize("name", ["demo.yaml", "demo-latest.yaml"])
 def test_offline_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     configs = tmp_path / "configs"
     source = Path(__file__).resolve().parents[1] / "configs"
     shutil.copytree(source / "demo-channel", configs / "demo-channel")
@@ -39,3 +38,12 @@ def test_offline_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Mon
     assert "up to date" in ferry("sync", str(configs / name)).output
     quiet = ferry("-q", "sync", str(configs / name))  # what cron mails: nothing at all
     assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_bundled_demo_channel_is_what_the_generator_builds(tmp_path: Path) -> None:
+    from tests.demo_channel import CONFIGS, build
+
+    build(tmp_path / "demo-channel")
+    for subdir in ("linux-64", "noarch"):
+        committed = (CONFIGS / "demo-channel" / subdir / "repodata.json").read_bytes()
+        assert (tmp_path / "demo-channel" / subdir / "repodata.json").read_bytes() == committed

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from mirror.config import Filters
-from mirror.filters import Selector
+from conda_ferry.mirror.config import Filters
+from conda_ferry.mirror.filters import Selector
 
 DAY = 86_400_000
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateways import (
+from conda_ferry.gateways import (
     GatewayOptions,
     IntegrityError,
     LockHeld,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateways import GatewayOptions, TransientError, open_gateway
-from mirror.cli import main
+from conda_ferry.gateways import GatewayOptions, TransientError, open_gateway
+from conda_ferry.mirror.cli import main
 from tests.conftest import FAST_RETRY
 from tests.faultproxy import FaultProxy
 from tests.servers import Server

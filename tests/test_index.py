@@ -11,15 +11,10 @@ from pathlib import Path
 import jsonpatch
 import pytest
 
-from index import jlap, repodata, shards
-from index.package import BadPackage, read_package
-from index.pkgmaker import Spec, package_bytes, write_package
+from conda_ferry.index import jlap, repodata, shards
+from conda_ferry.index.package import BadPackage, read_package
 from tests.helpers import ferry, load, small_channel
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+from tests.pkgmaker import Spec, package_bytes, write_package
 
 
 def test_records_equal_upstream_for_real_zlib(shared: Path, tmp_path: Path) -> None:
@@ -282,7 +277,7 @@ def test_patch_instructions_and_patch_package(shared: Path, tmp_path: Path) -> N
 
 
 def test_patch_vectors(shared: Path) -> None:
-    from index.patches import apply
+    from conda_ferry.index.patches import apply
 
     base = shared / "data/patches"
     document = load(base / "repodata_from_packages.json")

@@ -13,16 +13,11 @@ import pytest
 import rattler
 from hypothesis import given, settings
 
-from index import jlap
-from index.channel import IndexOptions, index_channel
+from conda_ferry.index import jlap
+from conda_ferry.index.channel import IndexOptions, index_channel
 from tests.conftest import Area, make_area
 from tests.helpers import ferry, load, small_channel
 from tests.servers import Server
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def requests_for(server: Server, prefix: str) -> list[str]:
@@ -153,7 +148,7 @@ def test_old_rattler_follows_jlap(nginx: Server, tmp_path: Path) -> None:
 
     first = fetch()
     assert first["names"] == ["app", "libzed"]
-    from index.pkgmaker import Spec, write_package
+    from tests.pkgmaker import Spec, write_package
 
     write_package(channel, Spec("newcomer", "3.0", "h_0", subdir="linux-64"))
     (channel / "linux-64/libzed-1.0-h0_0.conda").unlink()

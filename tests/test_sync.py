@@ -10,11 +10,11 @@ import boto3
 import pytest
 import rattler
 
-from gateways import open_gateway
-from index.pkgmaker import Spec, write_package
+from conda_ferry.gateways import open_gateway
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
+from tests.pkgmaker import Spec, write_package
 from tests.servers import Server
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
 
@@ -29,11 +29,6 @@ EXPECTED = {
     "linux-64": ["libpng-1.6.43-h1_0.conda", "pngtool-2.0-h2_0.conda", "zlib-1.3.1-h0_0.conda"],
     "noarch": ["demo-data-2024.1-0.conda"],
 }
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 @pytest.fixture

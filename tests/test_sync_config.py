@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.config import load_job, parse_size
+from conda_ferry.mirror.config import load_job, parse_size
 from tests.helpers import ferry
 
 

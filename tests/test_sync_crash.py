@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from index.pkgmaker import Spec, write_package
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry
 from tests.mirrorcheck import assert_consistent
+from tests.pkgmaker import Spec, write_package
 from tests.servers import Server
 from tests.upstream import reindex
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import zstandard
 
-from gateways import open_gateway
-from index.channel import IndexOptions, index_channel
-from index.pkgmaker import DEMO, Spec, write_package
-from index.publish import OutputOptions
+from conda_ferry.gateways import open_gateway
+from conda_ferry.index.channel import IndexOptions, index_channel
+from conda_ferry.index.publish import OutputOptions
+from tests.pkgmaker import DEMO, Spec, write_package
 
 SPECS = DEMO
 

@@ -1,0 +1,1 @@
+"""conda-ferry: mirror conda channels across air gaps and publish custom channels."""
