@@ -91,8 +91,7 @@ def conda_mirror() -> str | None:
 def filter_case(records: int) -> None:
     import orjson
 
-    from conda_ferry.mirror.config import Filters
-    from conda_ferry.mirror.filters import Selector
+    from conda_ferry.mirror.filters import Filters, Selector
     from conda_ferry.mirror.sync import _records
 
     source = orjson.loads((SHARED / "data/repodata/r-linux-64.json").read_bytes())
@@ -107,12 +106,14 @@ def filter_case(records: int) -> None:
     started = time.perf_counter()
     document = orjson.loads(raw)
     merged = {"linux-64": _records(document, "bench"), "noarch": {}}
-    filters = Filters(
-        include=("r-base >=4", "r-essentials", "r-ggplot2"),
-        exclude=("*-dbg",),
-        dependencies=True,
-        licenses_deny=("AGPL*",),
-        latest=3,
+    filters = Filters.parse(
+        {
+            "include": ["r-base >=4", "r-essentials", "r-ggplot2"],
+            "exclude": ["*-dbg"],
+            "dependencies": True,
+            "licenses": {"deny": ["AGPL*"]},
+            "latest": 3,
+        }
     )
     selection = Selector(filters).select(merged)
     seconds = time.perf_counter() - started

@@ -6,7 +6,10 @@ plain models back (``FileInfo``, byte streams).
 
 from __future__ import annotations
 
-from .base import Fetched, FileInfo, Gateway, GatewayOptions, LockInfo
+import importlib
+
+from .base import Fetched, FileInfo, Gateway, GatewayOptions, LockInfo, is_temp, option
+from .copy import Copied, Expected, copy_file, copy_stream
 from .errors import (
     GatewayError,
     IntegrityError,
@@ -18,33 +21,17 @@ from .errors import (
     TransientError,
     UsageError,
 )
+from .registry import ADAPTERS
 from .retry import RetryPolicy
-from .streams import CHUNK, ResumingReader, VerifyingReader
+from .streams import CHUNK, RawStream, VerifyingReader
 from .urls import clean_relative, parse, redact
 
 
 def open_gateway(url: str, options: GatewayOptions | None = None) -> Gateway:
     """The adapter for ``url``'s scheme, rooted at ``url``."""
-    scheme = parse(url).scheme
-    if scheme == "file":
-        from .localfs import LocalGateway
-
-        return LocalGateway(url, options)
-    if scheme in ("http", "https"):
-        from .http import HTTPGateway
-
-        return HTTPGateway(url, options)
-    if scheme == "s3":
-        from .s3 import S3Gateway
-
-        return S3Gateway(url, options)
-    if scheme in ("ftp", "ftps"):
-        from .ftp import FTPGateway
-
-        return FTPGateway(url, options)
-    from .sftp import SFTPGateway
-
-    return SFTPGateway(url, options)
+    module, name = ADAPTERS[parse(url).scheme]
+    adapter: type[Gateway] = getattr(importlib.import_module(f".{module}", __name__), name)
+    return adapter(url, options)
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -58,8 +45,35 @@ def split_url(url: str) -> tuple[str, str]:
     return head or "/", name
 
 
+def open_file(url: str, options: GatewayOptions | None = None) -> tuple[Gateway, str]:
+    """The gateway of a file URL's directory, and the file's name in it."""
+    directory, name = split_url(url)
+    if not name:
+        raise UsageError(redact(url), "names no file", "give the URL of a file")
+    return open_gateway(directory, options), name
+
+
+def copy_url(
+    src: str, dst: str, sha256: str | None = None, options: GatewayOptions | None = None
+) -> Copied:
+    """Copy one file between any two URLs (``dst`` ending in / is a directory),
+    verified against its size and ``sha256`` as it streams."""
+    source, name = open_file(src, options)
+    if dst.endswith("/"):
+        target, target_name = open_gateway(dst, options), name
+    else:
+        target, target_name = open_file(dst, options)
+    with source, target:
+        size = source.info(name).size
+        return copy_file(
+            source, name, target, target_name, Expected(size if size >= 0 else None, sha256)
+        )
+
+
 __all__ = [
     "CHUNK",
+    "Copied",
+    "Expected",
     "Fetched",
     "FileInfo",
     "Gateway",
@@ -71,14 +85,20 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ProtocolError",
+    "RawStream",
     "ReadOnlyError",
-    "ResumingReader",
     "RetryPolicy",
     "TransientError",
     "UsageError",
     "VerifyingReader",
     "clean_relative",
+    "copy_file",
+    "copy_stream",
+    "copy_url",
+    "is_temp",
+    "open_file",
     "open_gateway",
+    "option",
     "parse",
     "redact",
     "split_url",

@@ -7,6 +7,7 @@ index code runs unchanged over a local directory, a bucket or an FTP server.
 from __future__ import annotations
 
 import abc
+import builtins
 import contextlib
 import hashlib
 import io
@@ -15,14 +16,17 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from .errors import GatewayError, LockHeld, NotFound, ReadOnlyError
-from .retry import RetryPolicy
-from .streams import CHUNK
+from .retry import RetryPolicy, call
+from .streams import CHUNK, ResumingReader
 from .urls import clean_relative, join, redact
+
+T = TypeVar("T")
 
 log = logging.getLogger("ferry.gateways")
 
@@ -57,24 +61,54 @@ class Fetched:
         self.stream.close()
 
 
+def option(
+    default: Any,
+    help: str,
+    protocols: tuple[str, ...] = (),
+    kind: str = "",
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    """One user-facing knob, declared once: the job file's keys and the command line's
+    options are both made from these fields, so their names cannot drift apart.
+
+    ``protocols``: the schemes it applies to (empty: all); ``kind``: ``file`` for a
+    path that must exist; ``minimum``/``maximum``: bounds of a number.
+    """
+    meta = {"help": help, "protocols": protocols, "kind": kind}
+    return field(default=default, metadata={**meta, "minimum": minimum, "maximum": maximum})
+
+
+TLS = ("http", "https", "s3", "ftps")
+
+
 @dataclass(frozen=True)
 class GatewayOptions:
     """Knobs every adapter understands; each ignores those its protocol lacks."""
 
-    timeout: float = 30.0
-    verify_tls: bool = True
-    ca_bundle: str | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # s3
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    # sftp
-    key_file: str | None = None
-    known_hosts: str | None = None
-    insecure_skip_host_key: bool = False
-    # ftp
-    ftps: bool = False
+    timeout: float = option(
+        30.0, "Seconds before a silent connection counts as failed.", minimum=0.001
+    )
+    retries: int = option(
+        5, "Attempts at a failing request or transfer before giving up.", minimum=1
+    )
+    retry_delay: float = option(
+        0.5, "Seconds before the first retry; doubles each time.", minimum=0
+    )
+    verify_tls: bool = option(True, "Verify TLS certificates.", TLS)
+    ca_bundle: str | None = option(None, "CA certificates for TLS.", TLS, "file")
+    endpoint_url: str | None = option(None, "S3 endpoint [default: AWS_ENDPOINT_URL].", ("s3",))
+    region: str | None = option(None, "S3 region.", ("s3",))
+    profile: str | None = option(None, "AWS profile for S3 credentials.", ("s3",))
+    key_file: str | None = option(None, "SSH private key.", ("sftp",), "file")
+    known_hosts: str | None = option(
+        None, "known_hosts file [default: ~/.ssh/known_hosts].", ("sftp",), "file"
+    )
+    insecure_host_key: bool = option(False, "Accept any SSH host key (insecure).", ("sftp",))
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retries, base_delay=self.retry_delay)
 
 
 def stat_etag(size: int, mtime: float | None) -> str:
@@ -88,7 +122,6 @@ class LockInfo:
     pid: int
     started: float
     expires: float
-    owner: str = "ferry"
 
     @classmethod
     def mine(cls, ttl: float) -> LockInfo:
@@ -107,7 +140,6 @@ class LockInfo:
                 int(raw["pid"]),
                 float(raw["started"]),
                 float(raw["expires"]),
-                str(raw.get("owner", "ferry")),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -131,7 +163,12 @@ class LockInfo:
 
 
 class Gateway(abc.ABC):
-    """A file tree reached through one protocol, rooted at ``url``."""
+    """A file tree reached through one protocol, rooted at ``url``.
+
+    Adapters write the primitives (``info``, ``_listdir``, ``_open``, ``write_atomic``,
+    ``delete``, ``_create_exclusive``); listing recursively, resuming reads, retrying,
+    conditional fetches and locking are done here once, for all of them.
+    """
 
     scheme = ""
     writable = True
@@ -152,14 +189,38 @@ class Gateway(abc.ABC):
         if not self.writable:
             raise ReadOnlyError(self.display(path), "cannot write over this protocol")
 
+    def _retry(self, path: str, fn: Callable[[], T]) -> T:
+        """``fn`` with this gateway's retry policy; failures name ``path``."""
+        return call(fn, self.options.retry, self.display(path))
+
     # -- reading ----------------------------------------------------------------
     @abc.abstractmethod
     def info(self, path: str) -> FileInfo:
         """Stat one file; raises :class:`NotFound`."""
 
     @abc.abstractmethod
+    def _listdir(self, path: str) -> list[FileInfo]:
+        """The entries of one directory, paths relative to the root; :class:`NotFound`
+        when it does not exist."""
+
+    def _walk(self, path: str) -> list[FileInfo]:
+        """Every file below ``path``; stores with a flat namespace list it in one go."""
+        out: list[FileInfo] = []
+        for entry in self._listdir(path):
+            out.extend(self._walk(entry.path) if entry.is_dir else [entry])
+        return out
+
     def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
-        """Entries below ``path``; their ``path`` stays relative to the root."""
+        """Entries below ``path``, sorted; their ``path`` stays relative to the root."""
+        entries = self._walk(path) if recursive else self._listdir(path)
+        return sorted(entries, key=lambda f: f.path)
+
+    def files(self, path: str = "") -> builtins.list[FileInfo]:
+        """The files (not directories) directly in ``path``; none if it does not exist."""
+        try:
+            return [f for f in self.list(path) if not f.is_dir]
+        except NotFound:
+            return []
 
     def exists(self, path: str) -> bool:
         try:
@@ -169,8 +230,31 @@ class Gateway(abc.ABC):
         return True
 
     @abc.abstractmethod
+    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
+        """A raw stream from ``offset``, without retrying, and the version it serves.
+
+        ``version`` (an ETag seen earlier) asks for that version only: a file that
+        changed meanwhile must fail rather than splice two versions together.
+        """
+
     def open_read(self, path: str, offset: int = 0) -> BinaryIO:
         """A stream from ``offset``; transient breaks resume transparently."""
+        self._rel(path)
+        return self._resuming(path, offset)
+
+    def _resuming(
+        self, path: str, offset: int = 0, first: BinaryIO | None = None, version: str | None = None
+    ) -> BinaryIO:
+        pinned = [version]
+
+        def opener(at: int) -> BinaryIO:
+            stream, served = self._open(path, at, pinned[0])
+            pinned[0] = pinned[0] or served
+            return stream
+
+        return ResumingReader(
+            opener, self.options.retry, self.display(path), offset, first
+        ).as_binary()
 
     def checksum(self, path: str) -> tuple[int, str]:
         """Size and sha256 of a stored file, read as a stream."""
@@ -200,9 +284,7 @@ class Gateway(abc.ABC):
 
     # -- writing ----------------------------------------------------------------
     @abc.abstractmethod
-    def write_atomic(
-        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
-    ) -> FileInfo:
+    def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         """Store ``stream`` at ``path`` so that readers see the old or new file only.
 
         ``durable=False`` may skip per-file flushes to stable storage; the caller then
@@ -210,7 +292,7 @@ class Gateway(abc.ABC):
         """
 
     def write_bytes(self, path: str, data: bytes, durable: bool = True) -> FileInfo:
-        return self.write_atomic(path, io.BytesIO(data), len(data), durable)
+        return self.write_atomic(path, io.BytesIO(data), durable)
 
     def flush(self) -> None:  # noqa: B027 - remote stores are durable once they answer
         """Make every earlier non-durable write durable."""
@@ -225,10 +307,7 @@ class Gateway(abc.ABC):
     def delete(self, path: str) -> None:
         """Remove one file; a missing file is not an error (deletes are retried)."""
 
-    @abc.abstractmethod
-    def rename(self, src: str, dst: str) -> None:
-        """Move ``src`` over ``dst`` (replacing it)."""
-
+    # -- locking ----------------------------------------------------------------
     @abc.abstractmethod
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` holding ``data`` only if it does not exist; False if it does."""
@@ -240,7 +319,6 @@ class Gateway(abc.ABC):
     def _remove_lock(self, path: str) -> None:
         self.delete(path)
 
-    # -- locking ----------------------------------------------------------------
     def _why_stale(self, path: str) -> str | None:
         """Why the lock at ``path`` may be taken over; None if it vanished meanwhile.
 
@@ -294,3 +372,29 @@ class Gateway(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def temp_name(path: str) -> str:
+    """The sibling an atomic write fills before renaming it over ``path``.
+
+    One pattern for every adapter, so that the next writer recognises (and sweeps)
+    what a killed run left, whichever protocol wrote it."""
+    parent, _, name = path.rpartition("/")
+    tmp = f".{name}.{uuid.uuid4().hex[:12]}.part"
+    return f"{parent}/{tmp}" if parent else tmp
+
+
+def is_temp(name: str) -> bool:
+    """Whether a file name is an atomic write's temp file (see :func:`temp_name`)."""
+    return name.startswith(".") and name.endswith(".part")
+
+
+def make_dirs(directory: str, exists: Callable[[str], bool], mkdir: Callable[[str], None]) -> None:
+    """Create ``directory`` and its missing parents with a protocol's own calls:
+    one check when it exists already (the common case), one create per level missing."""
+    missing: list[str] = []
+    while directory not in ("", ".", "/") and not exists(directory):
+        missing.append(directory)
+        directory = directory.rpartition("/")[0]
+    for level in reversed(missing):
+        mkdir(level)  # a concurrent writer may have made it: mkdir must tolerate that

@@ -12,9 +12,12 @@ class GatewayError(Exception):
 
     hint = ""
 
-    def __init__(self, url: str, message: str, hint: str | None = None) -> None:
+    def __init__(self, url: str, message: str, hint: str | None = None, code: str = "") -> None:
         self.url = url
         self.message = message
+        # The protocol's own status ("404", "PreconditionFailed", "550"): callers that
+        # must tell answers apart compare this, never the message text.
+        self.code = code
         if hint is not None:
             self.hint = hint
         super().__init__(str(self))
@@ -38,10 +41,15 @@ class TransientError(GatewayError):
     hint = "the server or network failed; it may work on a later run"
 
     def __init__(
-        self, url: str, message: str, hint: str | None = None, retry_after: float | None = None
+        self,
+        url: str,
+        message: str,
+        hint: str | None = None,
+        code: str = "",
+        retry_after: float | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(url, message, hint)
+        super().__init__(url, message, hint, code)
 
 
 class ProtocolError(GatewayError):

@@ -14,14 +14,12 @@ import queue
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NoReturn, TypeVar
 
-from .base import FileInfo, Gateway, GatewayOptions, stat_etag
+from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
 from .errors import NotFound, PermissionDenied, ProtocolError, TransientError
-from .retry import call
-from .streams import CHUNK, RawStream, ResumingReader
+from .streams import CHUNK, GuardedStream
 from .urls import parse
 
 _NETWORK = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply)
@@ -36,38 +34,33 @@ def _mdtm(value: str) -> float | None:
         return None
 
 
-class _Download(RawStream):
-    def __init__(self, gateway: FTPGateway, conn: ftplib.FTP, sock: socket.socket, url: str):
-        self._gateway, self._conn, self._sock, self._url = gateway, conn, sock, url
+class _Transfer:
+    """One RETR on a borrowed connection: finished, the connection goes back to the
+    pool; abandoned half-way, its control channel is unusable and is closed."""
+
+    def __init__(self, gateway: FTPGateway, conn: ftplib.FTP, sock: socket.socket) -> None:
+        self._gateway, self._conn, self._sock = gateway, conn, sock
         self._done = False
 
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            data = self._sock.recv(size if size and size > 0 else CHUNK)
-            if not data and not self._done:
-                self._done = True
-                self._sock.close()
-                self._conn.voidresp()
-            return data
-        except _NETWORK as exc:
-            self._abandon()
-            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
+    def read(self, size: int) -> bytes:
+        data = self._sock.recv(size if size > 0 else CHUNK)
+        if not data and not self._done:
+            self._done = True
+            self._sock.close()
+            self._conn.voidresp()
+        return data
 
-    def _abandon(self) -> None:
+    def close(self) -> None:
+        conn, self._conn = self._conn, None  # type: ignore[assignment]
+        if conn is None:
+            return
+        if self._done:
+            self._gateway._release(conn)
+            return
         with contextlib.suppress(Exception):
             self._sock.close()
         with contextlib.suppress(Exception):
-            self._conn.close()
-        self._conn = None  # type: ignore[assignment]
-
-    def close(self) -> None:
-        if self._conn is None:
-            return
-        if self._done:
-            self._gateway._release(self._conn)
-        else:
-            self._abandon()  # a half-read transfer leaves the control channel unusable
-        self._conn = None  # type: ignore[assignment]
+            conn.close()
 
 
 class FTPGateway(Gateway):
@@ -77,7 +70,7 @@ class FTPGateway(Gateway):
         super().__init__(url, options)
         loc = parse(url)
         self.host, self.port = loc.host, loc.port or 21
-        self.tls = loc.scheme == "ftps" or self.options.ftps
+        self.tls = loc.scheme == "ftps"
         self.user = loc.username or "anonymous"
         self.password = loc.password
         if self.password is None and loc.username:
@@ -126,7 +119,7 @@ class FTPGateway(Gateway):
             try:
                 conn = self._pool.get_nowait()
             except queue.Empty:
-                return call(self._connect, self.options.retry, self.display())
+                return self._retry("", self._connect)
             try:
                 conn.voidcmd("TYPE I")  # a liveness check, and LIST/MLSD leave ASCII mode on
                 return conn
@@ -152,11 +145,12 @@ class FTPGateway(Gateway):
         if isinstance(exc, ftplib.error_perm):
             self._release(conn)
             code = str(exc)[:3]
+            where = self.display(path)
             if code in ("550", "450"):
-                raise NotFound(self.display(path), f"FTP {code}: no such file or access denied")
+                raise NotFound(where, f"FTP {code}: no such file or access denied", code=code)
             if code in ("530", "532"):
-                raise PermissionDenied(self.display(path), f"FTP {code}: not allowed")
-            raise ProtocolError(self.display(path), f"FTP error {str(exc)[:60]}")
+                raise PermissionDenied(where, f"FTP {code}: not allowed", code=code)
+            raise ProtocolError(where, f"FTP error {str(exc)[:60]}", code=code)
         with contextlib.suppress(Exception):
             conn.close()
         if isinstance(exc, _NETWORK):
@@ -168,7 +162,7 @@ class FTPGateway(Gateway):
             with self._conn(path) as conn:
                 return fn(conn)
 
-        return call(attempt, self.options.retry, self.display(path))
+        return self._retry(path, attempt)
 
     def _abs(self, path: str) -> str:
         rel = self._rel(path)
@@ -188,31 +182,32 @@ class FTPGateway(Gateway):
         try:
             return self._do(path, stat)
         except NotFound:
-            if self._is_dir(target):
-                return FileInfo(self._rel(path), 0, None, None, True)
+            rel = self._rel(path)
+            if rel:  # a directory: SIZE refuses it, its parent's listing knows it
+                parent = rel.rpartition("/")[0]
+                for entry in self._listdir(parent):
+                    if entry.path == rel and entry.is_dir:
+                        return entry
+            elif self._is_dir(target):
+                return FileInfo("", 0, None, None, True)
             raise
 
     def _is_dir(self, target: str) -> bool:
         try:
             with self._conn(target) as conn:
                 conn.cwd(target)
-                conn.cwd("/")
             return True
         except NotFound:
             return False
 
-    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
+    def _listdir(self, path: str) -> builtins.list[FileInfo]:
         rel = self._rel(path)
-        entries: list[FileInfo] = []
-        for name, size, mtime, is_dir in self._listdir(path, self._abs(path)):
-            child = f"{rel}/{name}" if rel else name
-            if is_dir and recursive:
-                entries.extend(self.list(child, recursive=True))
-            else:
-                entries.append(FileInfo(child, size, mtime, stat_etag(size, mtime), is_dir))
-        return sorted(entries, key=lambda f: f.path)
+        return [
+            FileInfo(f"{rel}/{name}" if rel else name, size, mtime, stat_etag(size, mtime), is_dir)
+            for name, size, mtime, is_dir in self._entries(path, self._abs(path))
+        ]
 
-    def _listdir(self, path: str, target: str) -> builtins.list[Entry]:
+    def _entries(self, path: str, target: str) -> builtins.list[Entry]:
         def mlsd(conn: ftplib.FTP) -> builtins.list[Entry]:
             out: builtins.list[Entry] = []
             for name, facts in conn.mlsd(target, facts=["type", "size", "modify"]):
@@ -246,43 +241,42 @@ class FTPGateway(Gateway):
             try:
                 return self._do(path, mlsd)
             except ProtocolError as exc:
-                if "501" in exc.message:  # pyftpdlib: "No such directory"
-                    raise NotFound(exc.url, "no such directory") from None
-                if not any(code in exc.message for code in ("500", "502", "504")):
+                if exc.code == "501":  # pyftpdlib: "No such directory"
+                    raise NotFound(exc.url, "no such directory", code=exc.code) from None
+                if exc.code not in ("500", "502", "504"):  # MLSD is not supported
                     raise
                 self._mlsd = False
         return self._do(path, unix_list)
 
-    def _open(self, path: str, offset: int) -> BinaryIO:
+    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         conn = self._acquire()
         try:
             sock = conn.transfercmd(f"RETR {self._abs(path)}", rest=offset or None)
         except BaseException as exc:
             self._fail(conn, path, exc)
-        return _Download(self, conn, sock, self.display(path)).as_binary()
-
-    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
-        self._rel(path)
-        return ResumingReader(
-            lambda at: self._open(path, at), self.options.retry, self.display(path), offset
-        ).as_binary()
+        transfer = _Transfer(self, conn, sock)
+        stream = GuardedStream(transfer.read, transfer.close, self.display(path), _NETWORK)
+        return stream.as_binary(), None
 
     # -- writing -----------------------------------------------------------------
     def _makedirs(self, conn: ftplib.FTP, directory: str) -> None:
-        current = ""
-        for part in directory.strip("/").split("/"):
-            if not part:
-                continue
-            current = f"{current}/{part}"
-            with contextlib.suppress(ftplib.error_perm):
-                conn.mkd(current)
+        def exists(level: str) -> bool:
+            try:
+                conn.cwd(level)
+            except ftplib.error_perm:
+                return False
+            return True
 
-    def write_atomic(
-        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
-    ) -> FileInfo:
+        def mkdir(level: str) -> None:
+            with contextlib.suppress(ftplib.error_perm):
+                conn.mkd(level)
+
+        make_dirs(directory, exists, mkdir)
+
+    def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         target = self._abs(path)
-        parent, _, name = target.rpartition("/")
-        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.part"
+        parent = target.rpartition("/")[0]
+        tmp = temp_name(target)
         with self._conn(path) as conn:
             self._makedirs(conn, parent)
             try:
@@ -307,12 +301,6 @@ class FTPGateway(Gateway):
         with contextlib.suppress(NotFound), self._conn(path) as conn:
             conn.delete(self._abs(path))
 
-    def rename(self, src: str, dst: str) -> None:
-        with self._conn(src) as conn:
-            target = self._abs(dst)
-            self._makedirs(conn, target.rpartition("/")[0])
-            self._replace(conn, self._abs(src), target)
-
     # FTP has no exclusive create; MKD is exclusive, so a lock is a directory
     # holding its owner's record.
     def _create_exclusive(self, path: str, data: bytes) -> bool:
@@ -327,7 +315,14 @@ class FTPGateway(Gateway):
         return True
 
     def read_lock(self, path: str) -> bytes:
-        return self.read_bytes(f"{self._rel(path)}/owner")
+        try:
+            return self.read_bytes(f"{self._rel(path)}/owner")
+        except NotFound:
+            if self._is_dir(self._abs(path)):
+                # a run killed between MKD and writing its owner: an unreadable lock,
+                # aged by the directory's mtime, not one that "vanished" forever
+                return b""
+            raise
 
     def _remove_lock(self, path: str) -> None:
         self.delete(f"{self._rel(path)}/owner")

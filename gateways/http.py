@@ -24,8 +24,7 @@ from .errors import (
     TransientError,
     UsageError,
 )
-from .retry import call
-from .streams import RawStream, ResumingReader
+from .streams import CHUNK, GuardedStream
 from .urls import join, parse
 
 # Files whose bytes are already compressed: a Content-Encoding on them is never undone,
@@ -52,31 +51,6 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-class _Body(RawStream):
-    """The raw body of one response, with network failures made transient."""
-
-    def __init__(self, response: requests.Response, decode: bool, url: str, skip: int) -> None:
-        self._response = response
-        self._decode = decode
-        self._url = url
-        self._skip = skip
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            while self._skip:
-                dropped = self._response.raw.read(min(self._skip, 1 << 20))
-                if not dropped:
-                    break
-                self._skip -= len(dropped)
-            amount = None if size is None or size < 0 else size
-            return self._response.raw.read(amount, decode_content=self._decode) or b""
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class _Links(html.parser.HTMLParser):
@@ -169,27 +143,28 @@ class HTTPGateway(Gateway):
             self._check(response, path)
             return response
 
-        return call(attempt, self.options.retry, self.display(path)) if retry else attempt()
+        return self._retry(path, attempt) if retry else attempt()
 
     def _check(self, response: requests.Response, path: str) -> None:
         status = response.status_code
         if status < 400:
             return
         response.close()
-        where = self.display(path)
+        where, code = self.display(path), str(status)
         if status in _TRANSIENT_STATUS:
             raise TransientError(
                 where,
                 f"HTTP {status}",
+                code=code,
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
         if status in (404, 410):
-            raise NotFound(where, f"HTTP {status}")
+            raise NotFound(where, f"HTTP {status}", code=code)
         if status in (401, 403):
-            raise PermissionDenied(where, f"HTTP {status}")
+            raise PermissionDenied(where, f"HTTP {status}", code=code)
         if status == 416:
-            raise ProtocolError(where, "HTTP 416: range not satisfiable")
-        raise ProtocolError(where, f"HTTP {status}")
+            raise ProtocolError(where, "HTTP 416: range not satisfiable", code=code)
+        raise ProtocolError(where, f"HTTP {status}", code=code)
 
     def _info_from(self, path: str, response: requests.Response) -> FileInfo:
         headers = response.headers
@@ -208,7 +183,7 @@ class HTTPGateway(Gateway):
         response = self._request("HEAD", path, {"Accept-Encoding": "identity"})
         return self._info_from(path, response)
 
-    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
+    def _listdir(self, path: str) -> list[FileInfo]:
         rel = self._rel(path)
         response = self._request("GET", f"{rel}/" if rel else "", {})
         if "html" not in response.headers.get("Content-Type", ""):
@@ -221,53 +196,42 @@ class HTTPGateway(Gateway):
             if "://" in name or name.startswith(("/", "..", "#")) or name in ("", "./"):
                 continue
             child = f"{rel}/{name.rstrip('/')}" if rel else name.rstrip("/")
-            if name.endswith("/"):
-                if recursive:
-                    out.extend(self.list(child, recursive=True))
-                else:
-                    out.append(FileInfo(child, 0, is_dir=True))
-            else:
-                out.append(FileInfo(child, -1))
-        return sorted(out, key=lambda f: f.path)
+            is_dir = name.endswith("/")
+            out.append(FileInfo(child, 0 if is_dir else -1, is_dir=is_dir))
+        return out
 
-    def _open(self, path: str, offset: int, if_range: str | None) -> BinaryIO:
+    def _body(self, response: requests.Response, path: str, decode: bool) -> BinaryIO:
+        raw = response.raw
+        return GuardedStream(
+            lambda size: raw.read(size, decode_content=decode),
+            response.close,
+            self.display(path),
+            _NETWORK_ERRORS,
+        ).as_binary()
+
+    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         compressed = path.endswith(COMPRESSED_SUFFIXES)
         headers = {"Accept-Encoding": "identity" if compressed or offset else "gzip"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-            if if_range:
-                headers["If-Range"] = if_range
+            if version:
+                headers["If-Range"] = version
         response = self._request("GET", path, headers, stream=True, retry=False)
+        served = response.headers.get("ETag")
         skip = 0
         if offset and response.status_code == 200:
-            if if_range and response.headers.get("ETag") not in (None, if_range):
+            if version and served not in (None, version):
                 response.close()
                 raise ProtocolError(self.display(path), "the file changed during the download")
             skip = offset  # the server ignores ranges: read past what we already have
         encoded = bool(response.headers.get("Content-Encoding"))
-        return _Body(response, encoded and not compressed, self.display(path), skip).as_binary()
-
-    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
-        self._rel(path)
-        return self._resuming(path, offset, None, None)
-
-    def _resuming(self, path: str, offset: int, first: _Body | None, etag: str | None) -> BinaryIO:
-        """A body that resumes, with If-Range, into the same version of the file only."""
-        validator: list[str | None] = [etag]
-
-        def opener(at: int) -> BinaryIO:
-            body = self._open(path, at, validator[0])
-            if validator[0] is None:
-                validator[0] = body._response.headers.get("ETag")  # type: ignore[attr-defined]
-            return body
-
-        return ResumingReader(
-            opener,
-            self.options.retry,
-            self.display(path),
-            offset,
-            first.as_binary() if first else None,
-        ).as_binary()
+        body = self._body(response, path, encoded and not compressed)
+        while skip > 0:
+            dropped = body.read(min(skip, CHUNK))
+            if not dropped:
+                break
+            skip -= len(dropped)
+        return body, served
 
     def fetch_if_changed(
         self, path: str, etag: str | None = None, last_modified: str | None = None
@@ -284,23 +248,18 @@ class HTTPGateway(Gateway):
             return None
         info = self._info_from(path, response)
         encoded = bool(response.headers.get("Content-Encoding"))
-        body = _Body(response, encoded and not compressed, self.display(path), 0)
-        stream = self._resuming(path, 0, body, response.headers.get("ETag"))
+        first = self._body(response, path, encoded and not compressed)
+        stream = self._resuming(path, 0, first, response.headers.get("ETag"))
         return Fetched(info, stream, response.headers.get("Last-Modified"))
 
     def _read_only(self, path: str) -> ReadOnlyError:
         return ReadOnlyError(self.display(path), "HTTP is read-only")
 
-    def write_atomic(
-        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
-    ) -> FileInfo:
+    def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         raise self._read_only(path)
 
     def delete(self, path: str) -> None:
         raise self._read_only(path)
-
-    def rename(self, src: str, dst: str) -> None:
-        raise self._read_only(src)
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         raise self._read_only(path)

@@ -7,15 +7,16 @@ import errno
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import FileInfo, Gateway, GatewayOptions, stat_etag
+from .base import FileInfo, Gateway, GatewayOptions, stat_etag, temp_name
 from .errors import NotFound, PermissionDenied, ProtocolError
 from .streams import CHUNK
 from .urls import parse
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 class LocalGateway(Gateway):
@@ -51,54 +52,47 @@ class LocalGateway(Gateway):
             st = self._abs(path).stat()
         return self._info(self._rel(path), st, stat.S_ISDIR(st.st_mode))
 
-    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
-        base = self._abs(path)
-        prefix = self._rel(path)
-        out: list[FileInfo] = []
+    def _listdir(self, path: str) -> list[FileInfo]:
+        directory, prefix = self._abs(path), self._rel(path)
         with self._errors(path):
-            if not base.is_dir():
+            if not directory.is_dir():
                 raise NotFound(self.display(path), "not a directory")
-            stack = [(base, prefix)]
-            while stack:
-                directory, rel_dir = stack.pop()
-                with os.scandir(directory) as entries:
-                    for entry in entries:
-                        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                        is_dir = entry.is_dir(follow_symlinks=False)
-                        if recursive and is_dir:
-                            stack.append((Path(entry.path), rel))
-                            continue
-                        out.append(self._info(rel, entry.stat(), is_dir))
-        return sorted(out, key=lambda f: f.path)
+            with os.scandir(directory) as entries:
+                return [
+                    self._info(
+                        f"{prefix}/{entry.name}" if prefix else entry.name,
+                        entry.stat(follow_symlinks=False),
+                        entry.is_dir(follow_symlinks=False),
+                    )
+                    for entry in entries
+                ]
 
-    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
+    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         with self._errors(path):
             handle = open(self._abs(path), "rb")  # noqa: SIM115 - returned to the caller
             if offset:
                 handle.seek(offset)
-            return handle
+            return handle, None
 
-    def write_atomic(
-        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
-    ) -> FileInfo:
+    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
+        return self._open(path, offset, None)[0]  # a local read has nothing to resume
+
+    def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         target = self._abs(path)
+        tmp = target.parent / temp_name(target.name)
         with self._errors(path):
             try:
-                fd, tmp = tempfile.mkstemp(
-                    prefix=f".{target.name}.", suffix=".part", dir=target.parent
-                )
+                fd = os.open(tmp, _CREATE, 0o644)
             except FileNotFoundError:  # the first file of a new directory
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(
-                    prefix=f".{target.name}.", suffix=".part", dir=target.parent
-                )
+                fd = os.open(tmp, _CREATE, 0o644)
             try:
                 with os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(stream, out, CHUNK)
                     out.flush()
                     if durable:
                         os.fsync(out.fileno())
-                    os.fchmod(out.fileno(), 0o644)
+                    os.fchmod(out.fileno(), 0o644)  # servable whatever the umask
                     st = os.fstat(out.fileno())
                 os.replace(tmp, target)
             except BaseException:
@@ -116,18 +110,12 @@ class LocalGateway(Gateway):
         with contextlib.suppress(NotFound), self._errors(path):
             self._abs(path).unlink()
 
-    def rename(self, src: str, dst: str) -> None:
-        with self._errors(src):
-            target = self._abs(dst)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._abs(src), target)
-
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         target = self._abs(path)
         with self._errors(path):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(target, _CREATE, 0o644)
             except FileExistsError:
                 return False
             with os.fdopen(fd, "wb") as out:

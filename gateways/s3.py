@@ -15,8 +15,7 @@ from botocore.config import Config
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions
 from .errors import NotFound, PermissionDenied, ProtocolError, TransientError, UsageError
-from .retry import call
-from .streams import CHUNK, RawStream, ResumingReader
+from .streams import CHUNK, GuardedStream
 from .urls import parse
 
 PART_SIZE = 16 * CHUNK  # parts in flight per upload; bounds memory, not file size
@@ -39,21 +38,6 @@ _NETWORK = (
     ConnectionError,
     TimeoutError,
 )
-
-
-class _Body(RawStream):
-    def __init__(self, body: Any, url: str) -> None:
-        self._body = body
-        self._url = url
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            return self._body.read(None if size is None or size < 0 else size) or b""
-        except _NETWORK as exc:
-            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
-
-    def close(self) -> None:
-        self._body.close()
 
 
 class S3Gateway(Gateway):
@@ -104,17 +88,18 @@ class S3Gateway(Gateway):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            code = code or str(status)
             if code == "NoSuchBucket":
-                raise NotFound(where, f"bucket '{self.bucket}' does not exist") from None
+                raise NotFound(where, f"bucket '{self.bucket}' does not exist", code=code) from None
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-                raise NotFound(where, "no such key") from None
+                raise NotFound(where, "no such key", code=code) from None
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or (
                 status == 403
             ):
-                raise PermissionDenied(where, f"access denied ({code})") from None
+                raise PermissionDenied(where, f"access denied ({code})", code=code) from None
             if code in _THROTTLE or status >= 500 or status == 429:
-                raise TransientError(where, f"S3 {code or status}") from None
-            raise ProtocolError(where, f"S3 error {code or status}") from None
+                raise TransientError(where, f"S3 {code}", code=code) from None
+            raise ProtocolError(where, f"S3 error {code}", code=code) from None
         except botocore.exceptions.NoCredentialsError:
             raise PermissionDenied(
                 where,
@@ -135,7 +120,7 @@ class S3Gateway(Gateway):
             with self._errors(path):
                 return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
 
-        return call(attempt, self.options.retry, self.display(path))
+        return self._retry(path, attempt)
 
     def info(self, path: str) -> FileInfo:
         head = self._call(path, "head_object", Key=self._key(path))
@@ -143,7 +128,7 @@ class S3Gateway(Gateway):
             self._rel(path), head["ContentLength"], head["LastModified"].timestamp(), head["ETag"]
         )
 
-    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
+    def _listing(self, path: str, recursive: bool) -> list[FileInfo]:
         base = self._key(path)
         prefix = f"{base}/" if base else ""
         out: list[FileInfo] = []
@@ -167,41 +152,29 @@ class S3Gateway(Gateway):
             if not page.get("IsTruncated"):
                 break
             token = {"ContinuationToken": page["NextContinuationToken"]}
-        if not out and path and not self._dir_marker_exists(prefix):
+        if not out and path:
             raise NotFound(self.display(path), "no such prefix")
-        return sorted(out, key=lambda f: f.path)
+        return out
 
-    def _dir_marker_exists(self, prefix: str) -> bool:
-        with self._errors(prefix):
-            return bool(
-                self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1).get(
-                    "KeyCount"
-                )
-            )
+    def _listdir(self, path: str) -> list[FileInfo]:
+        return self._listing(path, recursive=False)
 
-    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
-        return self._resuming(path, offset, None, None)
+    def _walk(self, path: str) -> list[FileInfo]:
+        return self._listing(path, recursive=True)  # a flat namespace lists in one go
 
-    def _resuming(
-        self, path: str, offset: int, first: BinaryIO | None, etag: str | None
-    ) -> BinaryIO:
-        key = self._key(path)
-        validator: list[str | None] = [etag]
+    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
+        kwargs: dict[str, Any] = {"Key": self._key(path)}
+        if offset:
+            kwargs["Range"] = f"bytes={offset}-"
+        if version:
+            kwargs["IfMatch"] = version  # resume only into the same object version
+        with self._errors(path):
+            response = self.client.get_object(Bucket=self.bucket, **kwargs)
+        return self._body(response, path), response.get("ETag")
 
-        def opener(at: int) -> BinaryIO:
-            kwargs: dict[str, Any] = {"Key": key}
-            if at:
-                kwargs["Range"] = f"bytes={at}-"
-            if validator[0]:
-                kwargs["IfMatch"] = validator[0]  # resume only into the same object version
-            with self._errors(path):
-                response = self.client.get_object(Bucket=self.bucket, **kwargs)
-            validator[0] = validator[0] or response.get("ETag")
-            return _Body(response["Body"], self.display(path)).as_binary()
-
-        return ResumingReader(
-            opener, self.options.retry, self.display(path), offset, first
-        ).as_binary()
+    def _body(self, response: Any, path: str) -> BinaryIO:
+        body = response["Body"]
+        return GuardedStream(body.read, body.close, self.display(path), _NETWORK).as_binary()
 
     def fetch_if_changed(
         self, path: str, etag: str | None = None, last_modified: str | None = None
@@ -212,7 +185,7 @@ class S3Gateway(Gateway):
         try:
             response = self._call(path, "get_object", **kwargs)
         except ProtocolError as exc:
-            if "304" in exc.message or "NotModified" in exc.message:
+            if exc.code in ("304", "NotModified"):
                 return None
             raise
         info = FileInfo(
@@ -221,12 +194,10 @@ class S3Gateway(Gateway):
             response["LastModified"].timestamp(),
             response["ETag"],
         )
-        first = _Body(response["Body"], self.display(path)).as_binary()
+        first = self._body(response, path)
         return Fetched(info, self._resuming(path, 0, first, response["ETag"]))
 
-    def write_atomic(
-        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
-    ) -> FileInfo:
+    def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         key = self._key(path)
         first = _read_full(stream, PART_SIZE)
         if len(first) < PART_SIZE:
@@ -258,18 +229,11 @@ class S3Gateway(Gateway):
     def delete(self, path: str) -> None:
         self._call(path, "delete_object", Key=self._key(path))
 
-    def rename(self, src: str, dst: str) -> None:
-        with self._errors(src):
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": self._key(src)}, self.bucket, self._key(dst)
-            )
-        self.delete(src)
-
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         try:
             self._call(path, "put_object", Key=self._key(path), Body=data, IfNoneMatch="*")
         except ProtocolError as exc:
-            if "PreconditionFailed" in exc.message or "412" in exc.message:
+            if exc.code in ("PreconditionFailed", "412"):
                 return False
             raise
         return True

@@ -12,16 +12,14 @@ import logging
 import os
 import stat
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
 import paramiko
 
-from .base import FileInfo, Gateway, GatewayOptions, stat_etag
+from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
 from .errors import NotFound, PermissionDenied, ProtocolError, TransientError
-from .retry import call
-from .streams import CHUNK, RawStream, ResumingReader
+from .streams import CHUNK, GuardedStream
 from .urls import parse
 
 log = logging.getLogger("ferry.gateways")
@@ -38,21 +36,6 @@ class _FastTransport(paramiko.Transport):
         "aes256-gcm@openssh.com",
         *(c for c in getattr(paramiko.Transport, "_preferred_ciphers", ()) if "gcm" not in c),
     )
-
-
-class _Download(RawStream):
-    def __init__(self, handle: paramiko.SFTPFile, url: str) -> None:
-        self._handle, self._url = handle, url
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            return self._handle.read(size if size and size > 0 else CHUNK)
-        except _NETWORK as exc:
-            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._handle.close()
 
 
 class SFTPGateway(Gateway):
@@ -85,7 +68,7 @@ class SFTPGateway(Gateway):
                 client.load_system_host_keys()
         except OSError as exc:
             raise ProtocolError(where, f"cannot read known_hosts: {exc.strerror}") from None
-        if self.options.insecure_skip_host_key:
+        if self.options.insecure_host_key:
             log.warning("%s: host key NOT verified (insecure option)", where)
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         else:
@@ -143,7 +126,7 @@ class SFTPGateway(Gateway):
                 if self._client is not None:
                     with contextlib.suppress(Exception):
                         self._client.close()
-                self._client = call(self._connect, self.options.retry, self.display())
+                self._client = self._retry("", self._connect)
                 self._generation += 1
             client, generation = self._client, self._generation
             assert client is not None
@@ -196,7 +179,7 @@ class SFTPGateway(Gateway):
             with self._errors(path):
                 return fn(self._sftp())
 
-        return call(attempt, self.options.retry, self.display(path))
+        return self._retry(path, attempt)
 
     # -- reading -----------------------------------------------------------------
     def _info(self, rel: str, attrs: paramiko.SFTPAttributes) -> FileInfo:
@@ -209,56 +192,40 @@ class SFTPGateway(Gateway):
         attrs = self._do(path, lambda s: s.stat(self._abs(path)))
         return self._info(self._rel(path), attrs)
 
-    def list(self, path: str = "", recursive: bool = False) -> list[FileInfo]:
+    def _listdir(self, path: str) -> list[FileInfo]:
         rel = self._rel(path)
         entries = self._do(path, lambda s: s.listdir_attr(self._abs(path)))
-        out: list[FileInfo] = []
-        for attrs in entries:
-            child = f"{rel}/{attrs.filename}" if rel else attrs.filename
-            item = self._info(child, attrs)
-            if item.is_dir and recursive:
-                out.extend(self.list(child, recursive=True))
-            else:
-                out.append(item)
-        return sorted(out, key=lambda f: f.path)
+        return [self._info(f"{rel}/{a.filename}" if rel else a.filename, a) for a in entries]
 
-    def _open(self, path: str, offset: int) -> BinaryIO:
-        def opener(sftp: paramiko.SFTPClient) -> BinaryIO:
-            handle = sftp.open(self._abs(path), "rb", bufsize=CHUNK)
+    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
+        with self._errors(path):
+            handle = self._sftp().open(self._abs(path), "rb", bufsize=CHUNK)
             size = handle.stat().st_size or 0
             handle.seek(offset)
             if size > offset:
                 handle.prefetch(size - offset)  # pipelined reads: the throughput of SFTP
-            return _Download(handle, self.display(path)).as_binary()
-
-        with self._errors(path):
-            return opener(self._sftp())
-
-    def open_read(self, path: str, offset: int = 0) -> BinaryIO:
-        self._rel(path)
-        return ResumingReader(
-            lambda at: self._open(path, at), self.options.retry, self.display(path), offset
-        ).as_binary()
+        stream = GuardedStream(handle.read, handle.close, self.display(path), _NETWORK)
+        return stream.as_binary(), None
 
     # -- writing -----------------------------------------------------------------
     def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
-        if directory in ("", ".", "/"):
-            return
-        try:
-            sftp.stat(directory)
-            return
-        except FileNotFoundError:
-            pass
-        self._makedirs(sftp, directory.rpartition("/")[0])
-        with contextlib.suppress(OSError):
-            sftp.mkdir(directory)
+        def exists(level: str) -> bool:
+            try:
+                sftp.stat(level)
+            except FileNotFoundError:
+                return False
+            return True
 
-    def write_atomic(
-        self, path: str, stream: BinaryIO, size: int | None = None, durable: bool = True
-    ) -> FileInfo:
+        def mkdir(level: str) -> None:
+            with contextlib.suppress(OSError):
+                sftp.mkdir(level)
+
+        make_dirs(directory, exists, mkdir)
+
+    def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         target = self._abs(path)
-        parent, _, name = target.rpartition("/")
-        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.part" if parent else f".{name}.part"
+        parent = target.rpartition("/")[0]
+        tmp = temp_name(target)
         with self._errors(path):
             sftp = self._sftp()
             self._makedirs(sftp, parent)
@@ -277,14 +244,6 @@ class SFTPGateway(Gateway):
     def delete(self, path: str) -> None:
         with contextlib.suppress(NotFound):
             self._do(path, lambda s: s.remove(self._abs(path)))
-
-    def rename(self, src: str, dst: str) -> None:
-        def move(sftp: paramiko.SFTPClient) -> None:
-            target = self._abs(dst)
-            self._makedirs(sftp, target.rpartition("/")[0])
-            sftp.posix_rename(self._abs(src), target)
-
-        self._do(src, move)
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         target = self._abs(path)

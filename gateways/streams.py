@@ -46,6 +46,35 @@ class RawStream(io.RawIOBase):
         return cast(BinaryIO, self)
 
 
+class GuardedStream(RawStream):
+    """A protocol's byte source whose network failures surface as :class:`TransientError`,
+    the one kind :class:`ResumingReader` resumes after."""
+
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        close: Callable[[], None],
+        url: str,
+        network_errors: tuple[type[BaseException], ...],
+    ) -> None:
+        super().__init__()
+        self._read, self._close, self._url = read, close, url
+        self._errors = network_errors
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        try:
+            return self._read(size) or b""
+        except self._errors as exc:
+            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+        super().close()
+
+
 class ResumingReader(RawStream):
     """A read-only stream that reopens at its current offset after a transient error.
 
@@ -130,9 +159,11 @@ class VerifyingReader(RawStream):
         size: int | None = None,
         sha256: str | None = None,
         md5: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self._stream = stream
+        self._progress = progress
         self._url = url
         self._size = size
         self._expect_sha256 = sha256.lower() if sha256 else None
@@ -149,6 +180,8 @@ class VerifyingReader(RawStream):
             self.count += len(data)
             self.sha256.update(data)
             self.md5.update(data)
+            if self._progress is not None:
+                self._progress(len(data))
             if self._size is not None and self.count > self._size:
                 raise IntegrityError(self._url, f"more than the expected {self._size} bytes")
             return data

@@ -8,8 +8,7 @@ from pathlib import PurePosixPath
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .errors import UsageError
-
-SCHEMES = ("file", "http", "https", "s3", "ftp", "ftps", "sftp")
+from .registry import SCHEMES
 
 # Query parameters that authorise a request (pre-signed S3 URLs, tokens).
 _SECRET_QUERY = re.compile(

@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conda_ferry.gateways import FileInfo, Gateway, GatewayError, NotFound
+from conda_ferry.gateways import FileInfo, Gateway, GatewayError
 
 from . import channeldata, patches, repodata
 from .cache import Entry, IndexCache
 from .package import BadPackage, read_package
-from .publish import OutputOptions, Written, publish_subdir, sweep_partials, write_if_changed
+from .publish import OutputOptions, Written, publish_subdir, write_if_changed
 from .records import EXTENSIONS, BadFilename, check_filename, package_key, record_from_package
+from .subdir import SubdirView
 
 log = logging.getLogger("ferry.index")
 KNOWN_SUBDIRS = {
@@ -50,11 +52,6 @@ class IndexOptions:
     cache_dir: Path | None = None
     channeldata: bool = True
     run_exports: bool = True
-    # Records to publish as given for files present (a mirror's upstream records,
-    # hot-fixes included): such files are never read. subdir -> filename -> record.
-    pinned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    # Files present but not to be published (a mirror's files on their way out).
-    ignored: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,14 +104,9 @@ def discover_subdirs(gateway: Gateway) -> list[str]:
     for entry in gateway.list(""):
         if not entry.is_dir:
             continue
-        if entry.path in KNOWN_SUBDIRS:
-            found.add(entry.path)
-            continue
-        try:
-            children = gateway.list(entry.path)
-        except GatewayError:
-            continue
-        if any(f.path.endswith((*EXTENSIONS, "/repodata.json")) for f in children):
+        if entry.path in KNOWN_SUBDIRS or any(
+            f.path.endswith((*EXTENSIONS, "/repodata.json")) for f in gateway.files(entry.path)
+        ):
             found.add(entry.path)
     return sorted(found)
 
@@ -132,31 +124,37 @@ def _read_one(gateway: Gateway, path: str, filename: str) -> Entry:
     )
 
 
+def _sweep(gateway: Gateway, view: SubdirView) -> None:
+    """Remove what a killed run left half-written; callers hold the subdir's lock."""
+    for info in view.temps:
+        gateway.delete(info.path)
+    view.temps.clear()
+    if aborted := gateway.abort_incomplete(view.subdir):
+        log.info(
+            "%s: aborted %d unfinished upload(s) of a killed run",
+            gateway.display(view.subdir),
+            aborted,
+        )
+
+
 def scan_subdir(
     gateway: Gateway,
-    subdir: str,
+    view: SubdirView,
     cache: IndexCache,
     jobs: int,
     summary: SubdirSummary,
-    pinned: dict[str, dict[str, Any]] | None = None,
-    ignored: set[str] | None = None,
+    known: dict[str, dict[str, Any]],
+    skip: Collection[str] = (),
 ) -> dict[str, Entry]:
-    """Records for every valid package in ``subdir``, reading only what changed."""
-    pinned = pinned or {}
-    ignored = ignored or set()
-    try:
-        listing = [f for f in gateway.list(subdir) if not f.is_dir]
-    except NotFound:
-        listing = []
-    sweep_partials(gateway, listing)
-    if aborted := gateway.abort_incomplete(subdir):
-        log.info(
-            "%s: aborted %d unfinished upload(s) of a killed run", gateway.display(subdir), aborted
-        )
+    """Records for every valid package in the subdir, reading only what changed.
+
+    ``known``: records to take as given for files present (never read); ``skip``:
+    files present that are not to be published.
+    """
+    subdir = view.subdir
     files: dict[str, FileInfo] = {}
-    for info in listing:
-        name = info.name
-        if not name.endswith(EXTENSIONS) or name.startswith(".") or name in ignored:
+    for name, info in view.packages.items():
+        if name in skip:
             continue
         try:
             files[check_filename(name)] = info
@@ -166,9 +164,9 @@ def scan_subdir(
     entries: dict[str, Entry] = {}
     todo: list[str] = []
     for name, info in files.items():
-        if name in pinned:
-            if int(pinned[name].get("size", info.size)) == info.size:
-                entries[name] = Entry(pinned[name], {})
+        if name in known:
+            if int(known[name].get("size", info.size)) == info.size:
+                entries[name] = Entry(known[name], {})
             else:
                 summary.skipped.append((name, "size differs from its record"))
             continue
@@ -177,7 +175,7 @@ def scan_subdir(
             entries[name] = hit[2]
         else:
             todo.append(name)
-    summary.cached = len(entries) - len(pinned.keys() & entries.keys())
+    summary.cached = len(entries) - len(known.keys() & entries.keys())
     cache.forget(subdir, [name for name in cached if name not in files])
 
     fresh: list[tuple[str, int, str, Entry]] = []
@@ -211,57 +209,76 @@ def scan_subdir(
     return entries
 
 
+ChannelEntry = tuple[str, dict[str, Any], dict[str, Any]]  # subdir, record, extras
+
+
+def index_subdir(
+    gateway: Gateway,
+    view: SubdirView,
+    options: IndexOptions,
+    known: dict[str, dict[str, Any]] | None = None,
+    skip: Collection[str] = (),
+) -> tuple[SubdirSummary, list[ChannelEntry]]:
+    """Sweep, scan and publish one subdir; its entries feed channeldata.json."""
+    subdir = view.subdir
+    summary = SubdirSummary(subdir)
+    _sweep(gateway, view)
+    cache = IndexCache(gateway.url, options.cache_dir)
+    try:
+        entries = scan_subdir(gateway, view, cache, options.jobs, summary, known or {}, skip)
+    finally:
+        cache.close()
+    sections: dict[str, dict[str, dict[str, Any]]] = {"packages": {}, "packages.conda": {}}
+    for name, entry in sorted(entries.items()):
+        sections[package_key(name)][name] = entry.record
+    document = repodata.build(subdir, sections["packages"], sections["packages.conda"])
+    extra_files: dict[str, bytes] = {}
+    instructions = options.patch_instructions or {}
+    patch = instructions.get(subdir) or instructions.get("*")
+    if patch is not None:
+        extra_files["repodata_from_packages.json"] = repodata.dumps(document)
+        document = patches.apply(document, patch)
+    if options.run_exports:
+        extra_files["run_exports.json"] = repodata.dumps(
+            channeldata.run_exports_document(
+                subdir,
+                {
+                    n: e.extras["run_exports"]
+                    for n, e in entries.items()
+                    if e.extras.get("run_exports")
+                },
+            )
+        )
+    written = publish_subdir(
+        gateway, subdir, document, options.outputs, extra_files, view.repodata_json
+    )
+    summary.written, summary.deleted = written.paths, written.deleted
+    kept = repodata.records(document)
+    return summary, [(subdir, kept[n], e.extras) for n, e in entries.items() if n in kept]
+
+
+def write_channeldata(
+    gateway: Gateway, subdirs: list[str], entries: list[ChannelEntry]
+) -> list[str]:
+    """channeldata.json at the channel root, rewritten only when it changed."""
+    top = Written()
+    data = channeldata.channeldata(subdirs, entries)
+    write_if_changed(gateway, "channeldata.json", repodata.dumps(data), top)
+    return top.paths
+
+
 def index_channel(gateway: Gateway, options: IndexOptions) -> IndexSummary:
+    """Index a plain channel, every record made from its package file."""
     started = time.monotonic()
     summary = IndexSummary(gateway.display())
     subdirs = options.subdirs or discover_subdirs(gateway)
-    cache = IndexCache(gateway.url, options.cache_dir)
-    everything: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    try:
-        for subdir in subdirs:
-            sub = SubdirSummary(subdir)
-            summary.subdirs.append(sub)
-            entries = scan_subdir(
-                gateway,
-                subdir,
-                cache,
-                options.jobs,
-                sub,
-                options.pinned.get(subdir),
-                options.ignored.get(subdir),
-            )
-            sections: dict[str, dict[str, dict[str, Any]]] = {"packages": {}, "packages.conda": {}}
-            for name, entry in sorted(entries.items()):
-                sections[package_key(name)][name] = entry.record
-            document = repodata.build(subdir, sections["packages"], sections["packages.conda"])
-            extra_files: dict[str, bytes] = {}
-            instructions = options.patch_instructions or {}
-            patch = instructions.get(subdir) or instructions.get("*")
-            if patch is not None:
-                extra_files["repodata_from_packages.json"] = repodata.dumps(document)
-                document = patches.apply(document, patch)
-            if options.run_exports:
-                extra_files["run_exports.json"] = repodata.dumps(
-                    channeldata.run_exports_document(
-                        subdir,
-                        {
-                            n: e.extras["run_exports"]
-                            for n, e in entries.items()
-                            if e.extras.get("run_exports")
-                        },
-                    )
-                )
-            written = publish_subdir(gateway, subdir, document, options.outputs, extra_files)
-            sub.written, sub.deleted = written.paths, written.deleted
-            kept = {**document["packages"], **document["packages.conda"]}
-            everything.extend((subdir, kept[n], e.extras) for n, e in entries.items() if n in kept)
-        if options.channeldata:
-            data = channeldata.channeldata(subdirs, everything)
-            top = Written()
-            write_if_changed(gateway, "channeldata.json", repodata.dumps(data), top)
-            summary.written.extend(top.paths)
-    finally:
-        cache.close()
+    everything: list[ChannelEntry] = []
+    for subdir in subdirs:
+        sub, entries = index_subdir(gateway, SubdirView.read(gateway, subdir), options)
+        summary.subdirs.append(sub)
+        everything.extend(entries)
+    if options.channeldata:
+        summary.written.extend(write_channeldata(gateway, subdirs, everything))
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import FileInfo, Gateway, NotFound
+from conda_ferry.gateways import Gateway, NotFound, option
 
 from . import jlap, repodata, shards
 from .jlap import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
@@ -22,14 +22,26 @@ log = logging.getLogger("ferry.index")
 
 @dataclass(frozen=True)
 class OutputOptions:
-    zst: bool = True
-    bz2: bool = False
-    jlap: bool = True
-    shards: bool = True
-    current: bool = False
-    jlap_max_bytes: int = DEFAULT_MAX_BYTES
-    jlap_max_patch_bytes: int = DEFAULT_MAX_PATCH_BYTES
-    zst_level: int = repodata.ZSTD_LEVEL
+    """What a subdir publishes besides repodata.json: job keys (``outputs:``) and
+    ``ferry index`` options are both made from these fields."""
+
+    zst: bool = option(True, "Write repodata.json.zst.")
+    bz2: bool = option(False, "Also write repodata.json.bz2.")
+    jlap: bool = option(True, "Write repodata.jlap, the patch log clients update through.")
+    shards: bool = option(True, "Write sharded repodata (CEP 16).")
+    current_repodata: bool = option(False, "Also write current_repodata.json.")
+    zst_level: int = option(
+        repodata.ZSTD_LEVEL,
+        "zstd level of repodata.json.zst (16-19: smaller, many times slower).",
+        minimum=1,
+        maximum=22,
+    )
+    jlap_max_bytes: int = option(
+        DEFAULT_MAX_BYTES, "Trim repodata.jlap once it passes this many bytes.", minimum=4096
+    )
+    jlap_max_patch_bytes: int = option(
+        DEFAULT_MAX_PATCH_BYTES, "Leave out patches larger than this many bytes.", minimum=1024
+    )
 
 
 @dataclass
@@ -58,18 +70,6 @@ def write_if_changed(
     return True
 
 
-def is_partial(name: str) -> bool:
-    """A temp file of an atomic write (``.name.XXXX.part``): a killed run's leftover."""
-    return name.startswith(".") and name.endswith(".part")
-
-
-def sweep_partials(gateway: Gateway, files: list[FileInfo]) -> None:
-    """Remove a killed run's temp files; callers hold the subdir's lock."""
-    for info in files:
-        if is_partial(info.name):
-            gateway.delete(info.path)
-
-
 def _read_existing(gateway: Gateway, path: str) -> bytes | None:
     try:
         return gateway.read_bytes(path)
@@ -83,19 +83,19 @@ def publish_subdir(
     document: dict[str, Any],
     options: OutputOptions,
     extra_files: dict[str, bytes] | None = None,
+    old_json: bytes | None = None,
 ) -> Written:
-    """Publish ``document`` as ``subdir``'s repodata and everything derived from it."""
+    """Publish ``document`` as ``subdir``'s repodata and everything derived from it.
+
+    ``old_json``: the repodata.json published now, as the caller read it."""
     written = Written()
     new_json = repodata.dumps(document)
-    old_json = _read_existing(gateway, f"{subdir}/repodata.json")
 
     referenced: set[str] = set()
     if options.shards:
         index_bytes, shard_files = shards.build(document)
         referenced = {shards.shard_path(h) for h in shard_files}
-        existing = {
-            f.path.split("/", 1)[1] for f in _list(gateway, f"{subdir}/{shards.SHARDS_DIR}")
-        }
+        existing = {f.path.split("/", 1)[1] for f in gateway.files(f"{subdir}/{shards.SHARDS_DIR}")}
         for digest, data in shard_files.items():
             path = shards.shard_path(digest)
             if path not in existing:  # content-addressed: present means identical
@@ -119,7 +119,7 @@ def publish_subdir(
     if old_json != new_json:
         gateway.write_bytes(f"{subdir}/repodata.json", new_json)
         written.paths.append(f"{subdir}/repodata.json")
-    if options.current:
+    if options.current_repodata:
         write_if_changed(
             gateway,
             f"{subdir}/current_repodata.json",
@@ -150,16 +150,9 @@ def publish_subdir(
         write_if_changed(gateway, f"{subdir}/{path}", data, written)
 
     if options.shards:
-        for info in _list(gateway, f"{subdir}/{shards.SHARDS_DIR}"):
+        for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
             rel = info.path.split("/", 1)[1]
             if rel not in referenced and rel.endswith(".msgpack.zst"):
                 gateway.delete(info.path)
                 written.deleted.append(info.path)
     return written
-
-
-def _list(gateway: Gateway, path: str) -> list[FileInfo]:
-    try:
-        return [f for f in gateway.list(path) if not f.is_dir]
-    except NotFound:
-        return []

@@ -34,6 +34,19 @@ def build(
     }
 
 
+SECTIONS = ("packages", "packages.conda")
+
+
+def records(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every record of a document by file name, both sections as one mapping."""
+    merged: dict[str, dict[str, Any]] = {}
+    for section in SECTIONS:
+        items = document.get(section) or {}
+        if isinstance(items, dict):
+            merged.update(items)
+    return merged
+
+
 def dumps(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 

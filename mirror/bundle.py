@@ -9,6 +9,8 @@ leaves it consistent and a rerun finishes it.
 
 from __future__ import annotations
 
+import enum
+import functools
 import hashlib
 import io
 import json
@@ -22,20 +24,24 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from conda_ferry.gateways import (
+    Expected,
     Gateway,
     GatewayError,
     NotFound,
+    RawStream,
     UsageError,
     VerifyingReader,
     clean_relative,
+    copy_stream,
     open_gateway,
 )
-from conda_ferry.gateways.streams import RawStream
 from conda_ferry.index import repodata
-from conda_ferry.index.channel import IndexOptions, discover_subdirs, index_channel
+from conda_ferry.index.channel import IndexOptions, discover_subdirs
 from conda_ferry.index.records import BadFilename, check_filename
+from conda_ferry.index.subdir import SubdirView
 
 from . import signing
+from .commit import Commit, choose_records, commit_subdir
 from .errors import FerryError
 from .state import STATE_DIR, SubdirState, subdir_locks
 
@@ -203,7 +209,7 @@ class _Packer:
             split = take < size
             name = f"{path}.part-{part:04d}" if split or part else path
             limited = _Limited(stream, take)
-            self.out.write_atomic(f"{self.volume}/{name}", limited.as_binary(), take)
+            self.out.write_atomic(f"{self.volume}/{name}", limited.as_binary())
             pieces.append(Piece(self.volume, name, limited.count, limited.sha256.hexdigest()))
             self.used += take
             left -= take
@@ -256,8 +262,7 @@ def export_bundle(
         packer = _Packer(out, volume_size)
         for subdir in sorted(chosen):
             data = mirror.read_bytes(f"{subdir}/repodata.json")
-            document = repodata.loads(data)
-            records = {**document.get("packages", {}), **document.get("packages.conda", {})}
+            records = repodata.records(repodata.loads(data))
             snapshot[subdir] = {
                 fn: str(r.get("sha256") or r.get("md5")) for fn, r in records.items()
             }
@@ -368,11 +373,23 @@ class _Joined(RawStream):
         return b""
 
 
+def _join(bundle: Gateway, pieces: list[Piece]) -> BinaryIO:
+    return _Joined(bundle, pieces).as_binary()
+
+
 # -- import ------------------------------------------------------------------------------
+class ImportStatus(str, enum.Enum):
+    APPLIED = "applied"
+    ALREADY_APPLIED = "already applied"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class ImportReport:
     id: str
-    status: str
+    status: ImportStatus
     packages: int = 0
     bytes: int = 0
     removed: int = 0
@@ -385,7 +402,7 @@ def import_bundle(
     history = _read_json(target, IMPORTS, {"imported": []})
     imported: list[str] = history.get("imported", [])
     if manifest.id in imported:
-        return ImportReport(manifest.id, "already applied")
+        return ImportReport(manifest.id, ImportStatus.ALREADY_APPLIED)
     last = imported[-1] if imported else None
     if not manifest.full and manifest.follows != last and not allow_gap:
         raise FerryError(
@@ -395,7 +412,7 @@ def import_bundle(
             "--full export, or --allow-gap to accept lost removals and hot-fixes)"
         )
     check_volumes(bundle, manifest)
-    report = ImportReport(manifest.id, "applied")
+    report = ImportReport(manifest.id, ImportStatus.APPLIED)
     by_subdir: dict[str, list[BundleFile]] = {}
     for item in manifest.files:
         by_subdir.setdefault(item.path.split("/", 1)[0], []).append(item)
@@ -424,23 +441,14 @@ def _apply_subdir(
     allow_gap: bool,
     report: ImportReport,
 ) -> None:
-    published: dict[str, Any] = {}
-    try:
-        current = repodata.loads(target.read_bytes(f"{subdir}/repodata.json"))
-        published = {**current.get("packages", {}), **current.get("packages.conda", {})}
-    except (NotFound, ValueError):
-        pass
-    try:
-        present = {f.name: f.size for f in target.list(subdir) if not f.is_dir}
-    except NotFound:
-        present = {}
+    view = SubdirView.read(target, subdir)
+    present = view.present
     packages = [i for i in items if not i.path.endswith("/repodata.json")]
     index_file = next((i for i in items if i.path.endswith("/repodata.json")), None)
     if index_file is None:
         raise FerryError(f"{bundle.display()}: no repodata for {subdir} in the bundle")
     with _Joined(bundle, index_file.pieces) as stream:
-        document = repodata.loads(stream.read())
-    records = {**document.get("packages", {}), **document.get("packages.conda", {})}
+        records = repodata.records(repodata.loads(stream.read()))
     arriving = {i.path.split("/", 1)[1] for i in packages}
     missing = sorted(set(records) - arriving - present.keys())
     if missing and not allow_gap:
@@ -457,39 +465,33 @@ def _apply_subdir(
 
     for item in packages:  # packages first
         name = item.path.split("/", 1)[1]
-        if _already_there(target, item, name, present, published):
+        if _already_there(target, item, name, present, view.published):
             continue
-        source = VerifyingReader(
-            _Joined(bundle, item.pieces).as_binary(),
+        copied = copy_stream(
+            functools.partial(_join, bundle, item.pieces),
             bundle.display(item.path),
-            item.size,
-            item.sha256,
+            target,
+            item.path,
+            Expected(item.size, item.sha256),
         )
-        with source:
-            target.write_atomic(item.path, source.as_binary(), item.size)
+        view.landed(copied.info)
         report.packages += 1
         report.bytes += item.size
-    pinned = {fn: r for fn, r in records.items() if fn not in missing}
+    # Files from earlier bundles are as they were verified then; arriving ones just were.
+    known = choose_records(records, view.packages.keys(), view.published, view.packages)
     state = SubdirState.load(target, subdir)
-    state.upstream_files = sorted(set(state.upstream_files) | set(pinned))
+    managed = set(state.upstream_files) | set(known)
+    state.upstream_files, state.complete = sorted(managed), True
     state.save(target)  # before publishing: these files are the mirror's, not custom ones
-    index_channel(
+    gone = [name for name in removals if name not in records]
+    commit_subdir(
         target,
-        IndexOptions(
-            subdirs=[subdir],
-            pinned={subdir: pinned},
-            ignored={subdir: set(removals)},
-            channeldata=False,
-            run_exports=False,
-        ),
+        view,
+        Commit(known, managed | set(removals), gone),
+        state,
+        IndexOptions(channeldata=False, run_exports=False),
     )
-    for name in removals:
-        if name not in records:
-            target.delete(f"{subdir}/{name}")
-            report.removed += 1
-    state.upstream_files = sorted(set(state.upstream_files) - set(removals) | set(pinned))
-    state.complete = True
-    state.save(target)
+    report.removed += len(gone)
 
 
 def _already_there(

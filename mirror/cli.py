@@ -1,11 +1,11 @@
-"""The ``ferry`` command line.
+"""The ``ferry`` command line: parse, call one function, print.
 
-Exit status: 0 ok, 1 failed, 2 usage or configuration error, 3 partial (some
-packages failed, the rest was published), 75 the target is locked by another run.
+Exit statuses are in :mod:`errors`; every expected failure is one line on stderr.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -13,24 +13,27 @@ import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from conda_ferry.gateways import (
-    Gateway,
     GatewayError,
     GatewayOptions,
     LockHeld,
     NotFound,
     UsageError,
-    VerifyingReader,
+    copy_url,
     open_gateway,
     redact,
     split_url,
 )
+from conda_ferry.index.publish import OutputOptions
 
 from . import errors
+
+if TYPE_CHECKING:
+    from .sync import SyncReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("ferry")
@@ -51,7 +54,7 @@ class FerryGroup(click.Group):
         except errors.FerryError as exc:
             _fail(str(exc), exc.code)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail("interrupted", errors.INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, the trace under -v
@@ -93,63 +96,53 @@ def main(verbose: int, quiet: bool) -> None:
 
     \b
     Exit status: 0 ok, 1 failed, 2 usage or configuration error,
-    3 partial (some packages failed), 75 target locked by another run.
+    3 partial (some packages failed), 75 target locked by another run,
+    130 interrupted.
     """
     setup_logging(-1 if quiet else verbose)
 
 
-def gateway_options(fn: F) -> F:
-    """The connection options every command that opens a URL accepts."""
-    decorators = [
-        click.option(
-            "--timeout",
-            type=float,
-            default=30.0,
-            show_default=True,
-            help="Seconds before a silent connection counts as failed.",
-        ),
-        click.option(
-            "--ca-bundle",
-            type=click.Path(exists=True, dir_okay=False),
-            help="CA certificates for TLS (http, s3, ftps).",
-        ),
-        click.option("--no-verify-tls", is_flag=True, help="Do not verify TLS certificates."),
-        click.option("--endpoint-url", help="S3 endpoint (else AWS_ENDPOINT_URL)."),
-        click.option("--region", help="S3 region."),
-        click.option("--profile", help="AWS profile for s3:// URLs."),
-        click.option(
-            "--key-file",
-            type=click.Path(exists=True, dir_okay=False),
-            help="SSH private key for sftp:// URLs.",
-        ),
-        click.option(
-            "--known-hosts",
-            type=click.Path(exists=True, dir_okay=False),
-            help="known_hosts file for sftp:// (default ~/.ssh/known_hosts).",
-        ),
-        click.option(
-            "--insecure-host-key", is_flag=True, help="Accept any SSH host key (insecure)."
-        ),
-    ]
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        kwargs["options"] = GatewayOptions(
-            timeout=kwargs.pop("timeout"),
-            ca_bundle=kwargs.pop("ca_bundle"),
-            verify_tls=not kwargs.pop("no_verify_tls"),
-            endpoint_url=kwargs.pop("endpoint_url"),
-            region=kwargs.pop("region"),
-            profile=kwargs.pop("profile"),
-            key_file=kwargs.pop("key_file"),
-            known_hosts=kwargs.pop("known_hosts"),
-            insecure_skip_host_key=kwargs.pop("insecure_host_key"),
+def _click_option(spec: dataclasses.Field[Any]) -> Callable[[F], F]:
+    """The command-line form of one declared option field."""
+    flag = f"--{spec.name.replace('_', '-')}"
+    meta, default = spec.metadata, spec.default
+    where = ", ".join(meta.get("protocols") or ())
+    help_text = f"{meta['help']} ({where})" if where else meta["help"]
+    if isinstance(default, bool):
+        if default:
+            return click.option(f"{flag}/--no-{flag[2:]}", spec.name, default=True, help=help_text)
+        return click.option(flag, spec.name, is_flag=True, help=help_text)
+    if isinstance(default, (int, float)):
+        kind = click.IntRange if isinstance(default, int) else click.FloatRange
+        bounds = kind(meta.get("minimum"), meta.get("maximum"))
+        return click.option(
+            flag, spec.name, type=bounds, default=default, show_default=True, help=help_text
         )
-        return fn(*args, **kwargs)
+    if meta.get("kind") == "file":
+        path = click.Path(exists=True, dir_okay=False)
+        return click.option(flag, spec.name, type=path, help=help_text)
+    return click.option(flag, spec.name, help=help_text)
 
-    for decorator in reversed(decorators):
-        wrapper = decorator(wrapper)
-    return wrapper  # type: ignore[return-value]
+
+def declared_options(cls: type, param: str) -> Callable[[F], F]:
+    """Every declared field of ``cls`` as an option; the command gets one ``cls``
+    instance as ``param``. The job file's keys come from the same fields."""
+    names = [spec.name for spec in dataclasses.fields(cls)]
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[param] = cls(**{name: kwargs.pop(name) for name in names})
+            return fn(*args, **kwargs)
+
+        for spec in reversed(dataclasses.fields(cls)):
+            wrapper = _click_option(spec)(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+gateway_options = declared_options(GatewayOptions, "options")
 
 
 def _human(size: int) -> str:
@@ -197,13 +190,6 @@ def ls_command(url: str, recursive: bool, as_json: bool, options: GatewayOptions
         click.echo(f"{_human(entry.size):>8}  {when:16}  {name}")
 
 
-def _open_file(url: str, options: GatewayOptions) -> tuple[Gateway, str]:
-    directory, name = split_url(url)
-    if not name:
-        raise UsageError(redact(url), "names no file", "give the URL of a file")
-    return open_gateway(directory, options), name
-
-
 @main.command("cp")
 @click.argument("src")
 @click.argument("dst")
@@ -214,27 +200,16 @@ def cp_command(src: str, dst: str, sha256: str | None, options: GatewayOptions) 
 
     DST ending in / is a directory: the file keeps its name.
     """
-    source, name = _open_file(src, options)
-    if dst.endswith("/"):
-        target, target_name = open_gateway(dst, options), name
-    else:
-        target, target_name = _open_file(dst, options)
     started = time.monotonic()
-    with source, target:
-        size = source.info(name).size
-        stream = VerifyingReader(
-            source.open_read(name), source.display(name), size if size >= 0 else None, sha256
-        )
-        with stream:
-            target.write_atomic(target_name, stream.as_binary(), size if size >= 0 else None)
-        log.info(
-            "copied %s to %s: %d bytes in %.1fs, sha256 %s",
-            source.display(name),
-            target.display(target_name),
-            stream.count,
-            time.monotonic() - started,
-            stream.sha256.hexdigest(),
-        )
+    copied = copy_url(src, dst, sha256, options)
+    log.info(
+        "copied %s to %s: %d bytes in %.1fs, sha256 %s",
+        redact(src),
+        redact(dst),
+        copied.size,
+        time.monotonic() - started,
+        copied.sha256,
+    )
 
 
 def write_report(path: str, report: dict[str, Any]) -> None:
@@ -244,58 +219,12 @@ def write_report(path: str, report: dict[str, Any]) -> None:
         gateway.write_bytes(name, json.dumps(report, indent=2, sort_keys=True).encode() + b"\n")
 
 
-def _load_patches(
-    patch_instructions: str | None, patch_package: str | None, options: GatewayOptions
-) -> dict[str, dict[str, Any]] | None:
-    from conda_ferry.index.channel import load_patch_file, load_patch_package
-    from conda_ferry.index.patches import BadPatch
-
-    if patch_instructions and patch_package:
-        raise UsageError("--patch-instructions", "give either a file or a package, not both")
-    source = patch_instructions or patch_package
-    if source is None:
-        return None
-    gateway, name = _open_file(source, options)
-    with gateway:
-        try:
-            if patch_instructions:
-                return load_patch_file(gateway, name)
-            return load_patch_package(gateway, name)
-        except BadPatch as exc:
-            raise errors.ConfigError(f"{redact(source)}: {exc}") from None
-
-
 @main.command("index")
 @click.argument("channel")
 @click.option("--subdir", "subdirs", multiple=True, help="Index only this subdir (repeatable).")
 @click.option("--patch-instructions", help="A patch_instructions.json to apply.")
 @click.option("--patch-package", help="A repodata-patches .tar.bz2 package to apply.")
-@click.option("--no-jlap", is_flag=True, help="Do not write repodata.jlap.")
-@click.option("--no-shards", is_flag=True, help="Do not write sharded repodata (CEP 16).")
-@click.option("--no-zst", is_flag=True, help="Do not write repodata.json.zst.")
-@click.option("--bz2", is_flag=True, help="Also write repodata.json.bz2.")
-@click.option(
-    "--zst-level",
-    type=click.IntRange(1, 22),
-    default=10,
-    show_default=True,
-    help="zstd level of repodata.json.zst (16-19: smaller, many times slower).",
-)
-@click.option("--current-repodata", is_flag=True, help="Also write current_repodata.json.")
-@click.option(
-    "--jlap-max-bytes",
-    type=click.IntRange(min=4096),
-    default=8 << 20,
-    show_default=True,
-    help="Trim repodata.jlap once it passes this size.",
-)
-@click.option(
-    "--jlap-max-patch-bytes",
-    type=click.IntRange(min=1024),
-    default=2 << 20,
-    show_default=True,
-    help="Leave out patches larger than this.",
-)
+@declared_options(OutputOptions, "outputs")
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
@@ -311,14 +240,7 @@ def index_command(
     subdirs: tuple[str, ...],
     patch_instructions: str | None,
     patch_package: str | None,
-    no_jlap: bool,
-    no_shards: bool,
-    no_zst: bool,
-    bz2: bool,
-    zst_level: int,
-    current_repodata: bool,
-    jlap_max_bytes: int,
-    jlap_max_patch_bytes: int,
+    outputs: OutputOptions,
     jobs: int | None,
     cache_dir: str | None,
     strict: bool,
@@ -329,51 +251,35 @@ def index_command(
 
     CHANNEL is a directory of subdirs (noarch, linux-64, ...) on any writable URL.
     Only new or changed packages are read; an unchanged channel is left untouched.
+    Records of packages mirrored by 'ferry sync' are kept as upstream serves them.
     """
     import os
     from pathlib import Path
 
-    from conda_ferry.index.channel import IndexOptions, discover_subdirs, index_channel
-    from conda_ferry.index.publish import OutputOptions
+    from conda_ferry.index.channel import IndexOptions
 
-    from .state import subdir_locks
+    from .indexing import load_patches, reindex
 
-    patches = _load_patches(patch_instructions, patch_package, options)
-    outputs = OutputOptions(
-        zst=not no_zst,
-        bz2=bz2,
-        jlap=not no_jlap,
-        shards=not no_shards,
-        current=current_repodata,
-        zst_level=zst_level,
-        jlap_max_bytes=jlap_max_bytes,
-        jlap_max_patch_bytes=jlap_max_patch_bytes,
-    )
+    if patch_instructions and patch_package:
+        raise click.UsageError("give --patch-instructions or --patch-package, not both")
+    patches = load_patches(patch_instructions, patch_package, options)
     with open_gateway(channel, options) as gateway:
-        if not gateway.writable:
-            raise UsageError(
-                gateway.display(),
-                "cannot index over a read-only protocol",
-                "index the channel where its files are stored",
-            )
-        chosen = list(subdirs) or discover_subdirs(gateway)
-        with subdir_locks(gateway, chosen):
-            summary = index_channel(
-                gateway,
-                IndexOptions(
-                    subdirs=chosen,
-                    outputs=outputs,
-                    patch_instructions=patches,
-                    jobs=jobs or os.cpu_count() or 2,
-                    cache_dir=Path(cache_dir) if cache_dir else None,
-                ),
-            )
+        summary = reindex(
+            gateway,
+            IndexOptions(
+                subdirs=list(subdirs) or None,
+                outputs=outputs,
+                patch_instructions=patches,
+                jobs=jobs or os.cpu_count() or 2,
+                cache_dir=Path(cache_dir) if cache_dir else None,
+            ),
+        )
     report = summary.as_dict()
     skipped = report["skipped"]
     click.echo(
-        f"indexed {report['url']}: {report['packages']} packages in {len(chosen)} subdirs "
-        f"({report['read']} read, {report['cached']} from cache, {len(skipped)} skipped); "
-        f"{len(report['written'])} files written in {report['seconds']:.2f}s"
+        f"indexed {report['url']}: {report['packages']} packages in {len(summary.subdirs)} "
+        f"subdirs ({report['read']} read, {report['cached']} from cache, {len(skipped)} "
+        f"skipped); {len(report['written'])} files written in {report['seconds']:.2f}s"
     )
     if json_path:
         write_report(json_path, report)
@@ -381,19 +287,21 @@ def index_command(
         raise errors.FerryError(f"{len(skipped)} package(s) skipped (--strict)")
 
 
-def _print_sync(report: Any, quiet: bool) -> None:
+def _print_sync(report: SyncReport, quiet: bool) -> None:
     """One line per subdir; under -q (cron) only the subdirs that need attention."""
+    from .sync import Status
+
     for sub in report.subdirs:
-        if quiet and sub.status in ("up to date", "synced", "planned"):
+        if quiet and not sub.status.needs_attention:
             continue
-        if sub.status == "planned":
+        if sub.status is Status.PLANNED:
             click.echo(
                 f"{sub.subdir:14} add {sub.added:6} ({_human(sub.bytes)})  "
                 f"update {sub.updated:6}  remove {sub.removed:6}"
             )
             continue
-        line = f"{sub.subdir:14} {sub.status:10}"
-        if sub.status not in ("up to date", "locked", "failed"):
+        line = f"{sub.subdir:14} {sub.status.value:10}"
+        if sub.status in (Status.SYNCED, Status.PARTIAL):
             line += (
                 f" added {sub.added}, updated {sub.updated}, removed {sub.removed}, "
                 f"{_human(sub.bytes)}"
@@ -464,7 +372,13 @@ def sync_command(
 @main.command("verify")
 @click.argument("target")
 @click.option("--subdir", "subdirs", multiple=True, help="Only this subdir (repeatable).")
-@click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Packages re-read in parallel.",
+)
 @click.option("--json", "json_path", help="Write the findings to this file.")
 @gateway_options
 @click.pass_context
@@ -511,14 +425,12 @@ def publish_command(
         click.echo(f"published {path}")
 
 
-def _size_option(value: str) -> int:
-    from .config import parse_size
+def _volume_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from .yamldoc import parse_size
 
     size = parse_size(value)
     if size is None or size < 1 << 20:
-        raise UsageError(
-            "--volume-size", f"{value!r} is not a size of at least 1MiB", "write e.g. 4GB or 700MiB"
-        )
+        raise click.BadParameter(f"{value!r} is not a size of at least 1MiB (e.g. 4GB or 700MiB)")
     return size
 
 
@@ -534,6 +446,7 @@ def _size_option(value: str) -> int:
     "--volume-size",
     default="4GB",
     show_default=True,
+    callback=_volume_size,
     help="Largest volume; bigger packages are split in parts.",
 )
 @click.option(
@@ -550,7 +463,7 @@ def export_command(
     since: str | None,
     full: bool,
     subdirs: tuple[str, ...],
-    volume_size: str,
+    volume_size: int,
     sign_key: str | None,
     json_path: str | None,
     options: GatewayOptions,
@@ -559,11 +472,10 @@ def export_command(
     from .bundle import describe, export_bundle
 
     if since and full:
-        raise UsageError("--since", "give --since or --full, not both")
-    size = _size_option(volume_size)
+        raise click.UsageError("give --since or --full, not both")
     with open_gateway(mirror, options) as gateway:
         manifest = export_bundle(
-            gateway, bundle_dir, since, full, list(subdirs) or None, size, sign_key
+            gateway, bundle_dir, since, full, list(subdirs) or None, volume_size, sign_key
         )
     for line in describe(manifest, bool(sign_key)):
         click.echo(line)
@@ -605,11 +517,11 @@ def import_command(
     options: GatewayOptions,
 ) -> None:
     """Verify a bundle completely, then apply it: packages, repodata, removals."""
-    from .bundle import import_bundle
+    from .bundle import ImportStatus, import_bundle
 
     with open_gateway(bundle_dir) as bundle, open_gateway(target, options) as gateway:
         result = import_bundle(bundle, gateway, verify_key, allow_gap)
-    if result.status == "already applied":
+    if result.status is ImportStatus.ALREADY_APPLIED:
         click.echo(f"bundle {result.id} was applied already; nothing to do")
     else:
         click.echo(
@@ -617,7 +529,7 @@ def import_command(
             f"({_human(result.bytes)}), {result.removed} removed"
         )
     if json_path:
-        write_report(json_path, dict(result.__dict__))
+        write_report(json_path, {**result.__dict__, "status": result.status.value})
 
 
 @main.command("bundle-info")

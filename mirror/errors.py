@@ -7,6 +7,7 @@ FAILED = 1
 USAGE = 2
 PARTIAL = 3
 LOCKED = 75
+INTERRUPTED = 130
 
 
 class FerryError(Exception):

@@ -9,20 +9,23 @@ re-implemented here.
 from __future__ import annotations
 
 import calendar
+import datetime as dt
 import fnmatch
+import functools
 import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import rattler
 
-from .config import Filters
+from .yamldoc import Reader, Source, parse_size
 
 log = logging.getLogger("ferry.filters")
 Key = tuple[str, str]  # (subdir, filename)
 Record = dict[str, Any]
 _GLOB = set("*?[")
+T = TypeVar("T")
 
 
 def _is_name_glob(text: str) -> bool:
@@ -55,47 +58,118 @@ class SpecMatcher:
         if _GLOB & set(self.name):
             self.glob, self.name = self.name, None
 
-    def names(self, index: dict[str, list[Key]]) -> list[str]:
+    def names(self, index: dict[str, list[Candidate]]) -> list[str]:
         if self.name is not None:
             return [self.name] if self.name in index else []
         return [n for n in index if fnmatch.fnmatchcase(n, self.glob or "")]
 
-    def matches(self, record: Record, as_package: Any) -> bool:
+    def matches(self, candidate: Candidate) -> bool:
         if self.spec is None or self.text.lower() == (self.glob or ""):
-            return fnmatch.fnmatchcase(str(record.get("name", "")).lower(), self.glob or "")
-        if self.name is not None and record.get("name", "").lower() != self.name:
+            return fnmatch.fnmatchcase(candidate.name, self.glob or "")
+        if self.name is not None and candidate.name != self.name:
             return False
-        package = as_package()
+        package = candidate.package
         return package is not None and bool(self.spec.matches(package))
 
 
-def parse_spec(text: str) -> SpecMatcher:
-    return SpecMatcher(text)
+class Candidate:
+    """One upstream record as the filters see it; its rattler form is built on first
+    use only, since most records are judged by name alone."""
+
+    __slots__ = ("_package", "filename", "record", "subdir")
+
+    def __init__(self, subdir: str, filename: str, record: Record) -> None:
+        self.subdir, self.filename, self.record = subdir, filename, record
+        self._package: Any = _UNSET
+
+    @property
+    def key(self) -> Key:
+        return (self.subdir, self.filename)
+
+    @property
+    def name(self) -> str:
+        return str(self.record.get("name", "")).lower()
+
+    @property
+    def package(self) -> Any:
+        """The record as rattler sees it (specs match against this), or None."""
+        if self._package is _UNSET:
+            record = self.record
+            try:
+                self._package = rattler.PackageRecord(
+                    name=record["name"],
+                    version=str(record["version"]),
+                    build=rattler.BuildString(str(record.get("build", ""))),
+                    build_number=int(record.get("build_number", 0)),
+                    subdir=str(record.get("subdir") or "noarch"),
+                )
+            except Exception:
+                log.debug("unparseable record %s %s", record.get("name"), record.get("version"))
+                self._package = None
+        return self._package
+
+
+_UNSET = object()
 
 
 class Rule(Protocol):
-    def reject(self, record: Record) -> str | None: ...
+    """A reject rule: builds itself from its own keys of ``filters:``, and says why
+    it drops a record (None: it does not)."""
+
+    KEYS: ClassVar[tuple[str, ...]]
+
+    def reject(self, candidate: Candidate) -> str | None: ...
 
 
-@dataclass
+def _specs(reader: Reader, key: str) -> tuple[str, ...]:
+    specs = reader.strings(key) or ()
+    for spec in specs:
+        try:
+            SpecMatcher(spec)
+        except ValueError as exc:
+            raise reader.fail(
+                key,
+                f"'{spec}' is not a match spec: {exc}",
+                "write e.g. 'numpy >=1.26' or 'python 3.11.*'",
+            ) from None
+    return specs
+
+
+@dataclass(frozen=True)
 class ExcludeRule:
-    specs: list[SpecMatcher]
-    packages: Any
+    KEYS: ClassVar[tuple[str, ...]] = ("exclude",)
+    specs: tuple[str, ...]
 
-    def reject(self, record: Record) -> str | None:
-        for spec in self.specs:
-            if spec.matches(record, lambda: self.packages(record)):
+    @classmethod
+    def read(cls, reader: Reader) -> ExcludeRule | None:
+        specs = _specs(reader, "exclude")
+        return cls(specs) if specs else None
+
+    @functools.cached_property
+    def _matchers(self) -> list[SpecMatcher]:
+        return [SpecMatcher(s) for s in self.specs]
+
+    def reject(self, candidate: Candidate) -> str | None:
+        for spec in self._matchers:
+            if spec.matches(candidate):
                 return f"excluded by '{spec.text}'"
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LicenseRule:
+    KEYS: ClassVar[tuple[str, ...]] = ("licenses",)
     allow: tuple[str, ...]
     deny: tuple[str, ...]
 
-    def reject(self, record: Record) -> str | None:
-        license_ = str(record.get("license") or "")
+    @classmethod
+    def read(cls, reader: Reader) -> LicenseRule | None:
+        sub = reader.child("licenses", {"allow", "deny"})
+        allow, deny = sub.strings("allow") or (), sub.strings("deny") or ()
+        return cls(allow, deny) if allow or deny else None
+
+    def reject(self, candidate: Candidate) -> str | None:
+        license_ = str(candidate.record.get("license") or "")
         lowered = license_.lower()
         for pattern in self.deny:
             if fnmatch.fnmatchcase(lowered, pattern.lower()):
@@ -105,28 +179,85 @@ class LicenseRule:
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DateRule:
-    after: int | None  # ms since the epoch
-    before: int | None
+    KEYS: ClassVar[tuple[str, ...]] = ("after", "before")
+    after: dt.date | None
+    before: dt.date | None
 
-    def reject(self, record: Record) -> str | None:
-        stamp = int(record.get("timestamp") or 0)
+    @classmethod
+    def read(cls, reader: Reader) -> DateRule | None:
+        after, before = reader.date("after"), reader.date("before")
+        return cls(after, before) if after or before else None
+
+    def reject(self, candidate: Candidate) -> str | None:
+        stamp = int(candidate.record.get("timestamp") or 0)
         stamp = stamp if stamp > 1e11 else stamp * 1000
-        if self.after is not None and stamp < self.after:
+        after, before = _ms(self.after), _ms(self.before)
+        if after is not None and stamp < after:
             return "built before the 'after' date" if stamp else "has no timestamp"
-        if self.before is not None and stamp >= self.before:
+        if before is not None and stamp >= before:
             return "built after the 'before' date"
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class SizeRule:
+    KEYS: ClassVar[tuple[str, ...]] = ("max_size",)
     max_size: int
 
-    def reject(self, record: Record) -> str | None:
-        size = int(record.get("size") or 0)
+    @classmethod
+    def read(cls, reader: Reader) -> SizeRule | None:
+        value = reader.data.get("max_size")
+        if value is None:
+            return None
+        size = parse_size(value)
+        if size is None:
+            raise reader.fail("max_size", f"is not a size: {value!r}", "write e.g. 500MB or 2GiB")
+        return cls(size)
+
+    def reject(self, candidate: Candidate) -> str | None:
+        size = int(candidate.record.get("size") or 0)
         return f"{size} bytes is over max_size" if size > self.max_size else None
+
+
+REJECT_RULES: tuple[Any, ...] = (ExcludeRule, LicenseRule, DateRule, SizeRule)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A job's ``filters:``: which records to include, the reject rules, how many
+    versions to keep, and whether to follow dependencies."""
+
+    include: tuple[str, ...] | None = None
+    rules: tuple[Rule, ...] = ()
+    latest: int | None = None
+    dependencies: bool = False
+
+    KEYS: ClassVar[set[str]] = {"include", "latest", "dependencies"} | {
+        key for rule in REJECT_RULES for key in rule.KEYS
+    }
+
+    @classmethod
+    def read(cls, reader: Reader) -> Filters:
+        rules = tuple(r for rule in REJECT_RULES if (r := rule.read(reader)) is not None)
+        include = reader.strings("include")
+        if include is not None:
+            _specs(reader, "include")
+        return cls(
+            include=include,
+            rules=rules,
+            latest=reader.integer("latest", None),
+            dependencies=reader.boolean("dependencies", False),
+        )
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "filters") -> Filters:
+        """From a plain mapping, as a job's ``filters:`` holds it."""
+        return cls.read(Reader(data, Source(where, ""), ("filters",), cls.KEYS))
+
+    def rule(self, kind: type[T]) -> T | None:
+        return next((r for r in self.rules if isinstance(r, kind)), None)
 
 
 @dataclass
@@ -148,117 +279,98 @@ class Selection:
         return lines or [f"no upstream record is named '{name}'"]
 
 
-def _ms(day: Any) -> int | None:
+def _ms(day: dt.date | None) -> int | None:
     if day is None:
         return None
     return calendar.timegm(day.timetuple()) * 1000
 
 
 class Selector:
+    """``select()`` runs four named stages: reject, include, newest N, dependencies."""
+
     def __init__(self, filters: Filters) -> None:
         self.filters = filters
-        self._packages: dict[int, Any] = {}
         self._dep_specs: dict[str, SpecMatcher | None] = {}
-        self._dep_matches: dict[str, list[Key]] = {}
-        rules: list[Rule] = []
-        if filters.exclude:
-            rules.append(ExcludeRule([SpecMatcher(s) for s in filters.exclude], self.package))
-        if filters.licenses_allow or filters.licenses_deny:
-            rules.append(LicenseRule(filters.licenses_allow, filters.licenses_deny))
-        if filters.after or filters.before:
-            rules.append(DateRule(_ms(filters.after), _ms(filters.before)))
-        if filters.max_size:
-            rules.append(SizeRule(filters.max_size))
-        self.rules = rules
-
-    def package(self, record: Record) -> Any:
-        """The record as rattler sees it, made once: specs match against this."""
-        key = id(record)
-        if key not in self._packages:
-            try:
-                self._packages[key] = rattler.PackageRecord(
-                    name=record["name"],
-                    version=str(record["version"]),
-                    build=rattler.BuildString(str(record.get("build", ""))),
-                    build_number=int(record.get("build_number", 0)),
-                    subdir=str(record.get("subdir") or "noarch"),
-                )
-            except Exception:
-                log.debug("unparseable record %s %s", record.get("name"), record.get("version"))
-                self._packages[key] = None
-        return self._packages[key]
+        self._dep_matches: dict[str, list[Candidate]] = {}
 
     def select(self, records: dict[str, dict[str, Record]]) -> Selection:
+        candidates = [
+            Candidate(subdir, filename, record)
+            for subdir, section in records.items()
+            for filename, record in section.items()
+        ]
+        by_name: dict[str, list[Candidate]] = defaultdict(list)
+        for candidate in candidates:
+            by_name[candidate.name].append(candidate)
         reasons: dict[Key, str] = {}
-        blocked: dict[Key, str] = {}
-        by_name: dict[str, list[Key]] = defaultdict(list)
-        for subdir, section in records.items():
-            for filename, record in section.items():
-                key = (subdir, filename)
-                by_name[str(record.get("name", "")).lower()].append(key)
-                for rule in self.rules:
-                    why = rule.reject(record)
-                    if why:
-                        blocked[key] = reasons[key] = why
-                        break
-
-        def get(key: Key) -> Record:
-            return records[key[0]][key[1]]
-
-        kept: set[Key] = set()
-        if self.filters.include is None:
-            for subdir, section in records.items():
-                for filename in section:
-                    key = (subdir, filename)
-                    if key not in blocked:
-                        kept.add(key)
-                        reasons[key] = "no include filter: everything is mirrored"
-        else:
-            for text in self.filters.include:
-                spec = SpecMatcher(text)
-                for name in spec.names(by_name):
-                    for key in by_name[name]:
-                        if key in blocked or key in kept:
-                            continue
-                        if spec.matches(get(key), lambda k=key: self.package(get(k))):
-                            kept.add(key)
-                            reasons[key] = f"included by '{text}'"
-            for section_key in (k for keys in by_name.values() for k in keys):
-                reasons.setdefault(section_key, "not selected by any include spec")
-
+        blocked = self._reject(candidates, reasons)
+        kept = self._include(candidates, by_name, blocked, reasons)
         if self.filters.latest:
-            self._keep_latest(kept, records, reasons)
+            self._newest(kept, reasons)
         dropped: list[str] = []
         if self.filters.dependencies:
-            dropped = self._close(kept, records, by_name, blocked, reasons)
-
+            dropped = self._close(kept, set(records), by_name, blocked, reasons)
         selection: dict[str, dict[str, Record]] = {subdir: {} for subdir in records}
-        for subdir, filename in kept:
-            selection[subdir][filename] = records[subdir][filename]
+        for candidate in kept.values():
+            selection[candidate.subdir][candidate.filename] = candidate.record
         return Selection(selection, reasons, dropped)
 
-    def _keep_latest(
-        self, kept: set[Key], records: dict[str, dict[str, Record]], reasons: dict[Key, str]
-    ) -> None:
-        groups: dict[tuple[str, str], list[Key]] = defaultdict(list)
-        for key in kept:
-            groups[(key[0], str(records[key[0]][key[1]]["name"]))].append(key)
+    def _reject(self, candidates: list[Candidate], reasons: dict[Key, str]) -> dict[Key, str]:
+        blocked: dict[Key, str] = {}
+        for candidate in candidates:
+            for rule in self.filters.rules:
+                why = rule.reject(candidate)
+                if why:
+                    blocked[candidate.key] = reasons[candidate.key] = why
+                    break
+        return blocked
+
+    def _include(
+        self,
+        candidates: list[Candidate],
+        by_name: dict[str, list[Candidate]],
+        blocked: dict[Key, str],
+        reasons: dict[Key, str],
+    ) -> dict[Key, Candidate]:
+        kept: dict[Key, Candidate] = {}
+        if self.filters.include is None:
+            for candidate in candidates:
+                if candidate.key not in blocked:
+                    kept[candidate.key] = candidate
+                    reasons[candidate.key] = "no include filter: everything is mirrored"
+            return kept
+        for text in self.filters.include:
+            spec = SpecMatcher(text)
+            for name in spec.names(by_name):
+                for candidate in by_name[name]:
+                    key = candidate.key
+                    if key not in blocked and key not in kept and spec.matches(candidate):
+                        kept[key] = candidate
+                        reasons[key] = f"included by '{text}'"
+        for candidate in candidates:
+            reasons.setdefault(candidate.key, "not selected by any include spec")
+        return kept
+
+    def _newest(self, kept: dict[Key, Candidate], reasons: dict[Key, str]) -> None:
+        groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+        for candidate in kept.values():
+            groups[(candidate.subdir, str(candidate.record["name"]))].append(candidate)
         limit = self.filters.latest or 0
-        for keys in groups.values():
+        for group in groups.values():
             versions: dict[str, Any] = {}
-            for key in keys:
-                text = str(records[key[0]][key[1]]["version"])
+            for candidate in group:
+                text = str(candidate.record["version"])
                 try:
                     versions[text] = rattler.Version(text)
                 except Exception:
                     versions[text] = None
             ordered = sorted((v for v in versions.values() if v is not None), reverse=True)
             newest = {str(v) for v in ordered[:limit]}
-            for key in keys:
-                text = str(records[key[0]][key[1]]["version"])
-                if versions[text] is None or str(versions[text]) not in newest:
-                    kept.discard(key)
-                    reasons[key] = f"not among the newest {limit} versions"
+            for candidate in group:
+                version = versions[str(candidate.record["version"])]
+                if version is None or str(version) not in newest:
+                    del kept[candidate.key]
+                    reasons[candidate.key] = f"not among the newest {limit} versions"
 
     def _dep(self, text: str) -> SpecMatcher | None:
         if text not in self._dep_specs:
@@ -269,45 +381,41 @@ class Selector:
                 self._dep_specs[text] = None
         return self._dep_specs[text]
 
-    def _satisfying(
-        self, text: str, records: dict[str, dict[str, Record]], by_name: dict[str, list[Key]]
-    ) -> list[Key]:
+    def _satisfying(self, text: str, by_name: dict[str, list[Candidate]]) -> list[Candidate]:
         """Every record that satisfies dependency ``text``; thousands of records share
         the same few dependency strings, so each is matched once."""
         if text not in self._dep_matches:
             spec = self._dep(text)
-            found: list[Key] = []
+            found: list[Candidate] = []
             if spec is not None and spec.name is not None and not spec.name.startswith("__"):
-                for key in by_name.get(spec.name, []):
-                    candidate = records[key[0]][key[1]]
-                    if spec.matches(candidate, lambda c=candidate: self.package(c)):
-                        found.append(key)
+                found = [c for c in by_name.get(spec.name, []) if spec.matches(c)]
             self._dep_matches[text] = found
         return self._dep_matches[text]
 
     def _close(
         self,
-        kept: set[Key],
-        records: dict[str, dict[str, Record]],
-        by_name: dict[str, list[Key]],
+        kept: dict[Key, Candidate],
+        subdirs: set[str],
+        by_name: dict[str, list[Candidate]],
         blocked: dict[Key, str],
         reasons: dict[Key, str],
     ) -> list[str]:
         """Add, transitively, every record that satisfies a kept record's depends."""
         dropped: dict[str, None] = {}  # ordered and unique
         done: set[tuple[str, bool, str]] = set()  # a dependency, once expanded, is complete
-        queue = deque(sorted(kept))
+        queue = deque(kept[key] for key in sorted(kept))
         while queue:
-            subdir, filename = queue.popleft()
-            record = records[subdir][filename]
+            current = queue.popleft()
+            subdir, filename = current.key
             noarch = subdir == "noarch"
-            allowed = set(records) if noarch else {subdir, "noarch"}
-            for text in record.get("depends", []) or []:
+            allowed = subdirs if noarch else {subdir, "noarch"}
+            for text in current.record.get("depends", []) or []:
                 step = (str(text), noarch, "" if noarch else subdir)
                 if step in done:
                     continue
                 done.add(step)
-                for key in self._satisfying(str(text), records, by_name):
+                for candidate in self._satisfying(str(text), by_name):
+                    key = candidate.key
                     if key[0] not in allowed or key in kept:
                         continue
                     if key in blocked:
@@ -317,7 +425,7 @@ class Selector:
                         )
                         dropped[note] = None
                         continue
-                    kept.add(key)
+                    kept[key] = candidate
                     reasons[key] = f"dependency of {subdir}/{filename} via '{text}'"
-                    queue.append(key)
+                    queue.append(candidate)
         return list(dropped)

@@ -42,6 +42,7 @@ class SubdirState:
     complete: bool = False  # the last run published everything it planned
     upstream_files: list[str] = field(default_factory=list)  # files sync manages
     last_run: dict[str, Any] = field(default_factory=dict)
+    _saved: bytes | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def path(subdir: str) -> str:
@@ -50,13 +51,23 @@ class SubdirState:
     @classmethod
     def load(cls, gateway: Gateway, subdir: str) -> SubdirState:
         try:
-            raw = json.loads(gateway.read_bytes(cls.path(subdir)))
+            data = gateway.read_bytes(cls.path(subdir))
+            raw = json.loads(data)
         except (NotFound, ValueError):
             return cls(subdir)
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k != "_saved"}
         known["subdir"] = subdir
-        return cls(**known)
+        return cls(**known, _saved=data)
+
+    def _bytes(self) -> bytes:
+        fields = {k: v for k, v in asdict(self).items() if k != "_saved"}
+        return json.dumps(fields, indent=1, sort_keys=True).encode()
 
     def save(self, gateway: Gateway) -> None:
-        data = json.dumps(asdict(self), indent=1, sort_keys=True).encode()
-        gateway.write_bytes(self.path(self.subdir), data)
+        """Write the state unless it is unchanged: a no-op run writes nothing."""
+        data = self._bytes()
+        if self._saved is None and data == SubdirState(self.subdir)._bytes():
+            return  # a channel sync never touched needs no state
+        if data != self._saved:
+            gateway.write_bytes(self.path(self.subdir), data)
+            self._saved = data

@@ -7,19 +7,21 @@ At every instant each published record points at a present, correct file.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
-from conda_ferry.gateways import Gateway, GatewayError, LockHeld, NotFound, open_gateway
-from conda_ferry.index import repodata
-from conda_ferry.index.channel import IndexOptions, index_channel
-from conda_ferry.index.publish import OutputOptions
-from conda_ferry.index.records import EXTENSIONS, BadFilename, check_filename
+from conda_ferry.gateways import Gateway, GatewayError, LockHeld, open_gateway
+from conda_ferry.index.channel import IndexOptions
+from conda_ferry.index.records import BadFilename, check_filename
+from conda_ferry.index.repodata import SECTIONS
+from conda_ferry.index.subdir import SubdirView
 
 from . import errors, upstream
+from .commit import Commit, choose_records, commit_subdir
 from .config import Job
 from .filters import Selection, Selector
 from .plan import Plan, make_plan
@@ -30,10 +32,28 @@ from .transfer import transfer
 log = logging.getLogger("ferry.sync")
 
 
+class Status(str, enum.Enum):
+    """How one subdir's run ended; the value is what reports and ``--json`` say."""
+
+    UP_TO_DATE = "up to date"
+    PLANNED = "planned"
+    SYNCED = "synced"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    LOCKED = "locked"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def needs_attention(self) -> bool:
+        return self in (Status.PARTIAL, Status.FAILED, Status.LOCKED)
+
+
 @dataclass
 class SubdirReport:
     subdir: str
-    status: str = "up to date"
+    status: Status = Status.UP_TO_DATE
     added: int = 0
     updated: int = 0
     removed: int = 0
@@ -56,11 +76,11 @@ class SyncReport:
     @property
     def exit_code(self) -> int:
         statuses = {s.status for s in self.subdirs}
-        if "locked" in statuses:
+        if Status.LOCKED in statuses:
             return errors.LOCKED
-        if "failed" in statuses:
+        if Status.FAILED in statuses:
             return errors.FAILED
-        if "partial" in statuses:
+        if Status.PARTIAL in statuses:
             return errors.PARTIAL
         return errors.OK
 
@@ -73,7 +93,7 @@ class SyncReport:
             "seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
             "dropped_dependencies": self.dropped_dependencies,
-            "subdirs": [s.__dict__ for s in self.subdirs],
+            "subdirs": [{**s.__dict__, "status": s.status.value} for s in self.subdirs],
             "totals": {
                 k: sum(getattr(s, k) for s in self.subdirs)
                 for k in ("added", "updated", "removed", "bytes")
@@ -84,7 +104,7 @@ class SyncReport:
 def _records(document: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """All records of a repodata document, every file name checked first."""
     merged: dict[str, dict[str, Any]] = {}
-    for section in ("packages", "packages.conda"):
+    for section in SECTIONS:
         items = document.get(section) or {}
         if not isinstance(items, dict):
             raise errors.FerryError(f"{where}: '{section}' is not a JSON object")
@@ -100,33 +120,6 @@ def _records(document: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
                 raise errors.FerryError(f"{where}: record for {filename} has no name")
             merged[filename] = record
     return merged
-
-
-@dataclass
-class MirrorView:
-    """What a mirror subdir holds now: published records and package files by size."""
-
-    published: dict[str, dict[str, Any]]
-    present: dict[str, int]
-
-    @classmethod
-    def read(cls, target: Gateway, subdir: str) -> MirrorView:
-        try:
-            listing = [f for f in target.list(subdir) if not f.is_dir]
-        except NotFound:
-            listing = []
-        published: dict[str, dict[str, Any]] = {}
-        try:
-            document = repodata.loads(target.read_bytes(f"{subdir}/repodata.json"))
-            published = {**document.get("packages", {}), **document.get("packages.conda", {})}
-        except (NotFound, ValueError):
-            pass
-        present = {
-            f.name: f.size
-            for f in listing
-            if f.name.endswith(EXTENSIONS) and not f.name.startswith(".")
-        }
-        return cls(published, present)
 
 
 class SyncRun:
@@ -153,7 +146,7 @@ class SyncRun:
             states = {s: SubdirState.load(target, s) for s in job.subdirs}
             fetched = self._fetch(source, states, explain is not None)
             if fetched is None:
-                self.report.subdirs = [SubdirReport(s) for s in job.subdirs]
+                self.report.subdirs = [SubdirReport(s) for s in job.subdirs]  # up to date
                 log.info("up to date: nothing changed upstream or in %s", job.path)
                 self.report.seconds = time.monotonic() - started
                 return self.report, []
@@ -203,11 +196,11 @@ class SyncRun:
         state: SubdirState,
     ) -> SubdirReport:
         subdir = answer.subdir
-        report = SubdirReport(subdir, status="synced")
+        report = SubdirReport(subdir, status=Status.SYNCED)
         try:
             if self.dry_run:
-                plan = self._plan(target, subdir, selection, state)[0]
-                report.status, report.plan = "planned", plan.as_dict()
+                plan = self._plan(SubdirView.read(target, subdir), selection, state)
+                report.status, report.plan = Status.PLANNED, plan.as_dict()
                 report.added, report.updated = len(plan.add), len(plan.update)
                 report.removed, report.bytes = len(plan.remove), plan.add_bytes
                 return report
@@ -215,17 +208,15 @@ class SyncRun:
                 state = SubdirState.load(target, subdir)
                 self._apply(source, target, answer, selection, state, report)
         except LockHeld as exc:
-            report.status, report.message = "locked", str(exc)
+            report.status, report.message = Status.LOCKED, str(exc)
             log.error("%s", exc)
         except (GatewayError, errors.FerryError) as exc:
-            report.status, report.message = "failed", str(exc)
+            report.status, report.message = Status.FAILED, str(exc)
             log.error("%s: %s", subdir, exc)
         return report
 
-    def _plan(
-        self, target: Gateway, subdir: str, selection: Selection, state: SubdirState
-    ) -> tuple[Plan, MirrorView]:
-        view = MirrorView.read(target, subdir)
+    def _plan(self, view: SubdirView, selection: Selection, state: SubdirState) -> Plan:
+        subdir = view.subdir
         plan = make_plan(
             subdir,
             selection.kept.get(subdir, {}),
@@ -251,7 +242,7 @@ class SyncRun:
                 f"{len(mirrored)} mirrored packages, more than max_prune_fraction "
                 f"{self.job.max_prune_fraction} (check the filters; --force to do it anyway)"
             )
-        return plan, view
+        return plan
 
     def _apply(
         self,
@@ -263,10 +254,10 @@ class SyncRun:
         report: SubdirReport,
     ) -> None:
         subdir = answer.subdir
-        plan, view = self._plan(target, subdir, selection, state)
-        published, present = view.published, view.present
-        state.upstream_files = sorted(set(state.upstream_files) | set(plan.add))
-        state.complete = False
+        view = SubdirView.read(target, subdir)
+        plan = self._plan(view, selection, state)
+        managed = set(state.upstream_files) | set(plan.add)
+        state.upstream_files, state.complete = sorted(managed), False
         if plan.add:
             state.save(target)  # names in flight are ours, even if this run dies
         packages, prefix = self._package_source(source, answer)
@@ -283,39 +274,26 @@ class SyncRun:
         finally:
             if packages is not source:
                 packages.close()
-        target.flush()  # every package durable before any repodata names it
-        ok = set(result.done)
-        pinned: dict[str, dict[str, Any]] = dict(plan.retained)
-        for filename, record in plan.desired.items():
-            if filename in ok or (filename in present and filename not in plan.add):
-                pinned[filename] = record
-            elif filename in present and filename in published:
-                pinned[filename] = published[filename]  # the old file, still correct
-        outputs = self.job.outputs
-        index_channel(
-            target,
-            IndexOptions(
-                subdirs=[subdir],
-                pinned={subdir: pinned},
-                ignored={subdir: set(state.upstream_files) - pinned.keys()},
-                channeldata=False,
-                run_exports=False,
-                jobs=self.job.jobs,
-                outputs=OutputOptions(
-                    zst=outputs.zst, bz2=outputs.bz2, jlap=outputs.jlap, shards=outputs.shards
-                ),
-            ),
+        for info in result.done.values():
+            view.landed(info)
+        unchanged = plan.desired.keys() - set(plan.add)
+        known = choose_records(
+            {**plan.retained, **plan.desired},
+            unchanged | result.done.keys() | plan.retained.keys(),
+            view.published,
+            view.present,
         )
-        for filename in plan.remove:
-            target.delete(f"{subdir}/{filename}")
-        state.upstream_files = sorted(set(state.upstream_files) - set(plan.remove))
         state.etag, state.last_modified = answer.etag, answer.last_modified
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
         state.complete = not result.failed
-        report.added, report.updated, report.removed = len(ok), len(plan.update), len(plan.remove)
+        report.added, report.updated, report.removed = (
+            len(result.done),
+            len(plan.update),
+            len(plan.remove),
+        )
         report.bytes, report.failures = result.bytes, result.failed
-        report.status = "partial" if result.failed else "synced"
+        report.status = Status.PARTIAL if result.failed else Status.SYNCED
         state.last_run = {
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "added": report.added,
@@ -323,7 +301,15 @@ class SyncRun:
             "removed": report.removed,
             "failed": len(result.failed),
         }
-        state.save(target)
+        commit_subdir(
+            target,
+            view,
+            Commit(known, managed, plan.remove),
+            state,
+            IndexOptions(
+                channeldata=False, run_exports=False, jobs=self.job.jobs, outputs=self.job.outputs
+            ),
+        )
 
     def _package_source(self, source: Gateway, answer: upstream.Upstream) -> tuple[Gateway, str]:
         """Where the packages are: beside the repodata, or at ``info.base_url`` (CEP 15)."""

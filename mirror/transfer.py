@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
-from conda_ferry.gateways import Gateway, GatewayError, IntegrityError, VerifyingReader
-from conda_ferry.gateways.streams import RawStream
+from conda_ferry.gateways import Copied, Expected, FileInfo, Gateway, GatewayError, copy_file
 
 from .progress import Progress
 
@@ -23,55 +22,17 @@ INTEGRITY_ATTEMPTS = 2  # a body corrupted in transit is fetched once more
 
 @dataclass
 class TransferResult:
-    done: list[str] = field(default_factory=list)
+    done: dict[str, FileInfo] = field(default_factory=dict)  # file name -> as written
     failed: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
 
 
-class _Counting(RawStream):
-    def __init__(self, stream: BinaryIO, progress: Progress) -> None:
-        super().__init__()
-        self._stream, self._progress = stream, progress
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        data = self._stream.read(size)
-        self._progress.advance(len(data))
-        return data
-
-
-def copy_package(
-    source: Gateway,
-    source_path: str,
-    target: Gateway,
-    target_path: str,
-    record: dict[str, Any],
-    progress: Progress,
-) -> int:
+def expected(record: dict[str, Any]) -> Expected:
+    """What a record promises about its file's bytes."""
     size = record.get("size")
-    for attempt in range(INTEGRITY_ATTEMPTS):
-        stream = VerifyingReader(
-            source.open_read(source_path),
-            source.display(source_path),
-            int(size) if size is not None else None,
-            record.get("sha256"),
-            record.get("md5"),
-        )
-        try:
-            with stream:
-                # not flushed one by one: the caller flushes once, before publishing
-                target.write_atomic(
-                    target_path,
-                    _Counting(stream.as_binary(), progress).as_binary(),
-                    durable=False,
-                )
-            return stream.count
-        except IntegrityError:
-            if attempt + 1 >= INTEGRITY_ATTEMPTS:
-                raise
-            log.warning("%s failed its check; fetching it again", source.display(source_path))
-    raise AssertionError("unreachable")
+    return Expected(
+        int(size) if size is not None else None, record.get("sha256"), record.get("md5")
+    )
 
 
 def transfer(
@@ -86,27 +47,28 @@ def transfer(
     result = TransferResult()
     progress.start(subdir, len(items), sum(int(r.get("size") or 0) for r in items.values()))
 
-    def one(filename: str) -> tuple[str, int | str]:
+    def one(filename: str) -> tuple[str, Copied | str]:
         try:
-            return filename, copy_package(
+            return filename, copy_file(
                 source,
                 f"{source_dir}{filename}",
                 target,
                 f"{subdir}/{filename}",
-                items[filename],
-                progress,
+                expected(items[filename]),
+                durable=False,  # the caller flushes once, before publishing
+                attempts=INTEGRITY_ATTEMPTS,
+                progress=progress.advance,
             )
         except GatewayError as exc:
             return filename, str(exc)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for filename, outcome in pool.map(one, sorted(items)):
-            ok = isinstance(outcome, int)
-            progress.file_done(filename, ok)
-            if isinstance(outcome, int):
-                result.done.append(filename)
-                result.bytes += outcome
-            else:
+            progress.file_done(filename, not isinstance(outcome, str))
+            if isinstance(outcome, str):
                 log.error("not published: %s", outcome)
                 result.failed[filename] = outcome
+            else:
+                result.done[filename] = outcome.info
+                result.bytes += outcome.size
     return result

@@ -5,17 +5,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from conda_ferry.gateways import Gateway, GatewayError, NotFound
-from conda_ferry.index import repodata
+from conda_ferry.gateways import Gateway, GatewayError
 from conda_ferry.index.channel import discover_subdirs
-from conda_ferry.index.records import EXTENSIONS
+from conda_ferry.index.subdir import SubdirView
 
 
-def _check(
-    gateway: Gateway, path: str, record: dict[str, Any], present: bool
-) -> tuple[str, str | None]:
-    if not present:
-        return "missing", path
+def _check(gateway: Gateway, path: str, record: dict[str, Any]) -> tuple[str, str | None]:
     try:
         size, sha = gateway.checksum(path)
     except GatewayError as exc:
@@ -28,25 +23,25 @@ def _check(
 def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> dict[str, Any]:
     findings: dict[str, Any] = {"checked": 0, "missing": [], "corrupt": [], "extra": []}
     for subdir in subdirs or discover_subdirs(gateway):
-        try:
-            document = repodata.loads(gateway.read_bytes(f"{subdir}/repodata.json"))
-        except NotFound:
+        view = SubdirView.read(gateway, subdir)
+        if view.repodata_json is None:
             findings["missing"].append(f"{subdir}/repodata.json")
             continue
-        except ValueError:
+        if view.unreadable:
             findings["corrupt"].append(f"{subdir}/repodata.json: not valid JSON")
             continue
-        records = {**document.get("packages", {}), **document.get("packages.conda", {})}
-        try:
-            listing = {f.name for f in gateway.list(subdir) if not f.is_dir}
-        except NotFound:
-            listing = set()
-        present = {n for n in listing if n.endswith(EXTENSIONS) and not n.startswith(".")}
-        findings["extra"].extend(f"{subdir}/{n}" for n in sorted(present - records.keys()))
-
+        records = view.published
+        findings["extra"].extend(
+            f"{subdir}/{n}" for n in sorted(view.packages.keys() - records.keys())
+        )
+        findings["missing"].extend(
+            f"{subdir}/{n}" for n in sorted(records.keys() - view.packages.keys())
+        )
+        findings["checked"] += len(records.keys() - view.packages.keys())
+        present = sorted(records.keys() & view.packages.keys())
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            checks = [(gateway, f"{subdir}/{n}", records[n], n in present) for n in sorted(records)]
-            for kind, item in pool.map(lambda args: _check(*args), checks):
+            checks = [(f"{subdir}/{n}", records[n]) for n in present]
+            for kind, item in pool.map(lambda args: _check(gateway, *args), checks):
                 findings["checked"] += 1
                 if item is not None:
                     findings[kind].append(item)

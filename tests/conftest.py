@@ -12,11 +12,11 @@ from typing import Any
 import boto3
 import pytest
 
-from conda_ferry.gateways import Gateway, GatewayOptions, RetryPolicy, open_gateway
+from conda_ferry.gateways import Gateway, GatewayOptions, open_gateway
 from tests import servers
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.5)
+FAST_RETRY: dict[str, Any] = {"retries": 4, "retry_delay": 0.05}
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
@@ -98,7 +98,7 @@ def disk_area(kind: str, root: Path, url: str, options: GatewayOptions) -> Area:
 
 def make_area(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Area:
     name = uuid.uuid4().hex[:10]
-    base = GatewayOptions(retry=FAST_RETRY, timeout=10)
+    base = GatewayOptions(**FAST_RETRY, timeout=10)
     if kind == "localfs":
         return disk_area(kind, tmp_path / "root", str(tmp_path / "root"), base)
     if kind == "http":
@@ -110,7 +110,7 @@ def make_area(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Area
     if kind == "sftp":
         server = request.getfixturevalue("sshd")
         options = GatewayOptions(
-            retry=FAST_RETRY,
+            **FAST_RETRY,
             timeout=10,
             key_file=server.extra["key_file"],
             known_hosts=server.extra["known_hosts"],
@@ -119,7 +119,7 @@ def make_area(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Area
     assert kind == "s3"
     server = request.getfixturevalue("moto")
     client = boto3.client("s3", endpoint_url=server.url)
-    options = GatewayOptions(retry=FAST_RETRY, timeout=10, endpoint_url=server.url)
+    options = GatewayOptions(**FAST_RETRY, timeout=10, endpoint_url=server.url)
 
     def seed(path: str, data: bytes) -> None:
         client.put_object(Bucket="ferry", Key=f"{name}/{path}", Body=data)

@@ -20,6 +20,7 @@ def test_every_example_config_is_valid(
 ) -> None:
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh/id_ed25519").write_text("a key file the example names")
+    (tmp_path / ".ssh/known_hosts").write_text("")
     monkeypatch.setenv("HOME", str(tmp_path))
     job = load_job(str(path))
     assert job.subdirs

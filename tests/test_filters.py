@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from conda_ferry.mirror.config import Filters
-from conda_ferry.mirror.filters import Selector
+from conda_ferry.mirror.filters import Filters, Selector
 
 DAY = 86_400_000
 
@@ -41,6 +40,11 @@ def channel(*records: tuple[str, dict[str, Any]]) -> dict[str, dict[str, dict[st
     return out
 
 
+def filters(**keys: Any) -> Filters:
+    """Filters from keys as a job's ``filters:`` holds them (lists, not tuples)."""
+    return Filters.parse({k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()})
+
+
 def kept(filters: Filters, records: dict[str, dict[str, dict[str, Any]]]) -> set[str]:
     selection = Selector(filters).select(records)
     return {fn for section in selection.kept.values() for fn in section}
@@ -63,11 +67,11 @@ RECORDS = channel(
 
 
 def test_no_include_keeps_everything() -> None:
-    assert len(kept(Filters(), RECORDS)) == 12
+    assert len(kept(filters(), RECORDS)) == 12
 
 
 def test_include_specs_use_conda_semantics() -> None:
-    result = kept(Filters(include=("python >=3.11", "pandas 2.*")), RECORDS)
+    result = kept(filters(include=("python >=3.11", "pandas 2.*")), RECORDS)
     assert result == {
         "python-3.11.0-0.conda",
         "python-3.11.9-0.conda",
@@ -77,27 +81,27 @@ def test_include_specs_use_conda_semantics() -> None:
 
 
 def test_exclude_specs_and_name_globs() -> None:
-    result = kept(Filters(exclude=("*-dbg", "python 3.11.0")), RECORDS)
+    result = kept(filters(exclude=("*-dbg", "python 3.11.0")), RECORDS)
     assert "numpy-dbg-1.26.4-0.conda" not in result
     assert "python-3.11.0-0.conda" not in result
     assert "python-3.11.9-0.conda" in result
 
 
 def test_licenses_allow_and_deny() -> None:
-    denied = kept(Filters(licenses_deny=("GPL-3.0*",)), RECORDS)
+    denied = kept(filters(licenses={"deny": ["GPL-3.0*"]}), RECORDS)
     assert "gplthing-1.0-0.conda" not in denied and "nolicense-1.0-0.conda" in denied
-    allowed = kept(Filters(licenses_allow=("MIT",)), RECORDS)
+    allowed = kept(filters(licenses={"allow": ["MIT"]}), RECORDS)
     assert "nolicense-1.0-0.conda" not in allowed and "gplthing-1.0-0.conda" not in allowed
     assert "pandas-2.2.1-0.conda" in allowed
 
 
 def test_latest_n_versions_by_conda_ordering() -> None:
-    result = kept(Filters(include=("python",), latest=2), RECORDS)
+    result = kept(filters(include=("python",), latest=2), RECORDS)
     assert result == {"python-3.11.9-0.conda", "python-3.12.1-0.conda"}
     ordering = channel(
         rec("x", "1.0a1"), rec("x", "1.0"), rec("x", "1.0.post1"), rec("x", "1.0rc2")
     )
-    assert kept(Filters(latest=1), ordering) == {"x-1.0.post1-0.conda"}
+    assert kept(filters(latest=1), ordering) == {"x-1.0.post1-0.conda"}
 
 
 def test_date_window_and_max_size() -> None:
@@ -106,14 +110,14 @@ def test_date_window_and_max_size() -> None:
         rec("b", "1", timestamp=1_704_067_200_000 + DAY),
         rec("c", "1", size=10**9, timestamp=1_704_067_200_000 + 2 * DAY),
     )
-    assert kept(Filters(after=dt.date(2024, 1, 1)), records) == {"b-1-0.conda", "c-1-0.conda"}
-    assert kept(Filters(before=dt.date(2024, 1, 1)), records) == {"a-1-0.conda"}
-    assert kept(Filters(max_size=10**6), records) == {"a-1-0.conda", "b-1-0.conda"}
+    assert kept(filters(after=dt.date(2024, 1, 1)), records) == {"b-1-0.conda", "c-1-0.conda"}
+    assert kept(filters(before=dt.date(2024, 1, 1)), records) == {"a-1-0.conda"}
+    assert kept(filters(max_size=10**6), records) == {"a-1-0.conda", "b-1-0.conda"}
 
 
 def test_dependency_closure_is_transitive_and_reports_removals() -> None:
-    filters = Filters(include=("pandas 2.*",), dependencies=True, exclude=("python 3.11.0",))
-    selection = Selector(filters).select(RECORDS)
+    chosen = filters(include=("pandas 2.*",), dependencies=True, exclude=("python 3.11.0",))
+    selection = Selector(chosen).select(RECORDS)
     result = {fn for section in selection.kept.values() for fn in section}
     assert result == {"pandas-2.2.1-0.conda", "numpy-1.26.4-0.conda", "python-3.11.9-0.conda"}
     assert any(
@@ -127,5 +131,5 @@ def test_dependency_closure_is_transitive_and_reports_removals() -> None:
 
 
 def test_noarch_records_pull_dependencies_from_every_subdir() -> None:
-    result = kept(Filters(include=("pyhelper",), dependencies=True), RECORDS)
+    result = kept(filters(include=("pyhelper",), dependencies=True), RECORDS)
     assert result == {"pyhelper-1.0-0.conda", "python-3.12.1-0.conda"}

@@ -111,7 +111,7 @@ def test_write_atomic_replaces_and_cleans_up(writable: Area) -> None:
     with writable.gateway() as gw:
         gw.write_bytes("sub/dir/file.bin", b"old")
         assert writable.peek("sub/dir/file.bin") == b"old"
-        info = gw.write_atomic("sub/dir/file.bin", io.BytesIO(BLOB), len(BLOB))
+        info = gw.write_atomic("sub/dir/file.bin", io.BytesIO(BLOB))
         assert info.size == len(BLOB)
         assert writable.peek("sub/dir/file.bin") == BLOB
         assert [f.path for f in gw.list("sub/dir")] == ["sub/dir/file.bin"]
@@ -148,7 +148,7 @@ def test_reader_during_write_sees_old_or_new(writable: Area) -> None:
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            gw.write_atomic("f.bin", SlowStream(new), len(new))  # type: ignore[arg-type]
+            gw.write_atomic("f.bin", SlowStream(new))  # type: ignore[arg-type]
         finally:
             done.set()
             watcher.join()
@@ -161,19 +161,14 @@ def test_failed_write_keeps_old_file(writable: Area) -> None:
         gw.write_bytes("pkg.conda", b"old")
         bad = VerifyingReader(io.BytesIO(BLOB), "src", len(BLOB), sha256="00" * 32)
         with pytest.raises(IntegrityError):
-            gw.write_atomic("pkg.conda", bad.as_binary(), len(BLOB))
+            gw.write_atomic("pkg.conda", bad.as_binary())
         assert writable.peek("pkg.conda") == b"old"
         assert [f.path for f in gw.list("")] == ["pkg.conda"]
 
 
-def test_delete_and_rename(writable: Area) -> None:
+def test_delete(writable: Area) -> None:
     with writable.gateway() as gw:
-        gw.write_bytes("a.txt", b"A")
-        gw.write_bytes("b.txt", b"B")
-        gw.rename("a.txt", "b.txt")
-        assert writable.peek("b.txt") == b"A"
-        assert writable.peek("a.txt") is None
-        gw.rename("b.txt", "moved/c.txt")
+        gw.write_bytes("moved/c.txt", b"A")
         assert writable.peek("moved/c.txt") == b"A"
         gw.delete("moved/c.txt")
         assert not gw.exists("moved/c.txt")
@@ -230,7 +225,7 @@ def test_bad_credentials_are_named_without_secrets(
 ) -> None:
     url = ftpd.url.replace("s3cret-ftp", "wrong-password")
     with pytest.raises(PermissionDenied) as caught:
-        open_gateway(url, GatewayOptions(retry=FAST_RETRY)).list("")
+        open_gateway(url, GatewayOptions(**FAST_RETRY)).list("")
     assert "wrong-password" not in str(caught.value) and "127.0.0.1" in str(caught.value)
 
     other_key = tmp_path / "other"
@@ -238,12 +233,12 @@ def test_bad_credentials_are_named_without_secrets(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
     )
     options = GatewayOptions(
-        retry=FAST_RETRY, key_file=str(other_key), known_hosts=sshd.extra["known_hosts"]
+        **FAST_RETRY, key_file=str(other_key), known_hosts=sshd.extra["known_hosts"]
     )
     with pytest.raises(PermissionDenied):
         open_gateway(sshd.url, options).list("")
 
-    missing = GatewayOptions(retry=FAST_RETRY, endpoint_url=moto.url)
+    missing = GatewayOptions(**FAST_RETRY, endpoint_url=moto.url)
     with pytest.raises(NotFound) as gone:
         open_gateway("s3://no-such-bucket/x", missing).list("")
     assert "no-such-bucket" in str(gone.value)
@@ -252,9 +247,7 @@ def test_bad_credentials_are_named_without_secrets(
 def test_unknown_host_key_is_refused(sshd: Server, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    options = GatewayOptions(
-        retry=FAST_RETRY, key_file=sshd.extra["key_file"], known_hosts=str(empty)
-    )
+    options = GatewayOptions(**FAST_RETRY, key_file=sshd.extra["key_file"], known_hosts=str(empty))
     with pytest.raises(ProtocolError) as caught:
         open_gateway(sshd.url, options).list("")
     assert "known_hosts" in str(caught.value)
@@ -263,7 +256,7 @@ def test_unknown_host_key_is_refused(sshd: Server, tmp_path: Path) -> None:
 def test_s3_unfinished_uploads_of_a_killed_run_are_aborted(moto: Server) -> None:
     import boto3
 
-    options = GatewayOptions(retry=FAST_RETRY, endpoint_url=moto.url)
+    options = GatewayOptions(**FAST_RETRY, endpoint_url=moto.url)
     client = boto3.client("s3", endpoint_url=moto.url)
     client.create_multipart_upload(Bucket="ferry", Key="killed/linux-64/big.conda")
     with open_gateway("s3://ferry/killed", options) as gw:

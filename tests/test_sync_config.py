@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conda_ferry.mirror.config import load_job, parse_size
+from conda_ferry.mirror.filters import SizeRule
 from tests.helpers import ferry
 
 
@@ -70,7 +71,8 @@ def test_defaults_and_env_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     loaded = load_job(str(job))
     assert loaded.source == "ftp://me:hunter2@host/ch"
     assert loaded.target == str(tmp_path / "mirror")
-    assert loaded.filters.max_size == int(1.5 * 1024**3)
+    size_rule = loaded.filters.rule(SizeRule)
+    assert size_rule is not None and size_rule.max_size == int(1.5 * 1024**3)
     assert (loaded.prune, loaded.jobs, loaded.max_prune_fraction) == (False, 4, 0.5)
     assert loaded.outputs.jlap and loaded.outputs.shards and loaded.outputs.zst
 

@@ -1,0 +1,92 @@
+"""Copy one file between gateways, verified as it streams, published atomically.
+
+Every writer that moves package bytes (sync, publish, import, ``ferry cp``) goes
+through here, so "a file exists at its final name only if its bytes matched" is
+promised in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .base import FileInfo, Gateway
+from .errors import IntegrityError
+from .streams import VerifyingReader
+
+log = logging.getLogger("ferry.gateways")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the bytes must be; a field left None is not checked."""
+
+    size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+
+
+@dataclass(frozen=True)
+class Copied:
+    info: FileInfo  # the written file as the target reports it
+    size: int
+    sha256: str
+    md5: str
+
+
+def copy_stream(
+    open_source: Callable[[], BinaryIO],
+    what: str,
+    target: Gateway,
+    path: str,
+    expect: Expected,
+    *,
+    durable: bool = True,
+    attempts: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Copied:
+    """Stream ``open_source()`` into ``target``/``path``; a mismatch aborts the write.
+
+    ``attempts`` > 1 fetches a body that failed its check again: corruption in
+    transit is worth one more try, a source that is corrupt at rest is not.
+    """
+    for attempt in range(attempts):
+        reader = VerifyingReader(
+            open_source(), what, expect.size, expect.sha256, expect.md5, progress
+        )
+        try:
+            with reader:
+                info = target.write_atomic(path, reader.as_binary(), durable)
+        except IntegrityError:
+            if attempt + 1 >= attempts:
+                raise
+            log.warning("%s failed its check; fetching it again", what)
+            continue
+        return Copied(info, reader.count, reader.sha256.hexdigest(), reader.md5.hexdigest())
+    raise AssertionError("unreachable")
+
+
+def copy_file(
+    source: Gateway,
+    source_path: str,
+    target: Gateway,
+    path: str,
+    expect: Expected,
+    *,
+    durable: bool = True,
+    attempts: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Copied:
+    """:func:`copy_stream` from a file of ``source``."""
+    return copy_stream(
+        lambda: source.open_read(source_path),
+        source.display(source_path),
+        target,
+        path,
+        expect,
+        durable=durable,
+        attempts=attempts,
+        progress=progress,
+    )

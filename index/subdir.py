@@ -1,0 +1,52 @@
+"""What one subdir of a channel holds now, read once and handed on.
+
+A writer lists a subdir and reads its ``repodata.json`` once; the plan, the indexer
+and the publisher all work from this view. On an S3 subdir of 200,000 files every
+listing is hundreds of requests, so reading it twice is a cost worth avoiding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from conda_ferry.gateways import FileInfo, Gateway, NotFound, is_temp
+
+from . import repodata
+from .records import EXTENSIONS
+
+
+@dataclass
+class SubdirView:
+    subdir: str
+    packages: dict[str, FileInfo] = field(default_factory=dict)  # package files by name
+    temps: list[FileInfo] = field(default_factory=list)  # a killed run's atomic writes
+    repodata_json: bytes | None = None  # the published repodata.json, as served
+    published: dict[str, dict[str, Any]] = field(default_factory=dict)  # its records
+    unreadable: bool = False  # repodata.json is there but not a repodata document
+
+    @classmethod
+    def read(cls, gateway: Gateway, subdir: str) -> SubdirView:
+        view = cls(subdir)
+        for info in gateway.files(subdir):
+            if is_temp(info.name):
+                view.temps.append(info)
+            elif info.name.endswith(EXTENSIONS) and not info.name.startswith("."):
+                view.packages[info.name] = info
+        try:
+            view.repodata_json = gateway.read_bytes(f"{subdir}/repodata.json")
+            view.published = repodata.records(repodata.loads(view.repodata_json))
+        except NotFound:
+            pass
+        except ValueError:  # republished from scratch, never trusted
+            view.published, view.unreadable = {}, True
+        return view
+
+    @property
+    def present(self) -> dict[str, int]:
+        """Package file name -> size."""
+        return {name: info.size for name, info in self.packages.items()}
+
+    def landed(self, info: FileInfo) -> None:
+        """A package this run wrote: the view stays true without listing again."""
+        self.packages[info.name] = info

@@ -1,0 +1,67 @@
+"""``ferry index`` and the re-index after ``ferry publish``: a channel's subdirs
+re-published from the files they hold, each through the one commit path."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from conda_ferry.gateways import Gateway, GatewayOptions, UsageError, open_gateway, split_url
+from conda_ferry.index.channel import (
+    ChannelEntry,
+    IndexOptions,
+    IndexSummary,
+    discover_subdirs,
+    load_patch_file,
+    load_patch_package,
+    write_channeldata,
+)
+from conda_ferry.index.patches import BadPatch
+from conda_ferry.index.subdir import SubdirView
+
+from .commit import commit_subdir, mirrored
+from .errors import ConfigError
+from .state import SubdirState, subdir_locks
+
+
+def reindex(target: Gateway, options: IndexOptions) -> IndexSummary:
+    """Re-publish ``options.subdirs`` (default: every subdir found), each under its
+    lock; mirrored records stay verbatim, other package files are read."""
+    if not target.writable:
+        raise UsageError(
+            target.display(),
+            "cannot index over a read-only protocol",
+            "index the channel where its files are stored",
+        )
+    started = time.monotonic()
+    subdirs = options.subdirs or discover_subdirs(target)
+    summary = IndexSummary(target.display())
+    everything: list[ChannelEntry] = []
+    with subdir_locks(target, subdirs):
+        for subdir in subdirs:
+            view = SubdirView.read(target, subdir)
+            state = SubdirState.load(target, subdir)
+            sub, entries = commit_subdir(target, view, mirrored(view, state), state, options)
+            summary.subdirs.append(sub)
+            everything.extend(entries)
+        if options.channeldata:
+            summary.written.extend(write_channeldata(target, subdirs, everything))
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def load_patches(
+    instructions: str | None, package: str | None, options: GatewayOptions
+) -> dict[str, dict[str, Any]] | None:
+    """Repodata patches from a patch_instructions.json or a repodata-patches package."""
+    source = instructions or package
+    if source is None:
+        return None
+    directory, name = split_url(source)
+    with open_gateway(directory, options) as gateway:
+        try:
+            if instructions:
+                return load_patch_file(gateway, name)
+            return load_patch_package(gateway, name)
+        except BadPatch as exc:
+            raise ConfigError(f"{gateway.display(name)}: {exc}") from None

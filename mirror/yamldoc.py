@@ -1,0 +1,200 @@
+"""Reading a YAML job file so that every mistake names its file and line.
+
+The person reading the error is looking at a cron mail, not a debugger: one line,
+``file:line: key: problem (fix)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+T = TypeVar("T")
+
+
+class Source:
+    """Line numbers for every key of the loaded document."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.lines: dict[tuple[str, ...], int] = {}
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else path
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ConfigError(f"{where}: {problem} (fix the YAML syntax)") from None
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, where: tuple[str, ...]) -> None:
+        self.lines[where] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*where, str(key.value))
+                self.lines[child] = key.start_mark.line + 1
+                self._walk(value, child)
+
+    def fail(self, where: tuple[str, ...], problem: str, fix: str) -> ConfigError:
+        probe = where
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        line = self.lines.get(probe, 1)
+        name = ".".join(where) or "(top level)"
+        return ConfigError(f"{self.path}:{line}: {name}: {problem} ({fix})")
+
+
+def expand(value: str, src: Source, where: tuple[str, ...]) -> str:
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise src.fail(
+                where, f"environment variable {name} is not set", f"export {name} before the run"
+            )
+        return os.environ[name]
+
+    return _ENV.sub(lookup, value)
+
+
+def parse_size(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    match = _SIZE.match(str(value))
+    if not match:
+        return None
+    number, unit, binary = match.groups()
+    base = 1024 if binary and binary.lower() == "ib" else 1000
+    return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
+
+
+class Reader:
+    def __init__(
+        self, data: dict[str, Any], src: Source, where: tuple[str, ...], allowed: set[str]
+    ) -> None:
+        self.data, self.src, self.where = data, src, where
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                fix = (
+                    f"did you mean '{close[0]}'?"
+                    if close
+                    else f"known keys: {', '.join(sorted(allowed))}"
+                )
+                raise src.fail((*where, str(key)), "unknown key", fix)
+
+    def fail(self, key: str, problem: str, fix: str) -> ConfigError:
+        return self.src.fail((*self.where, key), problem, fix)
+
+    def string(self, key: str, required: bool = False) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "is required", f"add '{key}: <url or path>'")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "must be a non-empty string", "quote the value")
+        return expand(value.strip(), self.src, (*self.where, key))
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, not {value!r}", "write true or false")
+        return value
+
+    def integer(self, key: str, default: int | None, minimum: int = 1) -> int | None:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(
+                key,
+                f"must be a whole number >= {minimum}, not {value!r}",
+                f"write e.g. {key}: {max(minimum, 4)}",
+            )
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "must be a list of strings", f'write {key}: ["..."]')
+        return tuple(value)
+
+    def number(self, key: str, kind: type, minimum: float | None, maximum: float | None) -> Any:
+        value = self.data.get(key)
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float) if kind is float else int)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
+        ):
+            what = "a number" if kind is float else "a whole number"
+            raise self.fail(
+                key, f"must be {what} {bounds}, not {value!r}", f"e.g. {key}: {minimum}"
+            )
+        return kind(value)
+
+    def child(self, key: str, allowed: set[str]) -> Reader:
+        """A reader of the mapping under ``key``, which may hold only ``allowed``."""
+        return Reader(self.mapping(key), self.src, (*self.where, key), allowed)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a mapping", f"indent the keys under '{key}:'")
+        return value
+
+    def date(self, key: str) -> dt.date | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise self.fail(key, f"is not a date: {value!r}", "write YYYY-MM-DD") from None
+
+
+def read_options(reader: Reader, cls: type[T]) -> T:
+    """An options dataclass (``GatewayOptions``, ``OutputOptions``) from a mapping whose
+    keys are its declared fields: the same declaration the command line is made from."""
+    values: dict[str, Any] = {}
+    for spec in fields(cls):  # type: ignore[arg-type]
+        key, default, meta = spec.name, spec.default, spec.metadata
+        if key not in reader.data:
+            continue
+        if isinstance(default, bool):
+            values[key] = reader.boolean(key, default)
+        elif isinstance(default, (int, float)):
+            values[key] = reader.number(
+                key, type(default), meta.get("minimum"), meta.get("maximum")
+            )
+        else:
+            value = reader.string(key)
+            if value and meta.get("kind") == "file":
+                value = os.path.expanduser(value)
+                if not Path(value).is_file():
+                    raise reader.fail(key, f"no such file: {value}", "give the path of a file")
+            values[key] = value
+    return cls(**values)
