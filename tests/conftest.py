@@ -76,6 +76,7 @@ class Area:
     options: GatewayOptions
     seed: Callable[[str, bytes], None]
     peek: Callable[[str], bytes | None]
+    disk: Path | None = None  # the directory behind the server, where there is one
 
     def gateway(self) -> Gateway:
         return open_gateway(self.url, self.options)
@@ -93,7 +94,7 @@ def disk_area(kind: str, root: Path, url: str, options: GatewayOptions) -> Area:
         target = root / path
         return target.read_bytes() if target.is_file() else None
 
-    return Area(kind, url, options, seed, peek)
+    return Area(kind, url, options, seed, peek, root)
 
 
 def make_area(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Area:

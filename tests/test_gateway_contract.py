@@ -205,6 +205,32 @@ def test_stale_lock_is_taken_over(writable: Area, caplog: pytest.LogCaptureFixtu
         assert "stale lock" in caplog.text
 
 
+def test_a_lock_killed_before_its_owner_record_ages_out(
+    writable: Area, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run killed between creating the lock and writing its owner (on FTP: between
+    MKD and STOR of the owner file) leaves an unreadable lock: obeyed while young,
+    taken over when old, never obeyed forever."""
+    if writable.disk is None:
+        pytest.skip("S3 objects cannot be back-dated")
+    lock = writable.disk / "linux-64" / ".ferry.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if writable.kind == "ftp":
+        lock.mkdir()  # the lock directory, its owner file never written
+    else:
+        lock.write_bytes(b"")
+    with writable.gateway() as gw:
+        with pytest.raises(LockHeld) as caught, gw.lock("linux-64/.ferry.lock"):
+            pass
+        assert "unreadable" in str(caught.value)
+        two_hours_ago = time.time() - 7200
+        os.utime(lock, (two_hours_ago, two_hours_ago))
+        with gw.lock("linux-64/.ferry.lock") as held:
+            assert held.pid == os.getpid()
+        assert "stale lock" in caplog.text
+        assert not lock.exists()
+
+
 def test_http_is_read_only(nginx: Server) -> None:
     with open_gateway(nginx.url) as gw:
         with pytest.raises(ReadOnlyError):

@@ -1,0 +1,123 @@
+"""The shape of the code: what is installed, who imports whom, options said once."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import click
+import grimp
+import pytest
+
+from conda_ferry.gateways import GatewayOptions
+from conda_ferry.gateways.localfs import LocalGateway
+from conda_ferry.index.publish import OutputOptions
+from conda_ferry.mirror.cli import main
+from conda_ferry.mirror.config import parse_job
+from tests.helpers import ferry
+from tests.upstream import build_upstream, job_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
+    source = tmp_path / "src"  # a copy: setuptools' build/ must not leak old files in
+    shutil.copytree(
+        ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info")
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {n for n in names if not n.endswith(".dist-info")} == {"conda_ferry"}
+    assert not any("pkgmaker" in n or "tests/" in n for n in zipfile.ZipFile(wheel).namelist())
+
+
+def test_no_two_modules_import_each_other() -> None:
+    graph = grimp.build_graph("conda_ferry")
+    mutual = sorted(
+        (a, b)
+        for a in graph.modules
+        for b in graph.find_modules_directly_imported_by(a)
+        if a < b and a in graph.find_modules_directly_imported_by(b)
+    )
+    assert mutual == []
+
+
+def _option_names(command: click.Command) -> set[str]:
+    return {
+        name.lstrip("-").split("/")[0]
+        for param in command.params
+        if isinstance(param, click.Option)
+        for name in param.opts
+    }
+
+
+@pytest.mark.parametrize(
+    "cls,command,job_key",
+    [
+        (GatewayOptions, "ls", "source_options"),
+        (OutputOptions, "index", "outputs"),
+    ],
+)
+def test_options_are_declared_once(cls: type, command: str, job_key: str) -> None:
+    """Every declared field is a command-line option and a job key, by the same name."""
+    cli = _option_names(main.commands[command])
+    for spec in dataclasses.fields(cls):
+        assert spec.metadata.get("help"), f"{spec.name} has no help text"
+        assert spec.name.replace("_", "-") in cli
+        value = "x" if spec.default is None else spec.default
+        if spec.metadata.get("kind") == "file":
+            value = __file__
+        job = parse_job(
+            "job.yaml",
+            f"source: a\ntarget: b\nsubdirs: [noarch]\n{job_key}:\n"
+            f"  {spec.name}: {str(value).lower() if isinstance(value, bool) else value}\n",
+        )
+        assert getattr(getattr(job, job_key), spec.name) == value
+
+
+def test_a_sync_lists_and_reads_each_target_subdir_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_upstream(tmp_path / "up")
+    target = tmp_path / "mirror"
+    listed: list[str] = []
+    read: list[str] = []
+    real_list, real_open = LocalGateway._listdir, LocalGateway._open
+
+    def counting_list(self: LocalGateway, path: str) -> list:  # type: ignore[type-arg]
+        if self.root == target:
+            listed.append(path)
+        return real_list(self, path)
+
+    def counting_open(self: LocalGateway, path: str, *args: object) -> tuple:  # type: ignore[type-arg]
+        if self.root == target and path.endswith("/repodata.json"):
+            read.append(path)
+        return real_open(self, path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalGateway, "_listdir", counting_list)
+    monkeypatch.setattr(LocalGateway, "_open", counting_open)
+    job = job_yaml(tmp_path / "job.yaml", str(tmp_path / "up"), str(target))
+    assert ferry("sync", str(job)).exit_code == 0
+    for subdir in ("linux-64", "noarch"):
+        assert listed.count(subdir) == 1, listed
+        assert read.count(f"{subdir}/repodata.json") == 1, read
