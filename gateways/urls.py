@@ -30,12 +30,6 @@ class Location:
     path: str
     query: str = ""
 
-    @property
-    def netloc_without_secret(self) -> str:
-        user = f"{self.username}@" if self.username else ""
-        port = f":{self.port}" if self.port else ""
-        return f"{user}{self.host}{port}"
-
 
 def parse(url: str) -> Location:
     """Split ``url``; a bare path is a ``file`` location."""

@@ -92,11 +92,6 @@ class Jlap:
             raise BadJlap("checksum does not verify")
         return cls(iv, list(body))
 
-    def latest_patch_to(self) -> str | None:
-        if not self.patches:
-            return None
-        return str(orjson.loads(self.patches[-1])["to"])
-
     def append(
         self,
         old_hash: str,

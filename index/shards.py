@@ -52,19 +52,5 @@ def build(repodata: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
     return _pack({"version": 1, "info": info, "shards": index}, compressor), shard_files
 
 
-def read_index(data: bytes) -> dict[str, Any]:
-    value = msgpack.unpackb(zstandard.ZstdDecompressor().stream_reader(data).read(), raw=False)
-    if not isinstance(value, dict):
-        raise ValueError("shard index is not a map")
-    return value
-
-
-def read_shard(data: bytes) -> dict[str, Any]:
-    value = msgpack.unpackb(zstandard.ZstdDecompressor().stream_reader(data).read(), raw=False)
-    if not isinstance(value, dict):
-        raise ValueError("shard is not a map")
-    return value
-
-
 def shard_path(digest_hex: str) -> str:
     return f"{SHARDS_DIR}/{digest_hex}.msgpack.zst"

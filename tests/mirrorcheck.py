@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conda_ferry.index import repodata, shards
+from tests.clientread import read_msgpack_zst
 
 
 def assert_consistent(mirror: Path, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> int:
@@ -33,9 +34,9 @@ def assert_consistent(mirror: Path, subdirs: tuple[str, ...] = ("linux-64", "noa
                     assert (mirror / subdir / filename).exists(), filename
         index = mirror / subdir / shards.INDEX_NAME
         if index.exists():
-            for digest in shards.read_index(index.read_bytes())["shards"].values():
+            for digest in read_msgpack_zst(index.read_bytes())["shards"].values():
                 shard_file = mirror / subdir / shards.shard_path(digest.hex())
-                shard = shards.read_shard(shard_file.read_bytes())
+                shard = read_msgpack_zst(shard_file.read_bytes())
                 for section in ("packages", "packages.conda"):
                     for filename in shard[section]:
                         assert (mirror / subdir / filename).exists(), filename
