@@ -121,3 +121,12 @@ def test_a_sync_lists_and_reads_each_target_subdir_once(
     for subdir in ("linux-64", "noarch"):
         assert listed.count(subdir) == 1, listed
         assert read.count(f"{subdir}/repodata.json") == 1, read
+
+
+@pytest.mark.parametrize(
+    "cls,doc", [(GatewayOptions, "docs/gateways.md"), (OutputOptions, "docs/sync.md")]
+)
+def test_every_declared_option_is_documented(cls: type, doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in text]
+    assert missing == []
