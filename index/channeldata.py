@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .records import package_key
+
 ABOUT_KEYS = ("home", "license", "summary", "description", "dev_url", "doc_url", "source_url")
 FLAGS = (
     "activate.d",
@@ -24,8 +26,7 @@ def run_exports_document(subdir: str, entries: dict[str, dict[str, Any]]) -> dic
         "packages.conda": {},
     }
     for filename, run_exports in sorted(entries.items()):
-        section = "packages.conda" if filename.endswith(".conda") else "packages"
-        doc[section][filename] = {"run_exports": run_exports}
+        doc[package_key(filename)][filename] = {"run_exports": run_exports}
     return doc
 
 

@@ -90,13 +90,13 @@ def current(document: dict[str, Any]) -> dict[str, Any]:
         text = str(record["version"])
         return parsed.get(text) or parsed.setdefault(text, Version(text))
 
-    for key in ("packages", "packages.conda"):
+    for key in SECTIONS:
         for record in document.get(key, {}).values():
             version = version_of(record)
             if record["name"] not in newest or newest[record["name"]] < version:
                 newest[record["name"]] = version
     trimmed = dict(document)
-    for key in ("packages", "packages.conda"):
+    for key in SECTIONS:
         trimmed[key] = {
             fn: rec
             for fn, rec in document.get(key, {}).items()
