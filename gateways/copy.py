@@ -7,10 +7,11 @@ promised in one place.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .base import FileInfo, Gateway
 from .errors import IntegrityError
@@ -69,24 +70,8 @@ def copy_stream(
 
 
 def copy_file(
-    source: Gateway,
-    source_path: str,
-    target: Gateway,
-    path: str,
-    expect: Expected,
-    *,
-    durable: bool = True,
-    attempts: int = 1,
-    progress: Callable[[int], None] | None = None,
+    source: Gateway, source_path: str, target: Gateway, path: str, expect: Expected, **kw: Any
 ) -> Copied:
-    """:func:`copy_stream` from a file of ``source``."""
-    return copy_stream(
-        lambda: source.open_read(source_path),
-        source.display(source_path),
-        target,
-        path,
-        expect,
-        durable=durable,
-        attempts=attempts,
-        progress=progress,
-    )
+    """:func:`copy_stream` from a file of ``source``; ``kw`` as there."""
+    opener = functools.partial(source.open_read, source_path)
+    return copy_stream(opener, source.display(source_path), target, path, expect, **kw)
