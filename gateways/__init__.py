@@ -53,6 +53,21 @@ def open_file(url: str, options: GatewayOptions | None = None) -> tuple[Gateway,
     return open_gateway(directory, options), name
 
 
+def list_url(
+    url: str, recursive: bool = False, options: GatewayOptions | None = None
+) -> list[FileInfo]:
+    """The entries of a directory URL, or the one entry of a file URL."""
+    with open_gateway(url, options) as gateway:
+        try:
+            return gateway.list("", recursive=recursive)
+        except NotFound:
+            parent_url, name = split_url(url)
+            if not name:
+                raise
+    with open_gateway(parent_url, options) as parent:
+        return [parent.info(name)]
+
+
 def copy_url(
     src: str, dst: str, sha256: str | None = None, options: GatewayOptions | None = None
 ) -> Copied:
@@ -96,6 +111,7 @@ __all__ = [
     "copy_stream",
     "copy_url",
     "is_temp",
+    "list_url",
     "open_file",
     "open_gateway",
     "option",

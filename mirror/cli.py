@@ -21,9 +21,9 @@ from conda_ferry.gateways import (
     GatewayError,
     GatewayOptions,
     LockHeld,
-    NotFound,
     UsageError,
     copy_url,
+    list_url,
     open_gateway,
     redact,
     split_url,
@@ -163,16 +163,7 @@ def _human(size: int) -> str:
 @gateway_options
 def ls_command(url: str, recursive: bool, as_json: bool, options: GatewayOptions) -> None:
     """List a directory with sizes and times: a quick check of credentials and reach."""
-    with open_gateway(url, options) as gateway:
-        try:
-            entries = gateway.list("", recursive=recursive)
-        except NotFound:
-            parent_url, name = split_url(url)
-            if not name:
-                raise
-            with open_gateway(parent_url, options) as parent:
-                entries = [parent.info(name)]
-    for entry in entries:
+    for entry in list_url(url, recursive, options):
         if as_json:
             click.echo(
                 json.dumps(
