@@ -11,6 +11,7 @@ import importlib
 from .base import Fetched, FileInfo, Gateway, GatewayOptions, LockInfo, is_temp, option
 from .copy import Copied, Expected, copy_file, copy_stream
 from .errors import (
+    CredentialsError,
     GatewayError,
     IntegrityError,
     LockHeld,
@@ -88,6 +89,7 @@ def copy_url(
 __all__ = [
     "CHUNK",
     "Copied",
+    "CredentialsError",
     "Expected",
     "Fetched",
     "FileInfo",

@@ -12,19 +12,32 @@ class GatewayError(Exception):
 
     hint = ""
 
-    def __init__(self, url: str, message: str, hint: str | None = None, code: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        message: str,
+        hint: str | None = None,
+        code: str = "",
+        option: str = "",
+    ) -> None:
         self.url = url
         self.message = message
         # The protocol's own status ("404", "PreconditionFailed", "550"): callers that
         # must tell answers apart compare this, never the message text.
         self.code = code
+        # The declared option (a GatewayOptions field) whose fix the hint names as
+        # "{option}"; the caller says how the user spells it: --key-file on the
+        # command line, source_options.key_file in a job file.
+        self.option = option
+        self.option_as = f"--{option.replace('_', '-')}" if option else ""
         if hint is not None:
             self.hint = hint
-        super().__init__(str(self))
+        super().__init__(url, message)
 
     def __str__(self) -> str:
         text = f"{self.url}: {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
+        hint = self.hint.replace("{option}", self.option_as)
+        return f"{text} ({hint})" if hint else text
 
 
 class NotFound(GatewayError):
@@ -33,6 +46,12 @@ class NotFound(GatewayError):
 
 class PermissionDenied(GatewayError):
     hint = "check the credentials and the permissions they grant"
+
+
+class CredentialsError(PermissionDenied):
+    """No credentials, or ones the server does not accept: the configuration's to fix."""
+
+    hint = "check the user name and the password, key or token"
 
 
 class TransientError(GatewayError):

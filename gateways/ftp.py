@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, NoReturn, TypeVar
 
 from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
-from .errors import NotFound, PermissionDenied, ProtocolError, TransientError
+from .errors import (
+    CredentialsError,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    TransientError,
+)
 from .streams import CHUNK, GuardedStream
 from .urls import parse
 
@@ -102,7 +108,7 @@ class FTPGateway(Gateway):
             conn.voidcmd("TYPE I")
             return conn
         except ftplib.error_perm as exc:
-            raise PermissionDenied(
+            raise CredentialsError(
                 where,
                 f"login refused: {str(exc)[:3]}",
                 "check the user name and password (URL or ~/.netrc)",

@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions
 from .errors import (
+    CredentialsError,
     NotFound,
     PermissionDenied,
     ProtocolError,
@@ -111,7 +112,8 @@ class HTTPGateway(Gateway):
             raise ProtocolError(
                 self.display(path),
                 "TLS verification failed",
-                "give the CA bundle with --ca-bundle, or fix the server's certificate",
+                "name the CA bundle in {option}, or fix the server's certificate",
+                option="ca_bundle",
             ) from None
         except requests.exceptions.InvalidURL:
             raise UsageError(self.display(path), "malformed URL") from None
@@ -160,7 +162,9 @@ class HTTPGateway(Gateway):
             )
         if status in (404, 410):
             raise NotFound(where, f"HTTP {status}", code=code)
-        if status in (401, 403):
+        if status == 401:
+            raise CredentialsError(where, "HTTP 401: credentials missing or refused", code=code)
+        if status == 403:
             raise PermissionDenied(where, f"HTTP {status}", code=code)
         if status == 416:
             raise ProtocolError(where, "HTTP 416: range not satisfiable", code=code)

@@ -14,7 +14,14 @@ import botocore.exceptions
 from botocore.config import Config
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions
-from .errors import NotFound, PermissionDenied, ProtocolError, TransientError, UsageError
+from .errors import (
+    CredentialsError,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    TransientError,
+    UsageError,
+)
 from .streams import CHUNK, GuardedStream
 from .urls import parse
 
@@ -93,21 +100,27 @@ class S3Gateway(Gateway):
                 raise NotFound(where, f"bucket '{self.bucket}' does not exist", code=code) from None
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 raise NotFound(where, "no such key", code=code) from None
-            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or (
-                status == 403
-            ):
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise CredentialsError(where, f"credentials refused ({code})", code=code) from None
+            if code in ("AccessDenied", "403") or status == 403:
                 raise PermissionDenied(where, f"access denied ({code})", code=code) from None
             if code in _THROTTLE or status >= 500 or status == 429:
                 raise TransientError(where, f"S3 {code}", code=code) from None
             raise ProtocolError(where, f"S3 error {code}", code=code) from None
         except botocore.exceptions.NoCredentialsError:
-            raise PermissionDenied(
+            raise CredentialsError(
                 where,
                 "no AWS credentials found",
-                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or --profile",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or {option}",
+                option="profile",
             ) from None
         except botocore.exceptions.ProfileNotFound:
-            raise UsageError(where, f"AWS profile '{self.options.profile}' not found") from None
+            raise CredentialsError(
+                where,
+                f"AWS profile '{self.options.profile}' not found",
+                "name a profile of ~/.aws/config in {option}",
+                option="profile",
+            ) from None
         except _NETWORK as exc:
             raise TransientError(
                 where, f"cannot reach S3 ({type(exc).__name__})", "check the endpoint and network"

@@ -18,7 +18,13 @@ from typing import BinaryIO, TypeVar
 import paramiko
 
 from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
-from .errors import NotFound, PermissionDenied, ProtocolError, TransientError
+from .errors import (
+    CredentialsError,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    TransientError,
+)
 from .streams import CHUNK, GuardedStream
 from .urls import parse
 
@@ -96,15 +102,19 @@ class SFTPGateway(Gateway):
                 "the server changed or someone is in between: check it",
             ) from None
         except paramiko.AuthenticationException:
-            raise PermissionDenied(
-                where, "authentication failed", "check the user, key file (--key-file) or password"
+            raise CredentialsError(
+                where,
+                "authentication failed",
+                "check the user, the key file ({option}) or the password",
+                option="key_file",
             ) from None
         except paramiko.SSHException as exc:
             if "not found in known_hosts" in str(exc):
                 raise ProtocolError(
                     where,
                     "the server's host key is not in known_hosts",
-                    "add it with ssh-keyscan, or give --known-hosts",
+                    "add it with ssh-keyscan, or name the file in {option}",
+                    option="known_hosts",
                 ) from None
             raise TransientError(where, f"SSH failed: {type(exc).__name__}") from None
         except (OSError, EOFError) as exc:

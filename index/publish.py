@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Gateway, NotFound, option
+from conda_ferry.gateways import Gateway, NotFound, is_temp, option
 
 from . import jlap, repodata, shards
 from .jlap import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
@@ -95,7 +95,12 @@ def publish_subdir(
     if options.shards:
         index_bytes, shard_files = shards.build(document)
         referenced = {shards.shard_path(h) for h in shard_files}
-        existing = {f.path.split("/", 1)[1] for f in gateway.files(f"{subdir}/{shards.SHARDS_DIR}")}
+        existing: set[str] = set()
+        for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
+            if is_temp(info.name):
+                gateway.delete(info.path)  # a killed run's half-written shard
+            else:
+                existing.add(info.path.split("/", 1)[1])
         for digest, data in shard_files.items():
             path = shards.shard_path(digest)
             if path not in existing:  # content-addressed: present means identical

@@ -42,7 +42,7 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import signing
 from .commit import Commit, choose_records, commit_subdir
-from .errors import FerryError
+from .errors import USAGE, FerryError
 from .state import STATE_DIR, SubdirState, subdir_locks
 
 log = logging.getLogger("ferry.bundle")
@@ -312,6 +312,11 @@ def read_manifest(bundle: Gateway, verify_key: str | None) -> tuple[Manifest, bo
     try:
         body = bundle.read_bytes(MANIFEST)
     except NotFound:
+        if not bundle.exists(""):
+            raise FerryError(
+                f"{bundle.display()}: no such directory (give the directory an export wrote)",
+                USAGE,
+            ) from None
         raise FerryError(
             f"{bundle.display(MANIFEST)}: no manifest (an incomplete or wrong bundle directory)"
         ) from None

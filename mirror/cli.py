@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from conda_ferry.gateways import (
+    CredentialsError,
     GatewayError,
     GatewayOptions,
     LockHeld,
@@ -31,8 +33,10 @@ from conda_ferry.gateways import (
 from conda_ferry.index.publish import OutputOptions
 
 from . import errors
+from .units import human_size, plural
 
 if TYPE_CHECKING:
+    from .bundle import Manifest
     from .sync import SyncReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,11 +51,13 @@ class FerryGroup(click.Group):
             return super().invoke(ctx)
         except LockHeld as exc:
             _fail(str(exc), errors.LOCKED)
-        except UsageError as exc:
+        except (UsageError, CredentialsError) as exc:
             _fail(str(exc), errors.USAGE)
         except GatewayError as exc:
             _fail(str(exc), errors.FAILED)
         except errors.FerryError as exc:
+            _fail(str(exc), exc.code)
+        except errors.Stopped as exc:
             _fail(str(exc), exc.code)
         except KeyboardInterrupt:
             _fail("interrupted", errors.INTERRUPTED)
@@ -71,6 +77,13 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _stop_on(signum: int, code: int, what: str) -> None:
+    def handler(number: int, frame: object) -> None:
+        raise errors.Stopped(code, what)
+
+    signal.signal(signum, handler)
+
+
 def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -82,10 +95,30 @@ def setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@click.group(cls=FerryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def quiet() -> bool:
+    """Whether ``-q`` was given: success output is then silenced, errors are not."""
+    return bool(click.get_current_context().find_root().params.get("quiet"))
+
+
+def say(text: str = "") -> None:
+    """A line of a command's result on stdout; nothing under ``-q``."""
+    if not quiet():
+        click.echo(text)
+
+
+EXIT_TABLE = "\n".join(f"{code:>5}  {what}" for code, what in errors.EXIT_CODES.items())
+
+
+@click.group(
+    cls=FerryGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=f"\b\nExit status:\n{EXIT_TABLE}",
+)
 @click.version_option(version("conda-ferry"), prog_name="ferry")
-@click.option("-v", "--verbose", count=True, help="More detail (repeatable).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (repeatable).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print nothing on success; warnings and errors only."
+)
 def main(verbose: int, quiet: bool) -> None:
     """Mirror conda channels across air gaps and publish custom channels.
 
@@ -95,17 +128,29 @@ def main(verbose: int, quiet: bool) -> None:
     (/~/ for the home directory). See docs/gateways.md for credentials.
 
     \b
-    Exit status: 0 ok, 1 failed, 2 usage or configuration error,
-    3 partial (some packages failed), 75 target locked by another run,
-    130 interrupted.
+    Every command: -q prints nothing on success; --json FILE writes its result as
+    JSON ('-' for standard output); errors are one 'ferry: error:' line on stderr.
     """
     setup_logging(-1 if quiet else verbose)
+    _stop_on(signal.SIGTERM, errors.TERMINATED, "stopped by SIGTERM")
+    _stop_on(signal.SIGHUP, errors.HANGUP, "stopped by SIGHUP")
+
+
+def json_option(fn: F) -> F:
+    """``--json FILE``, the same on every command."""
+    return click.option(
+        "--json",
+        "json_path",
+        metavar="FILE",
+        help="Also write the result as JSON to FILE ('-': standard output).",
+    )(fn)
 
 
 def _click_option(spec: dataclasses.Field[Any]) -> Callable[[F], F]:
     """The command-line form of one declared option field."""
     flag = f"--{spec.name.replace('_', '-')}"
     meta, default = spec.metadata, spec.default
+    metavar = meta.get("metavar") or ("FILE" if meta.get("kind") == "file" else "N")
     where = ", ".join(meta.get("protocols") or ())
     help_text = f"{meta['help']} ({where})" if where else meta["help"]
     if isinstance(default, bool):
@@ -116,12 +161,18 @@ def _click_option(spec: dataclasses.Field[Any]) -> Callable[[F], F]:
         kind = click.IntRange if isinstance(default, int) else click.FloatRange
         bounds = kind(meta.get("minimum"), meta.get("maximum"))
         return click.option(
-            flag, spec.name, type=bounds, default=default, show_default=True, help=help_text
+            flag,
+            spec.name,
+            type=bounds,
+            default=default,
+            show_default=True,
+            metavar=metavar,
+            help=help_text,
         )
     if meta.get("kind") == "file":
         path = click.Path(exists=True, dir_okay=False)
-        return click.option(flag, spec.name, type=path, help=help_text)
-    return click.option(flag, spec.name, help=help_text)
+        return click.option(flag, spec.name, type=path, metavar=metavar, help=help_text)
+    return click.option(flag, spec.name, metavar=metavar, help=help_text)
 
 
 def declared_options(cls: type, param: str) -> Callable[[F], F]:
@@ -145,66 +196,70 @@ def declared_options(cls: type, param: str) -> Callable[[F], F]:
 gateway_options = declared_options(GatewayOptions, "options")
 
 
-def _human(size: int) -> str:
-    if size < 0:
-        return "-"
-    value = float(size)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return str(size)
-
-
 @main.command("ls")
 @click.argument("url")
 @click.option("-r", "--recursive", is_flag=True, help="List every file below URL.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@json_option
 @gateway_options
-def ls_command(url: str, recursive: bool, as_json: bool, options: GatewayOptions) -> None:
+def ls_command(url: str, recursive: bool, json_path: str | None, options: GatewayOptions) -> None:
     """List a directory with sizes and times: a quick check of credentials and reach."""
-    for entry in list_url(url, recursive, options):
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "path": entry.path,
-                        "size": entry.size,
-                        "mtime": entry.mtime,
-                        "dir": entry.is_dir,
-                    }
-                )
-            )
-            continue
+    entries = list_url(url, recursive, options)
+    for entry in entries:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.mtime)) if entry.mtime else "-"
         name = f"{entry.path}/" if entry.is_dir else entry.path
-        click.echo(f"{_human(entry.size):>8}  {when:16}  {name}")
+        say(f"{human_size(entry.size):>10}  {when:16}  {name}")
+    if json_path:
+        write_report(
+            json_path,
+            {
+                "url": redact(url),
+                "entries": [
+                    {"path": e.path, "size": e.size, "mtime": e.mtime, "dir": e.is_dir}
+                    for e in entries
+                ],
+            },
+        )
 
 
 @main.command("cp")
 @click.argument("src")
 @click.argument("dst")
-@click.option("--sha256", help="Refuse the copy unless the bytes have this digest.")
+@click.option("--sha256", metavar="HEX", help="Refuse the copy unless the bytes have this digest.")
+@json_option
 @gateway_options
-def cp_command(src: str, dst: str, sha256: str | None, options: GatewayOptions) -> None:
+def cp_command(
+    src: str, dst: str, sha256: str | None, json_path: str | None, options: GatewayOptions
+) -> None:
     """Copy one file between any two URLs: streamed, verified, atomic.
 
     DST ending in / is a directory: the file keeps its name.
     """
     started = time.monotonic()
     copied = copy_url(src, dst, sha256, options)
-    log.info(
-        "copied %s to %s: %d bytes in %.1fs, sha256 %s",
-        redact(src),
-        redact(dst),
-        copied.size,
-        time.monotonic() - started,
-        copied.sha256,
+    seconds = time.monotonic() - started
+    say(
+        f"copied {redact(src)} to {redact(dst)}: {human_size(copied.size)} in "
+        f"{seconds:.1f}s, sha256 {copied.sha256}"
     )
+    if json_path:
+        write_report(
+            json_path,
+            {
+                "source": redact(src),
+                "target": redact(dst),
+                "size": copied.size,
+                "sha256": copied.sha256,
+                "seconds": round(seconds, 3),
+            },
+        )
 
 
 def write_report(path: str, report: dict[str, Any]) -> None:
-    """Write a ``--json`` report atomically: monitoring never reads half a file."""
+    """Write a ``--json`` report atomically (monitoring never reads half a file);
+    ``-`` writes it to standard output, even under ``-q``."""
+    if path == "-":
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
     directory, name = split_url(path) if "/" in path else (".", path)
     with open_gateway(directory) as gateway:
         gateway.write_bytes(name, json.dumps(report, indent=2, sort_keys=True).encode() + b"\n")
@@ -212,19 +267,33 @@ def write_report(path: str, report: dict[str, Any]) -> None:
 
 @main.command("index")
 @click.argument("channel")
-@click.option("--subdir", "subdirs", multiple=True, help="Index only this subdir (repeatable).")
-@click.option("--patch-instructions", help="A patch_instructions.json to apply.")
-@click.option("--patch-package", help="A repodata-patches .tar.bz2 package to apply.")
+@click.option(
+    "--subdir",
+    "subdirs",
+    multiple=True,
+    metavar="SUBDIR",
+    help="Index only this subdir (repeatable).",
+)
+@click.option("--patch-instructions", metavar="FILE", help="A patch_instructions.json to apply.")
+@click.option(
+    "--patch-package", metavar="FILE", help="A repodata-patches .tar.bz2 package to apply."
+)
 @declared_options(OutputOptions, "outputs")
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
+    metavar="N",
     help="Packages read in parallel [default: number of cores].",
 )
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the index cache lives.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Where the index cache lives.",
+)
 @click.option("--strict", is_flag=True, help="Exit non-zero when any package is skipped.")
-@click.option("--json", "json_path", help="Write a summary for monitoring to this file.")
+@json_option
 @gateway_options
 def index_command(
     channel: str,
@@ -267,36 +336,38 @@ def index_command(
         )
     report = summary.as_dict()
     skipped = report["skipped"]
-    click.echo(
-        f"indexed {report['url']}: {report['packages']} packages in {len(summary.subdirs)} "
-        f"subdirs ({report['read']} read, {report['cached']} from cache, {len(skipped)} "
-        f"skipped); {len(report['written'])} files written in {report['seconds']:.2f}s"
+    say(
+        f"indexed {report['url']}: {plural(report['packages'], 'package')} in "
+        f"{plural(len(summary.subdirs), 'subdir')} ({report['read']} read, "
+        f"{report['cached']} from cache, {len(skipped)} skipped); "
+        f"{plural(len(report['written']), 'file')} written in {report['seconds']:.2f}s"
     )
     if json_path:
         write_report(json_path, report)
     if strict and skipped:
-        raise errors.FerryError(f"{len(skipped)} package(s) skipped (--strict)")
+        raise errors.FerryError(f"{plural(len(skipped), 'package')} skipped (--strict)")
 
 
-def _print_sync(report: SyncReport, quiet: bool) -> None:
-    """One line per subdir; under -q (cron) only the subdirs that need attention."""
+def _print_sync(report: SyncReport) -> None:
+    """A line for each subdir where something happened or went wrong; nothing for the
+    ones that were up to date. Under -q only the ones that need attention."""
     from .sync import Status
 
     for sub in report.subdirs:
-        if quiet and not sub.status.needs_attention:
+        if sub.status is Status.UP_TO_DATE or (quiet() and not sub.status.needs_attention):
             continue
         if sub.status is Status.PLANNED:
-            click.echo(
-                f"{sub.subdir:14} add {sub.added:6} ({_human(sub.bytes)})  "
+            line = (
+                f"{sub.subdir:14} add {sub.added:6} ({human_size(sub.bytes)})  "
                 f"update {sub.updated:6}  remove {sub.removed:6}"
             )
-            continue
-        line = f"{sub.subdir:14} {sub.status.value:10}"
-        if sub.status in (Status.SYNCED, Status.PARTIAL):
-            line += (
-                f" added {sub.added}, updated {sub.updated}, removed {sub.removed}, "
-                f"{_human(sub.bytes)}"
-            )
+        else:
+            line = f"{sub.subdir:14} {sub.status.value:10}"
+            if sub.status in (Status.SYNCED, Status.PARTIAL):
+                line += (
+                    f" added {sub.added}, updated {sub.updated}, removed {sub.removed}, "
+                    f"{human_size(sub.bytes)}"
+                )
         click.echo(line + (f"  {sub.message}" if sub.message else ""))
         for filename, why in sorted(sub.failures.items()):
             click.echo(f"  failed: {sub.subdir}/{filename}: {why}", err=True)
@@ -311,7 +382,7 @@ def _print_sync(report: SyncReport, quiet: bool) -> None:
     help="Say which rule kept or dropped each record of package NAME (writes nothing).",
 )
 @click.option("--force", is_flag=True, help="Prune even beyond max_prune_fraction.")
-@click.option("--json", "json_path", help="Write the summary (or plan) to this file.")
+@json_option
 @click.pass_context
 def sync_command(
     ctx: click.Context,
@@ -323,36 +394,35 @@ def sync_command(
 ) -> None:
     """Mirror the subdirs of an upstream channel as JOB.yaml describes.
 
-    Quiet when nothing changed (one request per subdir), loud when something failed.
-    Exit 0 ok, 1 failed, 2 bad config, 3 partial (named packages failed), 75 locked.
+    Quiet when nothing changed (one request per subdir, one line on stderr, none on
+    stdout), loud when something failed. Exit 3 when named packages failed.
     """
     from .config import load_job
     from .progress import make_progress
-    from .sync import SyncRun
+    from .sync import Status, SyncRun
 
     job = load_job(job_file)
-    quiet = logging.getLogger().level > logging.INFO
-    progress = make_progress(quiet)
+    progress = make_progress(quiet())
     try:
         report, explanation = SyncRun(job, progress, dry_run=dry_run, force=force).run(explain)
     finally:
         progress.close()
     if explain is not None:
         for line in explanation:
-            click.echo(line)
+            say(line)
         return
-    _print_sync(report, quiet)
+    _print_sync(report)
     for note in report.dropped_dependencies:
         click.echo(f"  dependency not mirrored: {note}", err=True)
     totals = report.as_dict()["totals"]
-    if not dry_run:
+    if not dry_run and any(s.status is not Status.UP_TO_DATE for s in report.subdirs):
         log.info(
             "done in %.1fs: %d added, %d updated, %d removed, %s",
             report.seconds,
             totals["added"],
             totals["updated"],
             totals["removed"],
-            _human(totals["bytes"]),
+            human_size(totals["bytes"]),
         )
     if json_path:
         write_report(json_path, report.as_dict())
@@ -362,15 +432,18 @@ def sync_command(
 
 @main.command("verify")
 @click.argument("target")
-@click.option("--subdir", "subdirs", multiple=True, help="Only this subdir (repeatable).")
+@click.option(
+    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
+)
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
     default=4,
     show_default=True,
+    metavar="N",
     help="Packages re-read in parallel.",
 )
-@click.option("--json", "json_path", help="Write the findings to this file.")
+@json_option
 @gateway_options
 @click.pass_context
 def verify_command(
@@ -388,32 +461,49 @@ def verify_command(
         findings = verify_channel(gateway, list(subdirs) or None, jobs)
     for kind in ("missing", "corrupt", "extra"):
         for item in findings[kind]:
-            click.echo(f"{kind}: {item}")
-    click.echo(
-        f"verified {findings['checked']} packages: {len(findings['missing'])} missing, "
+            click.echo(f"{kind}: {item}", err=True)
+    for subdir in findings["unindexed"]:
+        click.echo(f"no repodata: {subdir}/repodata.json is missing", err=True)
+    say(
+        f"verified {plural(findings['checked'], 'package')} in "
+        f"{plural(len(findings['subdirs']), 'subdir')}: {len(findings['missing'])} missing, "
         f"{len(findings['corrupt'])} corrupt, {len(findings['extra'])} extra"
     )
     if json_path:
         write_report(json_path, findings)
-    if findings["missing"] or findings["corrupt"] or findings["extra"]:
+    if any(findings[k] for k in ("missing", "corrupt", "extra", "unindexed")):
         ctx.exit(errors.FAILED)
 
 
 @main.command("publish")
 @click.argument("packages", nargs=-1, required=True)
-@click.option("--to", "channel", required=True, help="The custom channel (any writable URL).")
-@click.option("--subdir", help="Put the packages here [default: each package's own subdir].")
+@click.option(
+    "--to", "channel", required=True, metavar="URL", help="The custom channel (any writable URL)."
+)
+@click.option(
+    "--subdir",
+    metavar="SUBDIR",
+    help="Put the packages here [default: each package's own subdir].",
+)
+@json_option
 @gateway_options
 def publish_command(
-    packages: tuple[str, ...], channel: str, subdir: str | None, options: GatewayOptions
+    packages: tuple[str, ...],
+    channel: str,
+    subdir: str | None,
+    json_path: str | None,
+    options: GatewayOptions,
 ) -> None:
     """Add local packages to a custom channel and re-index the subdirs they went to."""
     from .publish import publish_packages
 
     with open_gateway(channel, options) as gateway:
         placed = publish_packages(gateway, list(packages), subdir, options)
+        where = gateway.display()
     for path in placed:
-        click.echo(f"published {path}")
+        say(f"published {path}")
+    if json_path:
+        write_report(json_path, {"channel": where, "published": placed})
 
 
 def _volume_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -425,6 +515,18 @@ def _volume_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return size
 
 
+def _manifest_summary(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "id": manifest.id,
+        "follows": manifest.follows,
+        "full": manifest.full,
+        "created": manifest.created,
+        "subdirs": manifest.subdirs,
+        "files": len(manifest.files),
+        "bytes": sum(f.size for f in manifest.files),
+    }
+
+
 @main.command("export")
 @click.argument("mirror")
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
@@ -432,11 +534,14 @@ def _volume_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--since", metavar="BUNDLE_ID", help="Changes since this export [default: since the last one]."
 )
 @click.option("--full", is_flag=True, help="Everything, for a first or rebuilding transfer.")
-@click.option("--subdir", "subdirs", multiple=True, help="Only this subdir (repeatable).")
+@click.option(
+    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
+)
 @click.option(
     "--volume-size",
     default="4GB",
     show_default=True,
+    metavar="SIZE",
     callback=_volume_size,
     help="Largest volume; bigger packages are split in parts.",
 )
@@ -444,9 +549,10 @@ def _volume_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--sign",
     "sign_key",
     type=click.Path(dir_okay=False),
+    metavar="KEY",
     help="Sign the manifest with this Ed25519 private key (see 'ferry keygen').",
 )
-@click.option("--json", "json_path", help="Write a summary to this file.")
+@json_option
 @gateway_options
 def export_command(
     mirror: str,
@@ -469,26 +575,20 @@ def export_command(
             gateway, bundle_dir, since, full, list(subdirs) or None, volume_size, sign_key
         )
     for line in describe(manifest, bool(sign_key)):
-        click.echo(line)
+        say(line)
     if json_path:
-        write_report(
-            json_path,
-            {
-                "id": manifest.id,
-                "follows": manifest.follows,
-                "full": manifest.full,
-                "files": len(manifest.files),
-                "bytes": sum(f.size for f in manifest.files),
-            },
-        )
+        write_report(json_path, _manifest_summary(manifest))
 
 
 @main.command("import")
 @click.argument("bundle_dir")
-@click.option("--to", "target", required=True, help="The inside mirror (any writable URL).")
+@click.option(
+    "--to", "target", required=True, metavar="URL", help="The inside mirror (any writable URL)."
+)
 @click.option(
     "--verify-key",
     type=click.Path(dir_okay=False),
+    metavar="PUB",
     help="Refuse bundles not signed by this Ed25519 public key.",
 )
 @click.option(
@@ -497,7 +597,7 @@ def export_command(
     help="Accept a bundle that does not follow the last "
     "one imported (removals and hot-fixes in between are lost).",
 )
-@click.option("--json", "json_path", help="Write a summary to this file.")
+@json_option
 @gateway_options
 def import_command(
     bundle_dir: str,
@@ -513,11 +613,11 @@ def import_command(
     with open_gateway(bundle_dir) as bundle, open_gateway(target, options) as gateway:
         result = import_bundle(bundle, gateway, verify_key, allow_gap)
     if result.status is ImportStatus.ALREADY_APPLIED:
-        click.echo(f"bundle {result.id} was applied already; nothing to do")
+        say(f"bundle {result.id} was applied already; nothing to do")
     else:
-        click.echo(
-            f"applied bundle {result.id}: {result.packages} packages "
-            f"({_human(result.bytes)}), {result.removed} removed"
+        say(
+            f"applied bundle {result.id}: {plural(result.packages, 'package')} "
+            f"({human_size(result.bytes)}), {result.removed} removed"
         )
     if json_path:
         write_report(json_path, {**result.__dict__, "status": result.status.value})
@@ -525,26 +625,30 @@ def import_command(
 
 @main.command("bundle-info")
 @click.argument("bundle_dir")
-def bundle_info_command(bundle_dir: str) -> None:
+@json_option
+def bundle_info_command(bundle_dir: str, json_path: str | None) -> None:
     """Print what a bundle holds and its place in the sequence, without importing it."""
     from .bundle import describe, read_manifest
 
     with open_gateway(bundle_dir) as bundle:
         manifest, signed = read_manifest(bundle, None)
     for line in describe(manifest, signed):
-        click.echo(line)
+        say(line)
+    if json_path:
+        write_report(json_path, {**_manifest_summary(manifest), "signed": signed})
 
 
 @main.command("keygen")
 @click.argument("key_path", type=click.Path(dir_okay=False))
-def keygen_command(key_path: str) -> None:
+@json_option
+def keygen_command(key_path: str, json_path: str | None) -> None:
     """Make an Ed25519 key pair: KEY_PATH (private, 0600) and KEY_PATH.pub."""
     from pathlib import Path
 
     from .signing import keygen
 
     public = keygen(Path(key_path))
-    click.echo(
-        f"private key: {key_path} (keep it outside)\npublic key:  {public} "
-        "(give it to the inside's 'ferry import --verify-key')"
-    )
+    say(f"private key: {key_path} (keep it outside)")
+    say(f"public key:  {public} (give it to the inside's 'ferry import --verify-key')")
+    if json_path:
+        write_report(json_path, {"private_key": key_path, "public_key": str(public)})

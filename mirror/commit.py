@@ -14,11 +14,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Gateway
+from conda_ferry.gateways import Gateway, is_temp
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, SubdirSummary, index_subdir
 from conda_ferry.index.subdir import SubdirView
 
-from .state import SubdirState
+from .state import STATE_DIR, SubdirState
 
 Record = dict[str, Any]
 
@@ -69,12 +69,21 @@ def commit_subdir(
     options: IndexOptions,
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
     target.flush()  # every package durable before any repodata names it
+    sweep_temps(target, STATE_DIR, f".{view.subdir}.json.")
     result = index_subdir(target, view, options, commit.known, commit.skip)
     for filename in commit.remove:
         target.delete(f"{view.subdir}/{filename}")
     state.upstream_files = sorted(commit.managed - set(commit.remove))
     state.save(target)
     return result
+
+
+def sweep_temps(target: Gateway, directory: str, prefix: str) -> None:
+    """Remove temp files a killed writer left in ``directory`` whose names start with
+    ``prefix`` (the caller holds the lock that covers those files)."""
+    for info in target.files(directory):
+        if is_temp(info.name) and info.name.startswith(prefix):
+            target.delete(info.path)
 
 
 def mirrored(view: SubdirView, state: SubdirState) -> Commit:

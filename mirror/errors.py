@@ -1,4 +1,8 @@
-"""Exit codes, documented in the README and ``ferry --help``, that cron and monitoring read."""
+"""Exit statuses that cron and monitoring read, and the errors that carry them.
+
+The table below is the one place they are defined; ``ferry --help`` and the README
+show it, and a test checks that they agree.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,20 @@ FAILED = 1
 USAGE = 2
 PARTIAL = 3
 LOCKED = 75
+HANGUP = 129
 INTERRUPTED = 130
+TERMINATED = 143
+
+EXIT_CODES = {
+    OK: "ok",
+    FAILED: "failed",
+    USAGE: "usage, configuration or credentials error",
+    PARTIAL: "partial: named packages failed, everything else was published",
+    LOCKED: "the target is locked by another run",
+    HANGUP: "stopped by SIGHUP",
+    INTERRUPTED: "interrupted (Ctrl-C, SIGINT)",
+    TERMINATED: "stopped by SIGTERM",
+}
 
 
 class FerryError(Exception):
@@ -21,3 +38,12 @@ class FerryError(Exception):
 class ConfigError(FerryError):
     def __init__(self, message: str) -> None:
         super().__init__(message, USAGE)
+
+
+class Stopped(BaseException):
+    """A signal asked the run to stop: it unwinds like Ctrl-C (locks released, temp
+    files removed by their writers) and exits with 128 + the signal's number."""
+
+    def __init__(self, code: int, what: str) -> None:
+        super().__init__(what)
+        self.code = code

@@ -276,7 +276,7 @@ class Selection:
                 lines.append(
                     f"{verdict} {subdir}/{filename}: {self.reasons.get((subdir, filename), '')}"
                 )
-        return lines or [f"no upstream record is named '{name}'"]
+        return lines
 
 
 def _ms(day: dt.date | None) -> int | None:

@@ -19,7 +19,7 @@ from conda_ferry.index.channel import (
 from conda_ferry.index.patches import BadPatch
 from conda_ferry.index.subdir import SubdirView
 
-from .commit import commit_subdir, mirrored
+from .commit import commit_subdir, mirrored, sweep_temps
 from .errors import ConfigError
 from .state import SubdirState, subdir_locks
 
@@ -45,6 +45,7 @@ def reindex(target: Gateway, options: IndexOptions) -> IndexSummary:
             summary.subdirs.append(sub)
             everything.extend(entries)
         if options.channeldata:
+            sweep_temps(target, "", ".channeldata.json.")
             summary.written.extend(write_channeldata(target, subdirs, everything))
     summary.seconds = time.monotonic() - started
     return summary

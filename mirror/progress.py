@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from .units import human_size, plural
+
 log = logging.getLogger("ferry.sync")
 
 
@@ -29,7 +31,9 @@ class Progress:
         self._done_bytes = self._files = 0
         self._last = time.monotonic()
         if files:
-            log.info("%s: transferring %d files, %.1f MB", subdir, files, total_bytes / 1e6)
+            log.info(
+                "%s: transferring %s, %s", subdir, plural(files, "file"), human_size(total_bytes)
+            )
 
     def advance(self, count: int) -> None:
         with self._lock:
@@ -38,12 +42,12 @@ class Progress:
             if now - self._last >= self.interval:
                 self._last = now
                 log.info(
-                    "%s: %d/%d files, %.1f/%.1f MB",
+                    "%s: %d/%s, %s/%s",
                     self._subdir,
                     self._files,
-                    self._total_files,
-                    self._done_bytes / 1e6,
-                    self._total_bytes / 1e6,
+                    plural(self._total_files, "file"),
+                    human_size(self._done_bytes),
+                    human_size(self._total_bytes),
                 )
 
     def file_done(self, filename: str, ok: bool) -> None:

@@ -45,5 +45,6 @@ def publish_packages(
                     source, name, channel, f"{where}/{name}", Expected(meta.size, meta.sha256)
                 )
             placed.setdefault(where, []).append(f"{where}/{name}")
-    reindex(channel, IndexOptions(subdirs=sorted(placed)))
+    # noarch too: conda and rattler refuse a channel without noarch/repodata.json
+    reindex(channel, IndexOptions(subdirs=sorted({*placed, "noarch"})))
     return [path for paths in placed.values() for path in paths]

@@ -129,7 +129,20 @@ class SyncRun:
         self.job, self.progress, self.dry_run, self.force = job, progress, dry_run, force
         self.report = SyncReport(job.path, "", "", dry_run=dry_run)
 
+    def _name_option(self, exc: GatewayError) -> None:
+        """Make a hint name the job key the user wrote, not a command-line flag."""
+        if exc.option:
+            side = "target" if exc.url.startswith(self.report.target or "\0") else "source"
+            exc.option_as = f"{side}_options.{exc.option}"
+
     def run(self, explain: str | None = None) -> tuple[SyncReport, list[str]]:
+        try:
+            return self._run(explain)
+        except GatewayError as exc:
+            self._name_option(exc)
+            raise
+
+    def _run(self, explain: str | None) -> tuple[SyncReport, list[str]]:
         started = time.monotonic()
         job = self.job
         with (
@@ -159,7 +172,13 @@ class SyncRun:
             for note in selection.dropped_dependencies:
                 log.warning("dependency not mirrored: %s", note)
             if explain is not None:
-                return self.report, selection.explain(explain, records)
+                lines = selection.explain(explain, records)
+                if not lines:
+                    raise errors.FerryError(
+                        f"{source.display()}: no upstream record of {', '.join(job.subdirs)} "
+                        f"is named '{explain}' (check the spelling; names are lower case)"
+                    )
+                return self.report, lines
             for subdir in job.subdirs:
                 self.report.subdirs.append(
                     self._subdir(source, target, fetched[subdir], selection, states[subdir])
@@ -210,7 +229,11 @@ class SyncRun:
         except LockHeld as exc:
             report.status, report.message = Status.LOCKED, str(exc)
             log.error("%s", exc)
-        except (GatewayError, errors.FerryError) as exc:
+        except GatewayError as exc:
+            self._name_option(exc)
+            report.status, report.message = Status.FAILED, str(exc)
+            log.error("%s: %s", subdir, exc)
+        except errors.FerryError as exc:
             report.status, report.message = Status.FAILED, str(exc)
             log.error("%s: %s", subdir, exc)
         return report

@@ -21,12 +21,21 @@ def _check(gateway: Gateway, path: str, record: dict[str, Any]) -> tuple[str, st
 
 
 def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> dict[str, Any]:
-    findings: dict[str, Any] = {"checked": 0, "missing": [], "corrupt": [], "extra": []}
+    findings: dict[str, Any] = {
+        "checked": 0,
+        "subdirs": [],
+        "missing": [],
+        "corrupt": [],
+        "extra": [],
+        "unindexed": [],
+    }
     for subdir in subdirs or discover_subdirs(gateway):
         view = SubdirView.read(gateway, subdir)
         if view.repodata_json is None:
-            findings["missing"].append(f"{subdir}/repodata.json")
+            if subdirs or view.packages:  # asked for, or holding packages: a finding
+                findings["unindexed"].append(subdir)
             continue
+        findings["subdirs"].append(subdir)
         if view.unreadable:
             findings["corrupt"].append(f"{subdir}/repodata.json: not valid JSON")
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,7 +131,7 @@ def test_cli_ls_over_real_servers(nginx: Server, ftpd: Server, sshd: Server) -> 
     (ftpd.root / "lsdir").mkdir(exist_ok=True)
     (ftpd.root / "lsdir" / "b.conda").write_bytes(b"y" * 2048)
     result = CliRunner().invoke(main, ["ls", f"{ftpd.url}/lsdir"])
-    assert result.exit_code == 0 and "2.0K" in result.output and "b.conda" in result.output
+    assert result.exit_code == 0 and "2.0 KiB" in result.output and "b.conda" in result.output
     assert "s3cret" not in result.output
     result = CliRunner().invoke(
         main,
@@ -142,9 +143,11 @@ def test_cli_ls_over_real_servers(nginx: Server, ftpd: Server, sshd: Server) -> 
             "--known-hosts",
             sshd.extra["known_hosts"],
             "--json",
+            "-",
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "entries" in json.loads(result.stdout[result.stdout.index("{") :])
     missing = CliRunner().invoke(main, ["ls", f"{ftpd.url}/no-such-dir"])
     assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
     assert "s3cret" not in missing.output
