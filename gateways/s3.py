@@ -62,8 +62,11 @@ class S3Gateway(Gateway):
         self.bucket = loc.host
         self.prefix = loc.path.strip("/")
         opts = self.options
-        session = boto3.session.Session(profile_name=opts.profile) if opts.profile else boto3
+        # a session of its own: credentials are resolved for this gateway, not cached
+        # process-wide by boto3's default session
         verify: bool | str = opts.ca_bundle or opts.verify_tls
+        with self._errors(""):
+            session = boto3.session.Session(profile_name=opts.profile)
         self.client = session.client(
             "s3",
             endpoint_url=opts.endpoint_url

@@ -145,11 +145,13 @@ def scan_subdir(
     summary: SubdirSummary,
     known: dict[str, dict[str, Any]],
     skip: Collection[str] = (),
+    extras: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Entry]:
     """Records for every valid package in the subdir, reading only what changed.
 
     ``known``: records to take as given for files present (never read); ``skip``:
-    files present that are not to be published.
+    files present that are not to be published; ``extras``: what channeldata and
+    run_exports.json need of a known record (about, run_exports, flags), by file name.
     """
     subdir = view.subdir
     files: dict[str, FileInfo] = {}
@@ -166,7 +168,7 @@ def scan_subdir(
     for name, info in files.items():
         if name in known:
             if int(known[name].get("size", info.size)) == info.size:
-                entries[name] = Entry(known[name], {})
+                entries[name] = Entry(known[name], (extras or {}).get(name, {}))
             else:
                 summary.skipped.append((name, "size differs from its record"))
             continue
@@ -218,6 +220,7 @@ def index_subdir(
     options: IndexOptions,
     known: dict[str, dict[str, Any]] | None = None,
     skip: Collection[str] = (),
+    extras: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
     """Sweep, scan and publish one subdir; its entries feed channeldata.json."""
     subdir = view.subdir
@@ -225,7 +228,9 @@ def index_subdir(
     _sweep(gateway, view)
     cache = IndexCache(gateway.url, options.cache_dir)
     try:
-        entries = scan_subdir(gateway, view, cache, options.jobs, summary, known or {}, skip)
+        entries = scan_subdir(
+            gateway, view, cache, options.jobs, summary, known or {}, skip, extras
+        )
     finally:
         cache.close()
     sections: dict[str, dict[str, dict[str, Any]]] = {"packages": {}, "packages.conda": {}}

@@ -76,3 +76,13 @@ def channeldata(
         "packages": dict(sorted(packages.items())),
         "subdirs": sorted(subdirs),
     }
+
+
+def extras_from(entry: dict[str, Any], run_exports: dict[str, Any] | None) -> dict[str, Any]:
+    """What :func:`channeldata` needs of a record whose package is not read: taken
+    from an upstream channeldata.json entry and run_exports.json record."""
+    return {
+        "about": {key: entry[key] for key in ABOUT_KEYS if entry.get(key)},
+        "features": {flag: True for flag in FLAGS if entry.get(flag)},
+        "run_exports": run_exports or {},
+    }

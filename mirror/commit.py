@@ -53,6 +53,7 @@ class Commit:
     known: dict[str, Record]  # records published verbatim (their files are ready)
     managed: set[str]  # files the mirror owns from upstream (the state's list)
     remove: list[str] = field(default_factory=list)  # deleted after publishing
+    extras: dict[str, Record] = field(default_factory=dict)  # channeldata input by file
 
     @property
     def skip(self) -> set[str]:
@@ -70,7 +71,7 @@ def commit_subdir(
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
     target.flush()  # every package durable before any repodata names it
     sweep_temps(target, STATE_DIR, f".{view.subdir}.json.")
-    result = index_subdir(target, view, options, commit.known, commit.skip)
+    result = index_subdir(target, view, options, commit.known, commit.skip, commit.extras)
     for filename in commit.remove:
         target.delete(f"{view.subdir}/{filename}")
     state.upstream_files = sorted(commit.managed - set(commit.remove))

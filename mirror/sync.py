@@ -15,13 +15,13 @@ from typing import Any
 from urllib.parse import urljoin
 
 from conda_ferry.gateways import Gateway, GatewayError, LockHeld, open_gateway
-from conda_ferry.index.channel import IndexOptions
+from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
 from conda_ferry.index.records import BadFilename, check_filename
 from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
 
 from . import errors, upstream
-from .commit import Commit, choose_records, commit_subdir
+from .commit import Commit, choose_records, commit_subdir, sweep_temps
 from .config import Job
 from .filters import Selection, Selector
 from .plan import Plan, make_plan
@@ -61,6 +61,11 @@ class SubdirReport:
     failures: dict[str, str] = field(default_factory=dict)
     message: str = ""
     plan: dict[str, Any] | None = None
+    entries: list[ChannelEntry] = field(default_factory=list, repr=False)  # channeldata input
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = {k: v for k, v in self.__dict__.items() if k != "entries"}
+        return {**fields, "status": self.status.value}
 
 
 @dataclass
@@ -93,7 +98,7 @@ class SyncReport:
             "seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
             "dropped_dependencies": self.dropped_dependencies,
-            "subdirs": [{**s.__dict__, "status": s.status.value} for s in self.subdirs],
+            "subdirs": [s.as_dict() for s in self.subdirs],
             "totals": {
                 k: sum(getattr(s, k) for s in self.subdirs)
                 for k in ("added", "updated", "removed", "bytes")
@@ -179,10 +184,21 @@ class SyncRun:
                         f"is named '{explain}' (check the spelling; names are lower case)"
                     )
                 return self.report, lines
+            descriptions = None if self.dry_run else upstream.Descriptions(source)
+            entries: list[ChannelEntry] = []
             for subdir in job.subdirs:
                 self.report.subdirs.append(
-                    self._subdir(source, target, fetched[subdir], selection, states[subdir])
+                    self._subdir(
+                        source, target, fetched[subdir], selection, states[subdir], descriptions
+                    )
                 )
+            if descriptions is not None and not any(
+                s.status in (Status.FAILED, Status.LOCKED) for s in self.report.subdirs
+            ):
+                for report in self.report.subdirs:
+                    entries.extend(report.entries)
+                sweep_temps(target, "", ".channeldata.json.")
+                write_channeldata(target, list(job.subdirs), entries)
         self.report.seconds = time.monotonic() - started
         return self.report, []
 
@@ -213,6 +229,7 @@ class SyncRun:
         answer: upstream.Upstream,
         selection: Selection,
         state: SubdirState,
+        descriptions: upstream.Descriptions | None,
     ) -> SubdirReport:
         subdir = answer.subdir
         report = SubdirReport(subdir, status=Status.SYNCED)
@@ -223,9 +240,10 @@ class SyncRun:
                 report.added, report.updated = len(plan.add), len(plan.update)
                 report.removed, report.bytes = len(plan.remove), plan.add_bytes
                 return report
+            assert descriptions is not None
             with subdir_lock(target, subdir):
                 state = SubdirState.load(target, subdir)
-                self._apply(source, target, answer, selection, state, report)
+                self._apply(source, target, answer, selection, state, report, descriptions)
         except LockHeld as exc:
             report.status, report.message = Status.LOCKED, str(exc)
             log.error("%s", exc)
@@ -275,6 +293,7 @@ class SyncRun:
         selection: Selection,
         state: SubdirState,
         report: SubdirReport,
+        descriptions: upstream.Descriptions,
     ) -> None:
         subdir = answer.subdir
         view = SubdirView.read(target, subdir)
@@ -324,14 +343,12 @@ class SyncRun:
             "removed": report.removed,
             "failed": len(result.failed),
         }
-        commit_subdir(
+        _, report.entries = commit_subdir(
             target,
             view,
-            Commit(known, managed, plan.remove),
+            Commit(known, managed, plan.remove, descriptions.extras(subdir, known)),
             state,
-            IndexOptions(
-                channeldata=False, run_exports=False, jobs=self.job.jobs, outputs=self.job.outputs
-            ),
+            IndexOptions(channeldata=False, jobs=self.job.jobs, outputs=self.job.outputs),
         )
 
     def _package_source(self, source: Gateway, answer: upstream.Upstream) -> tuple[Gateway, str]:

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 import zstandard
 
-from conda_ferry.gateways import Gateway, NotFound
+from conda_ferry.gateways import Gateway, GatewayError, NotFound
 from conda_ferry.index import repodata
+from conda_ferry.index.channeldata import extras_from
 
 from .errors import FerryError
 
@@ -67,3 +68,38 @@ def fetch(
             raise FerryError(f"{gateway.display(path)}: repodata is not a JSON object")
         return Upstream(subdir, document, fetched.info.etag, fetched.last_modified, name)
     raise AssertionError("unreachable")
+
+
+class Descriptions:
+    """What upstream says about its packages beyond repodata (channeldata.json,
+    run_exports.json), so the mirror can publish both for what it keeps without
+    reading a single package. Either file may be absent or unreadable: the mirror's
+    copy then lacks what it would have said, nothing more."""
+
+    def __init__(self, source: Gateway) -> None:
+        self._source = source
+        document = self._optional("channeldata.json")
+        packages = document.get("packages") if isinstance(document, dict) else None
+        self._about: dict[str, Any] = packages if isinstance(packages, dict) else {}
+
+    def _optional(self, path: str) -> Any:
+        try:
+            return orjson.loads(self._source.read_bytes(path))
+        except (GatewayError, orjson.JSONDecodeError) as exc:
+            log.debug("%s: not used (%s)", self._source.display(path), exc)
+            return None
+
+    def extras(self, subdir: str, records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The channeldata input of each record's file, by file name."""
+        document = self._optional(f"{subdir}/run_exports.json")
+        run_exports = repodata.records(document) if isinstance(document, dict) else {}
+        out: dict[str, dict[str, Any]] = {}
+        for filename, record in records.items():
+            entry = run_exports.get(filename)
+            exports = entry.get("run_exports") if isinstance(entry, dict) else None
+            about = self._about.get(str(record.get("name")))
+            out[filename] = extras_from(
+                about if isinstance(about, dict) else {},
+                exports if isinstance(exports, dict) else None,
+            )
+        return out

@@ -1,0 +1,172 @@
+"""One command-line convention, walked over every command and tried as a user would."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conda_ferry.mirror import errors
+from conda_ferry.mirror.cli import main
+from tests.helpers import ferry, small_channel
+from tests.servers import Server
+from tests.upstream import build_upstream, job_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERIC_METAVARS = {"TEXT", "INTEGER", "FLOAT", "PATH", "FILENAME", "DIRECTORY", "BOOLEAN"}
+
+
+def commands() -> list[tuple[str, click.Command]]:
+    return sorted(main.commands.items())
+
+
+@pytest.mark.parametrize("name,command", commands(), ids=[n for n, _ in commands()])
+def test_every_command_follows_the_convention(name: str, command: click.Command) -> None:
+    assert command.help, f"{name} has no help"
+    options = [p for p in command.params if isinstance(p, click.Option)]
+    for option in options:
+        assert option.help, f"{name} {option.opts[0]} has no help text"
+        if not option.is_flag and not option.count:
+            metavar = option.make_metavar(click.Context(command))
+            words = set(re.split(r"[^A-Z_]+", metavar))
+            assert not words & GENERIC_METAVARS, f"{name} {option.opts[0]}: {metavar}"
+    json_option = next((o for o in options if "--json" in o.opts), None)
+    assert json_option is not None and not json_option.is_flag, f"{name} has no --json FILE"
+    assert json_option.metavar == "FILE"
+
+
+def test_exit_codes_are_one_table() -> None:
+    help_text = ferry("--help").output
+    readme = (ROOT / "README.md").read_text()
+    for code, what in errors.EXIT_CODES.items():
+        assert re.search(rf"\b{code}\b\s+{re.escape(what)}", help_text), (code, help_text)
+        assert f"| {code} |" in readme, code
+
+
+def _sync_job(tmp_path: Path) -> Path:
+    build_upstream(tmp_path / "up")
+    return job_yaml(tmp_path / "job.yaml", str(tmp_path / "up"), str(tmp_path / "mirror"))
+
+
+def test_a_no_change_sync_prints_nothing_on_stdout(tmp_path: Path) -> None:
+    job = _sync_job(tmp_path)
+    first = CliRunner().invoke(main, ["sync", str(job)])
+    assert first.exit_code == 0, first.output
+    # one size style from the first line on stderr to the summary on stdout
+    sizes = re.findall(r"\d+\.\d (?:KiB|MiB)", first.output)
+    assert sizes and "MB" not in first.output and " 1 files" not in first.output
+    again = CliRunner().invoke(main, ["sync", str(job)])
+    assert again.exit_code == 0
+    assert again.stdout == ""
+    assert len(again.stderr.strip().splitlines()) <= 1 and "up to date" in again.stderr
+
+
+def test_quiet_is_silent_on_success_for_every_command(tmp_path: Path) -> None:
+    small_channel(tmp_path / "pkgs")
+    package = next((tmp_path / "pkgs").rglob("*.conda"))
+    channel, bundle = tmp_path / "channel", tmp_path / "bundle"
+    job = _sync_job(tmp_path)
+    runs = [
+        ["sync", str(job)],
+        ["index", str(tmp_path / "pkgs")],
+        ["publish", str(package), "--to", str(channel)],
+        ["verify", str(channel)],
+        ["ls", str(channel)],
+        ["cp", str(package), f"{tmp_path / 'copies'}/"],
+        ["export", str(tmp_path / "mirror"), str(bundle)],
+        ["bundle-info", str(bundle)],
+        ["import", str(bundle), "--to", str(tmp_path / "inside")],
+        ["keygen", str(tmp_path / "key")],
+    ]
+    assert {run[0] for run in runs} == set(main.commands)
+    for args in runs:
+        result = CliRunner().invoke(main, ["-q", *args])
+        assert result.exit_code == 0, (args, result.output)
+        assert result.output == "", (args, result.output)
+
+
+def test_json_dash_writes_to_stdout_and_a_file_elsewhere(tmp_path: Path) -> None:
+    small_channel(tmp_path / "ch")
+    result = CliRunner().invoke(main, ["-q", "index", str(tmp_path / "ch"), "--json", "-"])
+    assert json.loads(result.stdout)["packages"] == 4
+    ferry("verify", str(tmp_path / "ch"), "--json", str(tmp_path / "v.json"))
+    assert json.loads((tmp_path / "v.json").read_text())["checked"] == 4
+
+
+def test_explain_of_an_unknown_name_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    job = _sync_job(tmp_path)
+    result = CliRunner().invoke(main, ["sync", str(job), "--explain", "no-such-package"])
+    assert result.exit_code == errors.FAILED
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no-such-package" in lines[0] and lines[0].startswith("ferry:")
+
+
+def test_import_of_a_missing_directory_says_so(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["import", str(tmp_path / "nope"), "--to", str(tmp_path)])
+    assert result.exit_code == errors.USAGE
+    assert "no such directory" in result.output
+
+
+def test_verify_of_a_published_channel_counts_packages_only(tmp_path: Path) -> None:
+    small_channel(tmp_path / "pkgs")
+    package = next((tmp_path / "pkgs" / "linux-64").glob("*.conda"))
+    assert ferry("publish", str(package), "--to", str(tmp_path / "ch")).exit_code == 0
+    assert (tmp_path / "ch" / "noarch" / "repodata.json").is_file()  # clients need it
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "ch")])
+    assert result.exit_code == 0, result.output
+    assert "verified 1 package in 2 subdirs: 0 missing, 0 corrupt, 0 extra" in result.output
+
+
+@pytest.fixture
+def no_aws_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_missing_credentials_are_a_configuration_error_naming_the_fix(
+    moto: Server, tmp_path: Path, no_aws_credentials: None
+) -> None:
+    listing = CliRunner().invoke(
+        main, ["ls", "s3://ferry/x", "--endpoint-url", moto.url, "--retries", "1"]
+    )
+    assert listing.exit_code == errors.USAGE, listing.output
+    assert "--profile" in listing.output
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source: s3://ferry/x\ntarget: {tmp_path / 'm'}\nsubdirs: [noarch]\n"
+        f"source_options: {{endpoint_url: '{moto.url}', retries: 1}}\n"
+    )
+    sync = CliRunner().invoke(main, ["sync", str(job)])
+    assert sync.exit_code == errors.USAGE, sync.output
+    assert "source_options.profile" in sync.output and "--profile" not in sync.output
+
+
+def test_the_demo_mirror_describes_its_packages(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "configs" / "demo-channel", tmp_path / "up")
+    job = job_yaml(tmp_path / "job.yaml", str(tmp_path / "up"), str(tmp_path / "mirror"))
+    assert ferry("sync", str(job)).exit_code == 0
+    channeldata = json.loads((tmp_path / "mirror" / "channeldata.json").read_text())
+    assert channeldata["packages"]["zlib"]["summary"]
+    assert set(channeldata["packages"]) == {
+        r["name"]
+        for subdir in ("linux-64", "noarch")
+        for r in json.loads((tmp_path / "mirror" / subdir / "repodata.json").read_text())[
+            "packages.conda"
+        ].values()
+    } | {
+        r["name"]
+        for subdir in ("linux-64", "noarch")
+        for r in json.loads((tmp_path / "mirror" / subdir / "repodata.json").read_text())[
+            "packages"
+        ].values()
+    }
+    run_exports = json.loads((tmp_path / "mirror" / "linux-64" / "run_exports.json").read_text())
+    assert run_exports["packages.conda"] or run_exports["packages"]
