@@ -25,7 +25,7 @@ from .errors import (
 from .registry import ADAPTERS
 from .retry import RetryPolicy
 from .streams import CHUNK, RawStream, VerifyingReader
-from .urls import clean_relative, parse, redact
+from .urls import clean_relative, parse, redact, redact_text
 
 
 def open_gateway(url: str, options: GatewayOptions | None = None) -> Gateway:
@@ -119,5 +119,6 @@ __all__ = [
     "option",
     "parse",
     "redact",
+    "redact_text",
     "split_url",
 ]

@@ -65,25 +65,48 @@ def parse(url: str) -> Location:
     )
 
 
+def _mask_userinfo(url: str) -> str:
+    """Mask a password even where it breaks URL syntax (an unquoted ``#``, ``?``,
+    ``/`` or ``@`` in it): everything from the first ``:`` after the user name to the
+    last ``@`` is masked. A port followed by an ``@`` in the path is masked too:
+    showing too little beats leaking."""
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")
+    colon = rest.find(":")
+    slash = rest.find("/")
+    if at < 0 or colon < 0 or colon > at or (0 <= slash < colon):
+        return url
+    return f"{scheme}://{rest[:colon]}:***@{rest[at + 1 :]}"
+
+
 def redact(url: str) -> str:
-    """``url`` with passwords, path tokens and signing query parameters masked."""
+    """``url`` with passwords, path tokens and signing query parameters masked (and
+    no fragment), whatever the URL's shape, well-formed or not."""
     if "://" not in url:
         return url
+    url = _PATH_TOKEN.sub("/t/***/", _mask_userinfo(url))
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
     netloc = parts.netloc
-    if "@" in netloc:
+    if "@" in netloc and ":" in netloc.rpartition("@")[0]:
         userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    path = _PATH_TOKEN.sub("/t/***/", parts.path)
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
     query = "&".join(
         f"{k}=***" if _SECRET_QUERY.match(k) else (f"{k}={v}" if sep else k)
         for k, sep, v in (p.partition("=") for p in parts.query.split("&") if p)
     )
-    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+    # A fragment never reaches a server; shown, it may be the tail of a secret.
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def redact_text(text: str) -> str:
+    """Every URL inside free text (an error, a log line, a traceback) redacted."""
+    return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text) if "://" in text else text
 
 
 def clean_relative(path: str, url: str = "") -> str:

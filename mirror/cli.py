@@ -28,6 +28,7 @@ from conda_ferry.gateways import (
     list_url,
     open_gateway,
     redact,
+    redact_text,
     split_url,
 )
 from conda_ferry.index.publish import OutputOptions
@@ -66,14 +67,14 @@ class FerryGroup(click.Group):
         except Exception as exc:  # a bug of ours: still one line, the trace under -v
             log.debug("internal error", exc_info=True)
             _fail(
-                f"internal error: {type(exc).__name__}: {redact(str(exc))} "
+                f"internal error: {type(exc).__name__}: {exc} "
                 "(a bug in ferry; run with -v for the traceback and report it)",
                 errors.FAILED,
             )
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"ferry: error: {message}", err=True)
+    click.echo(f"ferry: error: {redact_text(message)}", err=True)
     sys.exit(code)
 
 
@@ -84,10 +85,18 @@ def _stop_on(signum: int, code: int, what: str) -> None:
     signal.signal(signum, handler)
 
 
+class _Redacting(logging.Formatter):
+    """Every line on stderr, tracebacks included, with the URLs in it redacted: a
+    library's message may quote a URL ferry never had the chance to clean."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

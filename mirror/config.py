@@ -32,6 +32,7 @@ class Job:
     prune: bool = False
     max_prune_fraction: float = 0.5
     jobs: int = 4
+    allow_hosts: tuple[str, ...] = ()
     outputs: OutputOptions = field(default_factory=OutputOptions)
     source_options: GatewayOptions = field(default_factory=GatewayOptions)
     target_options: GatewayOptions = field(default_factory=GatewayOptions)
@@ -58,6 +59,7 @@ TOP_KEYS = {
     "prune",
     "max_prune_fraction",
     "jobs",
+    "allow_hosts",
     "outputs",
     "source_options",
     "target_options",
@@ -105,6 +107,7 @@ def parse_job(path: str, text: str) -> Job:
         prune=top.boolean("prune", False),
         max_prune_fraction=float(fraction),
         jobs=top.integer("jobs", 4) or 4,
+        allow_hosts=top.strings("allow_hosts") or (),
         outputs=read_options(top.child("outputs", _names(OutputOptions)), OutputOptions),
         source_options=read_options(
             top.child("source_options", _names(GatewayOptions)), GatewayOptions

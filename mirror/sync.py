@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
 
 from conda_ferry.gateways import Gateway, GatewayError, LockHeld, open_gateway
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
@@ -298,11 +297,11 @@ class SyncRun:
         subdir = answer.subdir
         view = SubdirView.read(target, subdir)
         plan = self._plan(view, selection, state)
+        packages, prefix = self._package_source(source, answer)
         managed = set(state.upstream_files) | set(plan.add)
         state.upstream_files, state.complete = sorted(managed), False
         if plan.add:
             state.save(target)  # names in flight are ours, even if this run dies
-        packages, prefix = self._package_source(source, answer)
         try:
             result = transfer(
                 packages,
@@ -353,12 +352,11 @@ class SyncRun:
 
     def _package_source(self, source: Gateway, answer: upstream.Upstream) -> tuple[Gateway, str]:
         """Where the packages are: beside the repodata, or at ``info.base_url`` (CEP 15)."""
-        info = (answer.document or {}).get("info") or {}
+        info = (answer.document or {}).get("info")
         base = info.get("base_url") if isinstance(info, dict) else None
         if not base:
             return source, f"{answer.subdir}/"
-        subdir_url = f"{source.url.rstrip('/')}/{answer.subdir}/"
-        resolved = urljoin(subdir_url, str(base))
-        if not resolved.endswith("/"):
-            resolved += "/"
-        return open_gateway(resolved, self.job.source_options), ""
+        where = upstream.package_location(
+            self.job.source, answer.subdir, base, self.job.allow_hosts
+        )
+        return open_gateway(where, self.job.source_options), ""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import zstandard
 
-from conda_ferry.gateways import Gateway, GatewayError, NotFound
+from conda_ferry.gateways import Gateway, GatewayError, NotFound, redact
 from conda_ferry.index import repodata
 from conda_ferry.index.channeldata import extras_from
 
@@ -103,3 +106,60 @@ class Descriptions:
                 exports if isinstance(exports, dict) else None,
             )
         return out
+
+
+def _local_path(url: str) -> str | None:
+    if "://" not in url:
+        return url
+    return url.removeprefix("file://") if url.startswith("file://") else None
+
+
+def _resolve(subdir_url: str, ref: str) -> str:
+    """``ref`` relative to the subdir for any scheme (urljoin knows only a few)."""
+    if "://" not in ref:
+        parts = urlsplit(subdir_url)
+        path = posixpath.normpath(posixpath.join(parts.path, ref))
+        ref = urlunsplit(parts._replace(path=path))
+    return ref if ref.endswith("/") else f"{ref}/"
+
+
+def package_location(
+    source_url: str, subdir: str, base_url: Any, allow_hosts: tuple[str, ...]
+) -> str:
+    """Where a subdir's packages are, following ``info.base_url`` (CEP 15) only where
+    the job allows: upstream metadata must not choose what the runner reads with its
+    own credentials (a ``file:`` URL into its disk, another bucket, an SSH host).
+
+    A local upstream's packages stay below its root; a remote upstream's stay on its
+    own server, or go over http(s) to a host named in ``allow_hosts``.
+    """
+    subdir_url = f"{source_url.rstrip('/')}/{subdir}/"
+    if not base_url:
+        return subdir_url
+
+    def refuse(why: str) -> FerryError:
+        return FerryError(
+            f"{redact(subdir_url)}repodata.json: refused info.base_url "
+            f"{redact(str(base_url))}: {why}"
+        )
+
+    if not isinstance(base_url, str):
+        raise refuse("not a string")
+    resolved = _resolve(subdir_url, base_url)
+    root = _local_path(source_url)
+    if root is not None:
+        here = _local_path(resolved)
+        root = os.path.realpath(root)
+        if here is None or os.path.commonpath([root, os.path.realpath(here)]) != root:
+            raise refuse("a local upstream's packages must lie below its own directory")
+        return resolved
+    target, origin = urlsplit(resolved), urlsplit(source_url)
+    same = (target.scheme, target.hostname, target.port)
+    if same == (origin.scheme, origin.hostname, origin.port):
+        return resolved
+    if target.scheme not in ("http", "https"):
+        raise refuse("a remote upstream's packages may only come from http(s) servers")
+    host = target.hostname or ""
+    if host not in allow_hosts and f"{host}:{target.port}" not in allow_hosts:
+        raise refuse(f"another host (add {host} to allow_hosts in the job to accept it)")
+    return resolved

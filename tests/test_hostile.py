@@ -1,0 +1,125 @@
+"""Inputs that lie: upstreams, packages, bundles and URLs built to hurt the mirror.
+
+Each test here failed before its fix; the fuzz and kill suites that keep the classes
+covered live in test_fuzz.py and test_sync_crash.py.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conda_ferry.gateways import redact, redact_text
+from tests.helpers import ferry
+from tests.servers import Server
+from tests.upstream import build_upstream, edit_repodata, job_yaml
+
+SECRET_CHARS = string.ascii_letters + string.digits + "#?/@:%!$&'()*+,;=~-._"
+
+
+def _secret(rng: random.Random) -> str:
+    return "Leak" + "".join(rng.choice(SECRET_CHARS) for _ in range(rng.randint(4, 14)))
+
+
+def _shapes(secret: str) -> list[str]:
+    return [
+        f"ftp://ferry:{secret}@host/",
+        f"sftp://root:{secret}@host:22/srv/",
+        f"https://user:{secret}@host/path/?a=1",
+        f"https://host/t/{secret.replace('/', '')}/conda-forge/",
+        f"https://host/x?token={secret.replace('&', '')}",
+        f"https://h/k?X-Amz-Signature={secret.replace('&', '')}&b=2",
+        f"https://h/k?X-Amz-Credential={secret.replace('&', '')}",
+    ]
+
+
+def test_redaction_holds_for_every_url_shape() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        secret = _secret(rng)
+        for url in _shapes(secret):
+            shown = redact(url)
+            assert "Leak" not in shown, (url, shown)
+            assert "Leak" not in redact_text(f"failed: {url} (retry)"), url
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://ferry:Zq9#Leak1@127.0.0.1:9/", "sftp://root:pa/ss?Leak6@127.0.0.1:9/"]
+)
+def test_ls_never_prints_the_password(url: str) -> None:
+    result = ferry("-v", "ls", "--retries", "1", url)
+    assert result.exit_code != 0
+    assert "Leak" not in result.output + result.stderr, result.output + result.stderr
+
+
+def _rebase(root: Path, subdir: str, base_url: str) -> None:
+    def edit(document: dict[str, Any]) -> None:
+        document["info"] = {"subdir": subdir, "base_url": base_url}
+        document["repodata_version"] = 2
+
+    edit_repodata(root, subdir, edit)
+
+
+@pytest.fixture
+def split_upstream(nginx: Server, tmp_path: Path) -> tuple[Path, Path]:
+    """An upstream on nginx whose packages live in a sibling directory."""
+    root = nginx.root / f"split-{tmp_path.name}"
+    build_upstream(root)
+    packages = nginx.root / f"pkgs-{tmp_path.name}"
+    for subdir in ("linux-64", "noarch"):
+        (packages / subdir).mkdir(parents=True)
+        for path in [*(root / subdir).glob("*.conda"), *(root / subdir).glob("*.tar.bz2")]:
+            path.rename(packages / subdir / path.name)
+    return root, packages
+
+
+def test_a_remote_upstream_cannot_send_the_mirror_to_the_local_disk(
+    nginx: Server, split_upstream: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, packages = split_upstream
+    _rebase(root, "linux-64", f"file://{packages}/linux-64/")
+    _rebase(root, "noarch", f"sftp://127.0.0.1/{packages}/noarch/")
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror))
+    result = ferry("sync", str(job))
+    assert result.exit_code == 1, result.output
+    assert "refused info.base_url file://" in result.stderr
+    assert "refused info.base_url sftp://" in result.stderr
+    assert not list(mirror.glob("*/*.conda")) and not list(mirror.glob("*/*.tar.bz2"))
+
+
+def test_another_host_only_when_the_job_allows_it(
+    nginx: Server, split_upstream: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, packages = split_upstream
+    for subdir in ("linux-64", "noarch"):
+        _rebase(root, subdir, f"http://localhost:{nginx.port}/{packages.name}/{subdir}/")
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror))
+    refused = ferry("sync", str(job))
+    assert refused.exit_code == 1
+    assert "add localhost to allow_hosts" in refused.stderr
+    job.write_text(job.read_text() + "allow_hosts: [localhost]\n")
+    allowed = ferry("sync", str(job))
+    assert allowed.exit_code == 0, allowed.stderr
+    assert list(mirror.glob("linux-64/*.conda"))
+
+
+def test_a_local_upstream_stays_below_its_root(tmp_path: Path) -> None:
+    root = tmp_path / "up"
+    build_upstream(root)
+    secret = tmp_path / "secret" / "linux-64"
+    secret.mkdir(parents=True)
+    for path in (root / "linux-64").glob("*.conda"):
+        shutil.copy(path, secret / path.name)
+    _rebase(root, "linux-64", "../../secret/linux-64/")
+    mirror = tmp_path / "mirror"
+    result = ferry("sync", str(job_yaml(tmp_path / "job.yaml", str(root), str(mirror))))
+    assert result.exit_code == 1
+    assert "must lie below its own directory" in result.stderr
+    assert not list(mirror.glob("linux-64/*.conda"))
