@@ -217,7 +217,11 @@ def _features(found: dict[str, bytes], name: str) -> dict[str, bool]:
         files = found["info/files"].decode("utf-8", "replace").splitlines()
     else:
         paths = _json(found, "info/paths.json").get("paths", [])
-        files = [p.get("_path", "") for p in paths if isinstance(p, dict)]
+        if not isinstance(paths, list):
+            raise BadPackage("info/paths.json 'paths' is not a list")
+        files = [
+            p["_path"] for p in paths if isinstance(p, dict) and isinstance(p.get("_path"), str)
+        ]
     prefix_modes = [
         line.split()[1] if len(line.split()) >= 3 else "text"
         for line in found.get("info/has_prefix", b"").decode("utf-8", "replace").splitlines()
@@ -254,11 +258,6 @@ def read_package(filename: str, stream: BinaryIO) -> PackageMeta:
     index = _json(found, "info/index.json")
     if not index:
         raise BadPackage("no info/index.json")
-    for key in ("name", "version", "build"):
-        if not isinstance(index.get(key), str) or not index[key]:
-            raise BadPackage(f"info/index.json has no valid '{key}'")
-    if not isinstance(index.get("build_number", 0), int):
-        raise BadPackage("info/index.json 'build_number' is not an integer")
     return PackageMeta(
         filename=filename,
         size=hashing.size,
@@ -267,5 +266,5 @@ def read_package(filename: str, stream: BinaryIO) -> PackageMeta:
         index=index,
         about=_json(found, "info/about.json"),
         run_exports=_json(found, "info/run_exports.json"),
-        features=_features(found, index["name"]),
+        features=_features(found, str(index.get("name"))),
     )

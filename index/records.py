@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .package import PackageMeta
+import rattler
+
+from .package import BadPackage, PackageMeta
 
 EXTENSIONS = (".conda", ".tar.bz2")
 # index.json keys that real indexers leave out of repodata (CEP 36 deprecates them).
@@ -35,6 +37,60 @@ def check_filename(filename: str) -> str:
     return filename
 
 
+_HEX = {"sha256": re.compile(r"^[0-9a-fA-F]{64}$"), "md5": re.compile(r"^[0-9a-fA-F]{32}$")}
+_STRINGS = ("name", "version", "build")
+_OPTIONAL_STRINGS = ("subdir", "license", "license_family", "track_features", "noarch")
+_STRING_LISTS = ("depends", "constrains")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def record_problem(record: Any, need_digest: bool = True) -> str | None:
+    """Why a repodata record cannot be trusted or served, in a few words; None if it can.
+
+    Records come from servers and packages we do not control; one of the wrong shape
+    must be refused by name before any filter, solver or writer meets it.
+    """
+    if not isinstance(record, dict):
+        return "the record is not a JSON object"
+    for key in _STRINGS:
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"'{key}' is missing or not a string"
+    try:
+        rattler.Version(record["version"])
+    except Exception:  # rattler raises its own exception types
+        return f"version {record['version'][:40]!r} does not parse"
+    for key in _OPTIONAL_STRINGS:
+        value = record.get(key)
+        if value is not None and not isinstance(value, (str, bool) if key == "noarch" else str):
+            return f"'{key}' is not a string"
+    for key in _STRING_LISTS:
+        value = record.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"'{key}' is not a list of strings"
+    if "build_number" in record and not _integer(record["build_number"]):
+        return "'build_number' is not an integer"
+    timestamp = record.get("timestamp")
+    if timestamp is not None and (
+        isinstance(timestamp, bool)
+        or not isinstance(timestamp, (int, float))
+        or not 0 <= timestamp < 1e14
+    ):
+        return "'timestamp' is not a time in seconds or milliseconds"
+    if not _integer(record.get("size")) or record["size"] < 0:
+        return "'size' is missing or not a byte count"
+    for key, shape in _HEX.items():
+        if record.get(key) is not None and not (
+            isinstance(record[key], str) and shape.match(record[key])
+        ):
+            return f"'{key}' is not a {key} digest"
+    if need_digest and not (record.get("sha256") or record.get("md5")):
+        return "no sha256 or md5 to check the file against"
+    return None
+
+
 def package_key(filename: str) -> str:
     """Which repodata section a file belongs to."""
     return "packages.conda" if filename.endswith(".conda") else "packages"
@@ -51,4 +107,7 @@ def record_from_package(meta: PackageMeta) -> dict[str, Any]:
     """The repodata record for a package file, as conda-index and rattler write it."""
     record = {k: v for k, v in meta.index.items() if v is not None and k not in _DROPPED}
     record.update(md5=meta.md5, sha256=meta.sha256, size=meta.size)
+    problem = record_problem(record)
+    if problem:
+        raise BadPackage(f"info/index.json: {problem}")
     return dict(sorted(record.items()))

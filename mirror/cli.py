@@ -301,7 +301,6 @@ def write_report(path: str, report: dict[str, Any]) -> None:
     metavar="DIR",
     help="Where the index cache lives.",
 )
-@click.option("--strict", is_flag=True, help="Exit non-zero when any package is skipped.")
 @json_option
 @gateway_options
 def index_command(
@@ -312,7 +311,6 @@ def index_command(
     outputs: OutputOptions,
     jobs: int | None,
     cache_dir: str | None,
-    strict: bool,
     json_path: str | None,
     options: GatewayOptions,
 ) -> None:
@@ -353,8 +351,8 @@ def index_command(
     )
     if json_path:
         write_report(json_path, report)
-    if strict and skipped:
-        raise errors.FerryError(f"{plural(len(skipped), 'package')} skipped (--strict)")
+    if skipped:  # each was named on stderr as it was skipped
+        sys.exit(errors.PARTIAL)
 
 
 def _print_sync(report: SyncReport) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from conda_ferry.gateways import Gateway, GatewayError, LockHeld, open_gateway
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
-from conda_ferry.index.records import BadFilename, check_filename
+from conda_ferry.index.records import BadFilename, check_filename, record_problem
 from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
 
@@ -105,9 +105,16 @@ class SyncReport:
         }
 
 
-def _records(document: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    """All records of a repodata document, every file name checked first."""
+def _records(
+    document: dict[str, Any], where: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The records of a repodata document fit to mirror, and the refused ones with why.
+
+    A record of the wrong shape, without a digest or under an unsafe file name is
+    left out (and named in the summary): one bad record must not stop the rest.
+    """
     merged: dict[str, dict[str, Any]] = {}
+    refused: dict[str, str] = {}
     for section in SECTIONS:
         items = document.get(section) or {}
         if not isinstance(items, dict):
@@ -116,14 +123,14 @@ def _records(document: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
             try:
                 check_filename(filename)
             except BadFilename as exc:
-                raise errors.FerryError(
-                    f"{where}: refused: {exc} (upstream repodata is hostile or broken; "
-                    "nothing was written)"
-                ) from None
-            if not isinstance(record, dict) or "name" not in record:
-                raise errors.FerryError(f"{where}: record for {filename} has no name")
-            merged[filename] = record
-    return merged
+                refused[str(filename)[:200]] = str(exc)
+                continue
+            problem = record_problem(record)
+            if problem is None:
+                merged[filename] = record
+            else:
+                refused[filename] = f"upstream record refused: {problem}"
+    return merged, refused  # each is named in the run's summary
 
 
 class SyncRun:
@@ -132,6 +139,8 @@ class SyncRun:
     ) -> None:
         self.job, self.progress, self.dry_run, self.force = job, progress, dry_run, force
         self.report = SyncReport(job.path, "", "", dry_run=dry_run)
+        self.broken: dict[str, str] = {}  # subdir -> why upstream's repodata is unusable
+        self.refused: dict[str, dict[str, str]] = {}  # subdir -> records left out, why
 
     def _name_option(self, exc: GatewayError) -> None:
         """Make a hint name the job key the user wrote, not a command-line flag."""
@@ -167,10 +176,15 @@ class SyncRun:
                 log.info("up to date: nothing changed upstream or in %s", job.path)
                 self.report.seconds = time.monotonic() - started
                 return self.report, []
-            records = {
-                s: _records(u.document or {}, source.display(f"{s}/{u.variant}"))
-                for s, u in fetched.items()
-            }
+            records: dict[str, dict[str, dict[str, Any]]] = {}
+            refused = self.refused
+            for s, answer in fetched.items():
+                try:
+                    records[s], refused[s] = _records(
+                        answer.document or {}, source.display(f"{s}/{answer.variant}")
+                    )
+                except errors.FerryError as exc:
+                    self.broken[s] = str(exc)
             selection = Selector(job.filters).select(records)
             self.report.dropped_dependencies = selection.dropped_dependencies
             for note in selection.dropped_dependencies:
@@ -186,11 +200,20 @@ class SyncRun:
             descriptions = None if self.dry_run else upstream.Descriptions(source)
             entries: list[ChannelEntry] = []
             for subdir in job.subdirs:
-                self.report.subdirs.append(
-                    self._subdir(
-                        source, target, fetched[subdir], selection, states[subdir], descriptions
+                if subdir in self.broken:  # upstream's document itself is unusable
+                    log.error("%s", self.broken[subdir])
+                    self.report.subdirs.append(
+                        SubdirReport(subdir, Status.FAILED, message=self.broken[subdir])
                     )
+                    continue
+                report = self._subdir(
+                    source, target, fetched[subdir], selection, states[subdir], descriptions
                 )
+                if refused.get(subdir):
+                    report.failures.update(refused[subdir])
+                    if report.status in (Status.SYNCED, Status.UP_TO_DATE):
+                        report.status = Status.PARTIAL
+                self.report.subdirs.append(report)
             if descriptions is not None and not any(
                 s.status in (Status.FAILED, Status.LOCKED) for s in self.report.subdirs
             ):
@@ -208,13 +231,16 @@ class SyncRun:
         answers: dict[str, upstream.Upstream] = {}
         for subdir, state in states.items():
             current = state.complete and state.fingerprint == self.job.fingerprint(subdir)
-            if current and not force_full:
-                answers[subdir] = upstream.fetch(
-                    source, subdir, state.variant, state.etag, state.last_modified
-                )
-            else:
-                answers[subdir] = upstream.fetch(source, subdir)
-        if all(a.document is None for a in answers.values()):
+            try:
+                if current and not force_full:
+                    answers[subdir] = upstream.fetch(
+                        source, subdir, state.variant, state.etag, state.last_modified
+                    )
+                else:
+                    answers[subdir] = upstream.fetch(source, subdir)
+            except errors.FerryError as exc:  # this subdir's document; the others go on
+                self.broken[subdir] = str(exc)
+        if not self.broken and all(a.document is None for a in answers.values()):
             return None
         for subdir, answer in answers.items():
             if answer.document is None:  # filters span subdirs: every document is needed
@@ -327,7 +353,8 @@ class SyncRun:
         state.etag, state.last_modified = answer.etag, answer.last_modified
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
-        state.complete = not result.failed
+        # a refused record is looked at again on the next run, not hidden behind a 304
+        state.complete = not result.failed and not self.refused.get(subdir)
         report.added, report.updated, report.removed = (
             len(result.done),
             len(plan.update),

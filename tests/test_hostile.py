@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from conda_ferry.gateways import redact, redact_text
-from tests.helpers import ferry
+from tests.helpers import ferry, load
+from tests.pkgmaker import Spec
 from tests.servers import Server
 from tests.upstream import build_upstream, edit_repodata, job_yaml
 
@@ -123,3 +124,48 @@ def test_a_local_upstream_stays_below_its_root(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "must lie below its own directory" in result.stderr
     assert not list(mirror.glob("linux-64/*.conda"))
+
+
+WRONG_FIELDS: list[dict[str, Any]] = [
+    {"size": "abc"},
+    {"sha256": None, "md5": None},
+    {"sha256": 12},
+    {"name": 7},
+    {"version": None},
+    {"version": "1..x y"},
+    {"depends": "python"},
+    {"timestamp": "yesterday"},
+    {"build_number": "0"},
+]
+
+
+def test_records_of_the_wrong_shape_are_refused_and_the_rest_published(
+    nginx: Server, tmp_path: Path
+) -> None:
+    root = nginx.root / f"shapes-{tmp_path.name}"
+    extra = [(Spec(f"bad{i}", "1.0", "0", subdir="linux-64"), ".conda") for i in range(9)]
+    build_upstream(root, extra)
+
+    def spoil(document: dict[str, Any]) -> None:
+        section = document["packages.conda"]
+        for i, wrong in enumerate(WRONG_FIELDS):
+            section[f"bad{i}-1.0-0.conda"].update(wrong)
+        section["../../evil-1.0-0.conda"] = dict(section["bad0-1.0-0.conda"])
+        section["notarecord-1.0-0.conda"] = "a string"
+
+    edit_repodata(root, "linux-64", spoil)
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror))
+    report = tmp_path / "report.json"
+    result = ferry("sync", str(job), "--json", str(report))
+    assert result.exit_code == 3, result.stderr
+    published = load(mirror / "linux-64/repodata.json")["packages.conda"]
+    assert not [name for name in published if name.startswith(("bad", "notarecord"))]
+    assert "zlib-1.3.1-h0_0.conda" in published  # the rest went through
+    failures = load(report)["subdirs"][0]["failures"]
+    assert len(failures) == 11, failures
+    for i in range(9):
+        assert f"bad{i}-1.0-0.conda: upstream record refused" in result.stderr
+    assert not (tmp_path / "evil-1.0-0.conda").exists()
+    again = ferry("sync", str(job))  # named again, not stuck, nothing fetched twice
+    assert again.exit_code == 3 and "bad0-1.0-0.conda" in again.stderr

@@ -213,7 +213,7 @@ def test_faults_never_publish_corrupt_packages(
         proxy.close()
 
 
-def test_hostile_filenames_are_refused(
+def test_hostile_filenames_are_skipped_and_named(
     nginx: Server, upstream: tuple[Path, str], tmp_path: Path
 ) -> None:
     root, url = upstream
@@ -227,10 +227,12 @@ def test_hostile_filenames_are_refused(
         mirror = tmp_path / "deep" / "mirror"
         job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
         result = ferry("sync", str(job))
-        assert result.exit_code == 1, result.output
-        assert "unsafe package file name" in result.output and "refused" in result.output
+        assert result.exit_code == 3, result.output  # partial: the rest is mirrored
+        assert result.stderr.count("unsafe package file name") == 1
         assert not (tmp_path / "deep" / "escape.conda").exists()
-        assert not (mirror / "linux-64").exists()
+        assert not list((tmp_path / "deep").glob("**/*dir.conda"))
+        assert bad not in load(mirror / "linux-64" / "repodata.json")["packages.conda"]
+        assert assert_consistent(mirror) > 0
         reindex(root)
 
 
