@@ -24,7 +24,7 @@ from .errors import (
 )
 from .registry import ADAPTERS
 from .retry import RetryPolicy
-from .streams import CHUNK, RawStream, VerifyingReader
+from .streams import CHUNK, MAX_EXPANSION, RawStream, VerifyingReader, expansion_limit
 from .urls import clean_relative, parse, redact, redact_text
 
 
@@ -88,6 +88,7 @@ def copy_url(
 
 __all__ = [
     "CHUNK",
+    "MAX_EXPANSION",
     "Copied",
     "CredentialsError",
     "Expected",
@@ -112,6 +113,7 @@ __all__ = [
     "copy_file",
     "copy_stream",
     "copy_url",
+    "expansion_limit",
     "is_temp",
     "list_url",
     "open_file",

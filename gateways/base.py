@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from .errors import GatewayError, LockHeld, NotFound, ReadOnlyError
 from .retry import RetryPolicy, call
-from .streams import CHUNK, ResumingReader
+from .streams import CHUNK, Pace, ResumingReader
 from .urls import clean_relative, join, redact
 
 T = TypeVar("T")
@@ -105,6 +105,12 @@ class GatewayOptions:
         None, "known_hosts file [default: ~/.ssh/known_hosts].", ("sftp",), "file"
     )
     insecure_host_key: bool = option(False, "Accept any SSH host key (insecure).", ("sftp",))
+    min_rate: float = option(
+        1024.0,
+        "Bytes per second, averaged since a transfer began, below which it is abandoned "
+        "once 'timeout' seconds have passed (0: never).",
+        minimum=0,
+    )
 
     @property
     def retry(self) -> RetryPolicy:
@@ -253,7 +259,12 @@ class Gateway(abc.ABC):
             return stream
 
         return ResumingReader(
-            opener, self.options.retry, self.display(path), offset, first
+            opener,
+            self.options.retry,
+            self.display(path),
+            offset,
+            first,
+            Pace(self.options.min_rate, self.options.timeout),
         ).as_binary()
 
     def checksum(self, path: str) -> tuple[int, str]:

@@ -85,6 +85,13 @@ class IntegrityError(GatewayError):
     hint = "the source may be corrupt or changed during the copy; nothing was written"
 
 
+class TooSlow(GatewayError):
+    hint = "the server sends too slowly; lower {option} if the link really is this slow"
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(url, message, option="min_rate")
+
+
 class LockHeld(GatewayError):
     hint = "another run holds this target; wait for it, or remove a lock you know is stale"
 

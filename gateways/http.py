@@ -25,7 +25,7 @@ from .errors import (
     TransientError,
     UsageError,
 )
-from .streams import CHUNK, GuardedStream
+from .streams import CHUNK, MAX_EXPANSION, GuardedStream, expansion_limit
 from .urls import join, parse
 
 # Files whose bytes are already compressed: a Content-Encoding on them is never undone,
@@ -205,13 +205,25 @@ class HTTPGateway(Gateway):
         return out
 
     def _body(self, response: requests.Response, path: str, decode: bool) -> BinaryIO:
-        raw = response.raw
-        return GuardedStream(
-            lambda size: raw.read(size, decode_content=decode),
-            response.close,
-            self.display(path),
-            _NETWORK_ERRORS,
-        ).as_binary()
+        raw, where = response.raw, self.display(path)
+        decoded = 0
+
+        def read(size: int) -> bytes:
+            nonlocal decoded
+            # read1: whatever has arrived, so that a trickling server is seen between
+            # reads instead of inside one that waits for a whole chunk
+            data: bytes = raw.read1(size, decode_content=decode)
+            decoded += len(data)
+            if decode and decoded > expansion_limit(raw.tell()):
+                raise ProtocolError(
+                    where,
+                    f"the Content-Encoding expands more than {MAX_EXPANSION}-fold "
+                    "(a decompression bomb?)",
+                    "refused; nothing was written",
+                )
+            return data
+
+        return GuardedStream(read, response.close, where, _NETWORK_ERRORS).as_binary()
 
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         compressed = path.endswith(COMPRESSED_SUFFIXES)

@@ -13,13 +13,23 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO, cast
 
-from .errors import IntegrityError, TransientError
+from .errors import IntegrityError, TooSlow, TransientError
 from .retry import RetryPolicy
 
 log = logging.getLogger("ferry.gateways")
 CHUNK = 1 << 20
+# Real repodata compresses 4-15x (zstd or gzip); a stream that expands far beyond
+# that is a decompression bomb, refused before it can fill the memory.
+MAX_EXPANSION = 50
+EXPANSION_FLOOR = 64 << 20
+
+
+def expansion_limit(compressed: int) -> int:
+    """How many bytes ``compressed`` bytes may legitimately expand to."""
+    return EXPANSION_FLOOR + MAX_EXPANSION * compressed
 
 
 class RawStream(io.RawIOBase):
@@ -75,6 +85,23 @@ class GuardedStream(RawStream):
         super().close()
 
 
+@dataclass(frozen=True)
+class Pace:
+    """The slowest a transfer may go: an idle timeout alone lets a server that sends
+    one byte a second hold a run, and its lock, for ever."""
+
+    min_rate: float = 0.0  # bytes per second, averaged since the transfer began
+    grace: float = 30.0  # seconds before the average counts
+
+    def check(self, received: int, started: float, what: str) -> None:
+        elapsed = time.monotonic() - started
+        if self.min_rate and elapsed > self.grace and received < self.min_rate * elapsed:
+            raise TooSlow(
+                what,
+                f"{received} bytes in {elapsed:.0f}s, below min_rate {self.min_rate:g} bytes/s",
+            )
+
+
 class ResumingReader(RawStream):
     """A read-only stream that reopens at its current offset after a transient error.
 
@@ -90,8 +117,10 @@ class ResumingReader(RawStream):
         what: str,
         offset: int = 0,
         first: BinaryIO | None = None,
+        pace: Pace | None = None,
     ) -> None:
         super().__init__()
+        self._pace, self._started, self._first_offset = pace, time.monotonic(), offset
         self._opener = opener
         self._policy = policy
         self._what = what
@@ -110,6 +139,8 @@ class ResumingReader(RawStream):
         if data:
             self._offset += len(data)
             self._failures = 0  # progress: the budget is per stall, not per file
+            if self._pace is not None:
+                self._pace.check(self._offset - self._first_offset, self._started, self._what)
         return data
 
     def _retrying(self, step: Callable[[], bytes]) -> bytes:

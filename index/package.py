@@ -191,7 +191,10 @@ def _read_conda(hashing: _Hashing, found: dict[str, bytes]) -> None:
             raise BadPackage("info component is implausibly large")
         data = hashing.exactly(csize)
         if method == 8:
-            data = zlib.decompress(data, -15)
+            inflate = zlib.decompressobj(-15)
+            data = inflate.decompress(data, MAX_INFO_COMPRESSED)
+            if inflate.unconsumed_tail:
+                raise BadPackage("info component is implausibly large")
         elif method != 0:
             raise BadPackage(f"unsupported zip compression method {method}")
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))

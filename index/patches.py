@@ -74,6 +74,9 @@ def load_instructions(data: bytes, source: str) -> dict[str, Any]:
     return value
 
 
+MAX_INSTRUCTIONS = 1 << 30  # conda-forge's largest (linux-64) is ~100 MB
+
+
 def instructions_from_package(stream: BinaryIO, source: str) -> dict[str, dict[str, Any]]:
     """Per-subdir instructions from a conda-forge style repodata-patches package.
 
@@ -89,6 +92,8 @@ def instructions_from_package(stream: BinaryIO, source: str) -> dict[str, dict[s
             for member in tar:
                 parts = member.name.split("/")
                 if len(parts) == 2 and parts[1] == "patch_instructions.json" and member.isfile():
+                    if member.size > MAX_INSTRUCTIONS:
+                        raise BadPatch(f"{source}: {member.name} is implausibly large")
                     handle = tar.extractfile(member)
                     if handle is not None:
                         found[parts[0]] = load_instructions(handle.read(), member.name)

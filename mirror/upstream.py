@@ -20,7 +20,6 @@ from .errors import FerryError
 
 log = logging.getLogger("ferry.upstream")
 VARIANTS = ("repodata.json.zst", "repodata.json")
-MAX_REPODATA = 4 << 30  # a zstd frame that expands beyond this is refused
 
 
 @dataclass
@@ -60,7 +59,7 @@ def fetch(
             raw = fetched.stream.read()
         if name.endswith(".zst"):
             try:
-                raw = repodata.unzst(raw, MAX_REPODATA)
+                raw = repodata.unzst(raw)
             except zstandard.ZstdError as exc:
                 raise FerryError(f"{gateway.display(path)}: not valid zstd ({exc})") from None
         try:

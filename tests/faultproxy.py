@@ -3,7 +3,8 @@
 Faults: ``drop:N`` closes the client side after N bytes from the server; ``status:C``
 answers an HTTP status C without asking the server (``status:429:1`` adds
 Retry-After: 1); ``stall:S`` waits S seconds before forwarding; ``flip:N`` changes
-byte N of the server's answer; ``slow:B`` forwards at about B bytes a second;
+byte N of the server's answer; ``slow:B`` forwards at about B bytes a second in
+bursts, ``trickle:B`` one byte at a time;
 anything else passes through. ``default`` applies when no fault is planned.
 """
 
@@ -63,7 +64,7 @@ class FaultProxy:
         except OSError:
             client.close()
             return
-        limit = int(arg) if kind in ("drop", "flip", "slow") else None
+        limit = int(arg) if kind in ("drop", "flip", "slow", "trickle") else None
         threading.Thread(
             target=self._pipe, args=(client, upstream, None, None), daemon=True
         ).start()
@@ -77,6 +78,12 @@ class FaultProxy:
             while data := src.recv(8192 if kind == "slow" else 65536):
                 if kind == "slow" and limit:
                     self._stop.wait(len(data) / limit)
+                if kind == "trickle" and limit:
+                    for byte in data:
+                        if self._stop.wait(1 / limit):
+                            return
+                        dst.sendall(bytes([byte]))
+                    continue
                 if limit is not None and kind == "drop" and sent + len(data) >= limit:
                     dst.sendall(data[: max(0, limit - sent)])
                     break

@@ -6,15 +6,25 @@ covered live in test_fuzz.py and test_sync_crash.py.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import http.server
+import os
 import random
 import shutil
 import string
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+import zstandard
 
 from conda_ferry.gateways import redact, redact_text
+from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.pkgmaker import Spec
 from tests.servers import Server
@@ -169,3 +179,92 @@ def test_records_of_the_wrong_shape_are_refused_and_the_rest_published(
     assert not (tmp_path / "evil-1.0-0.conda").exists()
     again = ferry("sync", str(job))  # named again, not stuck, nothing fetched twice
     assert again.exit_code == 3 and "bad0-1.0-0.conda" in again.stderr
+
+
+class _Fixed(http.server.BaseHTTPRequestHandler):
+    """Serves ``files``: path -> (body, extra headers); nothing else exists."""
+
+    files: ClassVar[dict[str, tuple[bytes, dict[str, str]]]] = {}
+
+    def do_GET(self) -> None:
+        body, headers = self.files.get(self.path, (b"", {}))
+        self.send_response(200 if self.path in self.files else 404)
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fixed_server() -> Iterator[tuple[str, dict[str, tuple[bytes, dict[str, str]]]]]:
+    files: dict[str, tuple[bytes, dict[str, str]]] = {}
+    handler = type("Handler", (_Fixed,), {"files": files})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", files
+    server.shutdown()
+    server.server_close()
+
+
+def _spaces_gzip(gib: int) -> bytes:
+    """``gib`` GiB of spaces as a gzip stream of a few MB (members concatenated)."""
+    member = gzip.compress(b" " * (16 << 20), 9)
+    return member * (gib * 64)
+
+
+def _spaces_zst(gib: int) -> bytes:
+    compressor = zstandard.ZstdCompressor(level=1).compressobj()
+    chunk = b" " * (1 << 20)
+    return b"".join([*(compressor.compress(chunk) for _ in range(gib << 10)), compressor.flush()])
+
+
+def _run_measured(args: list[str]) -> tuple[int, str, int]:
+    """Exit code, stderr and peak resident bytes of one ``ferry`` run."""
+    command = [sys.executable, "-m", "conda_ferry", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, err, usage.ru_maxrss * 1024
+
+
+@pytest.mark.parametrize("variant", ["gzip", "zst"])
+def test_decompression_bombs_in_repodata_are_refused_early(
+    fixed_server: tuple[str, dict[str, tuple[bytes, dict[str, str]]]],
+    tmp_path: Path,
+    variant: str,
+) -> None:
+    url, files = fixed_server
+    for subdir in ("linux-64", "noarch"):
+        if variant == "gzip":
+            files[f"/{subdir}/repodata.json"] = (_spaces_gzip(2), {"Content-Encoding": "gzip"})
+        else:
+            files[f"/{subdir}/repodata.json.zst"] = (_spaces_zst(2), {})
+    job = job_yaml(tmp_path / "job.yaml", url, str(tmp_path / "mirror"))
+    code, err, peak = _run_measured(["sync", str(job)])
+    assert code == 1, err
+    assert "decompression bomb" in err and "repodata.json" in err
+    assert "Traceback" not in err
+    assert peak < 600 << 20, f"peak resident {peak >> 20} MiB"
+
+
+def test_a_trickling_server_cannot_hold_a_transfer(nginx: Server, tmp_path: Path) -> None:
+    root = nginx.root / f"trickle-{tmp_path.name}"
+    (root / "noarch").mkdir(parents=True)
+    (root / "noarch" / "big.bin").write_bytes(os.urandom(200_000))
+    proxy = FaultProxy(nginx.port)
+    proxy.default = "trickle:400"  # headers in a second; the body would take 8 minutes
+    try:
+        url = f"http://127.0.0.1:{proxy.port}/{root.name}/noarch/big.bin"
+        result = ferry("cp", url, str(tmp_path / "out.bin"), "--timeout", "1", "--retries", "1")
+    finally:
+        proxy.close()
+    assert result.exit_code == 1
+    assert "below min_rate 1024 bytes/s" in result.stderr and "--min-rate" in result.stderr
+    assert not (tmp_path / "out.bin").exists()
