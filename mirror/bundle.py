@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from conda_ferry.gateways import (
+    CHUNK,
     Expected,
     Gateway,
     GatewayError,
@@ -37,12 +38,13 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.index import repodata
 from conda_ferry.index.channel import IndexOptions, discover_subdirs
-from conda_ferry.index.records import BadFilename, check_filename
+from conda_ferry.index.records import BadFilename, check_filename, record_problem
 from conda_ferry.index.subdir import SubdirView
 
 from . import signing
 from .commit import Commit, choose_records, commit_subdir
 from .errors import USAGE, FerryError
+from .plan import same_file
 from .state import STATE_DIR, SubdirState, subdir_locks
 
 log = logging.getLogger("ferry.bundle")
@@ -54,6 +56,7 @@ IMPORTS = f"{STATE_DIR}/imports.json"
 KEEP_EXPORTS = 10
 _VOLUME = re.compile(r"^vol-\d{4}$")
 _ID = re.compile(r"^[0-9A-Za-z-]{8,64}$")
+_CREATED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")  # sorts as it ages
 
 
 @dataclass
@@ -106,7 +109,7 @@ class Manifest:
             ]
             manifest = cls(
                 str(raw["id"]),
-                raw["follows"],
+                str(raw["follows"]) if raw["follows"] is not None else None,
                 bool(raw["full"]),
                 str(raw["created"]),
                 str(raw["source"]),
@@ -120,6 +123,8 @@ class Manifest:
             raise bad("the manifest is malformed") from None
         if not _ID.match(manifest.id) or (manifest.follows and not _ID.match(manifest.follows)):
             raise bad("bundle ids are malformed")
+        if not _CREATED.match(manifest.created):
+            raise bad(f"'created' {manifest.created[:40]!r} is not a UTC time")
         for subdir in manifest.subdirs:
             if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9_]+)?", subdir):
                 raise bad(f"subdir {subdir!r} is not a subdir name")
@@ -398,16 +403,29 @@ class ImportReport:
     packages: int = 0
     bytes: int = 0
     removed: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # subdir/file -> why
 
 
 def import_bundle(
-    bundle: Gateway, target: Gateway, verify_key: str | None, allow_gap: bool
+    bundle: Gateway,
+    target: Gateway,
+    verify_key: str | None,
+    allow_gap: bool,
+    allow_rollback: bool = False,
 ) -> ImportReport:
     manifest, _ = read_manifest(bundle, verify_key)
-    history = _read_json(target, IMPORTS, {"imported": []})
-    imported: list[str] = history.get("imported", [])
+    history = _read_json(target, IMPORTS, {})
+    imported = history.get("imported", []) if isinstance(history, dict) else []
+    imported = [i for i in imported if isinstance(i, str)]
     if manifest.id in imported:
         return ImportReport(manifest.id, ImportStatus.ALREADY_APPLIED)
+    newest = history.get("created") if isinstance(history, dict) else None
+    if isinstance(newest, str) and manifest.created < newest and not allow_rollback:
+        raise FerryError(
+            f"{bundle.display(MANIFEST)}: bundle {manifest.id} was created {manifest.created}, "
+            f"before the last one imported into {target.display()} ({newest}): a replay "
+            "would roll the mirror back (refused; --allow-rollback if that is what you want)"
+        )
     last = imported[-1] if imported else None
     if not manifest.full and manifest.follows != last and not allow_gap:
         raise FerryError(
@@ -417,10 +435,11 @@ def import_bundle(
             "--full export, or --allow-gap to accept lost removals and hot-fixes)"
         )
     check_volumes(bundle, manifest)
-    report = ImportReport(manifest.id, ImportStatus.APPLIED)
     by_subdir: dict[str, list[BundleFile]] = {}
     for item in manifest.files:
         by_subdir.setdefault(item.path.split("/", 1)[0], []).append(item)
+    records = {s: _bundle_records(bundle, s, by_subdir.get(s, [])) for s in manifest.subdirs}
+    report = ImportReport(manifest.id, ImportStatus.APPLIED)
     with subdir_locks(target, manifest.subdirs):
         for subdir in manifest.subdirs:
             _apply_subdir(
@@ -428,13 +447,58 @@ def import_bundle(
                 target,
                 subdir,
                 by_subdir.get(subdir, []),
+                records[subdir],
                 manifest.removals.get(subdir, []),
                 allow_gap,
                 report,
             )
         imported.append(manifest.id)
-        target.write_bytes(IMPORTS, json.dumps({"imported": imported[-1000:]}).encode())
+        created = max(manifest.created, newest) if isinstance(newest, str) else manifest.created
+        document = {"imported": imported[-1000:], "created": created}
+        target.write_bytes(IMPORTS, json.dumps(document).encode())
     return report
+
+
+def _bundle_records(
+    bundle: Gateway, subdir: str, items: list[BundleFile]
+) -> dict[str, dict[str, Any]]:
+    """A subdir's repodata from the bundle, checked record against file before anything
+    is written: signed or not, a bundle's repodata may not describe other bytes than
+    the files it carries."""
+    index_file = next((i for i in items if i.path.endswith("/repodata.json")), None)
+    where = bundle.display(f"{subdir}/repodata.json")
+    if index_file is None:
+        raise FerryError(f"{bundle.display()}: no repodata for {subdir} in the bundle")
+    try:
+        with _Joined(bundle, index_file.pieces) as stream:
+            document = repodata.loads(stream.read())
+    except ValueError as exc:
+        raise FerryError(f"{where}: not repodata ({exc}); refused, nothing was written") from None
+    records = repodata.records(document)
+    files = {i.path.split("/", 1)[1]: i for i in items if i is not index_file}
+    for name, record in records.items():
+        problem = record_problem(record) or _checked_name(name)
+        item = files.get(name)
+        if (
+            problem is None
+            and item is not None
+            and (record["size"], record.get("sha256") or item.sha256) != (item.size, item.sha256)
+        ):
+            problem = "its size or sha256 is not the file's in the bundle"
+        if problem:
+            raise FerryError(
+                f"{where}: the record of {name} is refused: {problem} "
+                "(a damaged or tampered bundle; nothing was written)"
+            )
+    return records
+
+
+def _checked_name(name: str) -> str | None:
+    try:
+        check_filename(name)
+    except BadFilename as exc:
+        return str(exc)
+    return None
 
 
 def _apply_subdir(
@@ -442,6 +506,7 @@ def _apply_subdir(
     target: Gateway,
     subdir: str,
     items: list[BundleFile],
+    records: dict[str, dict[str, Any]],
     removals: list[str],
     allow_gap: bool,
     report: ImportReport,
@@ -449,11 +514,6 @@ def _apply_subdir(
     view = SubdirView.read(target, subdir)
     present = view.present
     packages = [i for i in items if not i.path.endswith("/repodata.json")]
-    index_file = next((i for i in items if i.path.endswith("/repodata.json")), None)
-    if index_file is None:
-        raise FerryError(f"{bundle.display()}: no repodata for {subdir} in the bundle")
-    with _Joined(bundle, index_file.pieces) as stream:
-        records = repodata.records(repodata.loads(stream.read()))
     arriving = {i.path.split("/", 1)[1] for i in packages}
     missing = sorted(set(records) - arriving - present.keys())
     if missing and not allow_gap:
@@ -468,22 +528,35 @@ def _apply_subdir(
             target.display(f"{subdir}/{name}"),
         )
 
+    ready: set[str] = set()
     for item in packages:  # packages first
         name = item.path.split("/", 1)[1]
+        record = records.get(name, {})
         if _already_there(target, item, name, present, view.published):
+            ready.add(name)
             continue
         copied = copy_stream(
             functools.partial(_join, bundle, item.pieces),
             bundle.display(item.path),
             target,
             item.path,
-            Expected(item.size, item.sha256),
+            Expected(item.size, item.sha256, record.get("md5")),
         )
         view.landed(copied.info)
+        ready.add(name)
         report.packages += 1
         report.bytes += item.size
-    # Files from earlier bundles are as they were verified then; arriving ones just were.
-    known = choose_records(records, view.packages.keys(), view.published, view.packages)
+    # Files of earlier imports: the bundle's record must still describe them.
+    for name in sorted(records.keys() & view.packages.keys() - ready):
+        if same_file(view.published.get(name), records[name]) or _file_matches(
+            target, f"{subdir}/{name}", records[name]
+        ):
+            ready.add(name)
+        else:
+            why = "the bundle's record does not match the file the target holds"
+            log.error("%s: not published: %s", target.display(f"{subdir}/{name}"), why)
+            report.refused[f"{subdir}/{name}"] = why
+    known = choose_records(records, ready, view.published, view.packages)
     state = SubdirState.load(target, subdir)
     managed = set(state.upstream_files) | set(known)
     state.upstream_files, state.complete = sorted(managed), True
@@ -497,6 +570,20 @@ def _apply_subdir(
         IndexOptions(channeldata=False, run_exports=False),
     )
     report.removed += len(gone)
+
+
+def _file_matches(target: Gateway, path: str, record: dict[str, Any]) -> bool:
+    """Whether the target's file has the size and digests ``record`` promises."""
+    try:
+        expect = Expected(record.get("size"), record.get("sha256"), record.get("md5"))
+        with VerifyingReader(
+            target.open_read(path), target.display(path), expect.size, expect.sha256, expect.md5
+        ) as reader:
+            while reader.read(CHUNK):
+                pass
+    except GatewayError:
+        return False
+    return True
 
 
 def _already_there(

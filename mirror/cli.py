@@ -604,6 +604,11 @@ def export_command(
     help="Accept a bundle that does not follow the last "
     "one imported (removals and hot-fixes in between are lost).",
 )
+@click.option(
+    "--allow-rollback",
+    is_flag=True,
+    help="Accept a bundle created before the last one imported (a deliberate rollback).",
+)
 @json_option
 @gateway_options
 def import_command(
@@ -611,6 +616,7 @@ def import_command(
     target: str,
     verify_key: str | None,
     allow_gap: bool,
+    allow_rollback: bool,
     json_path: str | None,
     options: GatewayOptions,
 ) -> None:
@@ -618,7 +624,7 @@ def import_command(
     from .bundle import ImportStatus, import_bundle
 
     with open_gateway(bundle_dir) as bundle, open_gateway(target, options) as gateway:
-        result = import_bundle(bundle, gateway, verify_key, allow_gap)
+        result = import_bundle(bundle, gateway, verify_key, allow_gap, allow_rollback)
     if result.status is ImportStatus.ALREADY_APPLIED:
         say(f"bundle {result.id} was applied already; nothing to do")
     else:
@@ -626,8 +632,12 @@ def import_command(
             f"applied bundle {result.id}: {plural(result.packages, 'package')} "
             f"({human_size(result.bytes)}), {result.removed} removed"
         )
+    for name, why in sorted(result.refused.items()):
+        click.echo(f"  not published: {name}: {why}", err=True)
     if json_path:
         write_report(json_path, {**result.__dict__, "status": result.status.value})
+    if result.refused:
+        sys.exit(errors.PARTIAL)
 
 
 @main.command("bundle-info")

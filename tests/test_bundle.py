@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -296,3 +297,66 @@ def test_since_names_the_base_export(outside: dict[str, Path], tmp_path: Path) -
     assert any(f["path"].endswith("newtool-1.0-0.conda") for f in manifest["files"])
     unknown = ferry("export", str(outside["mirror"]), str(tmp_path / "b4"), "--since", "nope-1234")
     assert unknown.exit_code == 2 and "no export nope-1234" in unknown.output
+
+
+def _unsign_and_edit(bundle: Path, edit: Any) -> None:
+    """What an attacker without the key can do: edit the manifest, drop the signature."""
+    (bundle / "manifest.json.sig").unlink(missing_ok=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_older_bundle_after_a_newer_one_is_a_refused_rollback(
+    outside: dict[str, Path], tmp_path: Path
+) -> None:
+    inside = tmp_path / "inside"
+    time.sleep(1.1)  # 'created' has a resolution of one second
+    newer = tmp_path / "newer"
+    signed = ["--sign", str(outside["key"])]
+    assert ferry("export", str(outside["mirror"]), str(newer), "--full", *signed).exit_code == 0
+    assert ferry("import", str(newer), "--to", str(inside)).exit_code == 0
+    before = snapshot(inside)
+    refused = ferry("import", str(outside["b1"]), "--to", str(inside), "--allow-gap")
+    assert refused.exit_code == 1
+    assert "roll the mirror back" in refused.stderr and "--allow-rollback" in refused.stderr
+    assert snapshot(inside) == before
+
+    backdated = tmp_path / "backdated"
+    shutil.copytree(newer, backdated)
+
+    def older(manifest: dict[str, Any]) -> None:
+        manifest["id"] = "20200101T000000Z-deadbeef"
+        manifest["created"] = "2020-01-01T00:00:00Z"
+
+    _unsign_and_edit(backdated, older)
+    assert "roll the mirror back" in ferry("import", str(backdated), "--to", str(inside)).stderr
+    allowed = ferry("import", str(outside["b1"]), "--to", str(inside), "--allow-rollback")
+    assert allowed.exit_code == 0, allowed.stderr
+
+
+def test_an_unsigned_bundle_whose_repodata_lies_about_a_file_is_refused(
+    outside: dict[str, Path], tmp_path: Path
+) -> None:
+    lying = tmp_path / "lying"
+    shutil.copytree(outside["b1"], lying)
+    index_path = next(lying.glob("vol-*/linux-64/repodata.json"))
+    document = json.loads(index_path.read_bytes())
+    victim = sorted(document["packages.conda"])[0]
+    document["packages.conda"][victim]["sha256"] = "0" * 64
+    data = json.dumps(document).encode()
+    index_path.write_bytes(data)
+
+    def match(manifest: dict[str, Any]) -> None:
+        for item in manifest["files"]:
+            if item["path"] == "linux-64/repodata.json":
+                digest = hashlib.sha256(data).hexdigest()
+                item.update(size=len(data), sha256=digest)
+                item["pieces"][0].update(size=len(data), sha256=digest)
+
+    _unsign_and_edit(lying, match)
+    inside = tmp_path / "inside"
+    result = ferry("import", str(lying), "--to", str(inside))
+    assert result.exit_code == 1
+    assert f"the record of {victim} is refused" in result.stderr
+    assert not inside.exists() or not list(inside.rglob("*.conda"))
