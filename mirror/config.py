@@ -33,6 +33,7 @@ class Job:
     max_prune_fraction: float = 0.5
     jobs: int = 4
     allow_hosts: tuple[str, ...] = ()
+    allow_replace: bool = False
     outputs: OutputOptions = field(default_factory=OutputOptions)
     source_options: GatewayOptions = field(default_factory=GatewayOptions)
     target_options: GatewayOptions = field(default_factory=GatewayOptions)
@@ -60,6 +61,7 @@ TOP_KEYS = {
     "max_prune_fraction",
     "jobs",
     "allow_hosts",
+    "allow_replace",
     "outputs",
     "source_options",
     "target_options",
@@ -108,6 +110,7 @@ def parse_job(path: str, text: str) -> Job:
         max_prune_fraction=float(fraction),
         jobs=top.integer("jobs", 4) or 4,
         allow_hosts=top.strings("allow_hosts") or (),
+        allow_replace=top.boolean("allow_replace", False),
         outputs=read_options(top.child("outputs", _names(OutputOptions)), OutputOptions),
         source_options=read_options(
             top.child("source_options", _names(GatewayOptions)), GatewayOptions

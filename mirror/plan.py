@@ -25,6 +25,8 @@ class Plan:
     update: list[str] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
     retained: dict[str, Record] = field(default_factory=dict)  # no longer wanted, not pruned
+    # published files whose upstream record now describes other bytes, same name
+    replaced: list[str] = field(default_factory=list)
 
     @property
     def add_bytes(self) -> int:
@@ -38,6 +40,7 @@ class Plan:
             "remove": self.remove,
             "add_bytes": self.add_bytes,
             "retained": sorted(self.retained),
+            "replaced": self.replaced,
         }
 
 
@@ -48,9 +51,15 @@ def make_plan(
     present: dict[str, int],
     managed: set[str],
     prune: bool,
+    allow_replace: bool = False,
 ) -> Plan:
     """``published``: the mirror's current records; ``present``: file name -> size;
-    ``managed``: files sync put there (custom packages are never touched)."""
+    ``managed``: files sync put there (custom packages are never touched).
+
+    A published file whose upstream record now promises other bytes under the same
+    name is an anomaly (a rebuilt package, or a tampered upstream): it is kept as it
+    is and listed in ``replaced``, unless ``allow_replace``; then it is added again
+    and listed too, so that its record is withdrawn before the file changes."""
     plan = Plan(subdir, desired)
     for filename, record in sorted(desired.items()):
         have = published.get(filename)
@@ -61,8 +70,13 @@ def make_plan(
         ):
             if have != record:
                 plan.update.append(filename)  # upstream hot-fixed the metadata only
-        else:
-            plan.add.append(filename)
+            continue
+        if have is not None and filename in present:
+            plan.replaced.append(filename)
+            if not allow_replace:
+                plan.retained[filename] = have
+                continue
+        plan.add.append(filename)
     for filename in sorted((managed & present.keys()) - desired.keys()):
         if prune or filename not in published:
             plan.remove.append(filename)  # never-published leftovers always go

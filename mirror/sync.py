@@ -29,6 +29,10 @@ from .state import SubdirState, subdir_lock
 from .transfer import transfer
 
 log = logging.getLogger("ferry.sync")
+REPLACED = (
+    "upstream now serves other bytes under this file name; the mirrored file and its "
+    "record are kept (allow_replace: true in the job takes the new one)"
+)
 
 
 class Status(str, enum.Enum):
@@ -290,6 +294,7 @@ class SyncRun:
             view.present,
             set(state.upstream_files),
             self.job.prune,
+            self.job.allow_replace,
         )
         mirrored = set(state.upstream_files) & view.present.keys()
         wanted_names = {r.get("name") for r in plan.desired.values()}
@@ -328,6 +333,14 @@ class SyncRun:
         state.upstream_files, state.complete = sorted(managed), False
         if plan.add:
             state.save(target)  # names in flight are ours, even if this run dies
+        options = IndexOptions(channeldata=False, jobs=self.job.jobs, outputs=self.job.outputs)
+        withdraw = set(plan.replaced) & set(plan.add)
+        if withdraw:  # no record may name a file while its bytes change
+            keep = {f: r for f, r in view.published.items() if f in view.present}
+            for filename in withdraw:
+                keep.pop(filename, None)
+            commit_subdir(target, view, Commit(keep, managed), state, options)
+            view = SubdirView.read(target, subdir)
         try:
             result = transfer(
                 packages,
@@ -345,7 +358,7 @@ class SyncRun:
             view.landed(info)
         unchanged = plan.desired.keys() - set(plan.add)
         known = choose_records(
-            {**plan.retained, **plan.desired},
+            {**plan.desired, **plan.retained},
             unchanged | result.done.keys() | plan.retained.keys(),
             view.published,
             view.present,
@@ -353,15 +366,17 @@ class SyncRun:
         state.etag, state.last_modified = answer.etag, answer.last_modified
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
-        # a refused record is looked at again on the next run, not hidden behind a 304
-        state.complete = not result.failed and not self.refused.get(subdir)
+        kept = {f: REPLACED for f in plan.replaced if f not in plan.add}
+        # a refused record or a kept file is looked at again on the next run, not
+        # hidden behind a 304
+        state.complete = not result.failed and not self.refused.get(subdir) and not kept
         report.added, report.updated, report.removed = (
             len(result.done),
             len(plan.update),
             len(plan.remove),
         )
-        report.bytes, report.failures = result.bytes, result.failed
-        report.status = Status.PARTIAL if result.failed else Status.SYNCED
+        report.bytes, report.failures = result.bytes, {**result.failed, **kept}
+        report.status = Status.PARTIAL if report.failures else Status.SYNCED
         state.last_run = {
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "added": report.added,
@@ -374,7 +389,7 @@ class SyncRun:
             view,
             Commit(known, managed, plan.remove, descriptions.extras(subdir, known)),
             state,
-            IndexOptions(channeldata=False, jobs=self.job.jobs, outputs=self.job.outputs),
+            options,
         )
 
     def _package_source(self, source: Gateway, answer: upstream.Upstream) -> tuple[Gateway, str]:

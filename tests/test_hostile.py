@@ -26,9 +26,10 @@ import zstandard
 from conda_ferry.gateways import redact, redact_text
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
-from tests.pkgmaker import Spec
+from tests.mirrorcheck import assert_consistent
+from tests.pkgmaker import Spec, package_bytes
 from tests.servers import Server
-from tests.upstream import build_upstream, edit_repodata, job_yaml
+from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
 
 SECRET_CHARS = string.ascii_letters + string.digits + "#?/@:%!$&'()*+,;=~-._"
 
@@ -268,3 +269,32 @@ def test_a_trickling_server_cannot_hold_a_transfer(nginx: Server, tmp_path: Path
     assert result.exit_code == 1
     assert "below min_rate 1024 bytes/s" in result.stderr and "--min-rate" in result.stderr
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_a_package_replaced_upstream_under_the_same_name_is_an_anomaly(
+    nginx: Server, tmp_path: Path
+) -> None:
+    root = nginx.root / f"replaced-{tmp_path.name}"
+    build_upstream(root)
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror))
+    assert ferry("sync", str(job)).exit_code == 0
+    name = "zlib-1.3.1-h0_0.conda"
+    before = (mirror / "linux-64" / name).read_bytes()
+    record = load(mirror / "linux-64/repodata.json")["packages.conda"][name]
+    rebuilt = Spec("zlib", "1.3.1", "h0_0", subdir="linux-64", files={"lib/z": b"rebuilt"})
+    (root / "linux-64" / name).write_bytes(package_bytes(rebuilt))
+    reindex(root)
+
+    kept = ferry("sync", str(job))
+    assert kept.exit_code == 3, kept.stderr
+    assert f"linux-64/{name}: upstream now serves other bytes" in kept.stderr
+    assert (mirror / "linux-64" / name).read_bytes() == before
+    assert load(mirror / "linux-64/repodata.json")["packages.conda"][name] == record
+    assert assert_consistent(mirror) > 0
+
+    job.write_text(job.read_text() + "allow_replace: true\n")
+    replaced = ferry("sync", str(job))
+    assert replaced.exit_code == 0, replaced.stderr
+    assert (mirror / "linux-64" / name).read_bytes() == package_bytes(rebuilt)
+    assert assert_consistent(mirror) > 0
