@@ -71,7 +71,7 @@ def make_plan(
             if have != record:
                 plan.update.append(filename)  # upstream hot-fixed the metadata only
             continue
-        if have is not None and filename in present:
+        if have is not None and filename in present and not same_file(have, record):
             plan.replaced.append(filename)
             if not allow_replace:
                 plan.retained[filename] = have

@@ -38,11 +38,14 @@ def test_unchanged_files_are_not_fetched_and_hot_fixes_only_update() -> None:
     assert plan.add == [] and plan.update == [B]
 
 
-def test_a_file_replaced_upstream_or_damaged_here_is_fetched_again() -> None:
+def test_a_file_damaged_here_is_fetched_again_one_replaced_upstream_only_if_allowed() -> None:
     published = {A: rec("a"), B: rec("b")}
     desired = {A: rec("a", sha="cc"), B: rec("b")}
     plan = make_plan("noarch", desired, published, {A: 10, B: 7}, {A, B}, prune=False)
-    assert plan.add == [A, B]  # A changed upstream; B's file has the wrong size
+    assert plan.add == [B]  # B's file has the wrong size
+    assert plan.replaced == [A] and plan.retained == {A: rec("a")}  # A changed upstream
+    allowed = make_plan("noarch", desired, published, {A: 10, B: 7}, {A, B}, False, True)
+    assert allowed.add == [A, B] and allowed.replaced == [A] and allowed.retained == {}
 
 
 def test_prune_removes_only_files_sync_manages() -> None:
