@@ -15,6 +15,15 @@ _DROPPED = {"arch", "platform"}
 _NAME = re.compile(r"^[A-Za-z0-9_.+!-][A-Za-z0-9_.+!~=-]*$")
 
 
+_SUBDIR = re.compile(r"[a-z0-9]+(-[a-z0-9_]+)?")
+
+
+def is_subdir_name(name: object) -> bool:
+    """Whether ``name`` can be a subdir (``noarch``, ``linux-64``, ...): never a path,
+    whoever wrote it (a job, a bundle manifest, a package's own index.json)."""
+    return isinstance(name, str) and bool(_SUBDIR.fullmatch(name))
+
+
 class BadFilename(ValueError):
     pass
 

@@ -38,7 +38,12 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.index import repodata
 from conda_ferry.index.channel import IndexOptions, discover_subdirs
-from conda_ferry.index.records import BadFilename, check_filename, record_problem
+from conda_ferry.index.records import (
+    BadFilename,
+    check_filename,
+    is_subdir_name,
+    record_problem,
+)
 from conda_ferry.index.subdir import SubdirView
 
 from . import signing
@@ -126,7 +131,7 @@ class Manifest:
         if not _CREATED.match(manifest.created):
             raise bad(f"'created' {manifest.created[:40]!r} is not a UTC time")
         for subdir in manifest.subdirs:
-            if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9_]+)?", subdir):
+            if not is_subdir_name(subdir):
                 raise bad(f"subdir {subdir!r} is not a subdir name")
         for item in manifest.files:
             _check_member(item.path, manifest.subdirs, bad)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -13,13 +12,13 @@ import yaml
 
 from conda_ferry.gateways import GatewayOptions
 from conda_ferry.index.publish import OutputOptions
+from conda_ferry.index.records import is_subdir_name
 
 from .errors import ConfigError
 from .filters import Filters
 from .yamldoc import Reader, Source, parse_size, read_options
 
 __all__ = ["Job", "load_job", "parse_job", "parse_size"]
-SUBDIR_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9_]+)?")
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def parse_job(path: str, text: str) -> Job:
     if not subdirs:
         raise top.fail("subdirs", "is required", "write subdirs: [linux-64, noarch]")
     for subdir in subdirs:
-        if not SUBDIR_NAME.fullmatch(subdir):
+        if not is_subdir_name(subdir):
             raise top.fail("subdirs", f"'{subdir}' is not a subdir name", "e.g. linux-64, noarch")
     filters = Filters.read(top.child("filters", Filters.KEYS))
     fraction = (

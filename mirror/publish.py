@@ -17,7 +17,7 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.index.channel import IndexOptions
 from conda_ferry.index.package import BadPackage, read_package
-from conda_ferry.index.records import check_filename
+from conda_ferry.index.records import check_filename, is_subdir_name, record_from_package
 
 from .errors import FerryError
 from .indexing import reindex
@@ -27,6 +27,8 @@ from .state import subdir_lock
 def publish_packages(
     channel: Gateway, packages: list[str], subdir: str | None, options: GatewayOptions
 ) -> list[str]:
+    if subdir is not None and not is_subdir_name(subdir):
+        raise UsageError(subdir, "not a subdir name", "e.g. --subdir linux-64 or noarch")
     placed: dict[str, list[str]] = {}
     for url in packages:
         directory, name = split_url(url)
@@ -37,9 +39,21 @@ def publish_packages(
                 check_filename(name)
                 with source.open_read(name) as stream:
                     meta = read_package(name, stream)
+                record_from_package(meta)  # the indexer would skip what fails here
             except (BadPackage, ValueError) as exc:
                 raise FerryError(f"{source.display(name)}: not a valid package: {exc}") from None
-            where = subdir or str(meta.index.get("subdir") or "noarch")
+            own = meta.index.get("subdir")
+            if own is not None and not is_subdir_name(own):
+                raise FerryError(
+                    f"{source.display(name)}: info/index.json names subdir {str(own)[:40]!r}, "
+                    "which is not a subdir name (refused)"
+                )
+            if own is not None and subdir is not None and own != subdir:
+                raise FerryError(
+                    f"{source.display(name)}: built for {own}, not {subdir} (refused; "
+                    "clients would be offered a package for another platform)"
+                )
+            where = subdir or own or "noarch"
             with subdir_lock(channel, where):
                 copy_file(
                     source, name, channel, f"{where}/{name}", Expected(meta.size, meta.sha256)

@@ -27,7 +27,7 @@ from conda_ferry.gateways import redact, redact_text
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
-from tests.pkgmaker import Spec, package_bytes
+from tests.pkgmaker import Spec, package_bytes, write_package
 from tests.servers import Server
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
 
@@ -298,3 +298,22 @@ def test_a_package_replaced_upstream_under_the_same_name_is_an_anomaly(
     assert replaced.exit_code == 0, replaced.stderr
     assert (mirror / "linux-64" / name).read_bytes() == package_bytes(rebuilt)
     assert assert_consistent(mirror) > 0
+
+
+@pytest.mark.parametrize("own", [".", ".ferry", "/tmp/abs", "a/b", "../up"])
+def test_publish_takes_only_a_real_subdir_name_from_a_package(own: str, tmp_path: Path) -> None:
+    package = tmp_path / "odd-1.0-0.conda"
+    package.write_bytes(package_bytes(Spec("odd", subdir=own)))
+    channel = tmp_path / "channel"
+    result = ferry("publish", str(package), "--to", str(channel))
+    assert result.exit_code == 1
+    assert "not a subdir name" in result.stderr
+    assert list(tmp_path.rglob("*.conda")) == [package]  # nothing copied anywhere
+    assert not Path("/tmp/abs/odd-1.0-0.conda").exists()
+
+
+def test_publish_refuses_a_package_built_for_another_subdir(tmp_path: Path) -> None:
+    package = write_package(tmp_path / "built", Spec("tool", subdir="linux-64"))
+    result = ferry("publish", str(package), "--to", str(tmp_path / "ch"), "--subdir", "osx-64")
+    assert result.exit_code == 1 and "built for linux-64, not osx-64" in result.stderr
+    assert not (tmp_path / "ch" / "osx-64").exists()
