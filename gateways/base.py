@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -139,16 +140,22 @@ class LockInfo:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LockInfo | None:
+        """The record, or None when it is not one a live ferry could have written
+        (then the lock is aged by its file's mtime)."""
         try:
             raw = json.loads(data)
-            return cls(
+            info = cls(
                 str(raw["host"]),
                 int(raw["pid"]),
                 float(raw["started"]),
                 float(raw["expires"]),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             return None
+        sane = 0 < info.pid < 1 << 31 and all(
+            math.isfinite(t) and 0 <= t < 1e11 for t in (info.started, info.expires)
+        )
+        return info if sane else None
 
     def stale_reason(self) -> str | None:
         """Why this lock may be taken over, or None while its holder may be alive."""

@@ -54,6 +54,12 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _count(value: str | None) -> int:
+    """A byte count from a header; -1 (unknown) for anything that is not one."""
+    text = (value or "").strip()
+    return int(text) if text.isdigit() and len(text) < 20 else -1
+
+
 class _Links(html.parser.HTMLParser):
     """Hrefs of an autoindex page (nginx, Apache, S3-style HTML listings)."""
 
@@ -172,9 +178,9 @@ class HTTPGateway(Gateway):
 
     def _info_from(self, path: str, response: requests.Response) -> FileInfo:
         headers = response.headers
-        size = int(headers.get("Content-Length", -1))
+        size = _count(headers.get("Content-Length"))
         if response.status_code == 206 and "Content-Range" in headers:
-            size = int(headers["Content-Range"].rpartition("/")[2] or -1)
+            size = _count(headers["Content-Range"].rpartition("/")[2])
         if headers.get("Content-Encoding") and not path.endswith(COMPRESSED_SUFFIXES):
             size = -1  # the encoded length says nothing about the file's
         mtime = None

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -109,10 +110,21 @@ def quiet() -> bool:
     return bool(click.get_current_context().find_root().params.get("quiet"))
 
 
+def out(text: str) -> None:
+    """A line on stdout. A reader that went away (``ferry ls | head -1``) must not
+    stop the work: the rest of the output goes nowhere, the run goes on."""
+    try:
+        click.echo(text)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # also silences the flush at exit
+        os.close(devnull)
+
+
 def say(text: str = "") -> None:
     """A line of a command's result on stdout; nothing under ``-q``."""
     if not quiet():
-        click.echo(text)
+        out(text)
 
 
 EXIT_TABLE = "\n".join(f"{code:>5}  {what}" for code, what in errors.EXIT_CODES.items())
@@ -267,7 +279,7 @@ def write_report(path: str, report: dict[str, Any]) -> None:
     """Write a ``--json`` report atomically (monitoring never reads half a file);
     ``-`` writes it to standard output, even under ``-q``."""
     if path == "-":
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        out(json.dumps(report, indent=2, sort_keys=True))
         return
     directory, name = split_url(path) if "/" in path else (".", path)
     with open_gateway(directory) as gateway:
@@ -320,7 +332,6 @@ def index_command(
     Only new or changed packages are read; an unchanged channel is left untouched.
     Records of packages mirrored by 'ferry sync' are kept as upstream serves them.
     """
-    import os
     from pathlib import Path
 
     from conda_ferry.index.channel import IndexOptions
@@ -375,7 +386,7 @@ def _print_sync(report: SyncReport) -> None:
                     f" added {sub.added}, updated {sub.updated}, removed {sub.removed}, "
                     f"{human_size(sub.bytes)}"
                 )
-        click.echo(line + (f"  {sub.message}" if sub.message else ""))
+        out(line + (f"  {sub.message}" if sub.message else ""))
         for filename, why in sorted(sub.failures.items()):
             click.echo(f"  failed: {sub.subdir}/{filename}: {why}", err=True)
 

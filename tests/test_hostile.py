@@ -16,6 +16,7 @@ import string
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -317,3 +318,56 @@ def test_publish_refuses_a_package_built_for_another_subdir(tmp_path: Path) -> N
     result = ferry("publish", str(package), "--to", str(tmp_path / "ch"), "--subdir", "osx-64")
     assert result.exit_code == 1 and "built for linux-64, not osx-64" in result.stderr
     assert not (tmp_path / "ch" / "osx-64").exists()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"host": "elsewhere", "pid": 1e30, "started": 0, "expires": 1}',
+        '{"host": "elsewhere", "pid": 99999999999999999999, "started": 0, "expires": 1}',
+        '{"host": "elsewhere", "pid": 1, "started": 0, "expires": NaN}',
+        '{"host": "elsewhere", "pid": 1, "started": 0, "expires": Infinity}',
+        '{"host": "elsewhere", "pid": -5, "started": 0, "expires": 1e300}',
+        '["not", "a", "record"]',
+    ],
+)
+def test_a_lock_record_that_no_ferry_wrote_ages_by_its_mtime(record: str, tmp_path: Path) -> None:
+    channel = tmp_path / "ch"
+    write_package(channel, Spec("tool", subdir="noarch"))
+    lock = channel / "noarch" / ".ferry.lock"
+    lock.write_text(record)
+    fresh = ferry("index", str(channel))
+    assert fresh.exit_code == 75, fresh.stderr  # unreadable and new: may be mid-write
+    assert "owner record is unreadable" in fresh.stderr
+    two_hours_ago = time.time() - 7200
+    os.utime(lock, (two_hours_ago, two_hours_ago))
+    old = ferry("index", str(channel))
+    assert old.exit_code == 0, old.stderr
+    assert "taking over a stale lock" in old.stderr
+
+
+def test_a_content_length_that_is_no_number_is_no_crash(
+    fixed_server: tuple[str, dict[str, tuple[bytes, dict[str, str]]]], tmp_path: Path
+) -> None:
+    url, files = fixed_server
+    files["/noarch/file.bin"] = (b"hello", {"Content-Length": "abc"})
+    result = ferry("cp", f"{url}/noarch/file.bin", str(tmp_path / "out.bin"), "--retries", "1")
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert result.exit_code in (0, 1)
+    if result.exit_code == 0:
+        assert (tmp_path / "out.bin").read_bytes() == b"hello"
+    else:
+        assert not (tmp_path / "out.bin").exists()
+
+
+def test_a_closed_stdout_does_not_stop_the_work(tmp_path: Path) -> None:
+    channel = tmp_path / "ch"
+    for i in range(30):
+        write_package(channel, Spec(f"tool{i}", subdir="noarch"))
+    command = f"{sys.executable} -m conda_ferry ls {channel}/noarch | head -1"
+    listed = subprocess.run(command, shell=True, capture_output=True, text=True)
+    assert listed.stdout.count("\n") == 1 and not listed.stderr
+    command = f"{sys.executable} -m conda_ferry index {channel} --json - | head -c 1"
+    indexed = subprocess.run(command, shell=True, capture_output=True, text=True)
+    assert not indexed.stderr.strip() or "Traceback" not in indexed.stderr
+    assert (channel / "noarch" / "repodata.json").exists()
