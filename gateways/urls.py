@@ -45,6 +45,15 @@ def parse(url: str) -> Location:
             f"unknown scheme '{scheme}://'",
             "use a local path, file://, http(s)://, s3://, ftp://, ftps:// or sftp://",
         )
+    if scheme != "file" and "@" not in parts.netloc and _mask_userinfo(url) != url:
+        after = url.partition("://")[2]
+        maybe_port = after[after.find(":") + 1 :].split("/", 1)[0]
+        if not maybe_port.isdigit():
+            raise UsageError(
+                redact(url),
+                "the password holds a character that ends the host part",
+                "percent-encode it: # as %23, ? as %3F, / as %2F, @ as %40",
+            )
     try:
         port = parts.port
     except ValueError:

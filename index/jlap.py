@@ -74,6 +74,7 @@ class Jlap:
 
     iv: str = ZERO_IV
     patches: list[bytes] = field(default_factory=list)
+    latest: str = ""  # the footer's: the hash of the repodata.json the log leads to
 
     @classmethod
     def parse(cls, data: bytes) -> Jlap:
@@ -90,7 +91,11 @@ class Jlap:
             running = _chain(running, line)
         if running != checksum.decode(errors="replace"):
             raise BadJlap("checksum does not verify")
-        return cls(iv, list(body))
+        try:
+            latest = str(orjson.loads(footer)["latest"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise BadJlap("the footer names no latest hash") from None
+        return cls(iv, list(body), latest)
 
     def append(
         self,
@@ -151,6 +156,10 @@ def update(
             log = Jlap.parse(previous_log)
         except BadJlap:
             log = Jlap()
+    if old_json is not None and log.latest and log.latest != blake(old_json):
+        # A run was killed between repodata.json and the log: the change it made has
+        # no patch, so no client may be led along this chain any more.
+        log = Jlap()
     new_hash = blake(new_json)
     if old_json is not None and old_doc is not None:
         old_hash = blake(old_json)

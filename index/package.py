@@ -192,7 +192,10 @@ def _read_conda(hashing: _Hashing, found: dict[str, bytes]) -> None:
         data = hashing.exactly(csize)
         if method == 8:
             inflate = zlib.decompressobj(-15)
-            data = inflate.decompress(data, MAX_INFO_COMPRESSED)
+            try:
+                data = inflate.decompress(data, MAX_INFO_COMPRESSED)
+            except zlib.error:
+                raise BadPackage("damaged archive (deflate)") from None
             if inflate.unconsumed_tail:
                 raise BadPackage("info component is implausibly large")
         elif method != 0:

@@ -47,7 +47,7 @@ from conda_ferry.index.records import (
 from conda_ferry.index.subdir import SubdirView
 
 from . import signing
-from .commit import Commit, choose_records, commit_subdir
+from .commit import Commit, choose_records, commit_subdir, sweep_temps
 from .errors import USAGE, FerryError
 from .plan import same_file
 from .state import STATE_DIR, SubdirState, subdir_locks
@@ -102,25 +102,43 @@ class Manifest:
         def bad(problem: str) -> FerryError:
             return FerryError(f"{where}: {problem} (refused; nothing was written)")
 
+        def text(value: Any) -> str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+
+        def count(value: Any) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise TypeError
+            return value
+
+        def read_piece(raw: Any) -> Piece:
+            return Piece(
+                text(raw["volume"]), text(raw["path"]), count(raw["size"]), text(raw["sha256"])
+            )
+
         try:
             raw = json.loads(data)
             if raw.get("format") != FORMAT:
-                raise bad(f"unknown bundle format {raw.get('format')!r}")
+                raise bad(f"unknown bundle format {str(raw.get('format'))[:40]!r}")
             files = [
                 BundleFile(
-                    f["path"], int(f["size"]), str(f["sha256"]), [Piece(**p) for p in f["pieces"]]
+                    text(f["path"]),
+                    count(f["size"]),
+                    text(f["sha256"]),
+                    [read_piece(p) for p in f["pieces"]],
                 )
                 for f in raw["files"]
             ]
             manifest = cls(
-                str(raw["id"]),
-                str(raw["follows"]) if raw["follows"] is not None else None,
+                text(raw["id"]),
+                None if raw["follows"] is None else text(raw["follows"]),
                 bool(raw["full"]),
-                str(raw["created"]),
-                str(raw["source"]),
-                [str(s) for s in raw["subdirs"]],
+                text(raw["created"]),
+                text(raw["source"]),
+                [text(s) for s in raw["subdirs"]],
                 files,
-                {str(k): [str(n) for n in v] for k, v in raw["removals"].items()},
+                {text(k): [text(n) for n in v] for k, v in raw["removals"].items()},
             )
         except FerryError:
             raise
@@ -303,16 +321,17 @@ def export_bundle(
         if sign_key:
             out.write_bytes(SIGNATURE, signing.sign(body, sign_key))
         out.write_bytes(MANIFEST, body)  # last: a bundle without it is incomplete
-    exports.append(
-        {
-            "id": manifest.id,
-            "follows": manifest.follows,
-            "full": manifest.full,
-            "created": manifest.created,
-            "snapshot": snapshot,
-        }
-    )
-    mirror.write_bytes(EXPORTS, json.dumps({"exports": exports[-KEEP_EXPORTS:]}).encode())
+        exports.append(
+            {
+                "id": manifest.id,
+                "follows": manifest.follows,
+                "full": manifest.full,
+                "created": manifest.created,
+                "snapshot": snapshot,
+            }
+        )
+        sweep_temps(mirror, STATE_DIR, ".exports.json.")
+        mirror.write_bytes(EXPORTS, json.dumps({"exports": exports[-KEEP_EXPORTS:]}).encode())
     return manifest
 
 
@@ -460,6 +479,7 @@ def import_bundle(
         imported.append(manifest.id)
         created = max(manifest.created, newest) if isinstance(newest, str) else manifest.created
         document = {"imported": imported[-1000:], "created": created}
+        sweep_temps(target, STATE_DIR, ".imports.json.")
         target.write_bytes(IMPORTS, json.dumps(document).encode())
     return report
 

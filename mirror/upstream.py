@@ -142,8 +142,8 @@ def package_location(
             f"{redact(str(base_url))}: {why}"
         )
 
-    if not isinstance(base_url, str):
-        raise refuse("not a string")
+    if not isinstance(base_url, str) or "\x00" in base_url:
+        raise refuse("not a URL")
     resolved = _resolve(subdir_url, base_url)
     root = _local_path(source_url)
     if root is not None:

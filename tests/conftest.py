@@ -14,6 +14,7 @@ import pytest
 
 from conda_ferry.gateways import Gateway, GatewayOptions, open_gateway
 from tests import servers
+from tests.upstream import build_upstream
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FAST_RETRY: dict[str, Any] = {"retries": 4, "retry_delay": 0.05}
@@ -55,6 +56,15 @@ nginx = _server_fixture(servers.start_nginx, "nginx")
 moto = _server_fixture(_start_moto, "moto")
 ftpd = _server_fixture(servers.start_ftp, "ftpd")
 sshd = _server_fixture(servers.start_sshd, "sshd")
+
+
+@pytest.fixture
+def upstream(nginx: servers.Server, request: pytest.FixtureRequest) -> tuple[Path, str]:
+    """The demo upstream channel, served by nginx: its directory and its URL."""
+    name = f"up-{request.node.name}".replace("[", "-").replace("]", "")[:60]
+    root = nginx.root / name
+    build_upstream(root)
+    return root, f"{nginx.url}/{name}"
 
 
 @pytest.fixture(autouse=True)

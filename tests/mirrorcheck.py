@@ -1,43 +1,78 @@
-"""The invariant every test of sync checks: each published record's file is present
-and correct, in repodata.json, its .zst and the shards alike."""
+"""The invariant every test of a writer checks, as a client would read the channel:
+each published record's file is present and correct, in repodata.json, its .zst and
+the shards alike, and the JLAP log is a valid chain."""
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
-from conda_ferry.index import repodata, shards
+from conda_ferry.gateways import Gateway, NotFound, open_gateway
+from conda_ferry.index import jlap, repodata, shards
 from tests.clientread import read_msgpack_zst
+
+Records = dict[str, Any]
+
+
+def _optional(gateway: Gateway, path: str) -> bytes | None:
+    try:
+        return gateway.read_bytes(path)
+    except NotFound:
+        return None
+
+
+def _names(document: dict[str, Any]) -> set[str]:
+    return {*document.get("packages", {}), *document.get("packages.conda", {})}
+
+
+def check_subdir(gateway: Gateway, subdir: str) -> int:
+    """Checks one subdir; returns how many records repodata.json names."""
+    data = _optional(gateway, f"{subdir}/repodata.json")
+    if data is None:
+        return 0
+    records: Records = repodata.records(json.loads(data))
+    present = {f.name: f.size for f in gateway.files(subdir)}
+    for filename, record in records.items():
+        assert present.get(filename) == record["size"], f"{subdir}/{filename}"
+        assert gateway.checksum(f"{subdir}/{filename}")[1] == record["sha256"], filename
+    if (zst := _optional(gateway, f"{subdir}/repodata.json.zst")) is not None:
+        missing = _names(json.loads(repodata.unzst(zst))) - present.keys()
+        assert not missing, f"{subdir}/repodata.json.zst names missing {missing}"
+    if (index := _optional(gateway, f"{subdir}/{shards.INDEX_NAME}")) is not None:
+        for digest in read_msgpack_zst(index)["shards"].values():
+            shard = read_msgpack_zst(
+                gateway.read_bytes(f"{subdir}/{shards.shard_path(digest.hex())}")
+            )
+            missing = _names(shard) - present.keys()
+            assert not missing, f"{subdir} shard names missing {missing}"
+    if (log := _optional(gateway, f"{subdir}/repodata.jlap")) is not None:
+        parsed = jlap.Jlap.parse(log)  # the checksum chain verifies
+        steps = [json.loads(line) for line in parsed.patches]
+        for before, after in itertools.pairwise(steps):
+            assert before["to"] == after["from"], f"{subdir}/repodata.jlap: a gap in the chain"
+        if steps:
+            assert steps[-1]["to"] == parsed.latest, f"{subdir}/repodata.jlap: footer"
+    return len(records)
+
+
+def check_channel(gateway: Gateway, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> int:
+    return sum(check_subdir(gateway, subdir) for subdir in subdirs)
 
 
 def assert_consistent(mirror: Path, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> int:
-    """Returns how many records were checked."""
-    checked = 0
+    """:func:`check_channel` of a local directory; returns how many records it names."""
+    with open_gateway(str(mirror)) as gateway:
+        return check_channel(gateway, subdirs)
+
+
+def assert_converged(gateway: Gateway, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> None:
+    """After a clean run: the log leads to the repodata.json served, no temp file left."""
     for subdir in subdirs:
-        path = mirror / subdir / "repodata.json"
-        if not path.exists():
-            continue
-        document = json.loads(path.read_bytes())
-        records: dict[str, Any] = {**document["packages"], **document["packages.conda"]}
-        for filename, record in records.items():
-            data = (mirror / subdir / filename).read_bytes()
-            assert len(data) == record["size"], filename
-            assert hashlib.sha256(data).hexdigest() == record["sha256"], filename
-            checked += 1
-        zst = mirror / subdir / "repodata.json.zst"
-        if zst.exists():
-            compressed = json.loads(repodata.unzst(zst.read_bytes()))
-            for section in ("packages", "packages.conda"):
-                for filename in compressed[section]:
-                    assert (mirror / subdir / filename).exists(), filename
-        index = mirror / subdir / shards.INDEX_NAME
-        if index.exists():
-            for digest in read_msgpack_zst(index.read_bytes())["shards"].values():
-                shard_file = mirror / subdir / shards.shard_path(digest.hex())
-                shard = read_msgpack_zst(shard_file.read_bytes())
-                for section in ("packages", "packages.conda"):
-                    for filename in shard[section]:
-                        assert (mirror / subdir / filename).exists(), filename
-    return checked
+        data = _optional(gateway, f"{subdir}/repodata.json")
+        log = _optional(gateway, f"{subdir}/repodata.jlap")
+        if data is not None and log is not None:
+            assert jlap.Jlap.parse(log).latest == jlap.blake(data), f"{subdir}: JLAP lags"
+    leftovers = [f.path for f in gateway.list("", recursive=True) if f.name.endswith(".part")]
+    assert leftovers == [], leftovers

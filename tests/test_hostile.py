@@ -273,12 +273,11 @@ def test_a_trickling_server_cannot_hold_a_transfer(nginx: Server, tmp_path: Path
 
 
 def test_a_package_replaced_upstream_under_the_same_name_is_an_anomaly(
-    nginx: Server, tmp_path: Path
+    upstream: tuple[Path, str], tmp_path: Path
 ) -> None:
-    root = nginx.root / f"replaced-{tmp_path.name}"
-    build_upstream(root)
+    root, url = upstream
     mirror = tmp_path / "mirror"
-    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror))
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
     assert ferry("sync", str(job)).exit_code == 0
     name = "zlib-1.3.1-h0_0.conda"
     before = (mirror / "linux-64" / name).read_bytes()
@@ -371,3 +370,22 @@ def test_a_closed_stdout_does_not_stop_the_work(tmp_path: Path) -> None:
     indexed = subprocess.run(command, shell=True, capture_output=True, text=True)
     assert not indexed.stderr.strip() or "Traceback" not in indexed.stderr
     assert (channel / "noarch" / "repodata.json").exists()
+
+
+def test_a_password_in_the_source_url_is_nowhere_on_disk_or_screen(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    mirror = tmp_path / "mirror"
+    raw = upstream[1].replace("http://", "http://mirror:pa#ss/Leak9@")
+    unquoted = ferry("-v", "sync", str(job_yaml(tmp_path / "raw.yaml", raw, str(mirror))))
+    assert unquoted.exit_code == 2 and "percent-encode it" in unquoted.stderr
+    assert "Leak9" not in unquoted.output + unquoted.stderr
+    source = raw.replace("pa#ss/Leak9", "pa%23ss%2FLeak9")
+    job = job_yaml(tmp_path / "job.yaml", source, str(mirror))
+    report = tmp_path / "report.json"
+    result = ferry("-v", "sync", str(job), "--json", str(report))
+    assert result.exit_code == 0, result.stderr
+    for path in [report, *mirror.rglob("*")]:
+        if path.is_file():
+            assert b"Leak9" not in path.read_bytes(), path
+    assert "Leak9" not in result.output + result.stderr

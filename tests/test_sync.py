@@ -31,14 +31,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture
-def upstream(nginx: Server, request: pytest.FixtureRequest) -> tuple[Path, str]:
-    name = f"up-{request.node.name}".replace("[", "-").replace("]", "")[:60]
-    root = nginx.root / name
-    build_upstream(root)
-    return root, f"{nginx.url}/{name}"
-
-
 def files(mirror: Path) -> dict[str, list[str]]:
     out = {}
     for subdir in ("linux-64", "noarch"):

@@ -22,7 +22,7 @@ from tests.upstream import reindex
 
 def run_ferry(job: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", "from mirror.cli import main; main()", "sync", str(job)],
+        [sys.executable, "-m", "conda_ferry", "sync", str(job)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

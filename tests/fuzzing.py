@@ -1,0 +1,232 @@
+"""Fuzzers for everything ferry reads from outside: packages, upstream repodata,
+bundle manifests. Each runs for a time budget and reports how many inputs it tried.
+
+Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
+than a bound" fails as loudly as a wrong exception type:
+``python -m tests.fuzzing packages 5``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from conda_ferry.gateways import GatewayError, open_gateway
+from conda_ferry.index.package import BadPackage, read_package
+from conda_ferry.index.records import record_from_package
+from conda_ferry.mirror import bundle, errors, sync, upstream
+from conda_ferry.mirror.filters import Filters, Selector
+from conda_ferry.mirror.plan import make_plan
+from tests.pkgmaker import DEMO, Spec, package_bytes
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
+WEIRD: list[Any] = [
+    None,
+    True,
+    -1,
+    0,
+    2**70,
+    1e308,
+    float("nan"),
+    "",
+    "abc",
+    "../x",
+    "1..x y",
+    "python >=3",
+    "\x00",
+    "é" * 300,
+    [],
+    ["a", 1],
+    {},
+    {"a": []},
+]
+
+
+def _deadline(seconds: float) -> Iterator[int]:
+    """Counts 1, 2, ... until the time is up."""
+    end, count = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        count += 1
+        yield count
+
+
+def _seeds() -> list[tuple[str, bytes]]:
+    seeds = [(f"{s.stem}{fmt}", package_bytes(s, fmt)) for s, fmt in DEMO]
+    seeds.append(("big-1.0-0.conda", package_bytes(Spec("big", files={"a": b"x" * 100_000}))))
+    if SHARED.is_dir():
+        for path in sorted(SHARED.rglob("*"))[:200]:
+            if path.name.endswith((".conda", ".tar.bz2")) and path.stat().st_size < 2 << 20:
+                seeds.append((path.name, path.read_bytes()))
+    return seeds
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        if not out:
+            break
+        at = rng.randrange(len(out))
+        kind = rng.randrange(5)
+        if kind == 0:
+            out[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            del out[at:]
+        elif kind == 2:
+            out[at:at] = rng.randbytes(rng.randint(1, 64))
+        elif kind == 3:
+            end = min(len(out), at + rng.randint(1, 4096))
+            out[at:at] = out[at:end] * rng.randint(1, 4)
+        else:  # a size or count field turned huge
+            out[at : at + 4] = b"\xff\xff\xff\x7f"
+    return bytes(out)
+
+
+def fuzz_packages(seconds: float, seed: int) -> int:
+    """Mutated real packages through the reader and the record maker: BadPackage only."""
+    rng = random.Random(seed)
+    seeds = _seeds()
+    count = 0
+    for count in _deadline(seconds):  # noqa: B007 - the last count is the result
+        name, data = rng.choice(seeds)
+        with contextlib.suppress(BadPackage):
+            record_from_package(read_package(name, io.BytesIO(_mutate(rng, data))))
+    return count
+
+
+def _record(rng: random.Random, base: dict[str, Any]) -> Any:
+    record = copy.deepcopy(base)
+    if rng.random() < 0.05:
+        return rng.choice(WEIRD)
+    for _ in range(rng.randint(0, 4)):
+        key = rng.choice([*record, "size", "sha256", "depends", "timestamp", "license", "x"])
+        if rng.random() < 0.2:
+            record.pop(key, None)
+        else:
+            record[key] = rng.choice(WEIRD)
+    return record
+
+
+def _document(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = {"info": {"subdir": "linux-64"}, "packages": {}}
+    conda: dict[str, Any] = {}
+    for filename, record in base.items():
+        name = filename if rng.random() > 0.05 else rng.choice(["../a.conda", "/x.conda", 7])
+        conda[str(name)] = _record(rng, record)
+    document["packages.conda"] = conda if rng.random() > 0.03 else rng.choice(WEIRD)
+    if rng.random() < 0.1:
+        document["info"] = rng.choice([*WEIRD, {"base_url": rng.choice([*WEIRD, "file:///"])}])
+    return document
+
+
+FILTERS = [
+    {},
+    {"include": ["zlib", "pngtool >=2"], "dependencies": True},
+    {"latest": 1, "licenses": {"deny": ["GPL-*"]}, "max_size": "1MB"},
+    {"after": "2023-01-01", "before": "2030-01-01", "exclude": ["*-dbg"]},
+]
+
+
+def fuzz_records(seconds: float, seed: int) -> int:
+    """Hostile repodata documents through sync's parsing, the filters, the plan and
+    the base_url rule: FerryError only."""
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        from tests.upstream import build_upstream
+
+        build_upstream(root)
+        base = json.loads((root / "linux-64" / "repodata.json").read_bytes())["packages.conda"]
+        count = 0
+        for count in _deadline(seconds):  # noqa: B007 - the last count is the result
+            document = _document(rng, base)
+            try:
+                records, _ = sync._records(document, "fuzz")
+                filters = Filters.parse(rng.choice(FILTERS))
+                selection = Selector(filters).select({"linux-64": records, "noarch": {}})
+                kept = selection.kept.get("linux-64", {})
+                make_plan("linux-64", kept, base, {f: 1 for f in base}, set(base), True)
+                info = document.get("info")
+                if isinstance(info, dict) and "base_url" in info:
+                    upstream.package_location(str(root), "linux-64", info["base_url"], ())
+            except errors.FerryError:
+                pass
+    return count
+
+
+def _manifest_mutant(rng: random.Random, manifest: dict[str, Any]) -> dict[str, Any]:
+    mutant = copy.deepcopy(manifest)
+    for _ in range(rng.randint(1, 3)):
+        target: Any = mutant
+        path: list[Any] = []
+        while isinstance(target, (dict, list)) and target and rng.random() < 0.7:
+            key = rng.choice(list(target) if isinstance(target, dict) else range(len(target)))
+            path.append(key)
+            target = target[key]
+        if not path:
+            continue
+        parent = mutant
+        for key in path[:-1]:
+            parent = parent[key]
+        choice = rng.random()
+        if choice < 0.15 and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif choice < 0.4 and isinstance(target, str):
+            parent[path[-1]] = rng.choice(["../" + target, "/" + target, target + "/../..", ""])
+        elif choice < 0.5 and isinstance(target, int):
+            parent[path[-1]] = target + rng.choice([-1, 1, 2**40])
+        else:
+            parent[path[-1]] = rng.choice(WEIRD)
+    return mutant
+
+
+def fuzz_manifests(seconds: float, seed: int) -> int:
+    """Generated manifests through bundle import: FerryError or GatewayError only,
+    and nothing written outside the target."""
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        from tests.upstream import build_upstream
+
+        build_upstream(root / "mirror")
+        with open_gateway(str(root / "mirror")) as mirror:
+            bundle.export_bundle(mirror, str(root / "b"), None, True, None, 1 << 20, None)
+        original = json.loads((root / "b" / bundle.MANIFEST).read_bytes())
+        count = 0
+        for count in _deadline(seconds):
+            mutant = _manifest_mutant(rng, original)
+            (root / "b" / bundle.MANIFEST).write_text(json.dumps(mutant))
+            target = root / "targets" / str(count)
+            try:
+                with open_gateway(str(root / "b")) as src, open_gateway(str(target)) as dst:
+                    bundle.import_bundle(src, dst, None, allow_gap=True)
+            except (errors.FerryError, GatewayError):
+                pass
+            outside = [p for p in root.rglob("*") if not _inside(p, root)]
+            assert not outside, outside
+    return count
+
+
+def _inside(path: Path, root: Path) -> bool:
+    parts = path.relative_to(root).parts
+    return parts[0] in ("b", "mirror", "targets")
+
+
+FUZZERS: dict[str, Callable[[float, int], int]] = {
+    "packages": fuzz_packages,
+    "records": fuzz_records,
+    "manifests": fuzz_manifests,
+}
+
+if __name__ == "__main__":
+    kind, budget = sys.argv[1], float(sys.argv[2])
+    seed = int(sys.argv[3]) if len(sys.argv) > 3 else random.randrange(1 << 30)
+    print(json.dumps({"fuzzer": kind, "inputs": FUZZERS[kind](budget, seed), "seed": seed}))

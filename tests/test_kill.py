@@ -1,0 +1,177 @@
+"""The standing kill suite: every writer (sync, index, import) SIGKILLed at random
+instants, over a local target and S3. After each kill, what a client reads must be
+consistent; after a clean rerun, the channel has converged with no temp file left.
+
+``FERRY_KILL_ROUNDS`` sets the kills per writer and target (CI: a handful).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conda_ferry.gateways import Gateway, GatewayOptions, open_gateway
+from tests.mirrorcheck import assert_converged, check_channel
+from tests.pkgmaker import Spec, package_bytes, write_package
+from tests.servers import Server
+from tests.upstream import reindex
+
+ROUNDS = int(os.environ.get("FERRY_KILL_ROUNDS", "5"))
+
+
+@dataclass
+class Target:
+    url: str
+    options: GatewayOptions
+    flags: list[str]  # how the command line reaches it
+    job_options: str  # how a job file reaches it
+
+    def gateway(self) -> Gateway:
+        return open_gateway(self.url, self.options)
+
+
+@pytest.fixture(params=["localfs", "s3"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    if request.param == "localfs":
+        yield Target(str(tmp_path / "target"), GatewayOptions(), [], "")
+        return
+    moto: Server = request.getfixturevalue("moto")
+    url = f"s3://ferry/kill-{tmp_path.name[-20:]}"
+    yield Target(
+        url,
+        GatewayOptions(endpoint_url=moto.url),
+        ["--endpoint-url", moto.url],
+        f"target_options: {{endpoint_url: '{moto.url}'}}\n",
+    )
+
+
+def _ferry(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "conda_ferry", "-q", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _timed(*args: str) -> float:
+    started = time.monotonic()
+    proc = _ferry(*args)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return time.monotonic() - started
+
+
+def kill_at_random(
+    args: list[str],
+    target: Target,
+    span: float,
+    between: Callable[[int], None] = lambda _: None,
+) -> int:
+    """Start the writer ``ROUNDS`` times, SIGKILL each at a random instant within
+    ``span`` seconds, check the channel after every kill; returns how many were killed."""
+    rng = random.Random()
+    kills = 0
+    for round_ in range(ROUNDS):
+        between(round_)
+        proc = _ferry(*args)
+        time.sleep(rng.uniform(0.05, span))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        with target.gateway() as gateway:
+            check_channel(gateway)
+    return kills
+
+
+def _converge(args: list[str], target: Target) -> int:
+    proc = _ferry(*args)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    with target.gateway() as gateway:
+        assert_converged(gateway)
+        return check_channel(gateway)
+
+
+def _upstream(root: Path, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        subdir = "noarch" if i % 4 == 0 else "linux-64"
+        spec = Spec(
+            f"p{i}",
+            subdir=subdir,
+            noarch="generic" if subdir == "noarch" else None,
+            files={f"share/p{i}": os.urandom(30_000)},
+        )
+        write_package(root, spec, ".conda" if i % 3 else ".tar.bz2")
+
+
+def test_sync_killed_at_random(target: Target, tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream"
+    _upstream(upstream, 30)
+    reindex(upstream)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source: {upstream}\ntarget: {target.url}\nsubdirs: [linux-64, noarch]\n"
+        f"prune: true\nmax_prune_fraction: 1\n{target.job_options}"
+    )
+    scratch = tmp_path / "scratch.yaml"
+    scratch.write_text(job.read_text().replace(target.url, str(tmp_path / "scratch")))
+    span = _timed("sync", str(scratch)) * 1.2
+
+    def change(round_: int) -> None:  # upstream moves on between kills
+        if round_ % 2:
+            for path in sorted(upstream.glob(f"*/p{round_}-*")):
+                path.unlink()
+            _upstream(upstream, 2, 100 + 2 * round_)
+            reindex(upstream)
+
+    assert kill_at_random(["sync", str(job)], target, span, change) > 0
+    assert _converge(["sync", str(job)], target) == len(list(upstream.glob("*/p*-*")))
+
+
+def test_index_killed_at_random(target: Target, tmp_path: Path) -> None:
+    def add(round_: int) -> None:
+        with target.gateway() as gateway:
+            for i in range(round_ * 6, round_ * 6 + 6):
+                spec = Spec(f"c{i}", subdir="noarch", files={"blob": os.urandom(20_000)})
+                gateway.write_bytes(f"noarch/{spec.stem}.conda", package_bytes(spec))
+
+    add(99)
+    span = _timed("index", target.url, *target.flags) * 1.5
+    assert kill_at_random(["index", target.url, *target.flags], target, span, add) > 0
+    assert _converge(["index", target.url, *target.flags], target) == 6 * (ROUNDS + 1)
+
+
+def test_import_killed_at_random(target: Target, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    _upstream(outside, 24)
+    reindex(outside)
+    first = tmp_path / "b1"
+    assert _timed("export", str(outside), str(first)) > 0
+    for path in sorted(outside.glob("*/p1*-*")):
+        path.unlink()
+    _upstream(outside, 6, 50)
+    reindex(outside)
+    second = tmp_path / "b2"
+    assert _timed("export", str(outside), str(second)) > 0
+
+    scratch = tmp_path / "scratch"
+    span = _timed("import", str(first), "--to", str(scratch)) * 1.2
+    for bundle in (first, second):
+        args = ["import", str(bundle), "--to", target.url, *target.flags]
+        kill_at_random(args, target, span)
+        _converge(args, target)
+    with target.gateway() as gateway:
+        names = {f.name for s in ("linux-64", "noarch") for f in gateway.files(s)}
+    expected = {p.name for p in outside.glob("*/p*-*")}
+    assert expected <= names
+    shutil.rmtree(scratch)
