@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import jsonpatch
 import pytest
@@ -375,3 +376,18 @@ def test_optional_outputs_bz2_and_current(tmp_path: Path) -> None:
     assert list(current["packages.conda"]) == ["libzed-1.1-h0_0.conda"]  # newest libzed only
     assert "app-2.0-h1_0.tar.bz2" in current["packages"]
     assert not (sub / "repodata.jlap").exists() and not (sub / "shards").exists()
+
+
+def test_a_log_left_behind_by_a_killed_run_restarts_instead_of_lying() -> None:
+    def doc(names: list[str]) -> dict[str, Any]:
+        return repodata.build("noarch", {}, {n: {"name": n, "size": 1} for n in names})
+
+    docs = [doc(["a", "b", "c", "d"][:n]) for n in range(1, 5)]
+    raw = [repodata.dumps(d) for d in docs]
+    log = jlap.update(None, None, None, raw[0], docs[0])
+    log = jlap.update(log, raw[0], docs[0], raw[1], docs[1])
+    # killed after repodata.json became docs[2], before the log learnt of it:
+    after = jlap.Jlap.parse(jlap.update(log, raw[2], docs[2], raw[3], docs[3]))
+    assert after.latest == jlap.blake(raw[3])
+    steps = [json.loads(line) for line in after.patches]
+    assert [(s["from"], s["to"]) for s in steps] == [(jlap.blake(raw[2]), jlap.blake(raw[3]))]
