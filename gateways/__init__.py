@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions, LockInfo, is_temp, option
-from .copy import Copied, Expected, copy_file, copy_stream
+from .copy import Copied, Expected, copy_file, copy_stream, matches
 from .errors import (
     CredentialsError,
     GatewayError,
@@ -116,6 +116,7 @@ __all__ = [
     "expansion_limit",
     "is_temp",
     "list_url",
+    "matches",
     "open_file",
     "open_gateway",
     "option",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .base import FileInfo, Gateway
-from .errors import IntegrityError
-from .streams import VerifyingReader
+from .errors import GatewayError, IntegrityError
+from .streams import CHUNK, VerifyingReader
 
 log = logging.getLogger("ferry.gateways")
 
@@ -75,3 +75,16 @@ def copy_file(
     """:func:`copy_stream` from a file of ``source``; ``kw`` as there."""
     opener = functools.partial(source.open_read, source_path)
     return copy_stream(opener, source.display(source_path), target, path, expect, **kw)
+
+
+def matches(gateway: Gateway, path: str, expect: Expected) -> bool:
+    """Whether the stored file has the size and digests ``expect`` names (read once)."""
+    try:
+        with VerifyingReader(
+            gateway.open_read(path), gateway.display(path), expect.size, expect.sha256, expect.md5
+        ) as reader:
+            while reader.read(CHUNK):
+                pass
+    except GatewayError:
+        return False
+    return True

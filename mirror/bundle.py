@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from conda_ferry.gateways import (
-    CHUNK,
     Expected,
     Gateway,
     GatewayError,
@@ -34,6 +33,7 @@ from conda_ferry.gateways import (
     VerifyingReader,
     clean_relative,
     copy_stream,
+    matches,
     open_gateway,
 )
 from conda_ferry.index import repodata
@@ -573,8 +573,10 @@ def _apply_subdir(
         report.bytes += item.size
     # Files of earlier imports: the bundle's record must still describe them.
     for name in sorted(records.keys() & view.packages.keys() - ready):
-        if same_file(view.published.get(name), records[name]) or _file_matches(
-            target, f"{subdir}/{name}", records[name]
+        record = records[name]
+        expect = Expected(record.get("size"), record.get("sha256"), record.get("md5"))
+        if same_file(view.published.get(name), record) or matches(
+            target, f"{subdir}/{name}", expect
         ):
             ready.add(name)
         else:
@@ -595,20 +597,6 @@ def _apply_subdir(
         IndexOptions(channeldata=False, run_exports=False),
     )
     report.removed += len(gone)
-
-
-def _file_matches(target: Gateway, path: str, record: dict[str, Any]) -> bool:
-    """Whether the target's file has the size and digests ``record`` promises."""
-    try:
-        expect = Expected(record.get("size"), record.get("sha256"), record.get("md5"))
-        with VerifyingReader(
-            target.open_read(path), target.display(path), expect.size, expect.sha256, expect.md5
-        ) as reader:
-            while reader.read(CHUNK):
-                pass
-    except GatewayError:
-        return False
-    return True
 
 
 def _already_there(

@@ -75,6 +75,8 @@ def commit_subdir(
     for filename in commit.remove:
         target.delete(f"{view.subdir}/{filename}")
     state.upstream_files = sorted(commit.managed - set(commit.remove))
+    gone = commit.known.keys() | set(commit.remove)  # published or deleted: no more news
+    state.verified = {f: sha for f, sha in state.verified.items() if f not in gone}
     state.save(target)
     return result
 

@@ -27,6 +27,10 @@ class Plan:
     retained: dict[str, Record] = field(default_factory=dict)  # no longer wanted, not pruned
     # published files whose upstream record now describes other bytes, same name
     replaced: list[str] = field(default_factory=list)
+    # on the target, unpublished, of the record's size: a killed run's work, taken as
+    # it is when the journal vouches for it (adopt) or once it is re-read (check)
+    adopt: list[str] = field(default_factory=list)
+    check: list[str] = field(default_factory=list)
 
     @property
     def add_bytes(self) -> int:
@@ -41,6 +45,8 @@ class Plan:
             "add_bytes": self.add_bytes,
             "retained": sorted(self.retained),
             "replaced": self.replaced,
+            "adopt": self.adopt,
+            "check": self.check,
         }
 
 
@@ -52,6 +58,7 @@ def make_plan(
     managed: set[str],
     prune: bool,
     allow_replace: bool = False,
+    verified: dict[str, str] | None = None,
 ) -> Plan:
     """``published``: the mirror's current records; ``present``: file name -> size;
     ``managed``: files sync put there (custom packages are never touched).
@@ -59,7 +66,10 @@ def make_plan(
     A published file whose upstream record now promises other bytes under the same
     name is an anomaly (a rebuilt package, or a tampered upstream): it is kept as it
     is and listed in ``replaced``, unless ``allow_replace``; then it is added again
-    and listed too, so that its record is withdrawn before the file changes."""
+    and listed too, so that its record is withdrawn before the file changes.
+
+    ``verified``: the journal of files a killed run verified as they landed (name ->
+    sha256): such a file is adopted, not fetched again."""
     plan = Plan(subdir, desired)
     for filename, record in sorted(desired.items()):
         have = published.get(filename)
@@ -76,6 +86,13 @@ def make_plan(
             if not allow_replace:
                 plan.retained[filename] = have
                 continue
+        elif have is None and present.get(filename) == record.get("size"):
+            journal = (verified or {}).get(filename)
+            if journal is not None and journal == record.get("sha256"):
+                plan.adopt.append(filename)
+            else:
+                plan.check.append(filename)
+            continue
         plan.add.append(filename)
     for filename in sorted((managed & present.keys()) - desired.keys()):
         if prune or filename not in published:

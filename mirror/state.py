@@ -41,6 +41,9 @@ class SubdirState:
     fingerprint: str | None = None  # the job config that produced the mirror
     complete: bool = False  # the last run published everything it planned
     upstream_files: list[str] = field(default_factory=list)  # files sync manages
+    # name -> sha256 of files verified as they landed, not yet published: the work an
+    # interrupted run leaves for the next one to adopt instead of fetching again
+    verified: dict[str, str] = field(default_factory=dict)
     last_run: dict[str, Any] = field(default_factory=dict)
     _saved: bytes | None = field(default=None, repr=False, compare=False)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Gateway, GatewayError, LockHeld, open_gateway
+from conda_ferry.gateways import Copied, Gateway, GatewayError, LockHeld, matches, open_gateway
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
 from conda_ferry.index.records import BadFilename, check_filename, record_problem
 from conda_ferry.index.repodata import SECTIONS
@@ -26,7 +27,7 @@ from .filters import Selection, Selector
 from .plan import Plan, make_plan
 from .progress import Progress
 from .state import SubdirState, subdir_lock
-from .transfer import transfer
+from .transfer import expected, transfer
 
 log = logging.getLogger("ferry.sync")
 REPLACED = (
@@ -135,6 +136,31 @@ def _records(
             else:
                 refused[filename] = f"upstream record refused: {problem}"
     return merged, refused  # each is named in the run's summary
+
+
+class Journal:
+    """The state's record of files verified as they landed, saved at most every few
+    seconds (after a flush: the journal never vouches for bytes not yet durable)."""
+
+    def __init__(self, target: Gateway, state: SubdirState, interval: float = 2.0) -> None:
+        self._target, self._state, self._interval = target, state, interval
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def landed(self, filename: str, copied: Copied) -> None:
+        with self._lock:
+            self._state.verified[filename] = copied.sha256
+            if time.monotonic() - self._last >= self._interval:
+                self._save()
+
+    def save(self) -> None:
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
+        self._target.flush()
+        self._state.save(self._target)
+        self._last = time.monotonic()
 
 
 class SyncRun:
@@ -295,6 +321,7 @@ class SyncRun:
             set(state.upstream_files),
             self.job.prune,
             self.job.allow_replace,
+            state.verified,
         )
         mirrored = set(state.upstream_files) & view.present.keys()
         wanted_names = {r.get("name") for r in plan.desired.values()}
@@ -329,34 +356,44 @@ class SyncRun:
         view = SubdirView.read(target, subdir)
         plan = self._plan(view, selection, state)
         packages, prefix = self._package_source(source, answer)
-        managed = set(state.upstream_files) | set(plan.add)
+        fetch = list(plan.add)
+        adopted = set(plan.adopt)
+        for filename in plan.check:  # a killed run's file, not in its journal: re-read
+            if matches(target, f"{subdir}/{filename}", expected(plan.desired[filename])):
+                adopted.add(filename)
+            else:
+                fetch.append(filename)
+        managed = set(state.upstream_files) | set(fetch) | adopted
         state.upstream_files, state.complete = sorted(managed), False
-        if plan.add:
+        if fetch:
             state.save(target)  # names in flight are ours, even if this run dies
         options = IndexOptions(channeldata=False, jobs=self.job.jobs, outputs=self.job.outputs)
-        withdraw = set(plan.replaced) & set(plan.add)
+        withdraw = set(plan.replaced) & set(fetch)
         if withdraw:  # no record may name a file while its bytes change
             keep = {f: r for f, r in view.published.items() if f in view.present}
             for filename in withdraw:
                 keep.pop(filename, None)
             commit_subdir(target, view, Commit(keep, managed), state, options)
             view = SubdirView.read(target, subdir)
+        journal = Journal(target, state)
         try:
             result = transfer(
                 packages,
                 prefix,
                 target,
                 subdir,
-                {fn: plan.desired[fn] for fn in plan.add},
+                {fn: plan.desired[fn] for fn in sorted(fetch)},
                 self.job.jobs,
                 self.progress,
+                journal.landed,
             )
         finally:
+            journal.save()  # interrupted or not, what landed is kept for the next run
             if packages is not source:
                 packages.close()
         for info in result.done.values():
             view.landed(info)
-        unchanged = plan.desired.keys() - set(plan.add)
+        unchanged = plan.desired.keys() - set(fetch)
         known = choose_records(
             {**plan.desired, **plan.retained},
             unchanged | result.done.keys() | plan.retained.keys(),
@@ -366,12 +403,12 @@ class SyncRun:
         state.etag, state.last_modified = answer.etag, answer.last_modified
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
-        kept = {f: REPLACED for f in plan.replaced if f not in plan.add}
+        kept = {f: REPLACED for f in plan.replaced if f not in fetch}
         # a refused record or a kept file is looked at again on the next run, not
         # hidden behind a 304
         state.complete = not result.failed and not self.refused.get(subdir) and not kept
         report.added, report.updated, report.removed = (
-            len(result.done),
+            len(result.done) + len(adopted),
             len(plan.update),
             len(plan.remove),
         )

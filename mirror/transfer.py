@@ -8,6 +8,8 @@ the upstream record.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,10 @@ def expected(record: dict[str, Any]) -> Expected:
     )
 
 
+class _Cancelled(Exception):
+    """Raised inside a worker's copy so that its atomic write is abandoned."""
+
+
 def transfer(
     source: Gateway,
     source_dir: str,
@@ -43,13 +49,27 @@ def transfer(
     items: dict[str, dict[str, Any]],
     jobs: int,
     progress: Progress,
+    landed: Callable[[str, Copied], None] = lambda name, copied: None,
 ) -> TransferResult:
+    """Copy ``items``; ``landed`` hears of each verified file as it arrives (from the
+    worker thread that copied it).
+
+    Interrupted (Ctrl-C, SIGTERM), the copies in flight are abandoned at their next
+    chunk, their temp files removed, and nothing more is started."""
     result = TransferResult()
     progress.start(subdir, len(items), sum(int(r.get("size") or 0) for r in items.values()))
+    stop = threading.Event()
+
+    def advance(count: int) -> None:
+        if stop.is_set():
+            raise _Cancelled
+        progress.advance(count)
 
     def one(filename: str) -> tuple[str, Copied | str]:
+        if stop.is_set():
+            raise _Cancelled
         try:
-            return filename, copy_file(
+            copied = copy_file(
                 source,
                 f"{source_dir}{filename}",
                 target,
@@ -57,12 +77,15 @@ def transfer(
                 expected(items[filename]),
                 durable=False,  # the caller flushes once, before publishing
                 attempts=INTEGRITY_ATTEMPTS,
-                progress=progress.advance,
+                progress=advance,
             )
         except GatewayError as exc:
             return filename, str(exc)
+        landed(filename, copied)  # from the worker: journaled the moment it is true
+        return filename, copied
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         for filename, outcome in pool.map(one, sorted(items)):
             progress.file_done(filename, not isinstance(outcome, str))
             if isinstance(outcome, str):
@@ -71,4 +94,9 @@ def transfer(
             else:
                 result.done[filename] = outcome.info
                 result.bytes += outcome.size
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # temp files gone, none started
+        raise
+    pool.shutdown()
     return result

@@ -84,3 +84,13 @@ def test_choose_never_names_a_missing_or_unverified_file() -> None:
 def test_commit_skips_mirror_files_it_does_not_publish() -> None:
     commit = Commit({A: rec("a")}, managed={A, B}, remove=[B])
     assert commit.skip == {B}  # never read and published as a custom package
+
+
+def test_a_killed_runs_files_are_adopted_by_journal_or_re_read() -> None:
+    desired = {A: rec("a"), B: rec("b"), C: rec("c")}
+    present = {A: 10, B: 10, C: 3}  # C was cut short
+    journal = {A: "aa" * 32, B: "ff" * 32}  # B's journal disagrees with its record
+    plan = make_plan("noarch", desired, {}, present, {A, B, C}, False, verified=journal)
+    assert plan.adopt == [A]  # vouched for: not read again
+    assert plan.check == [B]  # re-read before it is trusted
+    assert plan.add == [C]
