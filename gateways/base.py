@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import builtins
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +32,7 @@ from .urls import clean_relative, join, redact
 T = TypeVar("T")
 
 log = logging.getLogger("ferry.gateways")
+LOCK_TTL = 300.0  # seconds a lock outlives its holder's last heartbeat
 
 
 @dataclass(frozen=True)
@@ -158,17 +161,25 @@ class LockInfo:
         return info if sane else None
 
     def stale_reason(self) -> str | None:
-        """Why this lock may be taken over, or None while its holder may be alive."""
-        if time.time() > self.expires:
-            return "it expired"
+        """Why this lock may be taken over, or None while its holder may be alive.
+
+        A holder on this host is asked directly, whatever the lock's age: a first
+        sync may run for days. One elsewhere is trusted until its expiry, which it
+        pushes forward while it runs (see :meth:`Gateway.lock`)."""
         if self.host == socket.gethostname():
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
                 return f"process {self.pid} is gone"
             except PermissionError:
-                return None
+                pass  # alive, another user's
+            return None
+        if time.time() > self.expires:
+            return "it expired"
         return None
+
+    def renewed(self, ttl: float) -> LockInfo:
+        return dataclasses.replace(self, expires=time.time() + ttl)
 
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
@@ -355,13 +366,19 @@ class Gateway(abc.ABC):
             raise LockHeld(self.display(path), f"locked, {held.describe()}")
         return reason
 
+    def _write_lock(self, path: str, data: bytes) -> None:
+        """Rewrite the record of a lock this run holds (its heartbeat)."""
+        self.write_bytes(path, data)
+
     @contextlib.contextmanager
-    def lock(self, path: str, ttl: float = 6 * 3600) -> Iterator[LockInfo]:
+    def lock(self, path: str, ttl: float = LOCK_TTL) -> Iterator[LockInfo]:
         """Hold ``path`` as a lock for the duration; raises :class:`LockHeld`.
 
-        A lock whose holder is provably dead (same host, no such pid) or whose
-        expiry passed is taken over with a warning, so that a run killed by the
-        OOM killer or a reboot does not block every later cron run.
+        While held, the record's expiry is pushed ``ttl`` ahead every ``ttl / 4``
+        seconds, so a holder that dies on another host frees the lock within minutes
+        while a long run keeps it. A lock whose holder is provably dead (this host, no
+        such pid) or whose expiry passed is taken over with a warning, so that a run
+        killed by the OOM killer or a reboot does not block every later cron run.
         """
         self._require_writable(path)
         mine = LockInfo.mine(ttl)
@@ -374,13 +391,33 @@ class Gateway(abc.ABC):
                 self._remove_lock(path)
         else:
             raise LockHeld(self.display(path), "another run took the lock first")
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(path, mine, ttl, stop), daemon=True)
+        beat.start()
         try:
             yield mine
         finally:
+            stop.set()
+            beat.join()
             try:
                 self._remove_lock(path)
             except GatewayError as exc:
                 log.warning("could not release lock: %s", exc)
+
+    def _heartbeat(self, path: str, mine: LockInfo, ttl: float, stop: threading.Event) -> None:
+        while not stop.wait(ttl / 4):
+            try:
+                held = LockInfo.from_bytes(self.read_lock(path))
+                if held is None or (held.host, held.pid, held.started) != (
+                    mine.host,
+                    mine.pid,
+                    mine.started,
+                ):
+                    log.error("%s: the lock was taken over by another run", self.display(path))
+                    return
+                self._write_lock(path, mine.renewed(ttl).to_bytes())
+            except GatewayError as exc:  # the next beat may get through
+                log.warning("%s: could not renew the lock: %s", self.display(path), exc)
 
     def close(self) -> None:  # noqa: B027 - most adapters hold nothing to release
         """Release connections; the gateway may not be used afterwards."""

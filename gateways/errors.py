@@ -6,6 +6,8 @@ printing one can never leak a secret, and a short hint saying what to do.
 
 from __future__ import annotations
 
+import socket
+
 
 class GatewayError(Exception):
     """Base of every gateway failure; ``str()`` is one line fit for a user."""
@@ -100,3 +102,38 @@ class UsageError(GatewayError):
     """A malformed or unsupported URL: the user's mistake, not the server's."""
 
     hint = ""
+
+
+def network_problem(exc: BaseException) -> str:
+    """What went wrong on the wire, in words ("connection refused"), whichever library
+    wrapped the socket's error and however deep."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        for kind, words in _PROBLEMS:
+            if isinstance(current, kind):
+                return words
+        todo.extend(a for a in current.args if isinstance(a, BaseException))
+        per_address = getattr(current, "errors", None)  # paramiko: one per address tried
+        if isinstance(per_address, dict):
+            todo.extend(e for e in per_address.values() if isinstance(e, BaseException))
+        reason = getattr(current, "reason", None)  # urllib3
+        todo.extend(
+            e
+            for e in (current.__cause__, current.__context__, reason)
+            if isinstance(e, BaseException)
+        )
+    return type(exc).__name__
+
+
+_PROBLEMS: list[tuple[type[BaseException], str]] = [
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    (socket.gaierror, "host name not found"),
+    (TimeoutError, "timed out"),
+    (EOFError, "connection closed"),
+]

@@ -24,6 +24,7 @@ from .errors import (
     PermissionDenied,
     ProtocolError,
     TransientError,
+    network_problem,
 )
 from .streams import CHUNK, GuardedStream
 from .urls import parse
@@ -116,16 +117,18 @@ class FTPGateway(Gateway):
         except _NETWORK as exc:
             raise TransientError(
                 where,
-                f"cannot connect ({type(exc).__name__})",
+                f"cannot connect: {network_problem(exc)}",
                 "check the host name, port and network",
             ) from None
 
-    def _acquire(self) -> ftplib.FTP:
+    def _acquire(self, retry: bool = True) -> ftplib.FTP:
+        """A live connection; ``retry``: connect with retries, unless the caller
+        retries the whole operation (then once: a dead host costs retries once)."""
         while True:
             try:
                 conn = self._pool.get_nowait()
             except queue.Empty:
-                return self._retry("", self._connect)
+                return self._retry("", self._connect) if retry else self._connect()
             try:
                 conn.voidcmd("TYPE I")  # a liveness check, and LIST/MLSD leave ASCII mode on
                 return conn
@@ -137,8 +140,8 @@ class FTPGateway(Gateway):
         self._pool.put(conn)
 
     @contextlib.contextmanager
-    def _conn(self, path: str) -> Iterator[ftplib.FTP]:
-        conn = self._acquire()
+    def _conn(self, path: str, retry: bool = True) -> Iterator[ftplib.FTP]:
+        conn = self._acquire(retry)
         try:
             yield conn
         except BaseException as exc:
@@ -165,7 +168,7 @@ class FTPGateway(Gateway):
 
     def _do(self, path: str, fn: Callable[[ftplib.FTP], T]) -> T:
         def attempt() -> T:
-            with self._conn(path) as conn:
+            with self._conn(path, retry=False) as conn:
                 return fn(conn)
 
         return self._retry(path, attempt)
@@ -319,6 +322,9 @@ class FTPGateway(Gateway):
                 return False
         self.write_bytes(f"{self._rel(path)}/owner", data)
         return True
+
+    def _write_lock(self, path: str, data: bytes) -> None:
+        self.write_bytes(f"{self._rel(path)}/owner", data)
 
     def read_lock(self, path: str) -> bytes:
         try:

@@ -24,6 +24,7 @@ from .errors import (
     ReadOnlyError,
     TransientError,
     UsageError,
+    network_problem,
 )
 from .streams import CHUNK, MAX_EXPANSION, GuardedStream, expansion_limit
 from .urls import join, parse
@@ -126,7 +127,7 @@ class HTTPGateway(Gateway):
         except _NETWORK_ERRORS as exc:
             raise TransientError(
                 self.display(path),
-                f"cannot reach the server ({type(exc).__name__})",
+                f"cannot reach the server: {network_problem(exc)}",
                 "check the host name, port and network",
             ) from None
 

@@ -38,6 +38,6 @@ def call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
             if attempt + 1 >= policy.attempts:
                 raise
             pause = policy.delay(attempt, exc.retry_after)
-            log.warning("%s: %s; retry %d in %.1fs", what, exc.message, attempt + 1, pause)
+            log.info("%s: %s; retry %d in %.1fs", what, exc.message, attempt + 1, pause)
             time.sleep(pause)
     raise AssertionError("unreachable")

@@ -24,6 +24,7 @@ from .errors import (
     PermissionDenied,
     ProtocolError,
     TransientError,
+    network_problem,
 )
 from .streams import CHUNK, GuardedStream
 from .urls import parse
@@ -120,7 +121,7 @@ class SFTPGateway(Gateway):
         except (OSError, EOFError) as exc:
             raise TransientError(
                 where,
-                f"cannot connect ({type(exc).__name__})",
+                f"cannot connect: {network_problem(exc)}",
                 "check the host name, port and network",
             ) from None
         transport = client.get_transport()
@@ -128,15 +129,16 @@ class SFTPGateway(Gateway):
             transport.set_keepalive(30)
         return client
 
-    def _sftp(self) -> paramiko.SFTPClient:
-        """This thread's channel, reconnecting the shared transport if it died."""
+    def _sftp(self, retry: bool = True) -> paramiko.SFTPClient:
+        """This thread's channel, reconnecting the shared transport if it died
+        (``retry``: on its own, unless the caller retries the whole operation)."""
         with self._lock:
             transport = self._client.get_transport() if self._client else None
             if transport is None or not transport.is_active():
                 if self._client is not None:
                     with contextlib.suppress(Exception):
                         self._client.close()
-                self._client = self._retry("", self._connect)
+                self._client = self._retry("", self._connect) if retry else self._connect()
                 self._generation += 1
             client, generation = self._client, self._generation
             assert client is not None
@@ -187,7 +189,7 @@ class SFTPGateway(Gateway):
     def _do(self, path: str, fn: Callable[[paramiko.SFTPClient], T]) -> T:
         def attempt() -> T:
             with self._errors(path):
-                return fn(self._sftp())
+                return fn(self._sftp(retry=False))
 
         return self._retry(path, attempt)
 

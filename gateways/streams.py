@@ -155,7 +155,7 @@ class ResumingReader(RawStream):
                 if self._failures >= self._policy.attempts:
                     raise
                 pause = self._policy.delay(self._failures - 1, exc.retry_after)
-                log.warning(
+                log.info(
                     "%s: %s at byte %d; resuming in %.1fs",
                     self._what,
                     exc.message,

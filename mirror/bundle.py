@@ -38,6 +38,7 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.index import repodata
 from conda_ferry.index.channel import IndexOptions, discover_subdirs
+from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.records import (
     BadFilename,
     check_filename,
@@ -49,6 +50,7 @@ from conda_ferry.index.subdir import SubdirView
 from . import signing
 from .commit import Commit, choose_records, commit_subdir, sweep_temps
 from .errors import USAGE, FerryError
+from .indexing import ensure_noarch
 from .plan import same_file
 from .state import STATE_DIR, SubdirState, subdir_locks
 
@@ -481,6 +483,7 @@ def import_bundle(
         document = {"imported": imported[-1000:], "created": created}
         sweep_temps(target, STATE_DIR, ".imports.json.")
         target.write_bytes(IMPORTS, json.dumps(document).encode())
+    ensure_noarch(target, OutputOptions())
     return report
 
 

@@ -17,6 +17,7 @@ from conda_ferry.index.channel import (
     write_channeldata,
 )
 from conda_ferry.index.patches import BadPatch
+from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
 from .commit import commit_subdir, mirrored, sweep_temps
@@ -49,6 +50,13 @@ def reindex(target: Gateway, options: IndexOptions) -> IndexSummary:
             summary.written.extend(write_channeldata(target, subdirs, everything))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def ensure_noarch(target: Gateway, outputs: OutputOptions) -> None:
+    """Give a channel its noarch/ when it has none: conda and rattler refuse a channel
+    without noarch/repodata.json, even one meant for a single platform."""
+    if not target.exists("noarch/repodata.json"):
+        reindex(target, IndexOptions(subdirs=["noarch"], outputs=outputs, channeldata=False))
 
 
 def load_patches(

@@ -24,6 +24,7 @@ from . import errors, upstream
 from .commit import Commit, choose_records, commit_subdir, sweep_temps
 from .config import Job
 from .filters import Selection, Selector
+from .indexing import ensure_noarch
 from .plan import Plan, make_plan
 from .progress import Progress
 from .state import SubdirState, subdir_lock
@@ -251,6 +252,8 @@ class SyncRun:
                     entries.extend(report.entries)
                 sweep_temps(target, "", ".channeldata.json.")
                 write_channeldata(target, list(job.subdirs), entries)
+            if descriptions is not None:
+                ensure_noarch(target, job.outputs)
         self.report.seconds = time.monotonic() - started
         return self.report, []
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conda_ferry.mirror import errors
 from conda_ferry.mirror.cli import main
 from tests.helpers import ferry, small_channel
-from tests.servers import Server
+from tests.servers import Server, free_port
 from tests.upstream import build_upstream, job_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,3 +170,15 @@ def test_the_demo_mirror_describes_its_packages(tmp_path: Path) -> None:
     }
     run_exports = json.loads((tmp_path / "mirror" / "linux-64" / "run_exports.json").read_text())
     assert run_exports["packages.conda"] or run_exports["packages"]
+
+
+@pytest.mark.parametrize("scheme", ["sftp", "ftp", "http"])
+def test_a_dead_host_costs_the_retries_once_and_says_so(scheme: str) -> None:
+    url = f"{scheme}://root@127.0.0.1:{free_port()}/x/"
+    flags = ["--retries", "3", "--retry-delay", "0"]
+    quiet = ferry("-q", "ls", url, *flags)
+    assert quiet.exit_code == 1
+    assert quiet.stderr.splitlines() == [quiet.stderr.strip()]  # one line, under -q
+    assert "connection refused" in quiet.stderr
+    verbose = ferry("-v", "ls", url, *flags)
+    assert verbose.stderr.count("; retry ") == 2, verbose.stderr

@@ -18,6 +18,7 @@ from conda_ferry.gateways import (
     GatewayOptions,
     IntegrityError,
     LockHeld,
+    LockInfo,
     NotFound,
     PermissionDenied,
     ProtocolError,
@@ -203,6 +204,28 @@ def test_stale_lock_is_taken_over(writable: Area, caplog: pytest.LogCaptureFixtu
             with gw.lock(".lock"):
                 pass
         assert "stale lock" in caplog.text
+
+
+def test_a_held_lock_beats_and_a_live_holder_here_is_never_taken_over(writable: Area) -> None:
+    with writable.gateway() as gw:
+        with gw.lock(".lock", ttl=0.4) as held:
+            time.sleep(0.5)  # a heartbeat every ttl/4: the record moved on
+            renewed = LockInfo.from_bytes(gw.read_lock(".lock"))
+            assert renewed is not None and renewed.expires > held.expires
+        alive = subprocess.Popen(["sleep", "30"])
+        try:
+            record = {"host": socket.gethostname(), "pid": alive.pid, "started": 0, "expires": 1}
+            if writable.kind == "ftp":
+                gw._create_exclusive(".lock", json.dumps(record).encode())
+            else:
+                writable.seed(".lock", json.dumps(record).encode())
+            with pytest.raises(LockHeld), gw.lock(".lock"):  # expired, but its holder lives
+                pass
+        finally:
+            alive.kill()
+            alive.wait()
+        with gw.lock(".lock"):  # now it is gone
+            pass
 
 
 def test_a_lock_killed_before_its_owner_record_ages_out(

@@ -334,3 +334,26 @@ def test_publish_into_a_mirror_keeps_upstream_records(
     again = ferry("sync", str(job))  # the custom package survives a sync with prune
     assert again.exit_code == 0
     assert "inhouse-1.0-0.conda" in load(mirror / "linux-64/repodata.json")["packages.conda"]
+
+
+def test_a_single_platform_job_still_serves_noarch(
+    nginx: Server, upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    mirror = nginx.root / f"one-{tmp_path.name}"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source: {upstream[1]}\ntarget: {mirror}\nsubdirs: [linux-64]\n"
+        "filters: {include: [zlib]}\n"
+    )
+    assert ferry("sync", str(job)).exit_code == 0
+    assert load(mirror / "noarch/repodata.json")["packages.conda"] == {}
+    records = asyncio.run(
+        rattler.solve(
+            sources=[rattler.Channel(f"{nginx.url}/{mirror.name}")],
+            specs=["zlib"],
+            platforms=["linux-64", "noarch"],
+            virtual_packages=[],
+            gateway=rattler.Gateway(cache_dir=tmp_path / "rc"),
+        )
+    )
+    assert [r.name.normalized for r in records] == ["zlib"]
