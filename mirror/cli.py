@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,25 @@ class FerryGroup(click.Group):
     """Turns every expected failure into one line on stderr and its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        started, code = time.time(), errors.OK
+        try:
+            return self._invoke(ctx)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else errors.FAILED
+            raise
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+            raise
+        except click.ClickException as exc:
+            code = exc.exit_code
+            raise
+        except click.exceptions.Abort:
+            code = errors.INTERRUPTED
+            raise
+        finally:
+            _write_json(ctx, started, code)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LockHeld as exc:
@@ -75,8 +95,43 @@ class FerryGroup(click.Group):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"ferry: error: {redact_text(message)}", err=True)
+    message = redact_text(message)
+    click.get_current_context().meta["ferry.error"] = message
+    click.echo(f"ferry: error: {message}", err=True)
     sys.exit(code)
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _write_json(ctx: click.Context, started: float, code: int) -> None:
+    """``--json FILE`` on every exit, success or not: monitoring must never go on
+    reading the last green report after a run that failed or was stopped."""
+    path = ctx.meta.get("ferry.json")
+    if not path:
+        return
+    result = ctx.meta.get("ferry.report")
+    result = result() if callable(result) else (result or {})
+    envelope = {
+        "command": ctx.invoked_subcommand,
+        "started": _utc(started),
+        "finished": _utc(time.time()),
+        "exit_code": code,
+        "error": ctx.meta.get("ferry.error"),
+        "version": version("conda-ferry"),
+        "host": socket.gethostname(),
+    }
+    text = json.dumps({**result, **envelope}, indent=2, sort_keys=True)
+    try:
+        if path == "-":
+            out(text)
+            return
+        directory, name = split_url(path) if "/" in path else (".", path)
+        with open_gateway(directory) as gateway:
+            gateway.write_bytes(name, text.encode() + b"\n")
+    except (GatewayError, OSError) as exc:  # the run's own outcome stands
+        click.echo(f"ferry: error: --json {path}: cannot write: {exc}", err=True)
 
 
 def _stop_on(signum: int, code: int, what: str) -> None:
@@ -158,12 +213,20 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def json_option(fn: F) -> F:
-    """``--json FILE``, the same on every command."""
+    """``--json FILE``, the same on every command; written by :class:`FerryGroup`
+    on every exit, from what the command handed to :func:`report_result`."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.meta["ferry.json"] = value
+
     return click.option(
         "--json",
-        "json_path",
         metavar="FILE",
-        help="Also write the result as JSON to FILE ('-': standard output).",
+        expose_value=False,
+        callback=remember,
+        help="Also write the result as JSON to FILE ('-': standard output), "
+        "on every exit, with its time and exit code.",
     )(fn)
 
 
@@ -222,24 +285,21 @@ gateway_options = declared_options(GatewayOptions, "options")
 @click.option("-r", "--recursive", is_flag=True, help="List every file below URL.")
 @json_option
 @gateway_options
-def ls_command(url: str, recursive: bool, json_path: str | None, options: GatewayOptions) -> None:
+def ls_command(url: str, recursive: bool, options: GatewayOptions) -> None:
     """List a directory with sizes and times: a quick check of credentials and reach."""
     entries = list_url(url, recursive, options)
     for entry in entries:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.mtime)) if entry.mtime else "-"
         name = f"{entry.path}/" if entry.is_dir else entry.path
         say(f"{human_size(entry.size):>10}  {when:16}  {name}")
-    if json_path:
-        write_report(
-            json_path,
-            {
-                "url": redact(url),
-                "entries": [
-                    {"path": e.path, "size": e.size, "mtime": e.mtime, "dir": e.is_dir}
-                    for e in entries
-                ],
-            },
-        )
+    report_result(
+        {
+            "url": redact(url),
+            "entries": [
+                {"path": e.path, "size": e.size, "mtime": e.mtime, "dir": e.is_dir} for e in entries
+            ],
+        },
+    )
 
 
 @main.command("cp")
@@ -248,9 +308,7 @@ def ls_command(url: str, recursive: bool, json_path: str | None, options: Gatewa
 @click.option("--sha256", metavar="HEX", help="Refuse the copy unless the bytes have this digest.")
 @json_option
 @gateway_options
-def cp_command(
-    src: str, dst: str, sha256: str | None, json_path: str | None, options: GatewayOptions
-) -> None:
+def cp_command(src: str, dst: str, sha256: str | None, options: GatewayOptions) -> None:
     """Copy one file between any two URLs: streamed, verified, atomic.
 
     DST ending in / is a directory: the file keeps its name.
@@ -262,28 +320,21 @@ def cp_command(
         f"copied {redact(src)} to {redact(dst)}: {human_size(copied.size)} in "
         f"{seconds:.1f}s, sha256 {copied.sha256}"
     )
-    if json_path:
-        write_report(
-            json_path,
-            {
-                "source": redact(src),
-                "target": redact(dst),
-                "size": copied.size,
-                "sha256": copied.sha256,
-                "seconds": round(seconds, 3),
-            },
-        )
+    report_result(
+        {
+            "source": redact(src),
+            "target": redact(dst),
+            "size": copied.size,
+            "sha256": copied.sha256,
+            "seconds": round(seconds, 3),
+        },
+    )
 
 
-def write_report(path: str, report: dict[str, Any]) -> None:
-    """Write a ``--json`` report atomically (monitoring never reads half a file);
-    ``-`` writes it to standard output, even under ``-q``."""
-    if path == "-":
-        out(json.dumps(report, indent=2, sort_keys=True))
-        return
-    directory, name = split_url(path) if "/" in path else (".", path)
-    with open_gateway(directory) as gateway:
-        gateway.write_bytes(name, json.dumps(report, indent=2, sort_keys=True).encode() + b"\n")
+def report_result(report: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+    """What ``--json`` says of this run (a callable: read when the run ends, however
+    it ends)."""
+    click.get_current_context().meta["ferry.report"] = report
 
 
 @main.command("index")
@@ -323,7 +374,6 @@ def index_command(
     outputs: OutputOptions,
     jobs: int | None,
     cache_dir: str | None,
-    json_path: str | None,
     options: GatewayOptions,
 ) -> None:
     """Write repodata.json (+ .zst), repodata.jlap and shards for a channel of packages.
@@ -360,8 +410,7 @@ def index_command(
         f"{report['cached']} from cache, {len(skipped)} skipped); "
         f"{plural(len(report['written']), 'file')} written in {report['seconds']:.2f}s"
     )
-    if json_path:
-        write_report(json_path, report)
+    report_result(report)
     if skipped:  # each was named on stderr as it was skipped
         sys.exit(errors.PARTIAL)
 
@@ -408,7 +457,6 @@ def sync_command(
     dry_run: bool,
     explain: str | None,
     force: bool,
-    json_path: str | None,
 ) -> None:
     """Mirror the subdirs of an upstream channel as JOB.yaml describes.
 
@@ -419,10 +467,13 @@ def sync_command(
     from .progress import make_progress
     from .sync import Status, SyncRun
 
+    report_result({"job": job_file})
     job = load_job(job_file)
     progress = make_progress(quiet())
+    run = SyncRun(job, progress, dry_run=dry_run, force=force)
+    report_result(run.report.as_dict)  # what was done so far, however the run ends
     try:
-        report, explanation = SyncRun(job, progress, dry_run=dry_run, force=force).run(explain)
+        report, explanation = run.run(explain)
     finally:
         progress.close()
     if explain is not None:
@@ -442,8 +493,6 @@ def sync_command(
             totals["removed"],
             human_size(totals["bytes"]),
         )
-    if json_path:
-        write_report(json_path, report.as_dict())
     if report.exit_code:
         ctx.exit(report.exit_code)
 
@@ -469,7 +518,6 @@ def verify_command(
     target: str,
     subdirs: tuple[str, ...],
     jobs: int,
-    json_path: str | None,
     options: GatewayOptions,
 ) -> None:
     """Re-read every package the repodata lists: report missing, extra and corrupt files."""
@@ -487,8 +535,7 @@ def verify_command(
         f"{plural(len(findings['subdirs']), 'subdir')}: {len(findings['missing'])} missing, "
         f"{len(findings['corrupt'])} corrupt, {len(findings['extra'])} extra"
     )
-    if json_path:
-        write_report(json_path, findings)
+    report_result(findings)
     if any(findings[k] for k in ("missing", "corrupt", "extra", "unindexed")):
         ctx.exit(errors.FAILED)
 
@@ -509,7 +556,6 @@ def publish_command(
     packages: tuple[str, ...],
     channel: str,
     subdir: str | None,
-    json_path: str | None,
     options: GatewayOptions,
 ) -> None:
     """Add local packages to a custom channel and re-index the subdirs they went to."""
@@ -520,8 +566,7 @@ def publish_command(
         where = gateway.display()
     for path in placed:
         say(f"published {path}")
-    if json_path:
-        write_report(json_path, {"channel": where, "published": placed})
+    report_result({"channel": where, "published": placed})
 
 
 def _volume_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -580,7 +625,6 @@ def export_command(
     subdirs: tuple[str, ...],
     volume_size: int,
     sign_key: str | None,
-    json_path: str | None,
     options: GatewayOptions,
 ) -> None:
     """Write the mirror's changes since the last export as a bundle for the air gap."""
@@ -594,8 +638,7 @@ def export_command(
         )
     for line in describe(manifest, bool(sign_key)):
         say(line)
-    if json_path:
-        write_report(json_path, _manifest_summary(manifest))
+    report_result(_manifest_summary(manifest))
 
 
 @main.command("import")
@@ -628,7 +671,6 @@ def import_command(
     verify_key: str | None,
     allow_gap: bool,
     allow_rollback: bool,
-    json_path: str | None,
     options: GatewayOptions,
 ) -> None:
     """Verify a bundle completely, then apply it: packages, repodata, removals."""
@@ -645,8 +687,7 @@ def import_command(
         )
     for name, why in sorted(result.refused.items()):
         click.echo(f"  not published: {name}: {why}", err=True)
-    if json_path:
-        write_report(json_path, {**result.__dict__, "status": result.status.value})
+    report_result({**result.__dict__, "status": result.status.value})
     if result.refused:
         sys.exit(errors.PARTIAL)
 
@@ -654,7 +695,7 @@ def import_command(
 @main.command("bundle-info")
 @click.argument("bundle_dir")
 @json_option
-def bundle_info_command(bundle_dir: str, json_path: str | None) -> None:
+def bundle_info_command(bundle_dir: str) -> None:
     """Print what a bundle holds and its place in the sequence, without importing it."""
     from .bundle import describe, read_manifest
 
@@ -662,14 +703,13 @@ def bundle_info_command(bundle_dir: str, json_path: str | None) -> None:
         manifest, signed = read_manifest(bundle, None)
     for line in describe(manifest, signed):
         say(line)
-    if json_path:
-        write_report(json_path, {**_manifest_summary(manifest), "signed": signed})
+    report_result({**_manifest_summary(manifest), "signed": signed})
 
 
 @main.command("keygen")
 @click.argument("key_path", type=click.Path(dir_okay=False))
 @json_option
-def keygen_command(key_path: str, json_path: str | None) -> None:
+def keygen_command(key_path: str) -> None:
     """Make an Ed25519 key pair: KEY_PATH (private, 0600) and KEY_PATH.pub."""
     from pathlib import Path
 
@@ -678,5 +718,4 @@ def keygen_command(key_path: str, json_path: str | None) -> None:
     public = keygen(Path(key_path))
     say(f"private key: {key_path} (keep it outside)")
     say(f"public key:  {public} (give it to the inside's 'ferry import --verify-key')")
-    if json_path:
-        write_report(json_path, {"private_key": key_path, "public_key": str(public)})
+    report_result({"private_key": key_path, "public_key": str(public)})

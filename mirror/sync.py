@@ -64,6 +64,7 @@ class SubdirReport:
     removed: int = 0
     bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)  # added/updated/removed names
     message: str = ""
     plan: dict[str, Any] | None = None
     entries: list[ChannelEntry] = field(default_factory=list, repr=False)  # channeldata input
@@ -416,6 +417,11 @@ class SyncRun:
             len(plan.remove),
         )
         report.bytes, report.failures = result.bytes, {**result.failed, **kept}
+        report.files = {
+            "added": sorted(result.done.keys() | adopted),
+            "updated": plan.update,
+            "removed": plan.remove,
+        }
         report.status = Status.PARTIAL if report.failures else Status.SYNCED
         state.last_run = {
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -13,6 +17,7 @@ from click.testing import CliRunner
 
 from conda_ferry.mirror import errors
 from conda_ferry.mirror.cli import main
+from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, small_channel
 from tests.servers import Server, free_port
 from tests.upstream import build_upstream, job_yaml
@@ -182,3 +187,40 @@ def test_a_dead_host_costs_the_retries_once_and_says_so(scheme: str) -> None:
     assert "connection refused" in quiet.stderr
     verbose = ferry("-v", "ls", url, *flags)
     assert verbose.stderr.count("; retry ") == 2, verbose.stderr
+
+
+def test_json_is_written_on_every_exit(upstream: tuple[Path, str], tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: x\n")
+    assert ferry("sync", str(bad), "--json", str(report)).exit_code == 2
+    failed = json.loads(report.read_text())
+    assert failed["exit_code"] == 2 and "target: is required" in failed["error"]
+    assert failed["job"] == str(bad) and failed["command"] == "sync"
+    assert failed["started"].endswith("Z") and failed["finished"] >= failed["started"]
+    assert failed["version"] and failed["host"]
+
+    job = job_yaml(tmp_path / "job.yaml", upstream[1], str(tmp_path / "mirror"))
+    assert ferry("sync", str(job), "--json", str(report)).exit_code == 0
+    done = json.loads(report.read_text())
+    assert done["exit_code"] == 0 and done["error"] is None
+    linux = next(s for s in done["subdirs"] if s["subdir"] == "linux-64")
+    assert "zlib-1.3.1-h0_0.conda" in linux["files"]["added"]
+
+    proxy = FaultProxy(int(upstream[1].split(":")[2].split("/")[0]))
+    proxy.default = "slow:2000"
+    slow = upstream[1].replace(f":{proxy.target_port}/", f":{proxy.port}/")
+    job = job_yaml(tmp_path / "slow.yaml", slow, str(tmp_path / "other"))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conda_ferry", "sync", str(job), "--json", str(report)],
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(2)  # well into the slow transfer
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proxy.close()
+    assert proc.returncode == 143, err.decode()
+    stopped = json.loads(report.read_text())
+    assert stopped["exit_code"] == 143 and stopped["error"] == "stopped by SIGTERM"
