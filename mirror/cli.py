@@ -449,6 +449,12 @@ def _print_sync(report: SyncReport) -> None:
     help="Say which rule kept or dropped each record of package NAME (writes nothing).",
 )
 @click.option("--force", is_flag=True, help="Prune even beyond max_prune_fraction.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Re-read every mirrored package on the target; fetch the missing and corrupt "
+    "ones again, withdraw the records of those that cannot be repaired.",
+)
 @json_option
 @click.pass_context
 def sync_command(
@@ -457,6 +463,7 @@ def sync_command(
     dry_run: bool,
     explain: str | None,
     force: bool,
+    verify: bool,
 ) -> None:
     """Mirror the subdirs of an upstream channel as JOB.yaml describes.
 
@@ -470,7 +477,7 @@ def sync_command(
     report_result({"job": job_file})
     job = load_job(job_file)
     progress = make_progress(quiet())
-    run = SyncRun(job, progress, dry_run=dry_run, force=force)
+    run = SyncRun(job, progress, dry_run=dry_run, force=force, verify=verify)
     report_result(run.report.as_dict)  # what was done so far, however the run ends
     try:
         report, explanation = run.run(explain)

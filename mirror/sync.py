@@ -11,6 +11,7 @@ import enum
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,9 +168,15 @@ class Journal:
 
 class SyncRun:
     def __init__(
-        self, job: Job, progress: Progress, dry_run: bool = False, force: bool = False
+        self,
+        job: Job,
+        progress: Progress,
+        dry_run: bool = False,
+        force: bool = False,
+        verify: bool = False,
     ) -> None:
         self.job, self.progress, self.dry_run, self.force = job, progress, dry_run, force
+        self.verify = verify
         self.report = SyncReport(job.path, "", "", dry_run=dry_run)
         self.broken: dict[str, str] = {}  # subdir -> why upstream's repodata is unusable
         self.refused: dict[str, dict[str, str]] = {}  # subdir -> records left out, why
@@ -202,7 +209,7 @@ class SyncRun:
                     errors.USAGE,
                 )
             states = {s: SubdirState.load(target, s) for s in job.subdirs}
-            fetched = self._fetch(source, states, explain is not None)
+            fetched = self._fetch(source, states, explain is not None or self.verify)
             if fetched is None:
                 self.report.subdirs = [SubdirReport(s) for s in job.subdirs]  # up to date
                 log.info("up to date: nothing changed upstream or in %s", job.path)
@@ -358,6 +365,7 @@ class SyncRun:
     ) -> None:
         subdir = answer.subdir
         view = SubdirView.read(target, subdir)
+        damaged = self._damaged(target, view, state) if self.verify else set()
         plan = self._plan(view, selection, state)
         packages, prefix = self._package_source(source, answer)
         fetch = list(plan.add)
@@ -418,9 +426,10 @@ class SyncRun:
         )
         report.bytes, report.failures = result.bytes, {**result.failed, **kept}
         report.files = {
-            "added": sorted(result.done.keys() | adopted),
+            "added": sorted(result.done.keys() | adopted - damaged),
             "updated": plan.update,
             "removed": plan.remove,
+            "repaired": sorted(damaged & result.done.keys()),
         }
         report.status = Status.PARTIAL if report.failures else Status.SYNCED
         state.last_run = {
@@ -437,6 +446,30 @@ class SyncRun:
             state,
             options,
         )
+
+    def _damaged(self, target: Gateway, view: SubdirView, state: SubdirState) -> set[str]:
+        """Mirrored packages whose file is missing or no longer matches its record.
+
+        They are taken out of the view: the plan fetches them again, and a record whose
+        file is not repaired is withdrawn, never published over a corrupt file."""
+        managed = set(state.upstream_files)
+        mirrored = {f: r for f, r in view.published.items() if f in managed}
+
+        def intact(filename: str) -> bool:
+            return filename in view.packages and matches(
+                target, f"{view.subdir}/{filename}", expected(mirrored[filename])
+            )
+
+        with ThreadPoolExecutor(max_workers=max(1, self.job.jobs)) as pool:
+            verdicts = dict(zip(mirrored, pool.map(intact, mirrored), strict=True))
+        damaged = {f for f, ok in verdicts.items() if not ok}
+        for filename in sorted(damaged):
+            how = "corrupt" if filename in view.packages else "missing"
+            log.warning(
+                "%s: %s; fetching it again", target.display(f"{view.subdir}/{filename}"), how
+            )
+            view.packages.pop(filename, None)
+        return damaged
 
     def _package_source(self, source: Gateway, answer: upstream.Upstream) -> tuple[Gateway, str]:
         """Where the packages are: beside the repodata, or at ``info.base_url`` (CEP 15)."""

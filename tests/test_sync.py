@@ -357,3 +357,34 @@ def test_a_single_platform_job_still_serves_noarch(
         )
     )
     assert [r.name.normalized for r in records] == ["zlib"]
+
+
+def test_sync_verify_repairs_what_it_can_and_withdraws_what_it_cannot(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    assert ferry("sync", str(job)).exit_code == 0
+    deleted, corrupt, lost = (
+        mirror / "linux-64/zlib-1.3.1-h0_0.conda",
+        mirror / "noarch/demo-data-2024.1-0.conda",
+        mirror / "linux-64/libpng-1.6.43-h1_0.conda",
+    )
+    deleted.unlink()
+    data = bytearray(corrupt.read_bytes())
+    data[200] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    lost.unlink()
+    (root / "linux-64" / lost.name).unlink()  # upstream lost it too: cannot be repaired
+    assert ferry("sync", str(job)).exit_code == 0  # without --verify: nothing looked at
+
+    result = ferry("sync", str(job), "--verify", "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 3, result.stderr
+    assert deleted.exists() and corrupt.read_bytes() != bytes(data)
+    published = load(mirror / "linux-64/repodata.json")["packages.conda"]
+    assert lost.name not in published  # withdrawn, never published over a missing file
+    assert lost.name in result.stderr
+    assert assert_consistent(mirror) > 0
+    repaired = {n for s in load(tmp_path / "r.json")["subdirs"] for n in s["files"]["repaired"]}
+    assert repaired == {deleted.name, corrupt.name}
