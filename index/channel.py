@@ -63,6 +63,7 @@ class SubdirSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # shards, relative to the subdir
 
 
 @dataclass
@@ -255,9 +256,9 @@ def index_subdir(
             )
         )
     written = publish_subdir(
-        gateway, subdir, document, options.outputs, extra_files, view.repodata_json
+        gateway, subdir, document, options.outputs, extra_files, view.repodata_json, view.names
     )
-    summary.written, summary.deleted = written.paths, written.deleted
+    summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
     kept = repodata.records(document)
     return summary, [(subdir, kept[n], e.extras) for n, e in entries.items() if n in kept]
 
@@ -280,6 +281,8 @@ def index_channel(gateway: Gateway, options: IndexOptions) -> IndexSummary:
     everything: list[ChannelEntry] = []
     for subdir in subdirs:
         sub, entries = index_subdir(gateway, SubdirView.read(gateway, subdir), options)
+        for shard in sub.stale:  # a plain channel keeps no state to remember them by
+            gateway.delete(f"{subdir}/{shard}")
         summary.subdirs.append(sub)
         everything.extend(entries)
     if options.channeldata:

@@ -48,6 +48,19 @@ class OutputOptions:
 class Written:
     paths: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # shards no published index names any more: a client holding yesterday's index
+    # may still ask for them, so the caller decides when they go
+    stale: list[str] = field(default_factory=list)
+
+
+# What each output writes, so that one switched off is removed, not left stale.
+OUTPUT_FILES = {
+    "zst": "repodata.json.zst",
+    "bz2": "repodata.json.bz2",
+    "jlap": "repodata.jlap",
+    "current_repodata": "current_repodata.json",
+    "shards": shards.INDEX_NAME,
+}
 
 
 def write_if_changed(
@@ -84,10 +97,13 @@ def publish_subdir(
     options: OutputOptions,
     extra_files: dict[str, bytes] | None = None,
     old_json: bytes | None = None,
+    existing: set[str] | None = None,
 ) -> Written:
     """Publish ``document`` as ``subdir``'s repodata and everything derived from it.
 
-    ``old_json``: the repodata.json published now, as the caller read it."""
+    ``old_json``: the repodata.json published now, as the caller read it;
+    ``existing``: the names of the files in the subdir (outputs switched off since
+    are removed once the new repodata.json is out)."""
     written = Written()
     new_json = repodata.dumps(document)
 
@@ -95,15 +111,15 @@ def publish_subdir(
     if options.shards:
         index_bytes, shard_files = shards.build(document)
         referenced = {shards.shard_path(h) for h in shard_files}
-        existing: set[str] = set()
+        have: set[str] = set()
         for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
             if is_temp(info.name):
                 gateway.delete(info.path)  # a killed run's half-written shard
             else:
-                existing.add(info.path.split("/", 1)[1])
+                have.add(info.path.split("/", 1)[1])
         for digest, data in shard_files.items():
             path = shards.shard_path(digest)
-            if path not in existing:  # content-addressed: present means identical
+            if path not in have:  # content-addressed: present means identical
                 gateway.write_bytes(f"{subdir}/{path}", data, durable=False)
                 written.paths.append(f"{subdir}/{path}")
         if written.paths:
@@ -154,10 +170,13 @@ def publish_subdir(
     for path, data in (extra_files or {}).items():
         write_if_changed(gateway, f"{subdir}/{path}", data, written)
 
-    if options.shards:
+    for key, name in OUTPUT_FILES.items():
+        if not getattr(options, key) and name in (existing or ()):
+            gateway.delete(f"{subdir}/{name}")
+            written.deleted.append(f"{subdir}/{name}")
+    if options.shards or shards.INDEX_NAME in (existing or ()):
         for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
             rel = info.path.split("/", 1)[1]
             if rel not in referenced and rel.endswith(".msgpack.zst"):
-                gateway.delete(info.path)
-                written.deleted.append(info.path)
+                written.stale.append(rel)
     return written

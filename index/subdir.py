@@ -24,6 +24,7 @@ class SubdirView:
     repodata_json: bytes | None = None  # the published repodata.json, as served
     published: dict[str, dict[str, Any]] = field(default_factory=dict)  # its records
     unreadable: bool = False  # repodata.json is there but not a repodata document
+    names: set[str] = field(default_factory=set)  # every other file directly in the subdir
 
     @classmethod
     def read(cls, gateway: Gateway, subdir: str) -> SubdirView:
@@ -33,6 +34,8 @@ class SubdirView:
                 view.temps.append(info)
             elif info.name.endswith(EXTENSIONS) and not info.name.startswith("."):
                 view.packages[info.name] = info
+            else:
+                view.names.add(info.name)
         try:
             view.repodata_json = gateway.read_bytes(f"{subdir}/repodata.json")
             view.published = repodata.records(repodata.loads(view.repodata_json))

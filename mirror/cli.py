@@ -547,6 +547,36 @@ def verify_command(
         ctx.exit(errors.FAILED)
 
 
+@main.command("gc")
+@click.argument("target")
+@click.option(
+    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
+)
+@click.option("--now", is_flag=True, help="Delete every retiring file, due or not.")
+@json_option
+@gateway_options
+def gc_command(target: str, subdirs: tuple[str, ...], now: bool, options: GatewayOptions) -> None:
+    """Delete the files no published repodata names any more whose grace has passed.
+
+    Pruned packages and stale shards stay for the job's grace (default 7 days) so that
+    clients holding yesterday's index still find them; every writer deletes what is
+    due, this does it on demand.
+    """
+    from conda_ferry.index.channel import discover_subdirs
+
+    from .commit import collect_garbage
+    from .state import subdir_lock
+
+    deleted: list[str] = []
+    with open_gateway(target, options) as gateway:
+        for subdir in list(subdirs) or discover_subdirs(gateway):
+            with subdir_lock(gateway, subdir):
+                deleted.extend(collect_garbage(gateway, subdir, now))
+    for path in deleted:
+        say(f"deleted {path}")
+    report_result({"deleted": deleted})
+
+
 @main.command("publish")
 @click.argument("packages", nargs=-1, required=True)
 @click.option(

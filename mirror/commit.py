@@ -10,6 +10,7 @@ deleted while a published record still names it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from conda_ferry.index.subdir import SubdirView
 from .state import STATE_DIR, SubdirState
 
 Record = dict[str, Any]
+DEFAULT_GRACE = 7 * 86400.0  # CEP 16 asks servers to keep stale shards about a week
 
 
 def choose_records(
@@ -52,8 +54,9 @@ class Commit:
 
     known: dict[str, Record]  # records published verbatim (their files are ready)
     managed: set[str]  # files the mirror owns from upstream (the state's list)
-    remove: list[str] = field(default_factory=list)  # deleted after publishing
+    remove: list[str] = field(default_factory=list)  # unpublished; deleted after the grace
     extras: dict[str, Record] = field(default_factory=dict)  # channeldata input by file
+    grace: float = DEFAULT_GRACE  # seconds a file stays after repodata stops naming it
 
     @property
     def skip(self) -> set[str]:
@@ -71,14 +74,36 @@ def commit_subdir(
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
     target.flush()  # every package durable before any repodata names it
     sweep_temps(target, STATE_DIR, f".{view.subdir}.json.")
-    result = index_subdir(target, view, options, commit.known, commit.skip, commit.extras)
-    for filename in commit.remove:
-        target.delete(f"{view.subdir}/{filename}")
-    state.upstream_files = sorted(commit.managed - set(commit.remove))
-    gone = commit.known.keys() | set(commit.remove)  # published or deleted: no more news
-    state.verified = {f: sha for f, sha in state.verified.items() if f not in gone}
+    summary, entries = index_subdir(target, view, options, commit.known, commit.skip, commit.extras)
+    gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
+    state.upstream_files = sorted(commit.managed - gone)
+    published = commit.known.keys() | gone  # no more news of these for the journal
+    state.verified = {f: sha for f, sha in state.verified.items() if f not in published}
     state.save(target)
-    return result
+    summary.deleted.extend(f"{view.subdir}/{f}" for f in sorted(gone))
+    return summary, entries
+
+
+def _candidates(commit: Commit, summary: SubdirSummary, state: SubdirState) -> set[str]:
+    """Files of the subdir no published file names any more: packages the writer let
+    go (now, or earlier and still not back) and shards no index references."""
+    earlier = {f for f in state.due if "/" not in f and f not in commit.known}
+    return set(commit.remove) | earlier | set(summary.stale)
+
+
+def expire(
+    target: Gateway, subdir: str, state: SubdirState, candidates: set[str], grace: float
+) -> set[str]:
+    """Schedule ``candidates`` for deletion ``grace`` seconds from their first sight
+    (a client holding yesterday's index still finds its files, as CEP 16 asks for
+    shards) and delete those due; what is no longer a candidate is forgiven."""
+    now = time.time()
+    state.due = {f: state.due.get(f, now + grace) for f in sorted(candidates)}
+    gone = {f for f, when in state.due.items() if when <= now}
+    for name in sorted(gone):
+        target.delete(f"{subdir}/{name}")
+        del state.due[name]
+    return gone
 
 
 def sweep_temps(target: Gateway, directory: str, prefix: str) -> None:
@@ -95,3 +120,15 @@ def mirrored(view: SubdirView, state: SubdirState) -> Commit:
     managed = set(state.upstream_files)
     known = {fn: r for fn, r in view.published.items() if fn in managed and fn in view.packages}
     return Commit(known, managed)
+
+
+def collect_garbage(target: Gateway, subdir: str, everything: bool) -> list[str]:
+    """Delete the subdir's files whose grace has passed (``everything``: all of them
+    now); the caller holds the subdir's lock."""
+    state = SubdirState.load(target, subdir)
+    if everything:
+        state.due = dict.fromkeys(state.due, 0.0)
+    gone = expire(target, subdir, state, set(state.due), 0.0)
+    state.upstream_files = sorted(set(state.upstream_files) - gone)
+    state.save(target)
+    return sorted(f"{subdir}/{name}" for name in gone)

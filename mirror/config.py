@@ -14,6 +14,7 @@ from conda_ferry.gateways import GatewayOptions
 from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.records import is_subdir_name
 
+from .commit import DEFAULT_GRACE
 from .errors import ConfigError
 from .filters import Filters
 from .yamldoc import Reader, Source, parse_size, read_options
@@ -33,6 +34,7 @@ class Job:
     jobs: int = 4
     allow_hosts: tuple[str, ...] = ()
     allow_replace: bool = False
+    grace: float = DEFAULT_GRACE  # seconds pruned files stay for clients' cached indexes
     outputs: OutputOptions = field(default_factory=OutputOptions)
     source_options: GatewayOptions = field(default_factory=GatewayOptions)
     target_options: GatewayOptions = field(default_factory=GatewayOptions)
@@ -61,6 +63,7 @@ TOP_KEYS = {
     "jobs",
     "allow_hosts",
     "allow_replace",
+    "grace",
     "outputs",
     "source_options",
     "target_options",
@@ -110,6 +113,7 @@ def parse_job(path: str, text: str) -> Job:
         jobs=top.integer("jobs", 4) or 4,
         allow_hosts=top.strings("allow_hosts") or (),
         allow_replace=top.boolean("allow_replace", False),
+        grace=top.duration("grace", DEFAULT_GRACE),
         outputs=read_options(top.child("outputs", _names(OutputOptions)), OutputOptions),
         source_options=read_options(
             top.child("source_options", _names(GatewayOptions)), GatewayOptions

@@ -44,6 +44,9 @@ class SubdirState:
     # name -> sha256 of files verified as they landed, not yet published: the work an
     # interrupted run leaves for the next one to adopt instead of fetching again
     verified: dict[str, str] = field(default_factory=dict)
+    # file (relative to the subdir) -> when it may be deleted: packages and shards no
+    # published file names any more, kept for clients with yesterday's index
+    due: dict[str, float] = field(default_factory=dict)
     last_run: dict[str, Any] = field(default_factory=dict)
     _saved: bytes | None = field(default=None, repr=False, compare=False)
 

@@ -338,8 +338,10 @@ class SyncRun:
         wanted_names = {r.get("name") for r in plan.desired.values()}
         # Turnover (an old build replaced by a new one) is routine; names vanishing
         # wholesale is what an emptied upstream or a filter mistake looks like.
-        vanishing = [
-            f for f in plan.remove if (view.published.get(f) or {}).get("name") not in wanted_names
+        vanishing = [  # published now: a file in its grace period has gone already
+            f
+            for f in plan.remove
+            if f in view.published and view.published[f].get("name") not in wanted_names
         ]
         if (
             vanishing
@@ -442,7 +444,7 @@ class SyncRun:
         _, report.entries = commit_subdir(
             target,
             view,
-            Commit(known, managed, plan.remove, descriptions.extras(subdir, known)),
+            Commit(known, managed, plan.remove, descriptions.extras(subdir, known), self.job.grace),
             state,
             options,
         )

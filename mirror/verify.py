@@ -9,6 +9,8 @@ from conda_ferry.gateways import Gateway, GatewayError
 from conda_ferry.index.channel import discover_subdirs
 from conda_ferry.index.subdir import SubdirView
 
+from .state import SubdirState
+
 
 def _check(gateway: Gateway, path: str, record: dict[str, Any]) -> tuple[str, str | None]:
     try:
@@ -40,8 +42,9 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
             findings["corrupt"].append(f"{subdir}/repodata.json: not valid JSON")
             continue
         records = view.published
+        retiring = SubdirState.load(gateway, subdir).due.keys()  # kept for cached indexes
         findings["extra"].extend(
-            f"{subdir}/{n}" for n in sorted(view.packages.keys() - records.keys())
+            f"{subdir}/{n}" for n in sorted(view.packages.keys() - records.keys() - retiring)
         )
         findings["missing"].extend(
             f"{subdir}/{n}" for n in sorted(records.keys() - view.packages.keys())

@@ -81,6 +81,19 @@ def parse_size(value: Any) -> int | None:
     return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``7d``, ``12h``, ``30m``, ``90s`` or ``0``; None if not one."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    match = _DURATION.match(str(value))
+    if not match:
+        return None
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
 class Reader:
     def __init__(
         self, data: dict[str, Any], src: Source, where: tuple[str, ...], allowed: set[str]
@@ -151,6 +164,16 @@ class Reader:
                 key, f"must be {what} {bounds}, not {value!r}", f"e.g. {key}: {minimum}"
             )
         return kind(value)
+
+    def duration(self, key: str, default: float) -> float:
+        if key not in self.data:
+            return default
+        seconds = parse_duration(self.data[key])
+        if seconds is None:
+            raise self.fail(
+                key, f"is not a duration: {self.data[key]!r}", f"e.g. {key}: 7d (or 12h, 0)"
+            )
+        return seconds
 
     def child(self, key: str, allowed: set[str]) -> Reader:
         """A reader of the mapping under ``key``, which may hold only ``allowed``."""

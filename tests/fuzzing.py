@@ -51,6 +51,11 @@ WEIRD: list[Any] = [
 ]
 
 
+def _weird(rng: random.Random) -> Any:
+    """One of WEIRD, a fresh copy: shared containers would make cycles when mutated."""
+    return copy.deepcopy(rng.choice(WEIRD))
+
+
 def _deadline(seconds: float) -> Iterator[int]:
     """Counts 1, 2, ... until the time is up."""
     end, count = time.monotonic() + seconds, 0
@@ -105,13 +110,13 @@ def fuzz_packages(seconds: float, seed: int) -> int:
 def _record(rng: random.Random, base: dict[str, Any]) -> Any:
     record = copy.deepcopy(base)
     if rng.random() < 0.05:
-        return rng.choice(WEIRD)
+        return _weird(rng)
     for _ in range(rng.randint(0, 4)):
         key = rng.choice([*record, "size", "sha256", "depends", "timestamp", "license", "x"])
         if rng.random() < 0.2:
             record.pop(key, None)
         else:
-            record[key] = rng.choice(WEIRD)
+            record[key] = _weird(rng)
     return record
 
 
@@ -121,7 +126,7 @@ def _document(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
     for filename, record in base.items():
         name = filename if rng.random() > 0.05 else rng.choice(["../a.conda", "/x.conda", 7])
         conda[str(name)] = _record(rng, record)
-    document["packages.conda"] = conda if rng.random() > 0.03 else rng.choice(WEIRD)
+    document["packages.conda"] = conda if rng.random() > 0.03 else _weird(rng)
     if rng.random() < 0.1:
         document["info"] = rng.choice([*WEIRD, {"base_url": rng.choice([*WEIRD, "file:///"])}])
     return document
@@ -184,7 +189,7 @@ def _manifest_mutant(rng: random.Random, manifest: dict[str, Any]) -> dict[str, 
         elif choice < 0.5 and isinstance(target, int):
             parent[path[-1]] = target + rng.choice([-1, 1, 2**40])
         else:
-            parent[path[-1]] = rng.choice(WEIRD)
+            parent[path[-1]] = _weird(rng)
     return mutant
 
 

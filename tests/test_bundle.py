@@ -32,10 +32,10 @@ def snapshot(mirror: Path) -> dict[str, Any]:
         document = load(mirror / subdir / "repodata.json")
         out[subdir] = {
             "records": {**document["packages"], **document["packages.conda"]},
-            "files": {
+            "files": {  # the published ones: removed files may be in their grace
                 p.name: p.read_bytes()
                 for p in (mirror / subdir).iterdir()
-                if p.name.endswith((".conda", ".tar.bz2"))
+                if p.name in {**document["packages"], **document["packages.conda"]}
             },
         }
     return out

@@ -226,7 +226,9 @@ def test_zst_and_shards_hold_the_same_records(tmp_path: Path) -> None:
     assert rebuilt == {k: document[k] for k in rebuilt}
 
 
-def test_unchanged_names_keep_their_shard_and_stale_shards_go(tmp_path: Path) -> None:
+def test_unchanged_names_keep_their_shard_and_stale_shards_go_after_the_grace(
+    tmp_path: Path,
+) -> None:
     small_channel(tmp_path / "ch")
     ferry("index", str(tmp_path / "ch"))
     sub = tmp_path / "ch/linux-64"
@@ -234,8 +236,12 @@ def test_unchanged_names_keep_their_shard_and_stale_shards_go(tmp_path: Path) ->
     write_package(tmp_path / "ch", Spec("libzed", "1.2", "h0_0", subdir="linux-64"))
     ferry("index", str(tmp_path / "ch"))
     after = set(os.listdir(sub / "shards"))
-    assert len(before & after) == 1  # app's shard stayed, libzed's was replaced
-    assert len(after) == 2
+    assert before <= after and len(after) == 3  # libzed's old shard stays for its grace
+    index = read_msgpack_zst((sub / shards.INDEX_NAME).read_bytes())
+    referenced = {f"{d.hex()}.msgpack.zst" for d in index["shards"].values()}
+    assert len(before & referenced) == 1  # app's shard stayed, libzed's was replaced
+    assert ferry("gc", str(tmp_path / "ch"), "--now").exit_code == 0
+    assert set(os.listdir(sub / "shards")) == referenced
 
 
 def test_jlap_chain_appends_and_patches_apply(tmp_path: Path) -> None:
@@ -391,3 +397,17 @@ def test_a_log_left_behind_by_a_killed_run_restarts_instead_of_lying() -> None:
     assert after.latest == jlap.blake(raw[3])
     steps = [json.loads(line) for line in after.patches]
     assert [(s["from"], s["to"]) for s in steps] == [(jlap.blake(raw[2]), jlap.blake(raw[3]))]
+
+
+def test_outputs_switched_off_are_removed_after_the_new_repodata(tmp_path: Path) -> None:
+    small_channel(tmp_path / "ch")
+    assert ferry("index", str(tmp_path / "ch"), "--bz2", "--current-repodata").exit_code == 0
+    sub = tmp_path / "ch/linux-64"
+    names = ("repodata.json.zst", "repodata.json.bz2", "repodata.jlap", "current_repodata.json")
+    assert all((sub / n).exists() for n in (*names, shards.INDEX_NAME))
+    off = ferry("index", str(tmp_path / "ch"), "--no-zst", "--no-jlap", "--no-shards")
+    assert off.exit_code == 0, off.stderr
+    assert not any((sub / n).exists() for n in (*names, shards.INDEX_NAME))
+    assert (sub / "repodata.json").exists()
+    assert ferry("gc", str(tmp_path / "ch"), "--now").exit_code == 0
+    assert not list((sub / "shards").glob("*.msgpack.zst"))

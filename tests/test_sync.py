@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 import rattler
+import requests
 
 from conda_ferry.gateways import open_gateway
 from tests.faultproxy import FaultProxy
@@ -113,9 +114,17 @@ def test_http_to_localfs_then_clients_install(
     mirrored = load(mirror / "linux-64/repodata.json")
     assert mirrored["packages.conda"]["libpng-1.6.43-h1_0.conda"]["depends"] == ["zlib >=1.3,<2"]
     assert "zlib-1.3.2-h0_0.conda" in mirrored["packages.conda"]
-    assert files(mirror)["noarch"] == ["demo-data-2024.2-0.conda"]
+    # pruned from repodata, kept on disk for its grace: yesterday's clients still get it
+    assert files(mirror)["noarch"] == ["demo-data-2024.1-0.conda", "demo-data-2024.2-0.conda"]
+    assert "demo-data-2024.1-0.conda" not in load(mirror / "noarch/repodata.json")["packages.conda"]
+    cached = requests.get(f"{nginx.url}/{mirror.name}/noarch/demo-data-2024.1-0.conda", timeout=10)
+    assert cached.status_code == 200  # a client with yesterday's repodata
     assert assert_consistent(mirror) == 5
     assert ferry("verify", str(mirror)).exit_code == 0
+    assert ferry("gc", str(mirror)).exit_code == 0  # not due yet
+    assert len(files(mirror)["noarch"]) == 2
+    assert ferry("gc", str(mirror), "--now").exit_code == 0
+    assert files(mirror)["noarch"] == ["demo-data-2024.2-0.conda"]
 
 
 @pytest.mark.parametrize("kind", ["s3", "sftp", "ftp"])
@@ -243,9 +252,9 @@ def test_prune_beyond_fraction_refuses_without_force(
 ) -> None:
     _, url = upstream
     mirror = tmp_path / "mirror"
-    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), "prune: true\n")
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), "prune: true\ngrace: 0\n")
     assert ferry("sync", str(job)).exit_code == 0
-    job_yaml(job, url, str(mirror), "prune: true\nfilters: {include: [zlib]}\n")
+    job_yaml(job, url, str(mirror), "prune: true\ngrace: 0\nfilters: {include: [zlib]}\n")
     refused = ferry("sync", str(job))
     assert refused.exit_code == 1 and "max_prune_fraction" in refused.output
     assert len(files(mirror)["linux-64"]) == 6
