@@ -38,6 +38,8 @@ def open_gateway(url: str, options: GatewayOptions | None = None) -> Gateway:
 def split_url(url: str) -> tuple[str, str]:
     """Split a file URL into (directory URL, file name), for opening single files."""
     stripped = url.rstrip("/")
+    if "://" not in url and "/" not in url:  # a bare name: a file here
+        return ".", url
     if "/" not in stripped.split("://", 1)[-1]:
         return stripped, ""
     head, _, name = stripped.rpartition("/")

@@ -127,7 +127,7 @@ def _write_json(ctx: click.Context, started: float, code: int) -> None:
         if path == "-":
             out(text)
             return
-        directory, name = split_url(path) if "/" in path else (".", path)
+        directory, name = split_url(path)
         with open_gateway(directory) as gateway:
             gateway.write_bytes(name, text.encode() + b"\n")
     except (GatewayError, OSError) as exc:  # the run's own outcome stands
@@ -587,19 +587,21 @@ def gc_command(target: str, subdirs: tuple[str, ...], now: bool, options: Gatewa
     metavar="SUBDIR",
     help="Put the packages here [default: each package's own subdir].",
 )
+@click.option("--force", is_flag=True, help="Replace a package the channel has with other bytes.")
 @json_option
 @gateway_options
 def publish_command(
     packages: tuple[str, ...],
     channel: str,
     subdir: str | None,
+    force: bool,
     options: GatewayOptions,
 ) -> None:
     """Add local packages to a custom channel and re-index the subdirs they went to."""
     from .publish import publish_packages
 
     with open_gateway(channel, options) as gateway:
-        placed = publish_packages(gateway, list(packages), subdir, options)
+        placed = publish_packages(gateway, list(packages), subdir, options, force)
         where = gateway.display()
     for path in placed:
         say(f"published {path}")

@@ -10,6 +10,7 @@ from conda_ferry.gateways import (
     Expected,
     Gateway,
     GatewayOptions,
+    NotFound,
     UsageError,
     copy_file,
     open_gateway,
@@ -21,11 +22,15 @@ from conda_ferry.index.records import check_filename, is_subdir_name, record_fro
 
 from .errors import FerryError
 from .indexing import reindex
-from .state import subdir_lock
+from .state import SubdirState, subdir_lock
 
 
 def publish_packages(
-    channel: Gateway, packages: list[str], subdir: str | None, options: GatewayOptions
+    channel: Gateway,
+    packages: list[str],
+    subdir: str | None,
+    options: GatewayOptions,
+    force: bool = False,
 ) -> list[str]:
     if subdir is not None and not is_subdir_name(subdir):
         raise UsageError(subdir, "not a subdir name", "e.g. --subdir linux-64 or noarch")
@@ -55,6 +60,7 @@ def publish_packages(
                 )
             where = subdir or own or "noarch"
             with subdir_lock(channel, where):
+                _check_replace(channel, where, name, meta.sha256, force)
                 copy_file(
                     source, name, channel, f"{where}/{name}", Expected(meta.size, meta.sha256)
                 )
@@ -62,3 +68,22 @@ def publish_packages(
     # noarch too: conda and rattler refuse a channel without noarch/repodata.json
     reindex(channel, IndexOptions(subdirs=sorted({*placed, "noarch"})))
     return [path for paths in placed.values() for path in paths]
+
+
+def _check_replace(channel: Gateway, subdir: str, name: str, sha256: str, force: bool) -> None:
+    """A file name in a channel means one set of bytes: clients cache by name."""
+    path = f"{subdir}/{name}"
+    if name in SubdirState.load(channel, subdir).upstream_files:
+        raise FerryError(
+            f"{channel.display(path)}: the mirror holds this package from upstream "
+            "(refused: publish custom packages under their own names)"
+        )
+    try:
+        _, have = channel.checksum(path)
+    except NotFound:
+        return
+    if have != sha256 and not force:
+        raise FerryError(
+            f"{channel.display(path)}: the channel has other bytes under this name "
+            "(refused: clients may have cached them; --force to replace it anyway)"
+        )

@@ -1,0 +1,53 @@
+"""What a mirror admin leans on: custom channels that never change a file silently,
+file names that work from the current directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ferry
+from tests.pkgmaker import Spec, package_bytes
+from tests.upstream import build_upstream, job_yaml
+
+
+def test_a_bare_file_name_works_wherever_a_file_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("pkg-1.0-0.conda").write_bytes(package_bytes(Spec("pkg")))
+    Path("pi.json").write_text('{"patch_instructions_version": 1, "packages": {}}')
+    assert ferry("publish", "pkg-1.0-0.conda", "--to", "ch").exit_code == 0
+    assert ferry("cp", "pkg-1.0-0.conda", "out/").exit_code == 0
+    assert ferry("cp", "pkg-1.0-0.conda", "copy.conda").exit_code == 0
+    assert ferry("index", "ch", "--patch-instructions", "pi.json").exit_code == 0
+    assert ferry("verify", "ch", "--json", "report.json").exit_code == 0
+    assert all(os.path.exists(p) for p in ("ch/noarch/pkg-1.0-0.conda", "out", "report.json"))
+
+
+def test_publish_never_silently_replaces_a_package(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "pkg-1.0-0.conda", tmp_path / "b" / "pkg-1.0-0.conda"
+    for path, payload in ((first, b"one"), (second, b"two")):
+        path.parent.mkdir()
+        path.write_bytes(package_bytes(Spec("pkg", files={"f": payload})))
+    channel = str(tmp_path / "ch")
+    assert ferry("publish", str(first), "--to", channel).exit_code == 0
+    assert ferry("publish", str(first), "--to", channel).exit_code == 0  # same bytes: fine
+    refused = ferry("publish", str(second), "--to", channel)
+    assert refused.exit_code == 1 and "--force" in refused.stderr
+    assert (tmp_path / "ch/noarch/pkg-1.0-0.conda").read_bytes() == first.read_bytes()
+    assert ferry("publish", str(second), "--to", channel, "--force").exit_code == 0
+    assert (tmp_path / "ch/noarch/pkg-1.0-0.conda").read_bytes() == second.read_bytes()
+
+
+def test_publish_refuses_a_name_the_mirror_holds_from_upstream(tmp_path: Path) -> None:
+    build_upstream(tmp_path / "up")
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "j.yaml", str(tmp_path / "up"), str(mirror))
+    assert ferry("sync", str(job)).exit_code == 0
+    impostor = tmp_path / "zlib-1.3.1-h0_0.conda"
+    impostor.write_bytes(package_bytes(Spec("zlib", "1.3.1", "h0_0", subdir="linux-64")))
+    refused = ferry("publish", str(impostor), "--to", str(mirror), "--force")
+    assert refused.exit_code == 1 and "holds this package from upstream" in refused.stderr
