@@ -35,6 +35,7 @@ class Job:
     allow_hosts: tuple[str, ...] = ()
     allow_replace: bool = False
     grace: float = DEFAULT_GRACE  # seconds pruned files stay for clients' cached indexes
+    strict: bool = False  # an include spec that matches nothing is an error
     outputs: OutputOptions = field(default_factory=OutputOptions)
     source_options: GatewayOptions = field(default_factory=GatewayOptions)
     target_options: GatewayOptions = field(default_factory=GatewayOptions)
@@ -47,6 +48,7 @@ class Job:
             "filters": asdict(self.filters),
             "subdirs": self.subdirs,
             "prune": self.prune,
+            "strict": self.strict,
             "outputs": asdict(self.outputs),
         }
         text = json.dumps(wanted, sort_keys=True, default=str)
@@ -64,6 +66,7 @@ TOP_KEYS = {
     "allow_hosts",
     "allow_replace",
     "grace",
+    "strict",
     "outputs",
     "source_options",
     "target_options",
@@ -114,6 +117,7 @@ def parse_job(path: str, text: str) -> Job:
         allow_hosts=top.strings("allow_hosts") or (),
         allow_replace=top.boolean("allow_replace", False),
         grace=top.duration("grace", DEFAULT_GRACE),
+        strict=top.boolean("strict", False),
         outputs=read_options(top.child("outputs", _names(OutputOptions)), OutputOptions),
         source_options=read_options(
             top.child("source_options", _names(GatewayOptions)), GatewayOptions

@@ -265,6 +265,7 @@ class Selection:
     kept: dict[str, dict[str, Record]]
     reasons: dict[Key, str] = field(default_factory=dict)
     dropped_dependencies: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # include specs no record matched
 
     def explain(self, name: str, records: dict[str, dict[str, Record]]) -> list[str]:
         lines = []
@@ -304,7 +305,8 @@ class Selector:
             by_name[candidate.name].append(candidate)
         reasons: dict[Key, str] = {}
         blocked = self._reject(candidates, reasons)
-        kept = self._include(candidates, by_name, blocked, reasons)
+        unmatched: list[str] = []
+        kept = self._include(candidates, by_name, blocked, reasons, unmatched)
         if self.filters.latest:
             self._newest(kept, reasons)
         dropped: list[str] = []
@@ -313,7 +315,7 @@ class Selector:
         selection: dict[str, dict[str, Record]] = {subdir: {} for subdir in records}
         for candidate in kept.values():
             selection[candidate.subdir][candidate.filename] = candidate.record
-        return Selection(selection, reasons, dropped)
+        return Selection(selection, reasons, dropped, unmatched)
 
     def _reject(self, candidates: list[Candidate], reasons: dict[Key, str]) -> dict[Key, str]:
         blocked: dict[Key, str] = {}
@@ -331,6 +333,7 @@ class Selector:
         by_name: dict[str, list[Candidate]],
         blocked: dict[Key, str],
         reasons: dict[Key, str],
+        unmatched: list[str],
     ) -> dict[Key, Candidate]:
         kept: dict[Key, Candidate] = {}
         if self.filters.include is None:
@@ -341,12 +344,18 @@ class Selector:
             return kept
         for text in self.filters.include:
             spec = SpecMatcher(text)
+            matched = False
             for name in spec.names(by_name):
                 for candidate in by_name[name]:
                     key = candidate.key
-                    if key not in blocked and key not in kept and spec.matches(candidate):
+                    if not spec.matches(candidate):
+                        continue
+                    matched = True
+                    if key not in blocked and key not in kept:
                         kept[key] = candidate
                         reasons[key] = f"included by '{text}'"
+            if not matched:
+                unmatched.append(text)
         for candidate in candidates:
             reasons.setdefault(candidate.key, "not selected by any include spec")
         return kept
@@ -414,7 +423,13 @@ class Selector:
                 if step in done:
                     continue
                 done.add(step)
-                for candidate in self._satisfying(str(text), by_name):
+                satisfying = self._satisfying(str(text), by_name)
+                spec = self._dep(str(text))
+                if not satisfying and spec is not None and not str(spec.name).startswith("__"):
+                    dropped[f"'{text}' (needed by {subdir}/{filename}) has no upstream record"] = (
+                        None
+                    )
+                for candidate in satisfying:
                     key = candidate.key
                     if key[0] not in allowed or key in kept:
                         continue

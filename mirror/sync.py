@@ -82,6 +82,7 @@ class SyncReport:
     target: str
     subdirs: list[SubdirReport] = field(default_factory=list)
     dropped_dependencies: list[str] = field(default_factory=list)
+    unmatched_includes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     dry_run: bool = False
 
@@ -105,6 +106,7 @@ class SyncReport:
             "seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
             "dropped_dependencies": self.dropped_dependencies,
+            "unmatched_includes": self.unmatched_includes,
             "subdirs": [s.as_dict() for s in self.subdirs],
             "totals": {
                 k: sum(getattr(s, k) for s in self.subdirs)
@@ -226,8 +228,14 @@ class SyncRun:
                     self.broken[s] = str(exc)
             selection = Selector(job.filters).select(records)
             self.report.dropped_dependencies = selection.dropped_dependencies
-            for note in selection.dropped_dependencies:
-                log.warning("dependency not mirrored: %s", note)
+            self.report.unmatched_includes = selection.unmatched
+            if selection.unmatched and job.strict and explain is None:
+                raise errors.FerryError(
+                    f"{job.path}: filters.include: {', '.join(selection.unmatched)} "
+                    f"match no upstream record of {', '.join(job.subdirs)} (strict: true; "
+                    "check the spelling and the subdirs)",
+                    errors.USAGE,
+                )
             if explain is not None:
                 lines = selection.explain(explain, records)
                 if not lines:

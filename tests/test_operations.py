@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import ferry
+from tests.helpers import ferry, load
 from tests.pkgmaker import Spec, package_bytes
-from tests.upstream import build_upstream, job_yaml
+from tests.upstream import build_upstream, edit_repodata, job_yaml
 
 
 def test_a_bare_file_name_works_wherever_a_file_is_taken(
@@ -51,3 +52,25 @@ def test_publish_refuses_a_name_the_mirror_holds_from_upstream(tmp_path: Path) -
     impostor.write_bytes(package_bytes(Spec("zlib", "1.3.1", "h0_0", subdir="linux-64")))
     refused = ferry("publish", str(impostor), "--to", str(mirror), "--force")
     assert refused.exit_code == 1 and "holds this package from upstream" in refused.stderr
+
+
+def test_include_specs_that_match_nothing_are_named(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = upstream
+
+    def ghost(document: dict[str, Any]) -> None:
+        document["packages.conda"]["zlib-1.3.1-h0_0.conda"]["depends"] = ["ghost >=1"]
+
+    edit_repodata(root, "linux-64", ghost)
+    filters = 'filters: {include: [zlib, "nosuchpkg >=1"], dependencies: true}\n'
+    job = job_yaml(tmp_path / "job.yaml", url, str(tmp_path / "mirror"), filters)
+    report = tmp_path / "r.json"
+    result = ferry("sync", str(job), "--json", str(report))
+    assert result.exit_code == 0, result.stderr
+    assert "include matches no upstream record: 'nosuchpkg >=1'" in result.stderr
+    assert "'ghost >=1' (needed by linux-64/zlib-1.3.1-h0_0.conda)" in result.stderr
+    assert load(report)["unmatched_includes"] == ["nosuchpkg >=1"]
+    job.write_text(job.read_text() + "strict: true\n")
+    strict = ferry("sync", str(job))
+    assert strict.exit_code == 2 and "nosuchpkg >=1" in strict.stderr
