@@ -64,6 +64,7 @@ class SubdirSummary:
     written: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # shards, relative to the subdir
+    published: set[str] = field(default_factory=set)  # file names repodata.json now lists
 
 
 @dataclass
@@ -260,6 +261,7 @@ def index_subdir(
     )
     summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
     kept = repodata.records(document)
+    summary.published = set(kept)
     return summary, [(subdir, kept[n], e.extras) for n, e in entries.items() if n in kept]
 
 

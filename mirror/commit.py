@@ -10,12 +10,14 @@ deleted while a published record still names it.
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Gateway, is_temp
+from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, SubdirSummary, index_subdir
 from conda_ferry.index.subdir import SubdirView
 
@@ -81,7 +83,32 @@ def commit_subdir(
     state.verified = {f: sha for f, sha in state.verified.items() if f not in published}
     state.save(target)
     summary.deleted.extend(f"{view.subdir}/{f}" for f in sorted(gone))
+    audit(target, view.subdir, view.published.keys(), summary.published)
     return summary, entries
+
+
+def audit(target: Gateway, subdir: str, before: Collection[str], after: Collection[str]) -> None:
+    """One JSON line per run that changed what the subdir publishes, so "when did
+    this package appear in our mirror?" has an answer. Monthly files per subdir,
+    written under the subdir's lock (object stores cannot append)."""
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    if not added and not removed:
+        return
+    now = time.time()
+    path = f"{STATE_DIR}/audit/{subdir}-{time.strftime('%Y-%m', time.gmtime(now))}.jsonl"
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "host": socket.gethostname(),
+        "subdir": subdir,
+        "added": added,
+        "removed": removed,
+    }
+    try:
+        earlier = target.read_bytes(path)
+    except NotFound:
+        earlier = b""
+    sweep_temps(target, f"{STATE_DIR}/audit", f".{subdir}-")
+    target.write_bytes(path, earlier + json.dumps(line, sort_keys=True).encode() + b"\n")
 
 
 def _candidates(commit: Commit, summary: SubdirSummary, state: SubdirState) -> set[str]:

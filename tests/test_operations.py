@@ -3,6 +3,7 @@ file names that work from the current directory."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from tests.helpers import ferry, load
 from tests.pkgmaker import Spec, package_bytes
-from tests.upstream import build_upstream, edit_repodata, job_yaml
+from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
 
 
 def test_a_bare_file_name_works_wherever_a_file_is_taken(
@@ -74,3 +75,21 @@ def test_include_specs_that_match_nothing_are_named(
     job.write_text(job.read_text() + "strict: true\n")
     strict = ferry("sync", str(job))
     assert strict.exit_code == 2 and "nosuchpkg >=1" in strict.stderr
+
+
+def test_an_audit_line_per_run_and_subdir_says_what_appeared_and_went(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), "prune: true\n")
+    assert ferry("sync", str(job)).exit_code == 0
+    assert ferry("sync", str(job)).exit_code == 0  # nothing changed: no line
+    (root / "linux-64" / "gpltool-1.0-h3_0.conda").unlink()
+    reindex(root)
+    assert ferry("sync", str(job)).exit_code == 0
+    (log,) = (mirror / ".ferry" / "audit").glob("linux-64-*.jsonl")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == 2
+    assert "zlib-1.3.1-h0_0.conda" in lines[0]["added"] and lines[0]["removed"] == []
+    assert lines[1]["removed"] == ["gpltool-1.0-h3_0.conda"] and lines[1]["time"].endswith("Z")
