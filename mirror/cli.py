@@ -67,6 +67,7 @@ class FerryGroup(click.Group):
             raise
         finally:
             _write_json(ctx, started, code)
+            _write_metrics(ctx, started, code)
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
@@ -331,6 +332,26 @@ def cp_command(src: str, dst: str, sha256: str | None, options: GatewayOptions) 
     )
 
 
+def _write_metrics(ctx: click.Context, started: float, code: int) -> None:
+    path, job = ctx.meta.get("ferry.metrics"), ctx.meta.get("ferry.job")
+    if not path or not job:
+        return
+    from pathlib import Path
+
+    from . import metrics
+
+    result = ctx.meta.get("ferry.report")
+    result = result() if callable(result) else (result or {})
+    target = Path(path)
+    try:
+        text = metrics.update(target, job, result, code, started)
+        directory, name = split_url(path)
+        with open_gateway(directory) as gateway:
+            gateway.write_bytes(name, text.encode())
+    except (GatewayError, OSError) as exc:
+        click.echo(f"ferry: error: --metrics {path}: cannot write: {exc}", err=True)
+
+
 def report_result(report: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
     """What ``--json`` says of this run (a callable: read when the run ends, however
     it ends)."""
@@ -455,6 +476,12 @@ def _print_sync(report: SyncReport) -> None:
     help="Re-read every mirrored package on the target; fetch the missing and corrupt "
     "ones again, withdraw the records of those that cannot be repaired.",
 )
+@click.option(
+    "--metrics",
+    metavar="FILE",
+    help="Write the run's outcome for Prometheus (node_exporter's textfile collector), "
+    "on every exit; the file is merged, not replaced.",
+)
 @json_option
 @click.pass_context
 def sync_command(
@@ -464,6 +491,7 @@ def sync_command(
     explain: str | None,
     force: bool,
     verify: bool,
+    metrics: str | None,
 ) -> None:
     """Mirror the subdirs of an upstream channel as JOB.yaml describes.
 
@@ -475,6 +503,9 @@ def sync_command(
     from .sync import Status, SyncRun
 
     report_result({"job": job_file})
+    if metrics:
+        ctx.meta["ferry.metrics"] = metrics
+        ctx.meta["ferry.job"] = os.path.splitext(os.path.basename(job_file))[0]
     job = load_job(job_file)
     progress = make_progress(quiet())
     run = SyncRun(job, progress, dry_run=dry_run, force=force, verify=verify)

@@ -7,6 +7,7 @@ At every instant each published record points at a present, correct file.
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import logging
 import threading
@@ -66,6 +67,8 @@ class SubdirReport:
     bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)  # added/updated/removed names
+    published: int | None = None  # records repodata.json lists after the run
+    upstream_modified: float | None = None  # upstream's Last-Modified, as a timestamp
     message: str = ""
     plan: dict[str, Any] | None = None
     entries: list[ChannelEntry] = field(default_factory=list, repr=False)  # channeldata input
@@ -143,6 +146,13 @@ def _records(
     return merged, refused  # each is named in the run's summary
 
 
+def _timestamp(http_date: str | None) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(http_date).timestamp() if http_date else None
+    except (TypeError, ValueError):
+        return None
+
+
 class Journal:
     """The state's record of files verified as they landed, saved at most every few
     seconds (after a flush: the journal never vouches for bytes not yet durable)."""
@@ -213,7 +223,10 @@ class SyncRun:
             states = {s: SubdirState.load(target, s) for s in job.subdirs}
             fetched = self._fetch(source, states, explain is not None or self.verify)
             if fetched is None:
-                self.report.subdirs = [SubdirReport(s) for s in job.subdirs]  # up to date
+                self.report.subdirs = [  # up to date
+                    SubdirReport(s, upstream_modified=_timestamp(states[s].last_modified))
+                    for s in job.subdirs
+                ]
                 log.info("up to date: nothing changed upstream or in %s", job.path)
                 self.report.seconds = time.monotonic() - started
                 return self.report, []
@@ -423,6 +436,7 @@ class SyncRun:
             view.present,
         )
         state.etag, state.last_modified = answer.etag, answer.last_modified
+        report.published, report.upstream_modified = len(known), _timestamp(answer.last_modified)
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
         kept = {f: REPLACED for f in plan.replaced if f not in fetch}

@@ -93,3 +93,35 @@ def test_an_audit_line_per_run_and_subdir_says_what_appeared_and_went(
     assert len(lines) == 2
     assert "zlib-1.3.1-h0_0.conda" in lines[0]["added"] and lines[0]["removed"] == []
     assert lines[1]["removed"] == ["gpltool-1.0-h3_0.conda"] and lines[1]["time"].endswith("Z")
+
+
+def _samples(path: Path) -> dict[str, float]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_keep_the_last_success_across_a_failed_run(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, url = upstream
+    metrics = tmp_path / "ferry.prom"
+    job = job_yaml(tmp_path / "nightly.yaml", url, str(tmp_path / "mirror"))
+    assert ferry("sync", str(job), "--metrics", str(metrics)).exit_code == 0
+    good = _samples(metrics)
+    success = 'ferry_last_success_timestamp_seconds{job="nightly",subdir="linux-64"}'
+    assert good['ferry_last_exit_code{job="nightly"}'] == 0
+    assert good['ferry_records_published{job="nightly",subdir="linux-64"}'] > 0
+    assert good['ferry_packages_transferred{job="nightly",subdir="noarch"}'] > 0
+    assert good['ferry_upstream_age_seconds{job="nightly",subdir="linux-64"}'] >= 0
+    assert "# TYPE ferry_last_exit_code gauge" in metrics.read_text()
+
+    job.write_text(job.read_text().replace(url, url + "-gone"))
+    assert ferry("sync", str(job), "--metrics", str(metrics)).exit_code == 1
+    bad = _samples(metrics)
+    assert bad['ferry_last_exit_code{job="nightly"}'] == 1
+    assert bad[success] == good[success]  # kept: monitoring sees how long it has failed
+    assert bad['ferry_last_run_timestamp_seconds{job="nightly"}'] >= good[success]
