@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from .errors import GatewayError, LockHeld, NotFound, ReadOnlyError
 from .retry import RetryPolicy, call
-from .streams import CHUNK, Pace, ResumingReader
+from .streams import CHUNK, Pace, RateCap, ResumingReader
 from .urls import clean_relative, join, redact
 
 T = TypeVar("T")
@@ -109,6 +109,11 @@ class GatewayOptions:
         None, "known_hosts file [default: ~/.ssh/known_hosts].", ("sftp",), "file"
     )
     insecure_host_key: bool = option(False, "Accept any SSH host key (insecure).", ("sftp",))
+    max_rate: float = option(
+        0.0,
+        "Bytes per second this gateway may read at most, all transfers together (0: no cap).",
+        minimum=0,
+    )
     min_rate: float = option(
         1024.0,
         "Bytes per second, averaged since a transfer began, below which it is abandoned "
@@ -200,6 +205,7 @@ class Gateway(abc.ABC):
     def __init__(self, url: str, options: GatewayOptions | None = None) -> None:
         self.url = url
         self.options = options or GatewayOptions()
+        self._cap = RateCap(self.options.max_rate) if self.options.max_rate else None
 
     # -- naming -----------------------------------------------------------------
     def display(self, path: str = "") -> str:
@@ -283,6 +289,7 @@ class Gateway(abc.ABC):
             offset,
             first,
             Pace(self.options.min_rate, self.options.timeout),
+            self._cap,
         ).as_binary()
 
     def checksum(self, path: str) -> tuple[int, str]:
@@ -322,6 +329,10 @@ class Gateway(abc.ABC):
 
     def write_bytes(self, path: str, data: bytes, durable: bool = True) -> FileInfo:
         return self.write_atomic(path, io.BytesIO(data), durable)
+
+    def free_space(self, path: str = "") -> int | None:
+        """Bytes that may still be written below ``path``; None where unknown."""
+        return None
 
     def flush(self) -> None:  # noqa: B027 - remote stores are durable once they answer
         """Make every earlier non-durable write durable."""

@@ -103,6 +103,12 @@ class LocalGateway(Gateway):
                 _fsync_dir(target.parent)
         return self._info(self._rel(path), st, False)
 
+    def free_space(self, path: str = "") -> int | None:
+        where = self._abs(path)
+        while not where.exists() and where != where.parent:
+            where = where.parent  # a target not created yet: its nearest ancestor
+        return shutil.disk_usage(where).free
+
     def flush(self) -> None:
         os.sync()  # one sync beats an fsync per small file by far
 

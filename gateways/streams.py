@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,29 @@ class Pace:
             )
 
 
+class RateCap:
+    """A bandwidth cap shared by every transfer of one gateway (a token bucket that
+    lets one chunk through, then makes the next wait its turn)."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._rate, self._clock, self._sleep = rate, clock, sleep
+        self._lock = threading.Lock()
+        self._free_at = clock()
+
+    def take(self, count: int) -> None:
+        with self._lock:
+            now = self._clock()
+            start = max(self._free_at, now)
+            self._free_at = start + count / self._rate
+        if start > now:
+            self._sleep(start - now)
+
+
 class ResumingReader(RawStream):
     """A read-only stream that reopens at its current offset after a transient error.
 
@@ -118,9 +142,11 @@ class ResumingReader(RawStream):
         offset: int = 0,
         first: BinaryIO | None = None,
         pace: Pace | None = None,
+        cap: RateCap | None = None,
     ) -> None:
         super().__init__()
         self._pace, self._started, self._first_offset = pace, time.monotonic(), offset
+        self._cap = cap
         self._opener = opener
         self._policy = policy
         self._what = what
@@ -139,6 +165,8 @@ class ResumingReader(RawStream):
         if data:
             self._offset += len(data)
             self._failures = 0  # progress: the budget is per stall, not per file
+            if self._cap is not None:
+                self._cap.take(len(data))
             if self._pace is not None:
                 self._pace.check(self._offset - self._first_offset, self._started, self._what)
         return data

@@ -31,6 +31,7 @@ from .plan import Plan, make_plan
 from .progress import Progress
 from .state import SubdirState, subdir_lock
 from .transfer import expected, transfer
+from .units import human_size
 
 log = logging.getLogger("ferry.sync")
 REPLACED = (
@@ -398,6 +399,7 @@ class SyncRun:
                 adopted.add(filename)
             else:
                 fetch.append(filename)
+        self._check_space(target, subdir, sum(int(plan.desired[f]["size"]) for f in fetch))
         managed = set(state.upstream_files) | set(fetch) | adopted
         state.upstream_files, state.complete = sorted(managed), False
         if fetch:
@@ -470,6 +472,18 @@ class SyncRun:
             state,
             options,
         )
+
+    @staticmethod
+    def _check_space(target: Gateway, subdir: str, need: int) -> None:
+        """Refuse to start what cannot finish: a full disk mid-transfer helps nobody."""
+        free = target.free_space(subdir)
+        margin = max(64 << 20, need // 20)
+        if need and free is not None and need + margin > free:
+            raise errors.FerryError(
+                f"{target.display(subdir)}: {human_size(need)} to add but {human_size(free)} "
+                f"free (and {human_size(margin)} kept spare): free space or narrow the "
+                "filters; nothing was written"
+            )
 
     def _damaged(self, target: Gateway, view: SubdirView, state: SubdirState) -> set[str]:
         """Mirrored packages whose file is missing or no longer matches its record.

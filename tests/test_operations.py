@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conda_ferry.gateways.streams import RateCap
 from tests.helpers import ferry, load
 from tests.pkgmaker import Spec, package_bytes
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
@@ -125,3 +127,32 @@ def test_metrics_keep_the_last_success_across_a_failed_run(
     assert bad['ferry_last_exit_code{job="nightly"}'] == 1
     assert bad[success] == good[success]  # kept: monitoring sees how long it has failed
     assert bad['ferry_last_run_timestamp_seconds{job="nightly"}'] >= good[success]
+
+
+def test_too_little_free_space_is_one_line_and_nothing_written(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = shutil.disk_usage
+
+    def nearly_full(path: Any) -> Any:
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - 1000, 1000)  # the OS's answer, shrunk
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    mirror = tmp_path / "mirror"
+    result = ferry("sync", str(job_yaml(tmp_path / "job.yaml", upstream[1], str(mirror))))
+    assert result.exit_code == 1
+    line = next(line for line in result.stderr.splitlines() if "to add but" in line)
+    assert "1000 B free" in line and "KiB to add" in line
+    assert not list(mirror.rglob("*.conda"))
+
+
+def test_a_rate_cap_spaces_reads_by_their_size() -> None:
+    clock = [0.0]
+    waits: list[float] = []
+    cap = RateCap(1000.0, clock=lambda: clock[0], sleep=waits.append)
+    cap.take(500)  # the first chunk goes at once
+    cap.take(500)  # the next waits its turn: 0.5 s at 1000 B/s
+    clock[0] = 2.0
+    cap.take(100)  # after a pause, no debt
+    assert waits == [0.5]
