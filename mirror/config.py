@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from conda_ferry.gateways import GatewayOptions
+from conda_ferry.index.channel import KNOWN_SUBDIRS
 from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.records import is_subdir_name
 
 from .commit import DEFAULT_GRACE
 from .errors import ConfigError
 from .filters import Filters
-from .yamldoc import Reader, Source, parse_size, read_options
+from .yamldoc import Reader, Source, load, parse_size, read_options
 
 __all__ = ["Job", "load_job", "parse_job", "parse_size"]
 
@@ -88,31 +88,28 @@ def _names(cls: type) -> set[str]:
 
 
 def parse_job(path: str, text: str) -> Job:
+    """The job, or one ConfigError listing every mistake of the file in line order."""
     src = Source(path, text)
-    data = yaml.safe_load(text)
+    data = load(text)
     if not isinstance(data, dict):
         raise src.fail((), "a job is a mapping of keys", "start with 'source:' and 'target:'")
     top = Reader(data, src, (), TOP_KEYS)
     source = _local_relative(path, top.string("source", required=True) or "")
     target = _local_relative(path, top.string("target", required=True) or "")
-    subdirs = top.strings("subdirs")
-    if not subdirs:
-        raise top.fail("subdirs", "is required", "write subdirs: [linux-64, noarch]")
-    for subdir in subdirs:
-        if not is_subdir_name(subdir):
-            raise top.fail("subdirs", f"'{subdir}' is not a subdir name", "e.g. linux-64, noarch")
-    filters = Filters.read(top.child("filters", Filters.KEYS))
+    if source and source == target:
+        top.note("target", "is the source", "mirror into another place")
+    subdirs = _subdirs(top)
     fraction = (
-        top.number("max_prune_fraction", float, 0, 1) if "max_prune_fraction" in data else 0.5
+        top.number("max_prune_fraction", float, 0, 1) if "max_prune_fraction" in data else None
     )
-    return Job(
+    job = Job(
         path=path,
         source=source,
         target=target,
         subdirs=subdirs,
-        filters=filters,
+        filters=Filters.read(top.child("filters", Filters.KEYS)),
         prune=top.boolean("prune", False),
-        max_prune_fraction=float(fraction),
+        max_prune_fraction=0.5 if fraction is None else float(fraction),
         jobs=top.integer("jobs", 4) or 4,
         allow_hosts=top.strings("allow_hosts") or (),
         allow_replace=top.boolean("allow_replace", False),
@@ -120,12 +117,38 @@ def parse_job(path: str, text: str) -> Job:
         strict=top.boolean("strict", False),
         outputs=read_options(top.child("outputs", _names(OutputOptions)), OutputOptions),
         source_options=read_options(
-            top.child("source_options", _names(GatewayOptions)), GatewayOptions
+            top.child("source_options", _names(GatewayOptions)), GatewayOptions, _scheme(source)
         ),
         target_options=read_options(
-            top.child("target_options", _names(GatewayOptions)), GatewayOptions
+            top.child("target_options", _names(GatewayOptions)), GatewayOptions, _scheme(target)
         ),
     )
+    src.check()
+    return job
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def _subdirs(top: Reader) -> tuple[str, ...]:
+    subdirs = top.strings("subdirs") or ()
+    if not subdirs and "subdirs" not in top.data:
+        top.note("subdirs", "is required", "write subdirs: [linux-64, noarch]")
+    seen: set[str] = set()
+    for subdir in subdirs:
+        if subdir in seen:
+            top.note("subdirs", f"'{subdir}' is listed twice", "list each subdir once")
+        seen.add(subdir)
+        if not is_subdir_name(subdir):
+            top.note("subdirs", f"'{subdir}' is not a subdir name", "e.g. linux-64, noarch")
+        elif subdir not in KNOWN_SUBDIRS:
+            close = difflib.get_close_matches(subdir, sorted(KNOWN_SUBDIRS), n=1, cutoff=0.8)
+            if close:
+                top.note(
+                    "subdirs", f"'{subdir}' is not a known subdir", f"did you mean '{close[0]}'?"
+                )
+    return tuple(dict.fromkeys(subdirs))
 
 
 def _local_relative(config_path: str, url: str) -> str:

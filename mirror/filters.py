@@ -122,17 +122,19 @@ class Rule(Protocol):
 
 
 def _specs(reader: Reader, key: str) -> tuple[str, ...]:
-    specs = reader.strings(key) or ()
-    for spec in specs:
+    good: list[str] = []
+    for spec in reader.strings(key) or ():
         try:
             SpecMatcher(spec)
         except ValueError as exc:
-            raise reader.fail(
+            reader.note(
                 key,
                 f"'{spec}' is not a match spec: {exc}",
                 "write e.g. 'numpy >=1.26' or 'python 3.11.*'",
-            ) from None
-    return specs
+            )
+        else:
+            good.append(spec)
+    return tuple(good)
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ class DateRule:
     @classmethod
     def read(cls, reader: Reader) -> DateRule | None:
         after, before = reader.date("after"), reader.date("before")
+        if after and before and after >= before:
+            reader.note("before", f"{before} is not after {after}", "no record could pass both")
         return cls(after, before) if after or before else None
 
     def reject(self, candidate: Candidate) -> str | None:
@@ -213,7 +217,8 @@ class SizeRule:
             return None
         size = parse_size(value)
         if size is None:
-            raise reader.fail("max_size", f"is not a size: {value!r}", "write e.g. 500MB or 2GiB")
+            reader.note("max_size", f"is not a size: {value!r}", "write e.g. 500MB or 2GiB")
+            return None
         return cls(size)
 
     def reject(self, candidate: Candidate) -> str | None:

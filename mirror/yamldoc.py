@@ -23,14 +23,31 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 T = TypeVar("T")
 
 
+class Loader(yaml.SafeLoader):
+    """YAML without implicit dates: ``after: 2024-13-01`` stays a string that the job
+    reader names with its line, instead of failing inside the YAML library."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load(text: str) -> Any:
+    return yaml.load(text, Loader=Loader)
+
+
 class Source:
-    """Line numbers for every key of the loaded document."""
+    """Line numbers for every key of the loaded document, and the problems found in
+    it: all reported at once, in line order, so one run shows every mistake."""
 
     def __init__(self, path: str, text: str) -> None:
         self.path = path
         self.lines: dict[tuple[str, ...], int] = {}
+        self.problems: list[tuple[int, str]] = []
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            node = yaml.compose(text, Loader=Loader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else path
@@ -44,16 +61,41 @@ class Source:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 child = (*where, str(key.value))
-                self.lines[child] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if child in self.lines and child != where:
+                    self.note(
+                        child,
+                        f"duplicate key (line {self.lines[child]} has it too)",
+                        "keep one: YAML silently uses the last",
+                        line,
+                    )
+                self.lines[child] = line
                 self._walk(value, child)
 
-    def fail(self, where: tuple[str, ...], problem: str, fix: str) -> ConfigError:
+    def _line(self, where: tuple[str, ...]) -> int:
         probe = where
         while probe and probe not in self.lines:
             probe = probe[:-1]
-        line = self.lines.get(probe, 1)
+        return self.lines.get(probe, 1)
+
+    def note(self, where: tuple[str, ...], problem: str, fix: str, line: int = 0) -> None:
+        """Record a problem and go on reading: the caller uses a default meanwhile."""
         name = ".".join(where) or "(top level)"
-        return ConfigError(f"{self.path}:{line}: {name}: {problem} ({fix})")
+        line = line or self._line(where)
+        self.problems.append((line, f"{self.path}:{line}: {name}: {problem} ({fix})"))
+
+    def fail(self, where: tuple[str, ...], problem: str, fix: str) -> ConfigError:
+        """A problem after which nothing more can be read; the earlier ones with it."""
+        self.note(where, problem, fix)
+        return self.error()
+
+    def error(self) -> ConfigError:
+        lines = [text for _, text in sorted(self.problems, key=lambda p: p[0])]
+        return ConfigError("\n".join(dict.fromkeys(lines)))
+
+    def check(self) -> None:
+        if self.problems:
+            raise self.error()
 
 
 def expand(value: str, src: Source, where: tuple[str, ...]) -> str:
@@ -107,25 +149,30 @@ class Reader:
                     if close
                     else f"known keys: {', '.join(sorted(allowed))}"
                 )
-                raise src.fail((*where, str(key)), "unknown key", fix)
+                src.note((*where, str(key)), "unknown key", fix)
 
     def fail(self, key: str, problem: str, fix: str) -> ConfigError:
         return self.src.fail((*self.where, key), problem, fix)
+
+    def note(self, key: str, problem: str, fix: str) -> None:
+        self.src.note((*self.where, key), problem, fix)
 
     def string(self, key: str, required: bool = False) -> str | None:
         value = self.data.get(key)
         if value is None:
             if required:
-                raise self.fail(key, "is required", f"add '{key}: <url or path>'")
+                self.note(key, "is required", f"add '{key}: <url or path>'")
             return None
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, "must be a non-empty string", "quote the value")
+            self.note(key, "must be a non-empty string", "quote the value")
+            return None
         return expand(value.strip(), self.src, (*self.where, key))
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, not {value!r}", "write true or false")
+            self.note(key, f"must be true or false, not {value!r}", "write true or false")
+            return default
         return value
 
     def integer(self, key: str, default: int | None, minimum: int = 1) -> int | None:
@@ -133,11 +180,12 @@ class Reader:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(
+            self.note(
                 key,
                 f"must be a whole number >= {minimum}, not {value!r}",
                 f"write e.g. {key}: {max(minimum, 4)}",
             )
+            return default
         return value
 
     def strings(self, key: str) -> tuple[str, ...] | None:
@@ -147,7 +195,8 @@ class Reader:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(key, "must be a list of strings", f'write {key}: ["..."]')
+            self.note(key, "must be a list of strings", f'write {key}: ["..."]')
+            return None
         return tuple(value)
 
     def number(self, key: str, kind: type, minimum: float | None, maximum: float | None) -> Any:
@@ -160,9 +209,8 @@ class Reader:
             or (maximum is not None and value > maximum)
         ):
             what = "a number" if kind is float else "a whole number"
-            raise self.fail(
-                key, f"must be {what} {bounds}, not {value!r}", f"e.g. {key}: {minimum}"
-            )
+            self.note(key, f"must be {what} {bounds}, not {value!r}", f"e.g. {key}: {minimum}")
+            return None
         return kind(value)
 
     def duration(self, key: str, default: float) -> float:
@@ -170,9 +218,8 @@ class Reader:
             return default
         seconds = parse_duration(self.data[key])
         if seconds is None:
-            raise self.fail(
-                key, f"is not a duration: {self.data[key]!r}", f"e.g. {key}: 7d (or 12h, 0)"
-            )
+            self.note(key, f"is not a duration: {self.data[key]!r}", f"e.g. {key}: 7d (or 12h, 0)")
+            return default
         return seconds
 
     def child(self, key: str, allowed: set[str]) -> Reader:
@@ -180,9 +227,13 @@ class Reader:
         return Reader(self.mapping(key), self.src, (*self.where, key), allowed)
 
     def mapping(self, key: str) -> dict[str, Any]:
+        if key in self.data and self.data[key] is None:
+            self.note(key, "is empty", f"indent its keys under '{key}:', or remove it")
+            return {}
         value = self.data.get(key) or {}
         if not isinstance(value, dict):
-            raise self.fail(key, "must be a mapping", f"indent the keys under '{key}:'")
+            self.note(key, "must be a mapping", f"indent the keys under '{key}:'")
+            return {}
         return value
 
     def date(self, key: str) -> dt.date | None:
@@ -196,28 +247,35 @@ class Reader:
         try:
             return dt.date.fromisoformat(str(value))
         except ValueError:
-            raise self.fail(key, f"is not a date: {value!r}", "write YYYY-MM-DD") from None
+            self.note(key, f"is not a date: {value!r}", "write YYYY-MM-DD")
+            return None
 
 
-def read_options(reader: Reader, cls: type[T]) -> T:
+def read_options(reader: Reader, cls: type[T], scheme: str = "") -> T:
     """An options dataclass (``GatewayOptions``, ``OutputOptions``) from a mapping whose
-    keys are its declared fields: the same declaration the command line is made from."""
+    keys are its declared fields: the same declaration the command line is made from.
+    ``scheme``: the URL's, so that an option its protocol ignores is named."""
     values: dict[str, Any] = {}
     for spec in fields(cls):  # type: ignore[arg-type]
         key, default, meta = spec.name, spec.default, spec.metadata
         if key not in reader.data:
             continue
+        protocols = meta.get("protocols") or ()
+        if scheme and protocols and scheme not in protocols:
+            reader.note(
+                key, f"does nothing for a {scheme} URL", f"it applies to {', '.join(protocols)}"
+            )
         if isinstance(default, bool):
             values[key] = reader.boolean(key, default)
         elif isinstance(default, (int, float)):
-            values[key] = reader.number(
-                key, type(default), meta.get("minimum"), meta.get("maximum")
-            )
+            number = reader.number(key, type(default), meta.get("minimum"), meta.get("maximum"))
+            if number is not None:
+                values[key] = number
         else:
             value = reader.string(key)
             if value and meta.get("kind") == "file":
                 value = os.path.expanduser(value)
                 if not Path(value).is_file():
-                    raise reader.fail(key, f"no such file: {value}", "give the path of a file")
+                    reader.note(key, f"no such file: {value}", "give the path of a file")
             values[key] = value
     return cls(**values)

@@ -87,9 +87,11 @@ def test_options_are_declared_once(cls: type, command: str, job_key: str) -> Non
         value = "x" if spec.default is None else spec.default
         if spec.metadata.get("kind") == "file":
             value = __file__
+        protocols = spec.metadata.get("protocols") or ()
+        source = f"{protocols[0]}://host/a" if protocols else "a"  # a URL the option serves
         job = parse_job(
             "job.yaml",
-            f"source: a\ntarget: b\nsubdirs: [noarch]\n{job_key}:\n"
+            f"source: {source}\ntarget: b\nsubdirs: [noarch]\n{job_key}:\n"
             f"  {spec.name}: {str(value).lower() if isinstance(value, bool) else value}\n",
         )
         assert getattr(getattr(job, job_key), spec.name) == value

@@ -82,3 +82,50 @@ def test_parse_size() -> None:
     assert parse_size("2GiB") == 2 * 1024**3
     assert parse_size(1234) == 1234
     assert parse_size("lots") is None
+
+
+def test_every_mistake_of_a_job_is_reported_at_once_in_line_order(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source: https://example.org/ch\n"  # 1
+        "target: https://example.org/ch\n"  # 2: the source again
+        "subdirs: [linux64, noarch, noarch]\n"  # 3: a typo and a repeat
+        "filters:\n"  # 4: its keys not indented
+        "include: [zlib]\n"  # 5
+        "jobs: 0\n"  # 6
+        "prune: true\n"  # 7
+        "prune: false\n"  # 8: twice
+        "source_options: {key_file: /etc/hostname}\n"  # 9: sftp only
+        "grace: soon\n"  # 10
+    )
+    result = ferry("sync", str(job))
+    assert result.exit_code == 2
+    lines = [line.removeprefix("ferry: error: ") for line in result.stderr.splitlines()]
+    numbers = [int(line.split(":")[1]) for line in lines]
+    assert numbers == sorted(numbers) and len(lines) >= 8, lines
+    text = "\n".join(lines)
+    for expected in (
+        ":2: target: is the source",
+        "did you mean 'linux-64'?",
+        "'noarch' is listed twice",
+        ":4: filters: is empty",
+        ":5: include: unknown key",
+        ":6: jobs: must be a whole number",
+        ":8: prune: duplicate key",
+        "key_file: does nothing for a https URL",
+        ":10: grace: is not a duration",
+    ):
+        assert expected in text, (expected, text)
+
+
+def test_dates_are_checked_by_the_job_reader(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("source: a\ntarget: b\nsubdirs: [noarch]\nfilters: {after: 2024-13-01}\n")
+    bad = ferry("sync", str(job))
+    assert bad.exit_code == 2 and ":4: filters.after: is not a date: '2024-13-01'" in bad.stderr
+    job.write_text(
+        "source: a\ntarget: b\nsubdirs: [noarch]\n"
+        "filters: {after: 2025-01-01, before: 2024-01-01}\n"
+    )
+    crossed = ferry("sync", str(job))
+    assert crossed.exit_code == 2 and "2024-01-01 is not after 2025-01-01" in crossed.stderr
