@@ -67,6 +67,19 @@ def upstream(nginx: servers.Server, request: pytest.FixtureRequest) -> tuple[Pat
     return root, f"{nginx.url}/{name}"
 
 
+@pytest.fixture
+def synced(upstream: tuple[Path, str], tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The demo upstream mirrored once: upstream's directory, the mirror, the job."""
+    from tests.helpers import ferry
+    from tests.upstream import job_yaml
+
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", upstream[1], str(mirror))
+    result = ferry("sync", str(job))
+    assert result.exit_code == 0, result.output
+    return upstream[0], mirror, job
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test indexes with a cache of its own, never the user's."""

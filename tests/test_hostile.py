@@ -273,12 +273,9 @@ def test_a_trickling_server_cannot_hold_a_transfer(nginx: Server, tmp_path: Path
 
 
 def test_a_package_replaced_upstream_under_the_same_name_is_an_anomaly(
-    upstream: tuple[Path, str], tmp_path: Path
+    synced: tuple[Path, Path, Path],
 ) -> None:
-    root, url = upstream
-    mirror = tmp_path / "mirror"
-    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
-    assert ferry("sync", str(job)).exit_code == 0
+    root, mirror, job = synced
     name = "zlib-1.3.1-h0_0.conda"
     before = (mirror / "linux-64" / name).read_bytes()
     record = load(mirror / "linux-64/repodata.json")["packages.conda"][name]

@@ -369,12 +369,9 @@ def test_a_single_platform_job_still_serves_noarch(
 
 
 def test_sync_verify_repairs_what_it_can_and_withdraws_what_it_cannot(
-    upstream: tuple[Path, str], tmp_path: Path
+    synced: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    root, url = upstream
-    mirror = tmp_path / "mirror"
-    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
-    assert ferry("sync", str(job)).exit_code == 0
+    root, mirror, job = synced
     deleted, corrupt, lost = (
         mirror / "linux-64/zlib-1.3.1-h0_0.conda",
         mirror / "noarch/demo-data-2024.1-0.conda",
