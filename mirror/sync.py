@@ -23,7 +23,7 @@ from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
 
 from . import errors, upstream
-from .commit import Commit, choose_records, commit_subdir, sweep_temps
+from .commit import Commit, choose_records, collect_garbage, commit_subdir, sweep_temps
 from .config import Job
 from .filters import Selection, Selector
 from .indexing import ensure_noarch
@@ -229,6 +229,8 @@ class SyncRun:
                     for s in job.subdirs
                 ]
                 log.info("up to date: nothing changed upstream or in %s", job.path)
+                if not self.dry_run:
+                    self._collect_due(target, states)
                 self.report.seconds = time.monotonic() - started
                 return self.report, []
             records: dict[str, dict[str, dict[str, Any]]] = {}
@@ -472,6 +474,16 @@ class SyncRun:
             state,
             options,
         )
+
+    @staticmethod
+    def _collect_due(target: Gateway, states: dict[str, SubdirState]) -> None:
+        """Files whose grace has passed go even when nothing else changed (the state
+        is at hand: a quiet night costs no request for it)."""
+        now = time.time()
+        for subdir, state in states.items():
+            if any(when <= now for when in state.due.values()):
+                with subdir_lock(target, subdir):
+                    collect_garbage(target, subdir, everything=False)
 
     @staticmethod
     def _check_space(target: Gateway, subdir: str, need: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,16 @@ def test_a_rate_cap_spaces_reads_by_their_size() -> None:
     clock[0] = 2.0
     cap.take(100)  # after a pause, no debt
     assert waits == [0.5]
+
+
+def test_a_quiet_night_still_deletes_what_is_due(synced: tuple[Path, Path, Path]) -> None:
+    root, mirror, job = synced
+    job.write_text(job.read_text() + "prune: true\ngrace: 1s\n")
+    (root / "linux-64" / "gpltool-1.0-h3_0.conda").unlink()
+    reindex(root)
+    assert ferry("sync", str(job)).exit_code == 0
+    assert (mirror / "linux-64" / "gpltool-1.0-h3_0.conda").exists()  # in its grace
+    time.sleep(1.1)
+    quiet = ferry("sync", str(job))  # upstream unchanged: one request per subdir
+    assert quiet.exit_code == 0 and "up to date" in quiet.stderr
+    assert not (mirror / "linux-64" / "gpltool-1.0-h3_0.conda").exists()
