@@ -456,7 +456,11 @@ def _print_sync(report: SyncReport) -> None:
                     f" added {sub.added}, updated {sub.updated}, removed {sub.removed}, "
                     f"{human_size(sub.bytes)}"
                 )
-        out(line + (f"  {sub.message}" if sub.message else ""))
+        line += f"  {sub.message}" if sub.message else ""
+        if sub.status.needs_attention:  # the one place a failure is said: stderr
+            click.echo(line, err=True)
+        else:
+            out(line)
         for filename, why in sorted(sub.failures.items()):
             click.echo(f"  failed: {sub.subdir}/{filename}: {why}", err=True)
 

@@ -264,7 +264,6 @@ class SyncRun:
             entries: list[ChannelEntry] = []
             for subdir in job.subdirs:
                 if subdir in self.broken:  # upstream's document itself is unusable
-                    log.error("%s", self.broken[subdir])
                     self.report.subdirs.append(
                         SubdirReport(subdir, Status.FAILED, message=self.broken[subdir])
                     )
@@ -336,14 +335,11 @@ class SyncRun:
                 self._apply(source, target, answer, selection, state, report, descriptions)
         except LockHeld as exc:
             report.status, report.message = Status.LOCKED, str(exc)
-            log.error("%s", exc)
         except GatewayError as exc:
             self._name_option(exc)
             report.status, report.message = Status.FAILED, str(exc)
-            log.error("%s: %s", subdir, exc)
         except errors.FerryError as exc:
             report.status, report.message = Status.FAILED, str(exc)
-            log.error("%s: %s", subdir, exc)
         return report
 
     def _plan(self, view: SubdirView, selection: Selection, state: SubdirState) -> Plan:

@@ -7,7 +7,6 @@ the upstream record.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,6 @@ from conda_ferry.gateways import Copied, Expected, FileInfo, Gateway, GatewayErr
 
 from .progress import Progress
 
-log = logging.getLogger("ferry.transfer")
 INTEGRITY_ATTEMPTS = 2  # a body corrupted in transit is fetched once more
 
 
@@ -88,8 +86,7 @@ def transfer(
     try:
         for filename, outcome in pool.map(one, sorted(items)):
             progress.file_done(filename, not isinstance(outcome, str))
-            if isinstance(outcome, str):
-                log.error("not published: %s", outcome)
+            if isinstance(outcome, str):  # named once, in the run's summary
                 result.failed[filename] = outcome
             else:
                 result.done[filename] = outcome.info

@@ -225,3 +225,11 @@ def test_json_is_written_on_every_exit(upstream: tuple[Path, str], tmp_path: Pat
     assert proc.returncode == 143, err.decode()
     stopped = json.loads(report.read_text())
     assert stopped["exit_code"] == 143 and stopped["error"] == "stopped by SIGTERM"
+
+
+def test_a_failure_is_said_once_on_stderr(tmp_path: Path) -> None:
+    job = job_yaml(tmp_path / "job.yaml", str(tmp_path / "nowhere"), str(tmp_path / "mirror"))
+    for flags in ([], ["-q"]):
+        result = ferry(*flags, "sync", str(job))
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr.count("upstream serves no repodata for linux-64") == 1

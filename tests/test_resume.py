@@ -34,7 +34,9 @@ def _landed(mirror: Path) -> int:
     return sum(1 for p in mirror.glob("*/*") if p.name.endswith((".conda", ".tar.bz2")))
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_an_interrupted_sync_resumes_where_it_stopped(
     nginx: Server, tmp_path: Path, sig: int, code: int
 ) -> None:
