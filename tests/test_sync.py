@@ -12,6 +12,7 @@ import rattler
 import requests
 
 from conda_ferry.gateways import open_gateway
+from tests.clientread import read_msgpack_zst
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
@@ -102,6 +103,7 @@ def test_http_to_localfs_then_clients_install(
         records["libpng-1.6.43-h1_0.conda"]["depends"] = ["zlib >=1.3,<2"]  # type: ignore[index]
 
     edit_repodata(root, "linux-64", hotfix)
+    yesterday = {p.name for p in (mirror / "noarch/shards").iterdir()}
     third = ferry("sync", str(job), "--json", str(tmp_path / "third.json"))
     assert third.exit_code == 0, third.output
     summary = load(tmp_path / "third.json")
@@ -119,6 +121,12 @@ def test_http_to_localfs_then_clients_install(
     assert "demo-data-2024.1-0.conda" not in load(mirror / "noarch/repodata.json")["packages.conda"]
     cached = requests.get(f"{nginx.url}/{mirror.name}/noarch/demo-data-2024.1-0.conda", timeout=10)
     assert cached.status_code == 200  # a client with yesterday's repodata
+    index = read_msgpack_zst((mirror / "noarch/repodata_shards.msgpack.zst").read_bytes())
+    stale = yesterday - {f"{d.hex()}.msgpack.zst" for d in index["shards"].values()}
+    assert stale  # demo-data's shard changed
+    for name in stale:  # a client with yesterday's shard index
+        url = f"{nginx.url}/{mirror.name}/noarch/shards/{name}"
+        assert requests.get(url, timeout=10).status_code == 200
     assert assert_consistent(mirror) == 5
     assert ferry("verify", str(mirror)).exit_code == 0
     assert ferry("gc", str(mirror)).exit_code == 0  # not due yet
