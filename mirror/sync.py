@@ -389,7 +389,7 @@ class SyncRun:
         view = SubdirView.read(target, subdir)
         damaged = self._damaged(target, view, state) if self.verify else set()
         plan = self._plan(view, selection, state)
-        packages, prefix = self._package_source(source, answer)
+        package_url = self._package_url(answer)
         fetch = list(plan.add)
         adopted = set(plan.adopt)
         for filename in plan.check:  # a killed run's file, not in its journal: re-read
@@ -411,7 +411,10 @@ class SyncRun:
             commit_subdir(target, view, Commit(keep, managed), state, options)
             view = SubdirView.read(target, subdir)
         journal = Journal(target, state)
+        packages, prefix = source, f"{subdir}/"
         try:
+            if package_url is not None:
+                packages, prefix = open_gateway(package_url, self.job.source_options), ""
             result = transfer(
                 packages,
                 prefix,
@@ -517,13 +520,12 @@ class SyncRun:
             view.packages.pop(filename, None)
         return damaged
 
-    def _package_source(self, source: Gateway, answer: upstream.Upstream) -> tuple[Gateway, str]:
-        """Where the packages are: beside the repodata, or at ``info.base_url`` (CEP 15)."""
+    def _package_url(self, answer: upstream.Upstream) -> str | None:
+        """Where the packages are when not beside the repodata: ``info.base_url``
+        (CEP 15), checked before anything is written."""
         info = (answer.document or {}).get("info")
         base = info.get("base_url") if isinstance(info, dict) else None
         if not base:
-            return source, f"{answer.subdir}/"
-        where = upstream.package_location(
-            self.job.source, answer.subdir, base, self.job.allow_hosts
-        )
-        return open_gateway(where, self.job.source_options), ""
+            return None
+        job = self.job
+        return upstream.package_location(job.source, answer.subdir, base, job.allow_hosts)
