@@ -584,6 +584,52 @@ def verify_command(
         ctx.exit(errors.FAILED)
 
 
+@main.command("status")
+@click.argument("target")
+@click.option(
+    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
+)
+@click.option(
+    "--max-age",
+    metavar="DURATION",
+    help="Exit 1 when a subdir's last run is older than this (e.g. 26h, 2d).",
+)
+@json_option
+@gateway_options
+@click.pass_context
+def status_command(
+    ctx: click.Context,
+    target: str,
+    subdirs: tuple[str, ...],
+    max_age: str | None,
+    options: GatewayOptions,
+) -> None:
+    """Each subdir's last run, age, size, files in their grace and lock, from what the
+    mirror keeps (no upstream request). Exit 1 when a last run failed or is too old."""
+    from .status import channel_status
+    from .yamldoc import parse_duration
+
+    limit = parse_duration(max_age) if max_age else None
+    if max_age and limit is None:
+        raise click.BadParameter(f"{max_age!r} is not a duration (e.g. 26h, 2d)")
+    with open_gateway(target, options) as gateway:
+        rows = channel_status(gateway, list(subdirs) or None, limit)
+    for row in rows:
+        last = row["last_run"]
+        when = f"{last.get('result', '?')} at {last['finished']}" if last else "never synced"
+        say(
+            f"{row['subdir']:14} {when}; {plural(row['records'], 'record')}, "
+            f"{human_size(row['bytes'])}"
+            + (f", {row['pending_deletion']} retiring" if row["pending_deletion"] else "")
+            + (f"; locked: {row['lock']}" if row["lock"] else "")
+        )
+        for problem in row["problems"]:
+            click.echo(f"{row['subdir']}: {problem}", err=True)
+    report_result({"target": redact(target), "subdirs": rows})
+    if any(row["problems"] for row in rows):
+        ctx.exit(errors.FAILED)
+
+
 @main.command("gc")
 @click.argument("target")
 @click.option(

@@ -7,6 +7,7 @@ At every instant each published record points at a present, correct file.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import enum
 import logging
@@ -147,6 +148,10 @@ def _records(
     return merged, refused  # each is named in the run's summary
 
 
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
 def _timestamp(http_date: str | None) -> float | None:
     try:
         return email.utils.parsedate_to_datetime(http_date).timestamp() if http_date else None
@@ -190,6 +195,7 @@ class SyncRun:
     ) -> None:
         self.job, self.progress, self.dry_run, self.force = job, progress, dry_run, force
         self.verify = verify
+        self.started = time.time()
         self.report = SyncReport(job.path, "", "", dry_run=dry_run)
         self.broken: dict[str, str] = {}  # subdir -> why upstream's repodata is unusable
         self.refused: dict[str, dict[str, str]] = {}  # subdir -> records left out, why
@@ -332,7 +338,18 @@ class SyncRun:
             assert descriptions is not None
             with subdir_lock(target, subdir):
                 state = SubdirState.load(target, subdir)
-                self._apply(source, target, answer, selection, state, report, descriptions)
+                try:
+                    self._apply(source, target, answer, selection, state, report, descriptions)
+                except (GatewayError, errors.FerryError) as exc:  # `ferry status` tells
+                    state.last_run = {
+                        "started": _utc(self.started),
+                        "finished": _utc(time.time()),
+                        "result": Status.FAILED.value,
+                        "message": str(exc),
+                    }
+                    with contextlib.suppress(GatewayError):
+                        state.save(target)
+                    raise
         except LockHeld as exc:
             report.status, report.message = Status.LOCKED, str(exc)
         except GatewayError as exc:
@@ -460,11 +477,13 @@ class SyncRun:
         }
         report.status = Status.PARTIAL if report.failures else Status.SYNCED
         state.last_run = {
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "started": _utc(self.started),
+            "finished": _utc(time.time()),
+            "result": report.status.value,
             "added": report.added,
             "updated": report.updated,
             "removed": report.removed,
-            "failed": len(result.failed),
+            "failed": len(report.failures),
         }
         _, report.entries = commit_subdir(
             target,

@@ -88,6 +88,7 @@ def test_quiet_is_silent_on_success_for_every_command(tmp_path: Path) -> None:
         ["import", str(bundle), "--to", str(tmp_path / "inside")],
         ["keygen", str(tmp_path / "key")],
         ["gc", str(tmp_path / "mirror"), "--now"],
+        ["status", str(tmp_path / "mirror")],
     ]
     assert {run[0] for run in runs} == set(main.commands)
     for args in runs:

@@ -170,3 +170,25 @@ def test_a_quiet_night_still_deletes_what_is_due(synced: tuple[Path, Path, Path]
     quiet = ferry("sync", str(job))  # upstream unchanged: one request per subdir
     assert quiet.exit_code == 0 and "up to date" in quiet.stderr
     assert not (mirror / "linux-64" / "gpltool-1.0-h3_0.conda").exists()
+
+
+def test_status_of_a_fresh_a_failed_and_a_stale_mirror(
+    synced: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, mirror, job = synced
+    report = tmp_path / "status.json"
+    fresh = ferry("status", str(mirror), "--max-age", "1h", "--json", str(report))
+    assert fresh.exit_code == 0, fresh.stderr
+    rows = {row["subdir"]: row for row in load(report)["subdirs"]}
+    assert rows["linux-64"]["records"] == 6 and rows["linux-64"]["last_run"]["result"] == "synced"
+    assert rows["linux-64"]["lock"] is None and rows["linux-64"]["age_seconds"] <= 60
+
+    job.write_text(job.read_text() + "prune: true\nfilters: {include: [nosuch]}\n")
+    assert ferry("sync", str(job)).exit_code == 1  # the prune guard refuses
+    failed = ferry("status", str(mirror), "--json", str(report))
+    assert failed.exit_code == 1 and "the last run failed" in failed.stderr
+    assert load(report)["subdirs"][0]["last_run"]["result"] == "failed"
+
+    time.sleep(1.1)
+    stale = ferry("status", str(mirror), "--subdir", "noarch", "--max-age", "1s")
+    assert stale.exit_code == 1 and "old" in stale.stderr

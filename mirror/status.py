@@ -1,0 +1,61 @@
+"""``ferry status``: what a mirror looks like now, from what it keeps on the target
+(no upstream request): the last run of each subdir, its age and lag, its size, the
+files waiting out their grace, and who holds its lock."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from typing import Any
+
+from conda_ferry.gateways import Gateway, LockInfo, NotFound
+from conda_ferry.index.channel import discover_subdirs
+from conda_ferry.index.subdir import SubdirView
+
+from .state import SubdirState
+
+
+def _epoch(text: Any) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+def _lock(gateway: Gateway, subdir: str) -> str | None:
+    try:
+        held = LockInfo.from_bytes(gateway.read_lock(f"{subdir}/.ferry.lock"))
+    except NotFound:
+        return None
+    return held.describe() if held else "held (its owner record is unreadable)"
+
+
+def subdir_status(gateway: Gateway, subdir: str, max_age: float | None) -> dict[str, Any]:
+    view = SubdirView.read(gateway, subdir)
+    state = SubdirState.load(gateway, subdir)
+    last = state.last_run
+    finished = _epoch(last.get("finished"))
+    age = time.time() - finished if finished is not None else None
+    problems = []
+    if last.get("result") == "failed":
+        problems.append(f"the last run failed: {last.get('message', '')}".rstrip(": "))
+    if max_age is not None and (age is None or age > max_age):
+        problems.append("no run recorded" if age is None else f"the last run is {age:.0f}s old")
+    return {
+        "subdir": subdir,
+        "last_run": last,
+        "age_seconds": None if age is None else round(age),
+        "upstream_last_modified": state.last_modified,
+        "records": len(view.published),
+        "packages": len(view.packages),
+        "bytes": sum(info.size for info in view.packages.values()),
+        "pending_deletion": len(state.due),
+        "lock": _lock(gateway, subdir),
+        "problems": problems,
+    }
+
+
+def channel_status(
+    gateway: Gateway, subdirs: list[str] | None, max_age: float | None
+) -> list[dict[str, Any]]:
+    return [subdir_status(gateway, s, max_age) for s in subdirs or discover_subdirs(gateway)]
