@@ -7,6 +7,7 @@ import io
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import boto3
@@ -26,6 +27,7 @@ from .streams import CHUNK, GuardedStream
 from .urls import parse
 
 PART_SIZE = 16 * CHUNK  # parts in flight per upload; bounds memory, not file size
+PARTS_IN_FLIGHT = 4
 _THROTTLE = {
     "SlowDown",
     "Throttling",
@@ -220,15 +222,26 @@ class S3Gateway(Gateway):
             self._call(path, "put_object", Key=key, Body=first)
             return self.info(path)
         upload = self._call(path, "create_multipart_upload", Key=key)["UploadId"]
-        parts = []
+
+        def part(number: int, body: bytes) -> dict[str, Any]:
+            answer = self._call(
+                path, "upload_part", Key=key, UploadId=upload, PartNumber=number, Body=body
+            )
+            return {"ETag": answer["ETag"], "PartNumber": number}
+
+        # Parts go up in parallel while the stream is read in order (its digests are
+        # checked at its end): a few parts in flight bound the memory.
+        pool = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT)
         try:
+            pending: list[Future[dict[str, Any]]] = []
+            parts: list[dict[str, Any]] = []
             chunk, number = first, 1
             while chunk:
-                etag = self._call(
-                    path, "upload_part", Key=key, UploadId=upload, PartNumber=number, Body=chunk
-                )["ETag"]
-                parts.append({"ETag": etag, "PartNumber": number})
+                if len(pending) >= PARTS_IN_FLIGHT:
+                    parts.append(pending.pop(0).result())
+                pending.append(pool.submit(part, number, chunk))
                 chunk, number = _read_full(stream, PART_SIZE), number + 1
+            parts.extend(f.result() for f in pending)
             self._call(
                 path,
                 "complete_multipart_upload",
@@ -237,9 +250,11 @@ class S3Gateway(Gateway):
                 MultipartUpload={"Parts": parts},
             )
         except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
             raise
+        pool.shutdown()
         return self.info(path)
 
     def delete(self, path: str) -> None:

@@ -314,3 +314,21 @@ def test_s3_unfinished_uploads_of_a_killed_run_are_aborted(moto: Server) -> None
         assert gw.abort_incomplete("linux-64") == 1
     uploads = client.list_multipart_uploads(Bucket="ferry", Prefix="killed/")
     assert not uploads.get("Uploads")
+
+
+def test_s3_parallel_multipart_is_whole_or_nothing(moto: Server) -> None:
+    import boto3
+
+    big = os.urandom(70 * 1024 * 1024)  # five parts, several in flight
+    options = GatewayOptions(**FAST_RETRY, endpoint_url=moto.url)
+    client = boto3.client("s3", endpoint_url=moto.url)
+    with open_gateway("s3://ferry/parts", options) as gw:
+        good = VerifyingReader(io.BytesIO(big), "src", len(big), hashlib.sha256(big).hexdigest())
+        gw.write_atomic("big.conda", good.as_binary())
+        body = client.get_object(Bucket="ferry", Key="parts/big.conda")["Body"].read()
+        assert body == big  # the parts in their order
+        bad = VerifyingReader(io.BytesIO(big[::-1]), "src", len(big), "00" * 32)
+        with pytest.raises(IntegrityError):
+            gw.write_atomic("big.conda", bad.as_binary())
+        assert client.get_object(Bucket="ferry", Key="parts/big.conda")["Body"].read() == big
+    assert not client.list_multipart_uploads(Bucket="ferry", Prefix="parts/").get("Uploads")
