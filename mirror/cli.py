@@ -106,14 +106,31 @@ def _utc(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
+def _result(ctx: click.Context) -> dict[str, Any]:
+    result = ctx.meta.get("ferry.report")
+    return dict(result() if callable(result) else (result or {}))
+
+
+def _write_out(option: str, path: str, text: str) -> None:
+    """A report file written atomically (``-``: stdout); failing to write one is said
+    but does not change the run's own outcome."""
+    try:
+        if path == "-":
+            out(text.rstrip("\n"))
+            return
+        directory, name = split_url(path)
+        with open_gateway(directory) as gateway:
+            gateway.write_bytes(name, text.encode())
+    except (GatewayError, OSError) as exc:
+        click.echo(f"ferry: error: {option} {path}: cannot write: {exc}", err=True)
+
+
 def _write_json(ctx: click.Context, started: float, code: int) -> None:
     """``--json FILE`` on every exit, success or not: monitoring must never go on
     reading the last green report after a run that failed or was stopped."""
     path = ctx.meta.get("ferry.json")
     if not path:
         return
-    result = ctx.meta.get("ferry.report")
-    result = result() if callable(result) else (result or {})
     envelope = {
         "command": ctx.invoked_subcommand,
         "started": _utc(started),
@@ -123,16 +140,19 @@ def _write_json(ctx: click.Context, started: float, code: int) -> None:
         "version": version("conda-ferry"),
         "host": socket.gethostname(),
     }
-    text = json.dumps({**result, **envelope}, indent=2, sort_keys=True)
-    try:
-        if path == "-":
-            out(text)
-            return
-        directory, name = split_url(path)
-        with open_gateway(directory) as gateway:
-            gateway.write_bytes(name, text.encode() + b"\n")
-    except (GatewayError, OSError) as exc:  # the run's own outcome stands
-        click.echo(f"ferry: error: --json {path}: cannot write: {exc}", err=True)
+    text = json.dumps({**_result(ctx), **envelope}, indent=2, sort_keys=True)
+    _write_out("--json", path, text + "\n")
+
+
+def _write_metrics(ctx: click.Context, started: float, code: int) -> None:
+    """``sync --metrics FILE``, merged with what the file held (see metrics.py)."""
+    path, job = ctx.meta.get("ferry.metrics"), ctx.meta.get("ferry.job")
+    if path and job:
+        from pathlib import Path
+
+        from . import metrics
+
+        _write_out("--metrics", path, metrics.update(Path(path), job, _result(ctx), code, started))
 
 
 def _stop_on(signum: int, code: int, what: str) -> None:
@@ -330,26 +350,6 @@ def cp_command(src: str, dst: str, sha256: str | None, options: GatewayOptions) 
             "seconds": round(seconds, 3),
         },
     )
-
-
-def _write_metrics(ctx: click.Context, started: float, code: int) -> None:
-    path, job = ctx.meta.get("ferry.metrics"), ctx.meta.get("ferry.job")
-    if not path or not job:
-        return
-    from pathlib import Path
-
-    from . import metrics
-
-    result = ctx.meta.get("ferry.report")
-    result = result() if callable(result) else (result or {})
-    target = Path(path)
-    try:
-        text = metrics.update(target, job, result, code, started)
-        directory, name = split_url(path)
-        with open_gateway(directory) as gateway:
-            gateway.write_bytes(name, text.encode())
-    except (GatewayError, OSError) as exc:
-        click.echo(f"ferry: error: --metrics {path}: cannot write: {exc}", err=True)
 
 
 def report_result(report: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
