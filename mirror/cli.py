@@ -233,6 +233,11 @@ def main(verbose: int, quiet: bool) -> None:
     _stop_on(signal.SIGHUP, errors.HANGUP, "stopped by SIGHUP")
 
 
+subdirs_option = click.option(
+    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
+)
+
+
 def json_option(fn: F) -> F:
     """``--json FILE``, the same on every command; written by :class:`FerryGroup`
     on every exit, from what the command handed to :func:`report_result`."""
@@ -543,9 +548,7 @@ def sync_command(
 
 @main.command("verify")
 @click.argument("target")
-@click.option(
-    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
-)
+@subdirs_option
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
@@ -586,9 +589,7 @@ def verify_command(
 
 @main.command("status")
 @click.argument("target")
-@click.option(
-    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
-)
+@subdirs_option
 @click.option(
     "--max-age",
     metavar="DURATION",
@@ -632,9 +633,7 @@ def status_command(
 
 @main.command("gc")
 @click.argument("target")
-@click.option(
-    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
-)
+@subdirs_option
 @click.option("--now", is_flag=True, help="Delete every retiring file, due or not.")
 @json_option
 @gateway_options
@@ -719,9 +718,7 @@ def _manifest_summary(manifest: Manifest) -> dict[str, Any]:
     "--since", metavar="BUNDLE_ID", help="Changes since this export [default: since the last one]."
 )
 @click.option("--full", is_flag=True, help="Everything, for a first or rebuilding transfer.")
-@click.option(
-    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
-)
+@subdirs_option
 @click.option(
     "--volume-size",
     default="4GB",
