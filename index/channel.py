@@ -9,7 +9,7 @@ from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from conda_ferry.gateways import FileInfo, Gateway, GatewayError
 
@@ -213,7 +213,13 @@ def scan_subdir(
     return entries
 
 
-ChannelEntry = tuple[str, dict[str, Any], dict[str, Any]]  # subdir, record, extras
+class ChannelEntry(NamedTuple):
+    """A published record with what channeldata and the pages say of it."""
+
+    subdir: str
+    filename: str
+    record: dict[str, Any]
+    extras: dict[str, Any]  # about, run_exports, features
 
 
 def index_subdir(
@@ -262,7 +268,9 @@ def index_subdir(
     summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
     kept = repodata.records(document)
     summary.published = set(kept)
-    return summary, [(subdir, kept[n], e.extras) for n, e in entries.items() if n in kept]
+    return summary, [
+        ChannelEntry(subdir, n, kept[n], e.extras) for n, e in entries.items() if n in kept
+    ]
 
 
 def write_channeldata(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .records import package_key
@@ -32,9 +33,9 @@ def run_exports_document(subdir: str, entries: dict[str, dict[str, Any]]) -> dic
 
 def channeldata(
     subdirs: list[str],
-    records: list[tuple[str, dict[str, Any], dict[str, Any]]],
+    records: Iterable[tuple[str, str, dict[str, Any], dict[str, Any]]],
 ) -> dict[str, Any]:
-    """``records`` are (subdir, repodata record, extras with about/run_exports/flags).
+    """``records`` are (subdir, file name, record, extras with about/run_exports/flags).
 
     The newest version of each name (conda's ordering, via rattler) supplies the
     descriptive fields; flags are true when any build has them.
@@ -44,7 +45,7 @@ def channeldata(
     packages: dict[str, dict[str, Any]] = {}
     newest: dict[str, tuple[Version, int]] = {}
     parsed: dict[str, Version] = {}
-    for subdir, record, extras in records:
+    for subdir, _, record, extras in records:
         name = record["name"]
         entry = packages.setdefault(
             name, {**{flag: False for flag in FLAGS}, "run_exports": {}, "subdirs": []}

@@ -30,6 +30,7 @@ class OutputOptions:
     jlap: bool = option(True, "Write repodata.jlap, the patch log clients update through.")
     shards: bool = option(True, "Write sharded repodata (CEP 16).")
     current_repodata: bool = option(False, "Also write current_repodata.json.")
+    html: bool = option(True, "Write index.html pages to browse the channel.")
     zst_level: int = option(
         repodata.ZSTD_LEVEL,
         "zstd level of repodata.json.zst (16-19: smaller, many times slower).",

@@ -48,6 +48,7 @@ from conda_ferry.index.records import (
 from conda_ferry.index.subdir import SubdirView
 
 from . import signing
+from .channelpage import write_channel_page
 from .commit import Commit, choose_records, commit_subdir, sweep_temps
 from .errors import USAGE, FerryError
 from .indexing import ensure_noarch
@@ -484,6 +485,7 @@ def import_bundle(
         sweep_temps(target, STATE_DIR, ".imports.json.")
         target.write_bytes(IMPORTS, json.dumps(document).encode())
     ensure_noarch(target, OutputOptions())
+    write_channel_page(target, OutputOptions().html)
     return report
 
 

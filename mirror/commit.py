@@ -21,7 +21,9 @@ from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, SubdirSummary, index_subdir
 from conda_ferry.index.subdir import SubdirView
 
+from .pages import remove_pages, write_pages
 from .state import STATE_DIR, SubdirState
+from .upstream import Descriptions
 
 Record = dict[str, Any]
 DEFAULT_GRACE = 7 * 86400.0  # CEP 16 asks servers to keep stale shards about a week
@@ -77,6 +79,7 @@ def commit_subdir(
     target.flush()  # every package durable before any repodata names it
     sweep_temps(target, STATE_DIR, f".{view.subdir}.json.")
     summary, entries = index_subdir(target, view, options, commit.known, commit.skip, commit.extras)
+    _pages(target, view, entries, state, options)
     gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
     state.upstream_files = sorted(commit.managed - gone)
     published = commit.known.keys() | gone  # no more news of these for the journal
@@ -85,6 +88,27 @@ def commit_subdir(
     summary.deleted.extend(f"{view.subdir}/{f}" for f in sorted(gone))
     audit(target, view.subdir, view.published.keys(), summary.published)
     return summary, entries
+
+
+def _pages(
+    target: Gateway,
+    view: SubdirView,
+    entries: list[ChannelEntry],
+    state: SubdirState,
+    options: IndexOptions,
+) -> None:
+    """The subdir's pages, after its repodata: they describe what it publishes."""
+    state.counts = {
+        "records": len(entries),
+        "packages": len({e.record.get("name") for e in entries}),
+        "bytes": sum(int(e.record.get("size", 0)) for e in entries),
+    }
+    if options.outputs.html:
+        written = write_pages(target, view.subdir, entries, state.pages, view.names, options.jobs)
+        state.pages = written.digests
+    else:
+        remove_pages(target, view.subdir, state.pages)
+        state.pages = {}
 
 
 def audit(target: Gateway, subdir: str, before: Collection[str], after: Collection[str]) -> None:
@@ -141,12 +165,13 @@ def sweep_temps(target: Gateway, directory: str, prefix: str) -> None:
             target.delete(info.path)
 
 
-def mirrored(view: SubdirView, state: SubdirState) -> Commit:
+def mirrored(view: SubdirView, state: SubdirState, descriptions: Descriptions) -> Commit:
     """A re-index that changes no package: mirrored records stay verbatim (their
-    upstream hot-fixes included), every other package file is read."""
+    upstream hot-fixes included), as does what the channel says of them
+    (``descriptions`` read from the target itself); other package files are read."""
     managed = set(state.upstream_files)
     known = {fn: r for fn, r in view.published.items() if fn in managed and fn in view.packages}
-    return Commit(known, managed)
+    return Commit(known, managed, extras=descriptions.extras(view.subdir, known))
 
 
 def collect_garbage(target: Gateway, subdir: str, everything: bool) -> list[str]:

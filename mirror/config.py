@@ -36,6 +36,7 @@ class Job:
     allow_replace: bool = False
     grace: float = DEFAULT_GRACE  # seconds pruned files stay for clients' cached indexes
     strict: bool = False  # an include spec that matches nothing is an error
+    public_url: str | None = None  # where clients reach the mirror, for its pages
     outputs: OutputOptions = field(default_factory=OutputOptions)
     source_options: GatewayOptions = field(default_factory=GatewayOptions)
     target_options: GatewayOptions = field(default_factory=GatewayOptions)
@@ -67,6 +68,7 @@ TOP_KEYS = {
     "allow_replace",
     "grace",
     "strict",
+    "public_url",
     "outputs",
     "source_options",
     "target_options",
@@ -115,6 +117,7 @@ def parse_job(path: str, text: str) -> Job:
         allow_replace=top.boolean("allow_replace", False),
         grace=top.duration("grace", DEFAULT_GRACE),
         strict=top.boolean("strict", False),
+        public_url=_public_url(top),
         outputs=read_options(top.child("outputs", _names(OutputOptions)), OutputOptions),
         source_options=read_options(
             top.child("source_options", _names(GatewayOptions)), GatewayOptions, _scheme(source)
@@ -125,6 +128,14 @@ def parse_job(path: str, text: str) -> Job:
     )
     src.check()
     return job
+
+
+def _public_url(top: Reader) -> str | None:
+    url = top.string("public_url")
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        top.note("public_url", "must be an http(s) URL", "the URL clients use for this channel")
+        return None
+    return url
 
 
 def _scheme(url: str) -> str:

@@ -20,9 +20,11 @@ from conda_ferry.index.patches import BadPatch
 from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
+from .channelpage import write_channel_page
 from .commit import commit_subdir, mirrored, sweep_temps
 from .errors import ConfigError
 from .state import SubdirState, subdir_locks
+from .upstream import Descriptions
 
 
 def reindex(target: Gateway, options: IndexOptions) -> IndexSummary:
@@ -38,16 +40,20 @@ def reindex(target: Gateway, options: IndexOptions) -> IndexSummary:
     subdirs = options.subdirs or discover_subdirs(target)
     summary = IndexSummary(target.display())
     everything: list[ChannelEntry] = []
+    descriptions = Descriptions(target)  # what the channel said of mirrored packages
     with subdir_locks(target, subdirs):
         for subdir in subdirs:
             view = SubdirView.read(target, subdir)
             state = SubdirState.load(target, subdir)
-            sub, entries = commit_subdir(target, view, mirrored(view, state), state, options)
+            sub, entries = commit_subdir(
+                target, view, mirrored(view, state, descriptions), state, options
+            )
             summary.subdirs.append(sub)
             everything.extend(entries)
         if options.channeldata:
             sweep_temps(target, "", ".channeldata.json.")
             summary.written.extend(write_channeldata(target, subdirs, everything))
+        summary.written.extend(write_channel_page(target, options.outputs.html))
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -48,6 +48,9 @@ class SubdirState:
     # published file names any more, kept for clients with yesterday's index
     due: dict[str, float] = field(default_factory=dict)
     last_run: dict[str, Any] = field(default_factory=dict)
+    # what the subdir publishes, for the channel page: records, packages, bytes
+    counts: dict[str, int] = field(default_factory=dict)
+    pages: dict[str, str] = field(default_factory=dict)  # page -> digest of what is written
     _saved: bytes | None = field(default=None, repr=False, compare=False)
 
     @staticmethod

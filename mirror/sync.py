@@ -24,6 +24,7 @@ from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
 
 from . import errors, upstream
+from .channelpage import remember_channel, write_channel_page
 from .commit import Commit, choose_records, collect_garbage, commit_subdir, sweep_temps
 from .config import Job
 from .filters import Selection, Selector
@@ -267,12 +268,16 @@ class SyncRun:
                     )
                 return self.report, lines
             descriptions = None if self.dry_run else upstream.Descriptions(source)
+            if descriptions is not None:
+                remember_channel(target, source.display(), job.public_url)
             entries: list[ChannelEntry] = []
             for subdir in job.subdirs:
                 if subdir in self.broken:  # upstream's document itself is unusable
                     self.report.subdirs.append(
                         SubdirReport(subdir, Status.FAILED, message=self.broken[subdir])
                     )
+                    with contextlib.suppress(LockHeld), subdir_lock(target, subdir):
+                        self._failed(target, SubdirState.load(target, subdir), self.broken[subdir])
                     continue
                 report = self._subdir(
                     source, target, fetched[subdir], selection, states[subdir], descriptions
@@ -291,6 +296,7 @@ class SyncRun:
                 write_channeldata(target, list(job.subdirs), entries)
             if descriptions is not None:
                 ensure_noarch(target, job.outputs)
+                write_channel_page(target, job.outputs.html)
         self.report.seconds = time.monotonic() - started
         return self.report, []
 
@@ -340,15 +346,8 @@ class SyncRun:
                 state = SubdirState.load(target, subdir)
                 try:
                     self._apply(source, target, answer, selection, state, report, descriptions)
-                except (GatewayError, errors.FerryError) as exc:  # `ferry status` tells
-                    state.last_run = {
-                        "started": _utc(self.started),
-                        "finished": _utc(time.time()),
-                        "result": Status.FAILED.value,
-                        "message": str(exc),
-                    }
-                    with contextlib.suppress(GatewayError):
-                        state.save(target)
+                except (GatewayError, errors.FerryError) as exc:
+                    self._failed(target, state, str(exc))
                     raise
         except LockHeld as exc:
             report.status, report.message = Status.LOCKED, str(exc)
@@ -358,6 +357,17 @@ class SyncRun:
         except errors.FerryError as exc:
             report.status, report.message = Status.FAILED, str(exc)
         return report
+
+    def _failed(self, target: Gateway, state: SubdirState, message: str) -> None:
+        """Keep a failed run in the state, for `ferry status` and the channel page."""
+        state.last_run = {
+            "started": _utc(self.started),
+            "finished": _utc(time.time()),
+            "result": Status.FAILED.value,
+            "message": message,
+        }
+        with contextlib.suppress(GatewayError):
+            state.save(target)
 
     def _plan(self, view: SubdirView, selection: Selection, state: SubdirState) -> Plan:
         subdir = view.subdir

@@ -1,0 +1,260 @@
+"""A subdir's browsable pages: ``index.html`` lists every package name with its newest
+version, and ``pages/<name>.html`` lists the builds of one name.
+
+They describe what the repodata publishes, so they are written after it, and only
+where their bytes changed: the digests of what was written are kept in the subdir's
+state, so an unchanged subdir costs no write and a 500,000-record subdir no read of
+its tens of thousands of pages. A listing that would pass a few MB is split in parts
+by name range, so a browser never has to take in one enormous page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from conda_ferry.gateways import Gateway, NotFound, is_temp
+from conda_ferry.index.channel import ChannelEntry
+
+from .html import GENERATOR, date, esc, page, search_box, table
+from .units import human_size, plural
+
+PAGES_DIR = "pages"
+LISTING_LIMIT = 2 * 1024 * 1024  # bytes of rows in one listing page before it is split
+SUMMARY_CHARS = 160  # of a summary in the listing; the package page has all of it
+WRITE_BATCH = 256  # pages written concurrently, then the next batch is rendered
+NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*")  # a name safe as a file name of ours
+LINKABLE = re.compile(r"https?://", re.IGNORECASE)  # never a javascript: URL
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+@dataclass
+class Package:
+    """One package name of a subdir: its builds, newest first."""
+
+    name: str
+    builds: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # file, record
+    about: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def newest(self) -> dict[str, Any]:
+        return self.builds[0][1]
+
+    @property
+    def size(self) -> int:
+        return sum(_int(record.get("size")) for _, record in self.builds)
+
+    @property
+    def link(self) -> str | None:
+        return f"{PAGES_DIR}/{self.name}.html" if NAME.fullmatch(self.name) else None
+
+    def describe(self, key: str) -> str:
+        """Channeldata's word first (upstream's), else the newest record's."""
+        value = self.about.get(key) or self.newest.get(key) or ""
+        return value if isinstance(value, str) else str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def group(entries: Iterable[ChannelEntry]) -> list[Package]:
+    """Records by name, builds in conda's order, newest first (rattler decides)."""
+    from rattler import Version
+    from rattler.exceptions import InvalidVersionError
+
+    packages: dict[str, Package] = {}
+    for entry in entries:
+        name = str(entry.record.get("name", ""))
+        package = packages.get(name) or packages.setdefault(name, Package(name))
+        package.builds.append((entry.filename, entry.record))
+        if entry.extras.get("about"):
+            package.about = entry.extras["about"]
+    parsed: dict[str, Any] = {}
+
+    def order(item: tuple[str, dict[str, Any]]) -> tuple[Any, int, int]:
+        record = item[1]
+        text = str(record.get("version", ""))
+        if text not in parsed:
+            try:
+                parsed[text] = Version(text)
+            except InvalidVersionError:  # a record that got this far sorts last
+                parsed[text] = Version("0")
+        return parsed[text], _int(record.get("build_number")), _int(record.get("timestamp"))
+
+    for package in packages.values():
+        package.builds.sort(key=order, reverse=True)
+    return [packages[name] for name in sorted(packages)]
+
+
+def package_page(subdir: str, package: Package) -> bytes:
+    home = package.describe("home")
+    facts = [
+        f"<p>{esc(package.describe('summary'))}</p>\n" if package.describe("summary") else "",
+        "<p>",
+        f"Licence: {esc(package.describe('license') or 'not stated')}",
+        f' · <a href="{esc(home)}" rel=nofollow>{esc(home)}</a>' if LINKABLE.match(home) else "",
+        f" · {plural(len(package.builds), 'build')}, {human_size(package.size)}</p>\n",
+    ]
+    rows = (
+        f"<tr><td>{esc(r.get('version', ''))}</td><td>{esc(r.get('build', ''))}</td>"
+        f"<td class=n>{human_size(_int(r.get('size')))}</td><td>{date(r.get('timestamp'))}</td>"
+        f"<td>{esc(', '.join(map(str, r.get('depends') or [])))}</td>"
+        f'<td><a href="../{esc(quote(filename))}">{esc(filename)}</a></td></tr>\n'
+        for filename, r in package.builds
+    )
+    headers = ("Version", "Build", "Size", "Date", "Depends", "File")
+    nav = f'<a href="../../index.html">channel</a> / <a href="../index.html">{esc(subdir)}</a>'
+    return page(package.name, nav, [*facts, *table(headers, rows)])
+
+
+def _listing_row(package: Package) -> str:
+    link = package.link
+    name = esc(package.name)
+    summary = package.describe("summary")
+    if len(summary) > SUMMARY_CHARS:
+        summary = summary[: SUMMARY_CHARS - 1] + "…"
+    return (
+        f"<tr><td>{f'<a href={chr(34)}{link}{chr(34)}>{name}</a>' if link else name}</td>"
+        f"<td>{esc(package.newest.get('version', ''))}</td><td class=n>{len(package.builds)}</td>"
+        f"<td class=n>{human_size(package.size)}</td><td>{esc(package.describe('license'))}</td>"
+        f"<td>{esc(summary)}</td></tr>\n"
+    )
+
+
+def listing_pages(subdir: str, packages: list[Package]) -> Iterator[tuple[str, bytes]]:
+    """``index.html`` (and ``index-2.html``, ... when split): one row per name."""
+    parts: list[list[str]] = [[]]
+    firsts: list[str] = []
+    size = 0
+    for package in packages:
+        row = _listing_row(package)
+        if size + len(row) > LISTING_LIMIT and parts[-1]:
+            parts.append([])
+            size = 0
+        if not parts[-1]:
+            firsts.append(package.name)
+        parts[-1].append(row)
+        size += len(row)
+    names = [f"index-{i + 1}.html" if i else "index.html" for i in range(len(parts))]
+    records = sum(len(p.builds) for p in packages)
+    total = human_size(sum(p.size for p in packages))
+    headers = ("Package", "Newest", "Builds", "Size", "Licence", "Summary")
+    for i, rows in enumerate(parts):
+        ranges = ""
+        if len(parts) > 1:
+            links = (
+                esc(first[:12]) if j == i else f'<a href="{names[j]}">{esc(first[:12])}…</a>'
+                for j, first in enumerate(firsts)
+            )
+            ranges = f"<p>Part {i + 1} of {len(parts)} by name: {' | '.join(links)}</p>\n"
+        body = [
+            f"<p>{plural(len(packages), 'package')}, {plural(records, 'file')}, {total} · "
+            '<a href="repodata.json">repodata.json</a></p>\n',
+            ranges,
+            search_box(len(rows)),
+            *table(headers, rows, filtered=True),
+        ]
+        nav = '<a href="../index.html">channel</a>'
+        yield names[i], page(subdir, nav, body, search=True)
+
+
+@dataclass
+class PageWrite:
+    written: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # path in the subdir -> digest
+
+
+def write_pages(
+    gateway: Gateway,
+    subdir: str,
+    entries: list[ChannelEntry],
+    previous: dict[str, str],
+    present: set[str],
+    jobs: int = 4,
+) -> PageWrite:
+    """Write what changed, package pages before the listings that link to them, then
+    remove pages of names that left. ``previous``: the digests of the last write;
+    ``present``: the files directly in the subdir."""
+    result = PageWrite()
+    packages = group(entries)
+    have = {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")}
+    have |= present
+
+    def render() -> Iterator[tuple[str, bytes]]:
+        for package in packages:
+            if package.link:
+                yield package.link, package_page(subdir, package)
+
+    def changed(pages: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+        for path, data in pages:
+            result.digests[path] = digest(data)
+            if previous.get(path) != result.digests[path] or path not in have:
+                yield path, data
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        batch: list[tuple[str, bytes]] = []
+        for item in changed(render()):
+            batch.append(item)
+            if len(batch) >= WRITE_BATCH:
+                _write(gateway, subdir, batch, pool, result)
+        _write(gateway, subdir, batch, pool, result)
+    if result.written:
+        gateway.flush()  # the package pages are durable before a listing links them
+    for path, data in changed(listing_pages(subdir, packages)):
+        gateway.write_bytes(f"{subdir}/{path}", data)
+        result.written.append(f"{subdir}/{path}")
+    for path in sorted(have - result.digests.keys()):
+        if path in previous or (path.startswith(f"{PAGES_DIR}/") and _ours(path)):
+            gateway.delete(f"{subdir}/{path}")
+            result.deleted.append(f"{subdir}/{path}")
+    return result
+
+
+def _ours(path: str) -> bool:
+    """Files of the pages directory that a writer of ours left: pages and temps."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".html") or is_temp(name)
+
+
+def _write(
+    gateway: Gateway,
+    subdir: str,
+    batch: list[tuple[str, bytes]],
+    pool: ThreadPoolExecutor,
+    result: PageWrite,
+) -> None:
+    def one(item: tuple[str, bytes]) -> str:
+        gateway.write_bytes(f"{subdir}/{item[0]}", item[1], durable=False)
+        return f"{subdir}/{item[0]}"
+
+    result.written.extend(pool.map(one, batch))
+    batch.clear()
+
+
+def remove_pages(gateway: Gateway, subdir: str, previous: dict[str, str]) -> list[str]:
+    """``outputs: {html: false}``: the pages go; a page that is not ours stays."""
+    gone = []
+    for path in sorted(previous):
+        try:
+            gateway.delete(f"{subdir}/{path}")
+        except NotFound:
+            continue
+        gone.append(f"{subdir}/{path}")
+    return gone
+
+
+def is_ours(data: bytes) -> bool:
+    return f'<meta name=generator content="{GENERATOR}">'.encode() in data[:1024]
