@@ -36,7 +36,7 @@ from conda_ferry.gateways import (
 from conda_ferry.index.publish import OutputOptions
 
 from . import errors
-from .units import human_size, plural
+from .units import human_size, plural, utc
 
 if TYPE_CHECKING:
     from .bundle import Manifest
@@ -102,10 +102,6 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _utc(when: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
 def _result(ctx: click.Context) -> dict[str, Any]:
     result = ctx.meta.get("ferry.report")
     return dict(result() if callable(result) else (result or {}))
@@ -133,8 +129,8 @@ def _write_json(ctx: click.Context, started: float, code: int) -> None:
         return
     envelope = {
         "command": ctx.invoked_subcommand,
-        "started": _utc(started),
-        "finished": _utc(time.time()),
+        "started": utc(started),
+        "finished": utc(time.time()),
         "exit_code": code,
         "error": ctx.meta.get("ferry.error"),
         "version": version("conda-ferry"),

@@ -47,7 +47,8 @@ class SubdirState:
     # file (relative to the subdir) -> when it may be deleted: packages and shards no
     # published file names any more, kept for clients with yesterday's index
     due: dict[str, float] = field(default_factory=dict)
-    last_run: dict[str, Any] = field(default_factory=dict)
+    last_run: dict[str, Any] = field(default_factory=dict)  # the last run that did work
+    checked: str | None = None  # when a run last found upstream unchanged
     # what the subdir publishes, for the channel page: records, packages, bytes
     counts: dict[str, int] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)  # page -> digest of what is written

@@ -4,7 +4,6 @@ files waiting out their grace, and who holds its lock."""
 
 from __future__ import annotations
 
-import calendar
 import time
 from typing import Any
 
@@ -13,13 +12,7 @@ from conda_ferry.index.channel import discover_subdirs
 from conda_ferry.index.subdir import SubdirView
 
 from .state import SubdirState
-
-
-def _epoch(text: Any) -> float | None:
-    try:
-        return float(calendar.timegm(time.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
+from .units import parse_http_date, parse_utc
 
 
 def _lock(gateway: Gateway, subdir: str) -> str | None:
@@ -30,22 +23,34 @@ def _lock(gateway: Gateway, subdir: str) -> str | None:
     return held.describe() if held else "held (its owner record is unreadable)"
 
 
+def _modified(gateway: Gateway, path: str) -> float | None:
+    try:
+        return gateway.info(path).mtime
+    except NotFound:
+        return None
+
+
 def subdir_status(gateway: Gateway, subdir: str, max_age: float | None) -> dict[str, Any]:
     view = SubdirView.read(gateway, subdir)
     state = SubdirState.load(gateway, subdir)
     last = state.last_run
-    finished = _epoch(last.get("finished"))
-    age = time.time() - finished if finished is not None else None
+    seen = [t for t in (parse_utc(last.get("finished")), parse_utc(state.checked)) if t is not None]
+    age = time.time() - max(seen) if seen else None
     problems = []
     if last.get("result") == "failed":
         problems.append(f"the last run failed: {last.get('message', '')}".rstrip(": "))
     if max_age is not None and (age is None or age > max_age):
         problems.append("no run recorded" if age is None else f"the last run is {age:.0f}s old")
+    upstream = parse_http_date(state.last_modified)
+    published = _modified(gateway, f"{subdir}/repodata.json")
     return {
         "subdir": subdir,
         "last_run": last,
+        "checked": state.checked,
         "age_seconds": None if age is None else round(age),
         "upstream_last_modified": state.last_modified,
+        # how long upstream's last change took to reach the mirror's repodata
+        "lag_seconds": round(published - upstream) if upstream and published else None,
         "records": len(view.published),
         "packages": len(view.packages),
         "bytes": sum(info.size for info in view.packages.values()),

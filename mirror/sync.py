@@ -8,7 +8,6 @@ At every instant each published record points at a present, correct file.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import enum
 import logging
 import threading
@@ -33,7 +32,7 @@ from .plan import Plan, make_plan
 from .progress import Progress
 from .state import SubdirState, subdir_lock
 from .transfer import expected, transfer
-from .units import human_size
+from .units import human_size, parse_http_date, utc
 
 log = logging.getLogger("ferry.sync")
 REPLACED = (
@@ -149,17 +148,6 @@ def _records(
     return merged, refused  # each is named in the run's summary
 
 
-def _utc(when: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
-def _timestamp(http_date: str | None) -> float | None:
-    try:
-        return email.utils.parsedate_to_datetime(http_date).timestamp() if http_date else None
-    except (TypeError, ValueError):
-        return None
-
-
 class Journal:
     """The state's record of files verified as they landed, saved at most every few
     seconds (after a flush: the journal never vouches for bytes not yet durable)."""
@@ -232,12 +220,12 @@ class SyncRun:
             fetched = self._fetch(source, states, explain is not None or self.verify)
             if fetched is None:
                 self.report.subdirs = [  # up to date
-                    SubdirReport(s, upstream_modified=_timestamp(states[s].last_modified))
+                    SubdirReport(s, upstream_modified=parse_http_date(states[s].last_modified))
                     for s in job.subdirs
                 ]
                 log.info("up to date: nothing changed upstream or in %s", job.path)
                 if not self.dry_run:
-                    self._collect_due(target, states)
+                    self._quiet_night(target, states)
                 self.report.seconds = time.monotonic() - started
                 return self.report, []
             records: dict[str, dict[str, dict[str, Any]]] = {}
@@ -361,8 +349,8 @@ class SyncRun:
     def _failed(self, target: Gateway, state: SubdirState, message: str) -> None:
         """Keep a failed run in the state, for `ferry status` and the channel page."""
         state.last_run = {
-            "started": _utc(self.started),
-            "finished": _utc(time.time()),
+            "started": utc(self.started),
+            "finished": utc(time.time()),
             "result": Status.FAILED.value,
             "message": message,
         }
@@ -466,7 +454,8 @@ class SyncRun:
             view.present,
         )
         state.etag, state.last_modified = answer.etag, answer.last_modified
-        report.published, report.upstream_modified = len(known), _timestamp(answer.last_modified)
+        report.published = len(known)
+        report.upstream_modified = parse_http_date(answer.last_modified)
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
         kept = {f: REPLACED for f in plan.replaced if f not in fetch}
@@ -487,8 +476,8 @@ class SyncRun:
         }
         report.status = Status.PARTIAL if report.failures else Status.SYNCED
         state.last_run = {
-            "started": _utc(self.started),
-            "finished": _utc(time.time()),
+            "started": utc(self.started),
+            "finished": utc(time.time()),
             "result": report.status.value,
             "added": report.added,
             "updated": report.updated,
@@ -504,14 +493,21 @@ class SyncRun:
         )
 
     @staticmethod
-    def _collect_due(target: Gateway, states: dict[str, SubdirState]) -> None:
-        """Files whose grace has passed go even when nothing else changed (the state
-        is at hand: a quiet night costs no request for it)."""
+    def _quiet_night(target: Gateway, states: dict[str, SubdirState]) -> None:
+        """Upstream unchanged: note that the mirror was found current (monitoring
+        asks "did the sync run?", not "did upstream change?"), and delete files whose
+        grace has passed even though nothing else changed."""
         now = time.time()
         for subdir, state in states.items():
-            if any(when <= now for when in state.due.values()):
+            try:
                 with subdir_lock(target, subdir):
-                    collect_garbage(target, subdir, everything=False)
+                    if any(when <= now for when in state.due.values()):
+                        collect_garbage(target, subdir, everything=False)
+                    state = SubdirState.load(target, subdir)
+                    state.checked = utc(now)
+                    state.save(target)
+            except LockHeld:
+                continue  # another writer has it: its run is the news
 
     @staticmethod
     def _check_space(target: Gateway, subdir: str, need: int) -> None:

@@ -1,6 +1,34 @@
-"""How numbers read in every message: one size style, real plurals."""
+"""How numbers and times read in every message, state file and page: one size
+style, real plurals, one UTC time format."""
 
 from __future__ import annotations
+
+import calendar
+import email.utils
+import time
+from typing import Any
+
+UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def utc(when: float) -> str:
+    return time.strftime(UTC_FORMAT, time.gmtime(when))
+
+
+def parse_utc(text: Any) -> float | None:
+    """A time written by :func:`utc`, or None for anything else."""
+    try:
+        return float(calendar.timegm(time.strptime(str(text), UTC_FORMAT)))
+    except ValueError:
+        return None
+
+
+def parse_http_date(text: str | None) -> float | None:
+    """An HTTP date (Last-Modified), or None when absent or malformed."""
+    try:
+        return email.utils.parsedate_to_datetime(text).timestamp() if text else None
+    except (TypeError, ValueError):
+        return None
 
 
 def human_size(size: int) -> str:

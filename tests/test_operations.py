@@ -192,3 +192,16 @@ def test_status_of_a_fresh_a_failed_and_a_stale_mirror(
     time.sleep(1.1)
     stale = ferry("status", str(mirror), "--subdir", "noarch", "--max-age", "1s")
     assert stale.exit_code == 1 and "old" in stale.stderr
+
+
+def test_a_quiet_night_counts_as_a_run(synced: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Monitoring asks whether the sync ran, not whether upstream changed."""
+    _, mirror, job = synced
+    time.sleep(1.1)
+    assert ferry("sync", str(job)).exit_code == 0  # up to date
+    report = tmp_path / "status.json"
+    quiet = ferry("status", str(mirror), "--max-age", "1s", "--json", str(report))
+    assert quiet.exit_code == 0, quiet.stderr
+    row = load(report)["subdirs"][0]
+    assert row["checked"] and row["last_run"]["result"] == "synced"
+    assert isinstance(row["lag_seconds"], int)  # upstream's change to the mirror's repodata
