@@ -9,10 +9,12 @@ render from an air-gapped file share as well as from nginx.
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
+SPECIAL = re.compile("[&<>\"']")  # what html.escape would change
 GENERATOR = "conda-ferry"  # marks a page as ours: only ours are ever removed
 
 STYLE = """
@@ -43,7 +45,8 @@ c.textContent=n;});})();
 
 def esc(value: Any) -> str:
     """Any value as text that cannot become markup, in content or in a quoted attribute."""
-    return html.escape(value if isinstance(value, str) else str(value), quote=True)
+    text = value if isinstance(value, str) else str(value)
+    return html.escape(text, quote=True) if SPECIAL.search(text) else text
 
 
 def page(title: str, nav: str, body: Iterable[str], search: bool = False) -> bytes:

@@ -11,12 +11,17 @@ by name range, so a browser never has to take in one enormous page.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry
@@ -27,13 +32,20 @@ from .units import human_size, plural
 PAGES_DIR = "pages"
 LISTING_LIMIT = 2 * 1024 * 1024  # bytes of rows in one listing page before it is split
 SUMMARY_CHARS = 160  # of a summary in the listing; the package page has all of it
-WRITE_BATCH = 256  # pages written concurrently, then the next batch is rendered
+IN_FLIGHT = 64  # rendered pages waiting to be written: memory stays bounded
 NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*")  # a name safe as a file name of ours
+PLAIN = re.compile(r"[A-Za-z0-9_.+!-]+")  # a file name that is its own URL
 LINKABLE = re.compile(r"https?://", re.IGNORECASE)  # never a javascript: URL
 
 
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+# The code that renders pages: a new release's pages differ, so they are rewritten.
+TEMPLATES = hashlib.blake2b(
+    Path(__file__).read_bytes() + Path(__file__).with_name("html.py").read_bytes()
+).digest()
 
 
 @dataclass
@@ -98,6 +110,10 @@ def group(entries: Iterable[ChannelEntry]) -> list[Package]:
     return [packages[name] for name in sorted(packages)]
 
 
+def _href(filename: str) -> str:
+    return filename if PLAIN.fullmatch(filename) else esc(quote(filename))
+
+
 def package_page(subdir: str, package: Package) -> bytes:
     home = package.describe("home")
     facts = [
@@ -111,7 +127,7 @@ def package_page(subdir: str, package: Package) -> bytes:
         f"<tr><td>{esc(r.get('version', ''))}</td><td>{esc(r.get('build', ''))}</td>"
         f"<td class=n>{human_size(_int(r.get('size')))}</td><td>{date(r.get('timestamp'))}</td>"
         f"<td>{esc(', '.join(map(str, r.get('depends') or [])))}</td>"
-        f'<td><a href="../{esc(quote(filename))}">{esc(filename)}</a></td></tr>\n'
+        f'<td><a href="../{_href(filename)}">{esc(filename)}</a></td></tr>\n'
         for filename, r in package.builds
     )
     headers = ("Version", "Build", "Size", "Date", "Depends", "File")
@@ -174,7 +190,19 @@ def listing_pages(subdir: str, packages: list[Package]) -> Iterator[tuple[str, b
 class PageWrite:
     written: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-    digests: dict[str, str] = field(default_factory=dict)  # path in the subdir -> digest
+    # page -> digest: of its inputs (package pages), of its bytes (listings)
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+def _inputs(package: Package) -> str:
+    """What a package page is made of, hashed: a page whose inputs and templates are
+    unchanged is not even rendered (most names, most nights)."""
+    inputs = [package.builds, package.about]
+    try:
+        data = orjson.dumps(inputs, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson's refusal (an integer past 64 bits, say) is a TypeError
+        data = json.dumps(inputs, sort_keys=True, default=repr).encode()
+    return digest(TEMPLATES + data)
 
 
 def write_pages(
@@ -193,29 +221,29 @@ def write_pages(
     have = {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")}
     have |= present
 
-    def render() -> Iterator[tuple[str, bytes]]:
-        for package in packages:
-            if package.link:
-                yield package.link, package_page(subdir, package)
-
-    def changed(pages: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
-        for path, data in pages:
-            result.digests[path] = digest(data)
-            if previous.get(path) != result.digests[path] or path not in have:
-                yield path, data
+    def write(path: str, data: bytes) -> str:
+        gateway.write_bytes(f"{subdir}/{path}", data, durable=False)
+        return f"{subdir}/{path}"
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        batch: list[tuple[str, bytes]] = []
-        for item in changed(render()):
-            batch.append(item)
-            if len(batch) >= WRITE_BATCH:
-                _write(gateway, subdir, batch, pool, result)
-        _write(gateway, subdir, batch, pool, result)
+        pending: deque[Future[str]] = deque()
+        for package in packages:
+            path = package.link
+            if path is None:
+                continue
+            result.digests[path] = _inputs(package)
+            if previous.get(path) != result.digests[path] or path not in have:
+                pending.append(pool.submit(write, path, package_page(subdir, package)))
+                if len(pending) >= IN_FLIGHT:  # rendering goes on while pages are written
+                    result.written.append(pending.popleft().result())
+        result.written.extend(future.result() for future in pending)
     if result.written:
         gateway.flush()  # the package pages are durable before a listing links them
-    for path, data in changed(listing_pages(subdir, packages)):
-        gateway.write_bytes(f"{subdir}/{path}", data)
-        result.written.append(f"{subdir}/{path}")
+    for path, data in listing_pages(subdir, packages):
+        result.digests[path] = digest(data)
+        if previous.get(path) != result.digests[path] or path not in have:
+            gateway.write_bytes(f"{subdir}/{path}", data)
+            result.written.append(f"{subdir}/{path}")
     for path in sorted(have - result.digests.keys()):
         if path in previous or (path.startswith(f"{PAGES_DIR}/") and _ours(path)):
             gateway.delete(f"{subdir}/{path}")
@@ -227,21 +255,6 @@ def _ours(path: str) -> bool:
     """Files of the pages directory that a writer of ours left: pages and temps."""
     name = path.rsplit("/", 1)[-1]
     return name.endswith(".html") or is_temp(name)
-
-
-def _write(
-    gateway: Gateway,
-    subdir: str,
-    batch: list[tuple[str, bytes]],
-    pool: ThreadPoolExecutor,
-    result: PageWrite,
-) -> None:
-    def one(item: tuple[str, bytes]) -> str:
-        gateway.write_bytes(f"{subdir}/{item[0]}", item[1], durable=False)
-        return f"{subdir}/{item[0]}"
-
-    result.written.extend(pool.map(one, batch))
-    batch.clear()
 
 
 def remove_pages(gateway: Gateway, subdir: str, previous: dict[str, str]) -> list[str]:

@@ -126,7 +126,7 @@ def test_a_sync_lists_and_reads_each_target_subdir_once(
 
 
 @pytest.mark.parametrize(
-    "cls,doc", [(GatewayOptions, "docs/gateways.md"), (OutputOptions, "docs/sync.md")]
+    "cls,doc", [(GatewayOptions, "docs/gateways.md"), (OutputOptions, "docs/jobs.md")]
 )
 def test_every_declared_option_is_documented(cls: type, doc: str) -> None:
     text = (ROOT / doc).read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,7 +158,7 @@ def test_front_page_shows_a_failed_run(tmp_path: Path) -> None:
 # -- in a real browser --------------------------------------------------------------
 
 
-def _browser(shots: Path):  # type: ignore[no-untyped-def]
+def _browser(shots: Path) -> Any:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     webdriver = pytest.importorskip("selenium.webdriver")
     if not chromium or not driver:

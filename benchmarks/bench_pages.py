@@ -1,0 +1,127 @@
+"""The pages of a conda-forge-sized subdir: time, size and memory, against one
+orjson parse of the same subdir's repodata.json (what any reader of it pays).
+
+    .venv/bin/python -m benchmarks.bench_pages [--records 500000] [--builds 20]
+
+Cases, each in its own process: the cold write (every page new), the warm write
+(nothing changed: digests compared, nothing written) and the orjson parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks._common import in_subprocess, report, table, timed
+from conda_ferry.gateways import open_gateway
+from conda_ferry.index.channel import ChannelEntry
+from conda_ferry.mirror.pages import write_pages
+
+LICENSES = ("MIT", "BSD-3-Clause", "Apache-2.0", "GPL-3.0-or-later", "LGPL-2.1-only")
+
+
+def make_repodata(path: Path, records: int, builds: int) -> None:
+    """Records shaped like conda-forge's: ``builds`` per name, a handful of depends."""
+    names = max(1, records // builds)
+    packages: dict[str, dict[str, Any]] = {}
+    for i in range(records):
+        n, b = i % names, i // names
+        name = f"package-{n:06d}"
+        filename = f"{name}-{b // 4}.{b % 4}.0-py312h{i:08x}_{b % 3}.conda"
+        packages[filename] = {
+            "build": f"py312h{i:08x}_{b % 3}",
+            "build_number": b % 3,
+            "depends": [f"package-{(n * 7 + k) % names:06d} >=1.{k}" for k in range(5)]
+            + ["python >=3.12,<3.13.0a0", "__glibc >=2.17"],
+            "license": LICENSES[n % len(LICENSES)],
+            "md5": f"{i:032x}",
+            "name": name,
+            "sha256": f"{i:064x}",
+            "size": 10_000 + (i * 7919) % 5_000_000,
+            "subdir": "linux-64",
+            "timestamp": 1_700_000_000_000 + i * 1000,
+            "version": f"{b // 4}.{b % 4}.0",
+        }
+    document = {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": packages}
+    path.write_bytes(orjson.dumps(document))
+
+
+def entries(path: Path) -> list[ChannelEntry]:
+    document = orjson.loads(path.read_bytes())
+    return [
+        ChannelEntry(
+            "linux-64",
+            filename,
+            record,
+            {"about": {"summary": f"What {record['name']} does, in one line of text"}},
+        )
+        for filename, record in document["packages.conda"].items()
+    ]
+
+
+def case(name: str, work: Path) -> None:
+    repodata = work / "repodata.json"
+    if name == "orjson":
+        report({"seconds": timed(lambda: orjson.loads(repodata.read_bytes()))})
+        return
+    listed = entries(repodata)
+    digests = orjson.loads((work / "digests.json").read_bytes()) if name == "warm" else {}
+    started = time.perf_counter()
+    with open_gateway(str(work / "channel")) as gateway:
+        present = {info.name for info in gateway.files("linux-64")}
+        result = write_pages(gateway, "linux-64", listed, digests, present, jobs=4)
+    seconds = time.perf_counter() - started
+    (work / "digests.json").write_bytes(orjson.dumps(result.digests))
+    report({"seconds": seconds, "written": len(result.written)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case")
+    parser.add_argument("--work")
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--builds", type=int, default=20)
+    args = parser.parse_args()
+    if args.case:
+        case(args.case, Path(args.work))
+        return
+    me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        make_repodata(work / "repodata.json", args.records, args.builds)
+        size = (work / "repodata.json").stat().st_size
+        parse = in_subprocess(me, "orjson", "--work", tmp)
+        cold = in_subprocess(me, "cold", "--work", tmp)
+        warm = in_subprocess(me, "warm", "--work", tmp)
+        pages = list((work / "channel/linux-64").rglob("*.html"))
+        listing = [p for p in pages if p.parent.name == "linux-64"]
+        print(
+            f"{args.records} records, {args.records // args.builds} names, "
+            f"repodata.json {size / 2**20:.0f} MiB; {len(pages)} pages, "
+            f"{sum(p.stat().st_size for p in pages) / 2**20:.0f} MiB; listing in "
+            f"{len(listing)} parts; the largest page "
+            f"{max(p.stat().st_size for p in pages) / 2**20:.1f} MiB"
+        )
+        rows = [("case", "seconds", "x orjson parse", "pages written", "peak MB")]
+        for label, result in (("cold write", cold), ("warm (unchanged)", warm)):
+            rows.append(
+                (
+                    label,
+                    f"{result['seconds']:.2f}",
+                    f"{result['seconds'] / parse['seconds']:.1f}",
+                    str(result["written"]),
+                    f"{result['peak_mb']:.0f}",
+                )
+            )
+        reference = (f"{parse['seconds']:.2f}", "1", "-", f"{parse['peak_mb']:.0f}")
+        rows.append(("orjson.loads(repodata.json)", *reference))
+        table(rows)
+
+
+if __name__ == "__main__":
+    main()
