@@ -10,15 +10,12 @@ from typing import Any
 
 import pytest
 
-from conda_ferry.gateways import open_gateway
-from conda_ferry.index.channel import IndexOptions, index_channel
-from conda_ferry.index.publish import OutputOptions
 from conda_ferry.mirror import pages
 from conda_ferry.mirror.pages import Package, package_page
 from tests.helpers import ferry
-from tests.pkgmaker import DEMO, Spec, write_package
+from tests.pkgmaker import DEMO, Spec
 from tests.servers import Server
-from tests.upstream import job_yaml
+from tests.upstream import build_upstream, job_yaml, reindex
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 EXTRA = [
@@ -30,23 +27,8 @@ EXTRA = [
 
 def hostile_upstream(root: Path) -> Path:
     """An upstream whose licences and summaries (from channeldata) carry markup."""
-    for spec, fmt in [*DEMO, *((s, ".conda") for s in EXTRA)]:
-        write_package(root, spec, fmt)
-    index_upstream(root)
+    build_upstream(root, [(s, ".conda") for s in EXTRA], channeldata=True)
     return root
-
-
-def index_upstream(root: Path) -> None:
-    with open_gateway(str(root)) as gateway:
-        index_channel(
-            gateway,
-            IndexOptions(
-                subdirs=["linux-64", "noarch"],
-                jobs=2,
-                cache_dir=root / ".cache",
-                outputs=OutputOptions(jlap=False, shards=False),
-            ),
-        )
 
 
 def sync(job: Path, *args: str) -> None:
@@ -103,7 +85,7 @@ def test_unchanged_channel_is_left_byte_identical(mirrored: tuple[Path, Path, Pa
 def test_a_removed_name_loses_its_page(mirrored: tuple[Path, Path, Path]) -> None:
     upstream, mirror, job = mirrored
     (upstream / "linux-64/evil-1.0-h0_0.conda").unlink()
-    index_upstream(upstream)
+    reindex(upstream, channeldata=True)
     sync(job)
     assert not (mirror / "linux-64/pages/evil.html").exists()
     assert "evil" not in (mirror / "linux-64/index.html").read_text()

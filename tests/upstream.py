@@ -16,13 +16,15 @@ from tests.pkgmaker import DEMO, Spec, write_package
 SPECS = DEMO
 
 
-def build_upstream(root: Path, extra: list[tuple[Spec, str]] | None = None) -> None:
+def build_upstream(
+    root: Path, extra: list[tuple[Spec, str]] | None = None, channeldata: bool = False
+) -> None:
     for spec, fmt in SPECS + (extra or []):
         write_package(root, spec, fmt)
-    reindex(root)
+    reindex(root, channeldata)
 
 
-def reindex(root: Path) -> None:
+def reindex(root: Path, channeldata: bool = False) -> None:
     with open_gateway(str(root)) as gateway:
         index_channel(
             gateway,
@@ -30,7 +32,7 @@ def reindex(root: Path) -> None:
                 subdirs=["linux-64", "noarch"],
                 jobs=2,
                 cache_dir=root / ".cache",
-                channeldata=False,
+                channeldata=channeldata,
                 outputs=OutputOptions(jlap=False, shards=False),
             ),
         )
