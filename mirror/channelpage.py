@@ -21,6 +21,7 @@ from conda_ferry.index.publish import Written, write_if_changed
 from .commit import sweep_temps
 from .html import esc, page, table
 from .pages import is_ours
+from .snapstore import all_snapshots, pinned
 from .state import STATE_DIR, SubdirState
 from .units import human_size
 
@@ -70,6 +71,26 @@ def _rows(states: list[SubdirState]) -> Iterator[str]:
         )
 
 
+def _snapshots(target: Gateway, url: str) -> list[str]:
+    """The snapshots, newest first, and how to pin a client to one."""
+    found = [s for s in reversed(all_snapshots(target)) if s.complete]
+    if not found:
+        return []
+    pins = pinned(target)
+    rows = (
+        f"<tr><td>{esc(s.name)}</td><td>{esc(s.created)}</td>"
+        f"<td class=n>{sum(int(f.get('records', 0)) for f in s.subdirs.values())}</td>"
+        f"<td>{esc(', '.join(sorted(s.subdirs)))}</td>"
+        f"<td>{'pinned' if s.name in pins else ''}</td></tr>\n"
+        for s in found
+    )
+    return [
+        "<h2>Snapshots</h2>\n<p>The channel as it was: use "
+        f"<code><span class=url>{url}</span>/snapshots/NAME</code> as the channel.</p>\n",
+        *table(("Name", "Created", "Files", "Subdirs", "Pinned"), rows),
+    ]
+
+
 def channel_page(target: Gateway, subdirs: list[str]) -> bytes:
     states = [SubdirState.load(target, s) for s in subdirs]
     channel = _channel(target)
@@ -95,6 +116,7 @@ def channel_page(target: Gateway, subdirs: list[str]) -> bytes:
         "<h2>Subdirs</h2>\n",
         *table(headers, _rows(states)),
         *use,
+        *_snapshots(target, url),
         "" if public else f"<script>{URL_SCRIPT}</script>",
     ]
     return page(f"conda channel {name}", "", body)

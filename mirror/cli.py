@@ -575,7 +575,9 @@ def verify_command(
         click.echo(f"no repodata: {subdir}/repodata.json is missing", err=True)
     say(
         f"verified {plural(findings['checked'], 'package')} in "
-        f"{plural(len(findings['subdirs']), 'subdir')}: {len(findings['missing'])} missing, "
+        f"{plural(len(findings['subdirs']), 'subdir')}"
+        + (f" and {plural(len(findings['snapshots']), 'snapshot')}" if findings["snapshots"] else "")
+        + f": {len(findings['missing'])} missing, "
         f"{len(findings['corrupt'])} corrupt, {len(findings['extra'])} extra"
     )
     report_result(findings)
@@ -618,7 +620,9 @@ def status_command(
             f"{row['subdir']:14} {when}; {plural(row['records'], 'record')}, "
             f"{human_size(row['bytes'])}"
             + (f", {row['pending_deletion']} retiring" if row["pending_deletion"] else "")
+            + (f", {plural(len(row['snapshots']), 'snapshot')}" if row["snapshots"] else "")
             + (f"; locked: {row['lock']}" if row["lock"] else "")
+            + (f"; held at snapshot {row['hold'].get('snapshot')}" if row["hold"] else "")
         )
         for problem in row["problems"]:
             click.echo(f"{row['subdir']}: {problem}", err=True)
@@ -834,3 +838,204 @@ def keygen_command(key_path: str) -> None:
     say(f"private key: {key_path} (keep it outside)")
     say(f"public key:  {public} (give it to the inside's 'ferry import --verify-key')")
     report_result({"private_key": key_path, "public_key": str(public)})
+
+
+@main.group("snapshot")
+def snapshot_group() -> None:
+    """Immutable views of the mirror's index, servable as channels (TARGET/snapshots/NAME).
+
+    \b
+    A snapshot is index files only: its packages are the mirror's own files, which
+    are never deleted while a snapshot names them. Point a client at
+    <mirror URL>/snapshots/NAME to pin it to the mirror as it was.
+    """
+
+
+def _snapshot_row(snapshot: Any, pins: set[str]) -> dict[str, Any]:
+    return {
+        "name": snapshot.name,
+        "created": snapshot.created or None,
+        "by": snapshot.by,
+        "complete": snapshot.complete,
+        "pinned": snapshot.name in pins,
+        "subdirs": snapshot.subdirs,
+    }
+
+
+@snapshot_group.command("create")
+@click.argument("target")
+@click.argument("name", required=False)
+@subdirs_option
+@json_option
+@gateway_options
+def snapshot_create(
+    target: str, name: str | None, subdirs: tuple[str, ...], options: GatewayOptions
+) -> None:
+    """Snapshot the published index of each subdir (all, or --subdir; noarch always).
+
+    NAME defaults to the UTC date-time; an existing name is refused."""
+    from . import snapshots
+
+    with open_gateway(target, options) as gateway:
+        snapshot = snapshots.create(gateway, name or snapshots.default_name(), subdirs or None)
+        snapshots.refresh_page(gateway)
+    records = sum(f["records"] for f in snapshot.subdirs.values())
+    say(
+        f"snapshot {snapshot.name}: {plural(records, 'record')} in "
+        f"{', '.join(sorted(snapshot.subdirs))}; use {redact(target).rstrip('/')}/snapshots/"
+        f"{snapshot.name} as a channel"
+    )
+    report_result(_snapshot_row(snapshot, set()))
+
+
+@snapshot_group.command("list")
+@click.argument("target")
+@json_option
+@gateway_options
+def snapshot_list(target: str, options: GatewayOptions) -> None:
+    """Every snapshot, oldest first: created, records per subdir, pinned."""
+    from . import snapstore
+
+    with open_gateway(target, options) as gateway:
+        found, pins = snapstore.all_snapshots(gateway), snapstore.pinned(gateway)
+    for snapshot in found:
+        if not snapshot.complete:
+            say(f"{snapshot.name:24} incomplete (a killed create or delete: delete it)")
+            continue
+        items = sorted(snapshot.subdirs.items())
+        counts = ", ".join(f"{s} {f.get('records', '?')}" for s, f in items)
+        pin = "  pinned" if snapshot.name in pins else ""
+        say(f"{snapshot.name:24} {snapshot.created}  {snapshot.by:6} {counts}{pin}")
+    report_result({"snapshots": [_snapshot_row(s, pins) for s in found]})
+
+
+@snapshot_group.command("show")
+@click.argument("target")
+@click.argument("name")
+@json_option
+@gateway_options
+def snapshot_show(target: str, name: str, options: GatewayOptions) -> None:
+    """One snapshot: when and by what it was taken, and per subdir what it holds."""
+    from . import snapshots, snapstore
+
+    with open_gateway(target, options) as gateway:
+        snapshot, pins = snapshots.get(gateway, name), snapstore.pinned(gateway)
+    row = _snapshot_row(snapshot, pins)
+    say(f"snapshot {name}: created {row['created'] or '?'} by {row['by']}")
+    say(f"  {'complete' if snapshot.complete else 'incomplete'}; pinned: {row['pinned']}")
+    for subdir, figures in sorted(snapshot.subdirs.items()):
+        say(
+            f"  {subdir}: {plural(figures.get('records', 0), 'record')}, "
+            f"{plural(figures.get('packages', 0), 'name')}, {human_size(figures.get('bytes', 0))}"
+        )
+    report_result(row)
+
+
+@snapshot_group.command("diff")
+@click.argument("target")
+@click.argument("a")
+@click.argument("b")
+@json_option
+@gateway_options
+def snapshot_diff(target: str, a: str, b: str, options: GatewayOptions) -> None:
+    """What changed from snapshot A to B (either may be 'live'), by file name."""
+    from . import snapshots
+
+    with open_gateway(target, options) as gateway:
+        changes = snapshots.diff(gateway, a, b)
+    marks = {"added": "+", "removed": "-", "changed": "~"}
+    for subdir, kinds in changes.items():
+        for kind, files in kinds.items():
+            for filename in files:
+                say(f"{marks[kind]} {subdir}/{filename}")
+    if not changes:
+        say(f"{a} and {b} publish the same records")
+    report_result({"a": a, "b": b, "subdirs": changes})
+
+
+@snapshot_group.command("delete")
+@click.argument("target")
+@click.argument("name")
+@json_option
+@gateway_options
+def snapshot_delete(target: str, name: str, options: GatewayOptions) -> None:
+    """Delete a snapshot's index (not a pinned one). Files only it named become due
+    for deletion after the grace (7 days); 'ferry gc' removes them then."""
+    from . import snapshots
+
+    with open_gateway(target, options) as gateway:
+        snapshots.delete(gateway, name)
+        snapshots.refresh_page(gateway)
+    say(f"snapshot {name} deleted")
+    report_result({"deleted": name})
+
+
+def _pin(target: str, name: str, pin: bool, options: GatewayOptions) -> None:
+    from . import snapshots
+
+    with open_gateway(target, options) as gateway:
+        snapshots.set_pin(gateway, name, pin)
+        snapshots.refresh_page(gateway)
+    say(f"snapshot {name} {'pinned' if pin else 'unpinned'}")
+    report_result({"name": name, "pinned": pin})
+
+
+@snapshot_group.command("pin")
+@click.argument("target")
+@click.argument("name")
+@json_option
+@gateway_options
+def snapshot_pin(target: str, name: str, options: GatewayOptions) -> None:
+    """Keep a snapshot whatever a job's snapshots: keep says; delete refuses it."""
+    _pin(target, name, True, options)
+
+
+@snapshot_group.command("unpin")
+@click.argument("target")
+@click.argument("name")
+@json_option
+@gateway_options
+def snapshot_unpin(target: str, name: str, options: GatewayOptions) -> None:
+    """Let a snapshot go again (keep and delete may remove it)."""
+    _pin(target, name, False, options)
+
+
+@snapshot_group.command("restore")
+@click.argument("target")
+@click.argument("name")
+@subdirs_option
+@click.option("--hold", is_flag=True, help="Pause sync of these subdirs until 'release'.")
+@json_option
+@gateway_options
+def snapshot_restore(
+    target: str, name: str, subdirs: tuple[str, ...], hold: bool, options: GatewayOptions
+) -> None:
+    """Republish the live channel as the snapshot has it (a rollback).
+
+    JLAP clients follow it like any update. The next sync moves the channel forward
+    again, unless --hold: then sync refuses these subdirs until 'ferry snapshot release'."""
+    from . import snapshots
+
+    with open_gateway(target, options) as gateway:
+        done = snapshots.restore(gateway, name, subdirs or None, hold)
+        snapshots.refresh_page(gateway)
+    for item in done:
+        say(f"{item.subdir}: restored {name} ({item.before} -> {plural(item.records, 'record')})")
+    if hold:
+        say(f"held: ferry sync refuses {', '.join(d.subdir for d in done)} until released")
+    report_result({"snapshot": name, "hold": hold, "subdirs": [d.__dict__ for d in done]})
+
+
+@snapshot_group.command("release")
+@click.argument("target")
+@subdirs_option
+@json_option
+@gateway_options
+def snapshot_release(target: str, subdirs: tuple[str, ...], options: GatewayOptions) -> None:
+    """Lift the hold 'restore --hold' put on subdirs: sync moves them forward again."""
+    from . import snapshots
+
+    with open_gateway(target, options) as gateway:
+        released = snapshots.release(gateway, subdirs or None)
+    say(f"released {', '.join(released)}" if released else "no subdir was held")
+    report_result({"released": released})

@@ -11,6 +11,7 @@ deleted while a published record still names it.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Collection
@@ -21,10 +22,13 @@ from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, SubdirSummary, index_subdir
 from conda_ferry.index.subdir import SubdirView
 
+from . import snapstore
+from .errors import FerryError
 from .pages import remove_pages, write_pages
 from .state import STATE_DIR, SubdirState
 from .upstream import Descriptions
 
+log = logging.getLogger("ferry.commit")
 Record = dict[str, Any]
 DEFAULT_GRACE = 7 * 86400.0  # CEP 16 asks servers to keep stale shards about a week
 
@@ -61,12 +65,13 @@ class Commit:
     remove: list[str] = field(default_factory=list)  # unpublished; deleted after the grace
     extras: dict[str, Record] = field(default_factory=dict)  # channeldata input by file
     grace: float = DEFAULT_GRACE  # seconds a file stays after repodata stops naming it
+    hidden: set[str] = field(default_factory=set)  # present, not published, not owned
 
     @property
     def skip(self) -> set[str]:
-        """Mirror-owned files not to be published: on their way in or out. They are
-        never read as custom packages."""
-        return self.managed - self.known.keys()
+        """Files not to be published: the mirror's own on their way in or out, and
+        ``hidden`` ones. They are never read as custom packages."""
+        return (self.managed - self.known.keys()) | self.hidden
 
 
 def commit_subdir(
@@ -147,10 +152,17 @@ def expire(
 ) -> set[str]:
     """Schedule ``candidates`` for deletion ``grace`` seconds from their first sight
     (a client holding yesterday's index still finds its files, as CEP 16 asks for
-    shards) and delete those due; what is no longer a candidate is forgiven."""
+    shards) and delete those due; what is no longer a candidate is forgiven. A
+    package file a snapshot names stays due until that snapshot is deleted."""
     now = time.time()
     state.due = {f: state.due.get(f, now + grace) for f in sorted(candidates)}
     gone = {f for f, when in state.due.items() if when <= now}
+    if gone:
+        try:
+            gone -= snapstore.held(target, subdir)
+        except FerryError as exc:  # cannot tell what snapshots need: delete nothing
+            log.error("%s; nothing deleted", exc)
+            gone = set()
     for name in sorted(gone):
         target.delete(f"{subdir}/{name}")
         del state.due[name]

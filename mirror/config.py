@@ -37,6 +37,7 @@ class Job:
     grace: float = DEFAULT_GRACE  # seconds pruned files stay for clients' cached indexes
     strict: bool = False  # an include spec that matches nothing is an error
     public_url: str | None = None  # where clients reach the mirror, for its pages
+    snapshot_keep: int | None = None  # snapshots: {keep: N}: one after every sync that did work
     outputs: OutputOptions = field(default_factory=OutputOptions)
     source_options: GatewayOptions = field(default_factory=GatewayOptions)
     target_options: GatewayOptions = field(default_factory=GatewayOptions)
@@ -69,6 +70,7 @@ TOP_KEYS = {
     "grace",
     "strict",
     "public_url",
+    "snapshots",
     "outputs",
     "source_options",
     "target_options",
@@ -118,6 +120,7 @@ def parse_job(path: str, text: str) -> Job:
         grace=top.duration("grace", DEFAULT_GRACE),
         strict=top.boolean("strict", False),
         public_url=_public_url(top),
+        snapshot_keep=_snapshot_keep(top),
         outputs=read_options(top.child("outputs", _names(OutputOptions)), OutputOptions),
         source_options=read_options(
             top.child("source_options", _names(GatewayOptions)), GatewayOptions, _scheme(source)
@@ -136,6 +139,15 @@ def _public_url(top: Reader) -> str | None:
         top.note("public_url", "must be an http(s) URL", "the URL clients use for this channel")
         return None
     return url
+
+
+def _snapshot_keep(top: Reader) -> int | None:
+    if "snapshots" not in top.data:
+        return None
+    snapshots = top.child("snapshots", {"keep"})
+    if "keep" not in snapshots.data:
+        snapshots.note("keep", "is required", "write keep: 30 (how many to keep)")
+    return snapshots.integer("keep", None)
 
 
 def _scheme(url: str) -> str:

@@ -52,6 +52,8 @@ class SubdirState:
     # what the subdir publishes, for the channel page: records, packages, bytes
     counts: dict[str, int] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)  # page -> digest of what is written
+    # set by `ferry snapshot restore --hold`: sync refuses the subdir until released
+    hold: dict[str, str] = field(default_factory=dict)
     _saved: bytes | None = field(default=None, repr=False, compare=False)
 
     @staticmethod

@@ -1,6 +1,6 @@
 """``ferry status``: what a mirror looks like now, from what it keeps on the target
 (no upstream request): the last run of each subdir, its age and lag, its size, the
-files waiting out their grace, and who holds its lock."""
+files waiting out their grace, who holds its lock, and its snapshots."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from conda_ferry.gateways import Gateway, LockInfo, NotFound
 from conda_ferry.index.channel import discover_subdirs
 from conda_ferry.index.subdir import SubdirView
 
+from .snapstore import Snapshot, all_snapshots
 from .state import SubdirState
 from .units import parse_http_date, parse_utc
 
@@ -30,7 +31,9 @@ def _modified(gateway: Gateway, path: str) -> float | None:
         return None
 
 
-def subdir_status(gateway: Gateway, subdir: str, max_age: float | None) -> dict[str, Any]:
+def subdir_status(
+    gateway: Gateway, subdir: str, max_age: float | None, snapshots: list[Snapshot]
+) -> dict[str, Any]:
     view = SubdirView.read(gateway, subdir)
     state = SubdirState.load(gateway, subdir)
     last = state.last_run
@@ -56,6 +59,8 @@ def subdir_status(gateway: Gateway, subdir: str, max_age: float | None) -> dict[
         "bytes": sum(info.size for info in view.packages.values()),
         "pending_deletion": len(state.due),
         "lock": _lock(gateway, subdir),
+        "hold": state.hold or None,
+        "snapshots": [s.name for s in snapshots if s.complete and subdir in s.subdirs],
         "problems": problems,
     }
 
@@ -63,4 +68,7 @@ def subdir_status(gateway: Gateway, subdir: str, max_age: float | None) -> dict[
 def channel_status(
     gateway: Gateway, subdirs: list[str] | None, max_age: float | None
 ) -> list[dict[str, Any]]:
-    return [subdir_status(gateway, s, max_age) for s in subdirs or discover_subdirs(gateway)]
+    snapshots = all_snapshots(gateway)
+    return [
+        subdir_status(gateway, s, max_age, snapshots) for s in subdirs or discover_subdirs(gateway)
+    ]

@@ -22,7 +22,7 @@ from conda_ferry.index.records import BadFilename, check_filename, record_proble
 from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
 
-from . import errors, upstream
+from . import errors, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
 from .commit import Commit, choose_records, collect_garbage, commit_subdir, sweep_temps
 from .config import Job
@@ -90,6 +90,7 @@ class SyncReport:
     unmatched_includes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     dry_run: bool = False
+    snapshots: list[str] = field(default_factory=list)  # what the job's snapshots: did
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +113,7 @@ class SyncReport:
             "exit_code": self.exit_code,
             "dropped_dependencies": self.dropped_dependencies,
             "unmatched_includes": self.unmatched_includes,
+            "snapshots": self.snapshots,
             "subdirs": [s.as_dict() for s in self.subdirs],
             "totals": {
                 k: sum(getattr(s, k) for s in self.subdirs)
@@ -217,6 +219,7 @@ class SyncRun:
                     errors.USAGE,
                 )
             states = {s: SubdirState.load(target, s) for s in job.subdirs}
+            self._refuse_held(target, states)
             fetched = self._fetch(source, states, explain is not None or self.verify)
             if fetched is None:
                 self.report.subdirs = [  # up to date
@@ -284,9 +287,25 @@ class SyncRun:
                 write_channeldata(target, list(job.subdirs), entries)
             if descriptions is not None:
                 ensure_noarch(target, job.outputs)
+                if job.snapshot_keep and self.report.exit_code == errors.OK:
+                    self.report.snapshots = snapshots.after_sync(
+                        target, list(job.subdirs), job.snapshot_keep, job.grace
+                    )
+                    for line in self.report.snapshots:
+                        log.info("%s", line)
                 write_channel_page(target, job.outputs.html)
         self.report.seconds = time.monotonic() - started
         return self.report, []
+
+    def _refuse_held(self, target: Gateway, states: dict[str, SubdirState]) -> None:
+        for subdir, state in sorted(states.items()):
+            if state.hold:
+                raise errors.FerryError(
+                    f"{target.display(subdir)}: held at snapshot {state.hold.get('snapshot')} "
+                    f"since {state.hold.get('since')} by 'ferry snapshot restore --hold' "
+                    f"(nothing synced; 'ferry snapshot release {target.display()} --subdir "
+                    f"{subdir}' lets sync move it forward)"
+                )
 
     def _fetch(
         self, source: Gateway, states: dict[str, SubdirState], force_full: bool
