@@ -573,10 +573,11 @@ def verify_command(
             click.echo(f"{kind}: {item}", err=True)
     for subdir in findings["unindexed"]:
         click.echo(f"no repodata: {subdir}/repodata.json is missing", err=True)
+    snaps = len(findings["snapshots"])
     say(
         f"verified {plural(findings['checked'], 'package')} in "
         f"{plural(len(findings['subdirs']), 'subdir')}"
-        + (f" and {plural(len(findings['snapshots']), 'snapshot')}" if findings["snapshots"] else "")
+        + (f" and {plural(snaps, 'snapshot')}" if snaps else "")
         + f": {len(findings['missing'])} missing, "
         f"{len(findings['corrupt'])} corrupt, {len(findings['extra'])} extra"
     )
