@@ -290,7 +290,7 @@ def after_sync(gateway: Gateway, subdirs: list[str], keep: int, grace: float) ->
     newest = ours[-1] if ours else None
     now = {s: _digest(gateway, s) for s in _published(gateway, subdirs)}
     if newest is None or {s: f.get("repodata_sha256") for s, f in newest.subdirs.items()} != now:
-        ours.append(create(gateway, default_name(), subdirs, by="sync"))
+        ours.append(create(gateway, _free_name(gateway, default_name()), subdirs, by="sync"))
         lines.append(f"snapshot {ours[-1].name} created")
     pins = snapstore.pinned(gateway)
     for old in ours[: max(0, len(ours) - keep)]:
@@ -298,6 +298,13 @@ def after_sync(gateway: Gateway, subdirs: list[str], keep: int, grace: float) ->
             delete(gateway, old.name, grace)
             lines.append(f"snapshot {old.name} deleted (keep: {keep})")
     return lines
+
+
+def _free_name(gateway: Gateway, name: str) -> str:
+    """``name``, or ``name-N`` when two runs take one in the same second."""
+    taken = set(snapstore.names(gateway))
+    candidates = (name, *(f"{name}-{n}" for n in range(1, len(taken) + 2)))
+    return next(c for c in candidates if c not in taken)
 
 
 def _digest(gateway: Gateway, subdir: str) -> str:

@@ -27,16 +27,18 @@ def _names(document: dict[str, Any]) -> set[str]:
     return {*document.get("packages", {}), *document.get("packages.conda", {})}
 
 
-def check_subdir(gateway: Gateway, subdir: str) -> int:
-    """Checks one subdir; returns how many records repodata.json names."""
+def check_subdir(gateway: Gateway, subdir: str, files: str | None = None) -> int:
+    """Checks one subdir (a snapshot's: ``files`` is where its packages are); returns
+    how many records repodata.json names."""
     data = _optional(gateway, f"{subdir}/repodata.json")
     if data is None:
         return 0
     records: Records = repodata.records(json.loads(data))
-    present = {f.name: f.size for f in gateway.files(subdir)}
+    files = files or subdir
+    present = {f.name: f.size for f in gateway.files(files)}
     for filename, record in records.items():
-        assert present.get(filename) == record["size"], f"{subdir}/{filename}"
-        assert gateway.checksum(f"{subdir}/{filename}")[1] == record["sha256"], filename
+        assert present.get(filename) == record["size"], f"{subdir}: {files}/{filename}"
+        assert gateway.checksum(f"{files}/{filename}")[1] == record["sha256"], filename
     if (zst := _optional(gateway, f"{subdir}/repodata.json.zst")) is not None:
         missing = _names(json.loads(repodata.unzst(zst))) - present.keys()
         assert not missing, f"{subdir}/repodata.json.zst names missing {missing}"
@@ -58,6 +60,15 @@ def check_subdir(gateway: Gateway, subdir: str) -> int:
 
 
 def check_channel(gateway: Gateway, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> int:
+    """Every subdir, and every snapshot's index (complete or not: all are served);
+    returns how many records the live subdirs name."""
+    try:
+        snapshots = [e.path for e in gateway.list("snapshots") if e.is_dir]
+    except NotFound:
+        snapshots = []
+    for snapshot in snapshots:
+        for subdir in subdirs:
+            check_subdir(gateway, f"{snapshot}/{subdir}", subdir)
     return sum(check_subdir(gateway, subdir) for subdir in subdirs)
 
 

@@ -7,6 +7,7 @@ consistent; after a clean rerun, the channel has converged with no temp file lef
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ from tests.servers import Server
 from tests.upstream import reindex
 
 ROUNDS = int(os.environ.get("FERRY_KILL_ROUNDS", "5"))
+SHORT = max(1, ROUNDS // 2)  # for commands whose runs are short
 
 
 @dataclass
@@ -75,13 +77,14 @@ def kill_at_random(
     target: Target,
     span: float,
     between: Callable[[int], None] = lambda _: None,
+    rounds: int = ROUNDS,
 ) -> int:
     """Start the writer ``ROUNDS`` times (more until one was killed), SIGKILL each at
     a random instant within ``span`` seconds, check the channel after every kill;
     returns how many were killed."""
     rng = random.Random()
     kills = round_ = 0
-    while round_ < ROUNDS or (kills == 0 and round_ < 3 * ROUNDS):
+    while round_ < rounds or (kills == 0 and round_ < 3 * rounds):
         between(round_)
         proc = _ferry(*args)
         time.sleep(rng.uniform(0.02, span))
@@ -183,3 +186,54 @@ def test_import_killed_at_random(target: Target, tmp_path: Path) -> None:
     expected = {p.name for p in outside.glob("*/p*-*")}
     assert expected <= names
     shutil.rmtree(scratch)
+
+
+def test_snapshot_commands_killed_at_random(target: Target, tmp_path: Path) -> None:
+    """create, restore and delete killed at any instant: the live channel and every
+    snapshot (complete or not) name only present, correct files, even after the
+    upstream pruned what a snapshot holds."""
+    upstream = tmp_path / "upstream"
+    _upstream(upstream, 24)
+    reindex(upstream)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source: {upstream}\ntarget: {target.url}\nsubdirs: [linux-64, noarch]\n"
+        f"prune: true\nmax_prune_fraction: 1\ngrace: 0s\n{target.job_options}"
+    )
+    _converge(["sync", str(job)], target)
+    snapshot = ["snapshot", "create", target.url, "s1", *target.flags]
+    span = _timed("snapshot", "create", target.url, "scratch", *target.flags) * 1.2
+    kill_at_random(snapshot, target, span, rounds=SHORT)
+    subprocess.run([sys.executable, "-m", "conda_ferry", "-q", *snapshot], check=False)
+    with target.gateway() as gateway:
+        assert gateway.exists("snapshots/s1/snapshot.json")
+
+    for path in sorted(upstream.glob("*/p1*-*")):  # what s1 holds leaves upstream
+        path.unlink()
+    reindex(upstream)
+    _converge(["sync", str(job)], target)  # prunes with no grace: s1's files stay
+
+    restore = ["snapshot", "restore", target.url, "s1", *target.flags]
+    kill_at_random(restore, target, span, rounds=SHORT)
+    _converge(restore, target)
+    with target.gateway() as gateway:
+        for subdir in ("linux-64", "noarch"):
+            live = gateway.read_bytes(f"{subdir}/repodata.json")
+            held = gateway.read_bytes(f"snapshots/s1/{subdir}/repodata.json")
+            assert _records(live) == _records(held)
+
+    _converge(["sync", str(job)], target)
+    _timed("snapshot", "delete", target.url, "scratch", *target.flags)
+    delete = ["snapshot", "delete", target.url, "s1", *target.flags]
+    kill_at_random(delete, target, span, rounds=SHORT)
+    subprocess.run([sys.executable, "-m", "conda_ferry", "-q", *delete], check=False)
+    _converge(["gc", target.url, "--now", *target.flags], target)
+    with target.gateway() as gateway:
+        left = {f.name for s in ("linux-64", "noarch") for f in gateway.files(s)}
+        assert not any(name.startswith("p1") for name in left), left
+        assert not [f for f in gateway.list("", recursive=True) if f.path.startswith("snapshots/")]
+
+
+def _records(data: bytes) -> dict[str, object]:
+    document = json.loads(data)
+    return {**document.get("packages", {}), **document.get("packages.conda", {})}
