@@ -75,6 +75,7 @@ TOP_KEYS = {
     "source_options",
     "target_options",
 }
+SNAPSHOT_KEYS = {"keep"}
 
 
 def load_job(path: str) -> Job:
@@ -144,7 +145,7 @@ def _public_url(top: Reader) -> str | None:
 def _snapshot_keep(top: Reader) -> int | None:
     if "snapshots" not in top.data:
         return None
-    snapshots = top.child("snapshots", {"keep"})
+    snapshots = top.child("snapshots", SNAPSHOT_KEYS)
     if "keep" not in snapshots.data:
         snapshots.note("keep", "is required", "write keep: 30 (how many to keep)")
     return snapshots.integer("keep", None)

@@ -24,7 +24,7 @@ import pytest
 from conda_ferry.gateways import GatewayOptions, open_gateway
 from conda_ferry.index.channel import IndexOptions, index_channel
 from conda_ferry.index.publish import OutputOptions
-from conda_ferry.mirror.config import TOP_KEYS, parse_job
+from conda_ferry.mirror.config import SNAPSHOT_KEYS, TOP_KEYS, parse_job
 from conda_ferry.mirror.filters import Filters
 from tests.pkgmaker import Spec, write_package
 from tests.servers import Server, free_port, require, spawn, stop, wait_for_port
@@ -55,6 +55,7 @@ def test_the_job_reference_is_the_schema() -> None:
     schema = set(TOP_KEYS)
     schema |= {f"filters.{key}" for key in Filters.KEYS}
     schema |= {f"outputs.{f.name}" for f in dataclasses.fields(OutputOptions)}
+    schema |= {f"snapshots.{key}" for key in SNAPSHOT_KEYS}
     schema |= {f"*_options.{f.name}" for f in dataclasses.fields(GatewayOptions)}
     assert documented == schema
 
