@@ -47,12 +47,13 @@ from conda_ferry.index.records import (
 )
 from conda_ferry.index.subdir import SubdirView
 
-from . import signing
+from . import signing, snapshots, snapstore
 from .channelpage import write_channel_page
 from .commit import Commit, choose_records, commit_subdir, sweep_temps
 from .errors import USAGE, FerryError
 from .indexing import ensure_noarch
 from .plan import same_file
+from .snapstore import subdir_path
 from .state import STATE_DIR, SubdirState, subdir_locks
 
 log = logging.getLogger("ferry.bundle")
@@ -84,6 +85,17 @@ class BundleFile:
 
 
 @dataclass
+class CarriedSnapshot:
+    """A snapshot of the outside, recreated inside under the same name."""
+
+    name: str
+    created: str
+    by: str
+    subdirs: dict[str, dict[str, Any]]  # its figures per subdir, as the outside has them
+    index: dict[str, BundleFile]  # subdir -> the snapshot's repodata.json in the bundle
+
+
+@dataclass
 class Manifest:
     id: str
     follows: str | None
@@ -93,7 +105,11 @@ class Manifest:
     subdirs: list[str]
     files: list[BundleFile]
     removals: dict[str, list[str]]
+    snapshots: list[CarriedSnapshot] = field(default_factory=list)
     format: str = FORMAT
+
+    def every_file(self) -> list[BundleFile]:
+        return [*self.files, *(f for s in self.snapshots for f in s.index.values())]
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
@@ -120,19 +136,22 @@ class Manifest:
                 text(raw["volume"]), text(raw["path"]), count(raw["size"]), text(raw["sha256"])
             )
 
+        def read_file(f: Any) -> BundleFile:
+            pieces = [read_piece(p) for p in f["pieces"]]
+            return BundleFile(text(f["path"]), count(f["size"]), text(f["sha256"]), pieces)
+
+        def read_snapshot(raw: Any) -> CarriedSnapshot:
+            figures = {text(k): dict(v) for k, v in raw["subdirs"].items()}
+            index = {text(k): read_file(f) for k, f in raw["index"].items()}
+            return CarriedSnapshot(
+                text(raw["name"]), text(raw["created"]), text(raw["by"]), figures, index
+            )
+
         try:
             raw = json.loads(data)
             if raw.get("format") != FORMAT:
                 raise bad(f"unknown bundle format {str(raw.get('format'))[:40]!r}")
-            files = [
-                BundleFile(
-                    text(f["path"]),
-                    count(f["size"]),
-                    text(f["sha256"]),
-                    [read_piece(p) for p in f["pieces"]],
-                )
-                for f in raw["files"]
-            ]
+            files = [read_file(f) for f in raw["files"]]
             manifest = cls(
                 text(raw["id"]),
                 None if raw["follows"] is None else text(raw["follows"]),
@@ -142,6 +161,7 @@ class Manifest:
                 [text(s) for s in raw["subdirs"]],
                 files,
                 {text(k): [text(n) for n in v] for k, v in raw["removals"].items()},
+                [read_snapshot(r) for r in raw.get("snapshots", [])],  # older bundles: none
             )
         except FerryError:
             raise
@@ -156,6 +176,20 @@ class Manifest:
                 raise bad(f"subdir {subdir!r} is not a subdir name")
         for item in manifest.files:
             _check_member(item.path, manifest.subdirs, bad)
+        for snapshot in manifest.snapshots:
+            if not snapstore.NAME.fullmatch(snapshot.name) or snapshot.name == snapstore.LIVE:
+                raise bad(f"snapshot name {snapshot.name[:100]!r} is unsafe")
+            if (
+                not _CREATED.match(snapshot.created)
+                or snapshot.subdirs.keys() != snapshot.index.keys()
+            ):
+                raise bad(f"snapshot {snapshot.name} is malformed")
+            for subdir, item in snapshot.index.items():
+                if subdir not in manifest.subdirs:
+                    raise bad(f"snapshot {snapshot.name}: {subdir!r} is not a subdir of the bundle")
+                if item.path != subdir_path(snapshot.name, subdir, "repodata.json"):
+                    raise bad(f"snapshot path {item.path[:200]!r} is unsafe")
+        for item in manifest.every_file():
             for piece in item.pieces:
                 if not _VOLUME.match(piece.volume):
                     raise bad(f"volume name {piece.volume!r} is not vol-NNNN")
@@ -289,6 +323,7 @@ def export_bundle(
         {},
     )
     snapshot: dict[str, dict[str, str]] = {}
+    inside: dict[str, set[str]] = {}  # the files the inside has once this bundle is in
     with open_gateway(str(out_root)) as out, subdir_locks(mirror, chosen):
         packer = _Packer(out, volume_size)
         for subdir in sorted(chosen):
@@ -301,25 +336,18 @@ def export_bundle(
             for filename in sorted(records):
                 if before.get(filename) == snapshot[subdir][filename]:
                     continue
-                record = records[filename]
-                path = f"{subdir}/{filename}"
-                source = VerifyingReader(
-                    mirror.open_read(path),
-                    mirror.display(path),
-                    int(record["size"]),
-                    record.get("sha256"),
-                )
-                with source:
-                    pieces = packer.add(path, source.as_binary(), int(record["size"]))
-                manifest.files.append(
-                    BundleFile(path, source.count, source.sha256.hexdigest(), pieces)
-                )
+                manifest.files.append(_pack_package(mirror, packer, subdir, filename, records))
+            inside[subdir] = set(before) | set(records)
             digest = hashlib.sha256(data).hexdigest()
             pieces = packer.add(f"{subdir}/repodata.json", io.BytesIO(data), len(data))
             manifest.files.append(BundleFile(f"{subdir}/repodata.json", len(data), digest, pieces))
             gone = sorted(set(before) - set(records))
             if gone:
                 manifest.removals[subdir] = gone
+        exported = {n for e in exports for n in e.get("snapshots", [])}
+        for held in snapstore.all_snapshots(mirror):
+            if held.complete and (full or held.name not in exported):
+                _carry_snapshot(mirror, packer, manifest, held, inside)
         body = manifest.to_bytes()
         if sign_key:
             out.write_bytes(SIGNATURE, signing.sign(body, sign_key))
@@ -331,11 +359,51 @@ def export_bundle(
                 "full": manifest.full,
                 "created": manifest.created,
                 "snapshot": snapshot,
+                "snapshots": sorted(exported | {s.name for s in manifest.snapshots}),
             }
         )
         sweep_temps(mirror, STATE_DIR, ".exports.json.")
         mirror.write_bytes(EXPORTS, json.dumps({"exports": exports[-KEEP_EXPORTS:]}).encode())
     return manifest
+
+
+def _pack_package(
+    mirror: Gateway, packer: _Packer, subdir: str, filename: str, records: dict[str, Any]
+) -> BundleFile:
+    """One package into the volumes, verified against its record as it streams."""
+    record = records[filename]
+    path = f"{subdir}/{filename}"
+    source = VerifyingReader(
+        mirror.open_read(path), mirror.display(path), int(record["size"]), record.get("sha256")
+    )
+    with source:
+        pieces = packer.add(path, source.as_binary(), int(record["size"]))
+    return BundleFile(path, source.count, source.sha256.hexdigest(), pieces)
+
+
+def _carry_snapshot(
+    mirror: Gateway,
+    packer: _Packer,
+    manifest: Manifest,
+    held: snapstore.Snapshot,
+    inside: dict[str, set[str]],
+) -> None:
+    """A snapshot's index of the exported subdirs, and the package files it names
+    that the inside will not have (pruned outside since the last export)."""
+    carried = CarriedSnapshot(held.name, held.created, held.by, {}, {})
+    for subdir in sorted(held.subdirs.keys() & inside.keys()):
+        path = subdir_path(held.name, subdir, "repodata.json")
+        data = mirror.read_bytes(path)
+        records = repodata.records(repodata.loads(data))
+        for filename in sorted(records.keys() - inside[subdir]):
+            manifest.files.append(_pack_package(mirror, packer, subdir, filename, records))
+            inside[subdir].add(filename)
+        pieces = packer.add(path, io.BytesIO(data), len(data))
+        digest = hashlib.sha256(data).hexdigest()
+        carried.index[subdir] = BundleFile(path, len(data), digest, pieces)
+        carried.subdirs[subdir] = held.subdirs[subdir]
+    if carried.index:
+        manifest.snapshots.append(carried)
 
 
 # -- reading and checking a bundle -------------------------------------------------------
@@ -364,14 +432,14 @@ def read_manifest(bundle: Gateway, verify_key: str | None) -> tuple[Manifest, bo
 def check_volumes(bundle: Gateway, manifest: Manifest) -> None:
     """Every piece present with its size and sha256, or one line naming what is not."""
     missing_volumes = sorted(
-        {p.volume for f in manifest.files for p in f.pieces if not bundle.exists(p.volume)}
+        {p.volume for f in manifest.every_file() for p in f.pieces if not bundle.exists(p.volume)}
     )
     if missing_volumes:
         raise FerryError(
             f"{bundle.display()}: volume(s) {', '.join(missing_volumes)} missing "
             "(copy every volume of the bundle; nothing was applied)"
         )
-    for item in manifest.files:
+    for item in manifest.every_file():
         for piece in item.pieces:
             where = f"{piece.volume}/{piece.path}"
             try:
@@ -431,6 +499,7 @@ class ImportReport:
     bytes: int = 0
     removed: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # subdir/file -> why
+    snapshots: list[str] = field(default_factory=list)  # recreated inside
 
 
 def import_bundle(
@@ -466,6 +535,7 @@ def import_bundle(
     for item in manifest.files:
         by_subdir.setdefault(item.path.split("/", 1)[0], []).append(item)
     records = {s: _bundle_records(bundle, s, by_subdir.get(s, [])) for s in manifest.subdirs}
+    held = _carried_snapshots(bundle, target, manifest, by_subdir)
     report = ImportReport(manifest.id, ImportStatus.APPLIED)
     with subdir_locks(target, manifest.subdirs):
         for subdir in manifest.subdirs:
@@ -476,9 +546,19 @@ def import_bundle(
                 by_subdir.get(subdir, []),
                 records[subdir],
                 manifest.removals.get(subdir, []),
+                held.get(subdir, []),
                 allow_gap,
                 report,
             )
+        written = report.snapshots
+        report.snapshots = []
+        for carried in manifest.snapshots:  # complete once every subdir is in
+            if written.count(carried.name) == len(carried.index):
+                meta = snapstore.Snapshot(
+                    carried.name, carried.created, carried.by, carried.subdirs
+                )
+                target.write_bytes(snapstore.meta_path(carried.name), meta.to_bytes())
+                report.snapshots.append(carried.name)
         imported.append(manifest.id)
         created = max(manifest.created, newest) if isinstance(newest, str) else manifest.created
         document = {"imported": imported[-1000:], "created": created}
@@ -505,7 +585,12 @@ def _bundle_records(
     except ValueError as exc:
         raise FerryError(f"{where}: not repodata ({exc}); refused, nothing was written") from None
     records = repodata.records(document)
-    files = {i.path.split("/", 1)[1]: i for i in items if i is not index_file}
+    _check_records(where, records, [i for i in items if i is not index_file])
+    return records
+
+
+def _check_records(where: str, records: dict[str, dict[str, Any]], items: list[BundleFile]) -> None:
+    files = {i.path.split("/", 1)[1]: i for i in items}
     for name, record in records.items():
         problem = record_problem(record) or _checked_name(name)
         item = files.get(name)
@@ -520,7 +605,35 @@ def _bundle_records(
                 f"{where}: the record of {name} is refused: {problem} "
                 "(a damaged or tampered bundle; nothing was written)"
             )
-    return records
+
+
+Held = list[tuple[str, bytes, dict[str, dict[str, Any]]]]  # (snapshot, index, records)
+
+
+def _carried_snapshots(
+    bundle: Gateway, target: Gateway, manifest: Manifest, by_subdir: dict[str, list[BundleFile]]
+) -> dict[str, Held]:
+    """The snapshots the bundle carries that the target lacks, per subdir, each
+    record checked against the bundle's files before anything is written."""
+    out: dict[str, Held] = {}
+    for carried in manifest.snapshots:
+        existing = snapstore.load(target, carried.name)
+        if existing is not None and existing.complete:
+            log.info("%s: snapshot %s is there already", target.display(), carried.name)
+            continue
+        for subdir, item in sorted(carried.index.items()):
+            where = bundle.display(item.path)
+            try:
+                with _Joined(bundle, item.pieces) as stream:
+                    data = stream.read()
+                records = repodata.records(repodata.loads(data))
+            except ValueError as exc:
+                raise FerryError(
+                    f"{where}: not repodata ({exc}); refused, nothing was written"
+                ) from None
+            _check_records(where, records, by_subdir.get(subdir, []))
+            out.setdefault(subdir, []).append((carried.name, data, records))
+    return out
 
 
 def _checked_name(name: str) -> str | None:
@@ -538,6 +651,7 @@ def _apply_subdir(
     items: list[BundleFile],
     records: dict[str, dict[str, Any]],
     removals: list[str],
+    held: Held,
     allow_gap: bool,
     report: ImportReport,
 ) -> None:
@@ -588,20 +702,51 @@ def _apply_subdir(
             why = "the bundle's record does not match the file the target holds"
             log.error("%s: not published: %s", target.display(f"{subdir}/{name}"), why)
             report.refused[f"{subdir}/{name}"] = why
+    for name, data, snapshot_records in held:  # their files are all here now
+        lacking = [
+            f
+            for f, record in sorted(snapshot_records.items())
+            if f not in arriving and not _present(target, view, subdir, f, record)
+        ]
+        if lacking:
+            if not allow_gap:
+                raise FerryError(
+                    f"{target.display(f'{subdir}/{lacking[0]}')}: snapshot {name} names it, but "
+                    "neither the bundle nor the target has it (import the earlier bundles, or a "
+                    "--full export)"
+                )
+            log.warning("snapshot %s: %s lacks %s; not recreated", name, subdir, lacking[0])
+            continue
+        snapshots.write_subdir(target, name, subdir, data)
+        report.snapshots.append(name)
     known = choose_records(records, ready, view.published, view.packages)
+    only_held = arriving - records.keys()  # pruned outside, carried for a snapshot
     state = SubdirState.load(target, subdir)
-    managed = set(state.upstream_files) | set(known)
+    managed = set(state.upstream_files) | set(known) | only_held
     state.upstream_files, state.complete = sorted(managed), True
     state.save(target)  # before publishing: these files are the mirror's, not custom ones
     gone = [name for name in removals if name not in records]
     commit_subdir(
         target,
         view,
-        Commit(known, managed | set(removals), gone),
+        Commit(known, managed | set(removals), [*gone, *sorted(only_held)]),
         state,
         IndexOptions(channeldata=False, run_exports=False),
     )
     report.removed += len(gone)
+
+
+def _present(
+    target: Gateway, view: SubdirView, subdir: str, filename: str, record: dict[str, Any]
+) -> bool:
+    """A file of an earlier import that ``record`` describes."""
+    info = view.packages.get(filename)
+    if info is None or info.size != record.get("size"):
+        return False
+    expect = Expected(record.get("size"), record.get("sha256"), record.get("md5"))
+    return same_file(view.published.get(filename), record) or matches(
+        target, f"{subdir}/{filename}", expect
+    )
 
 
 def _already_there(
@@ -625,7 +770,7 @@ def describe(manifest: Manifest, signed: bool) -> list[str]:
         f"created {manifest.created} from {manifest.source}; {'signed' if signed else 'unsigned'}",
     ]
     volumes: dict[str, int] = {}
-    for item in manifest.files:
+    for item in manifest.every_file():
         for piece in item.pieces:
             volumes[piece.volume] = volumes.get(piece.volume, 0) + piece.size
     for subdir in manifest.subdirs:
@@ -638,6 +783,8 @@ def describe(manifest: Manifest, signed: bool) -> list[str]:
             f"  {subdir:14} {len(packages):6} packages {sum(f.size for f in packages):>14,}"
             f" bytes, {len(manifest.removals.get(subdir, [])):5} removals"
         )
+    for carried in manifest.snapshots:
+        lines.append(f"  snapshot {carried.name} of {', '.join(sorted(carried.index))}")
     lines.append(
         f"  {len(volumes)} volume(s): "
         + ", ".join(f"{v} {size:,} bytes" for v, size in sorted(volumes.items()))

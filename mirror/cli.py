@@ -804,6 +804,7 @@ def import_command(
         say(
             f"applied bundle {result.id}: {plural(result.packages, 'package')} "
             f"({human_size(result.bytes)}), {result.removed} removed"
+            + (f"; snapshots {', '.join(result.snapshots)}" if result.snapshots else "")
         )
     for name, why in sorted(result.refused.items()):
         click.echo(f"  not published: {name}: {why}", err=True)

@@ -31,7 +31,7 @@ from . import snapstore
 from .channelpage import PAGE, write_channel_page
 from .commit import DEFAULT_GRACE, Commit, commit_subdir
 from .errors import USAGE, FerryError
-from .snapstore import META, SNAPSHOTS_DIR, Snapshot, subdir_path
+from .snapstore import SNAPSHOTS_DIR, Snapshot, subdir_path
 from .state import SubdirState, subdir_locks
 from .units import utc
 from .upstream import Descriptions
@@ -78,13 +78,15 @@ def create(
             )
         snapshot = Snapshot(name, utc(time.time()), by)
         for subdir in chosen:
-            snapshot.subdirs[subdir] = _write_subdir(gateway, name, subdir)
-        gateway.write_bytes(f"{SNAPSHOTS_DIR}/{name}/{META}", snapshot.to_bytes())
+            live = gateway.read_bytes(f"{subdir}/repodata.json")
+            snapshot.subdirs[subdir] = write_subdir(gateway, name, subdir, live)
+        gateway.write_bytes(snapstore.meta_path(name), snapshot.to_bytes())
     return snapshot
 
 
-def _write_subdir(gateway: Gateway, name: str, subdir: str) -> dict[str, Any]:
-    live = gateway.read_bytes(f"{subdir}/repodata.json")
+def write_subdir(gateway: Gateway, name: str, subdir: str, live: bytes) -> dict[str, Any]:
+    """A snapshot's index of ``subdir`` made from ``live``, the repodata.json it
+    preserves; returns the snapshot's figures of it."""
     document = repodata.loads(live)
     document["info"] = {
         **(document.get("info") or {}),
@@ -139,7 +141,7 @@ def delete(gateway: Gateway, name: str, grace: float = DEFAULT_GRACE) -> Snapsho
             USAGE,
         )
     with subdir_locks(gateway, snapshot.subdirs), _lock(gateway):
-        gateway.delete(f"{SNAPSHOTS_DIR}/{name}/{META}")  # listed no more
+        gateway.delete(snapstore.meta_path(name))  # listed no more
         for subdir in sorted(snapshot.subdirs):
             _delete_subdir(gateway, name, subdir, grace)
     return snapshot

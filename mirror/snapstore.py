@@ -38,6 +38,10 @@ def check_name(name: str) -> str:
     return name
 
 
+def meta_path(name: str) -> str:
+    return f"{SNAPSHOTS_DIR}/{name}/{META}"
+
+
 def subdir_path(name: str, subdir: str, file: str = "") -> str:
     return f"{SNAPSHOTS_DIR}/{name}/{subdir}" + (f"/{file}" if file else "")
 
@@ -68,7 +72,7 @@ def load(gateway: Gateway, name: str) -> Snapshot | None:
     """The snapshot called ``name``, or None when no file of it is left (a deleted
     snapshot may leave empty directories behind)."""
     try:
-        raw = json.loads(gateway.read_bytes(f"{SNAPSHOTS_DIR}/{name}/{META}"))
+        raw = json.loads(gateway.read_bytes(meta_path(name)))
         return Snapshot(name, str(raw["created"]), str(raw.get("by", "manual")), raw["subdirs"])
     except NotFound:
         pass

@@ -23,7 +23,7 @@ from typing import Any
 from conda_ferry.gateways import GatewayError, open_gateway
 from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.records import record_from_package
-from conda_ferry.mirror import bundle, errors, sync, upstream
+from conda_ferry.mirror import bundle, errors, snapshots, sync, upstream
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
 from tests.pkgmaker import DEMO, Spec, package_bytes
@@ -203,6 +203,7 @@ def fuzz_manifests(seconds: float, seed: int) -> int:
 
         build_upstream(root / "mirror")
         with open_gateway(str(root / "mirror")) as mirror:
+            snapshots.create(mirror, "fz")  # the manifest carries one, to be mutated too
             bundle.export_bundle(mirror, str(root / "b"), None, True, None, 1 << 20, None)
         original = json.loads((root / "b" / bundle.MANIFEST).read_bytes())
         count = 0

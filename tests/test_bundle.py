@@ -360,3 +360,52 @@ def test_an_unsigned_bundle_whose_repodata_lies_about_a_file_is_refused(
     assert result.exit_code == 1
     assert f"the record of {victim} is refused" in result.stderr
     assert not inside.exists() or not list(inside.rglob("*.conda"))
+
+
+def test_snapshots_cross_the_air_gap_with_the_files_they_hold(tmp_path: Path) -> None:
+    """A snapshot taken between exports arrives inside under its name, with a package
+    that came and went upstream between the two exports."""
+    from conda_ferry.gateways import open_gateway
+    from tests.mirrorcheck import check_channel
+
+    root, mirror, inside = tmp_path / "up", tmp_path / "outside", tmp_path / "inside"
+    build_upstream(root)
+    job = job_yaml(tmp_path / "job.yaml", str(root), str(mirror), "prune: true\ngrace: 0s\n")
+    assert ferry("sync", str(job)).exit_code == 0
+    assert ferry("export", str(mirror), str(tmp_path / "b1")).exit_code == 0
+
+    brief = Spec("brief", "1.0", "0", subdir="linux-64")
+    write_package(root, brief)
+    reindex(root)
+    assert ferry("sync", str(job)).exit_code == 0
+    assert ferry("snapshot", "create", str(mirror), "nov-1").exit_code == 0
+    (root / f"linux-64/{brief.stem}.conda").unlink()
+    (root / "linux-64/gpltool-1.0-h3_0.conda").unlink()
+    reindex(root)
+    assert ferry("sync", str(job)).exit_code == 0  # both pruned live, held by nov-1
+    two = ferry("export", str(mirror), str(tmp_path / "b2"))
+    assert two.exit_code == 0 and "snapshot nov-1 of linux-64, noarch" in two.output
+
+    for bundle in ("b1", "b2"):
+        result = ferry("import", str(tmp_path / bundle), "--to", str(inside))
+        assert result.exit_code == 0, result.output
+    assert "snapshots nov-1" in result.output
+    for side in (mirror, inside):
+        assert f"{brief.stem}.conda" not in load(side / "linux-64/repodata.json")["packages.conda"]
+    held = load(inside / "snapshots/nov-1/linux-64/repodata.json")
+    assert held == load(mirror / "snapshots/nov-1/linux-64/repodata.json")
+    assert (inside / f"linux-64/{brief.stem}.conda").exists()
+    with open_gateway(str(inside)) as gateway:
+        check_channel(gateway)
+    listed = json.loads(ferry("-q", "snapshot", "list", str(inside), "--json", "-").output)
+    outside_list = json.loads(ferry("-q", "snapshot", "list", str(mirror), "--json", "-").output)
+    assert listed["snapshots"] == outside_list["snapshots"]
+    assert "0 missing, 0 corrupt, 0 extra" in ferry("verify", str(inside)).output
+    diffs = [
+        json.loads(ferry("-q", "snapshot", "diff", str(m), "nov-1", "live", "--json", "-").output)
+        for m in (mirror, inside)
+    ]
+    assert diffs[0]["subdirs"] == diffs[1]["subdirs"] != {}
+
+    three = ferry("export", str(mirror), str(tmp_path / "b3"))
+    assert three.exit_code == 0 and "snapshot nov-1" not in three.output  # carried once
