@@ -152,7 +152,10 @@ def _delete_subdir(gateway: Gateway, name: str, subdir: str, grace: float) -> No
         gateway.delete(subdir_path(name, subdir, index))
     for info in gateway.files(subdir_path(name, subdir, shards.SHARDS_DIR)):
         gateway.delete(info.path)
-    held = snapstore.records(gateway, name, subdir) or {}
+    try:
+        held = snapstore.records(gateway, name, subdir) or {}
+    except FerryError:  # unreadable: its files keep the due times they have
+        held = {}
     state = SubdirState.load(gateway, subdir)
     until = time.time() + grace  # clients may still hold this snapshot's index
     for filename in held.keys() & state.due.keys():

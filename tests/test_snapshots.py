@@ -207,3 +207,20 @@ def test_names_are_checked_and_snapshots_are_immutable(synced: tuple[Path, Path,
     assert "no such snapshot" in refused(2, "snapshot", "show", str(mirror), "two")
     assert "no such snapshot" in refused(2, "snapshot", "restore", str(mirror), "two")
     assert "same records" in ok("snapshot", "diff", str(mirror), "one", "live")
+
+
+def test_a_damaged_snapshot_holds_everything_until_it_is_deleted(tmp_path: Path) -> None:
+    upstream, mirror = tmp_path / "upstream", tmp_path / "mirror"
+    build_upstream(upstream)
+    job = job_yaml(tmp_path / "job.yaml", str(upstream), str(mirror), "prune: true\ngrace: 0s\n")
+    ok("sync", str(job))
+    ok("snapshot", "create", str(mirror), "damaged")
+    (mirror / "snapshots/damaged/linux-64/repodata.json").write_bytes(b'{"packages": [')
+    upstream_moves_on(upstream)
+    result = ferry("sync", str(job))
+    assert result.exit_code == 0, result.output
+    assert "snapshots/damaged/linux-64/repodata.json: not a repodata document" in result.output
+    assert (mirror / "linux-64" / GONE).exists()  # cannot tell what it holds: kept
+    assert "snapshots/damaged/linux-64/repodata.json" in refused(1, "verify", str(mirror))
+    ok("snapshot", "delete", str(mirror), "damaged")
+    assert f"linux-64/{GONE}" in ok("gc", str(mirror), "--now")
