@@ -44,6 +44,11 @@ def records(path: Path) -> dict[str, Any]:
     return {**document.get("packages", {}), **document.get("packages.conda", {})}
 
 
+def _records(data: bytes) -> dict[str, Any]:
+    document = json.loads(data)
+    return {**document.get("packages", {}), **document.get("packages.conda", {})}
+
+
 def upstream_moves_on(upstream: Path) -> None:
     """A package removed and another hot-fixed, as a channel's maintainers do."""
     (upstream / "linux-64" / GONE).unlink()
@@ -127,7 +132,18 @@ def test_a_client_pinned_to_a_snapshot_keeps_what_the_channel_let_go(
 def test_snapshots_on_s3(moto: Server, tmp_path: Path) -> None:
     upstream = tmp_path / "upstream"
     build_upstream(upstream)
-    target = f"s3://ferry/snap-{tmp_path.name[-16:]}"
+    # a bucket of its own, readable by anyone as S3 static hosting serves a channel
+    bucket, prefix = "public-channel", f"snap-{tmp_path.name[-16:]}"
+    client = boto3.client("s3", endpoint_url=moto.url)
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=bucket)
+    read = {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject"}
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{**read, "Resource": f"arn:aws:s3:::{bucket}/*"}],
+    }
+    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    target = f"s3://{bucket}/{prefix}"
     flags = ["--endpoint-url", moto.url]
     job = job_yaml(
         tmp_path / "job.yaml",
@@ -139,18 +155,33 @@ def test_snapshots_on_s3(moto: Server, tmp_path: Path) -> None:
     ok("snapshot", "create", target, "before", *flags)
     upstream_moves_on(upstream)
     ok("sync", str(job))
-    client = boto3.client("s3", endpoint_url=moto.url)
-    key = f"{target.split('/', 3)[3]}/linux-64/{GONE}"
-    assert client.head_object(Bucket="ferry", Key=key)
+    key = f"{prefix}/linux-64/{GONE}"
+    assert client.head_object(Bucket=bucket, Key=key)
     with open_gateway(target, GatewayOptions(endpoint_url=moto.url)) as gateway:
         check_channel(gateway)
     assert "0 missing, 0 corrupt, 0 extra" in ok("verify", target, *flags)
     listed = json.loads(ok("-q", "snapshot", "list", target, "--json", "-", *flags))
     assert [s["name"] for s in listed["snapshots"]] == ["before"]
+
+    # Served straight from the bucket (S3 static hosting), the snapshot is a channel.
+    bucket_url = f"{moto.url}/{bucket}/{prefix}"
+    pinned = solve(f"{bucket_url}/snapshots/before", ["pngtool ==1.0"], tmp_path / "r")
+    assert "pngtool" in {r.name.normalized for r in pinned}
+    env = tmp_path / "env"
+    asyncio.run(rattler.install(pinned, env, cache_dir=tmp_path / "pkgs", show_progress=False))
+
+    ok("snapshot", "restore", target, "before", *flags)
+    for subdir in ("linux-64", "noarch"):
+        live = client.get_object(Bucket=bucket, Key=f"{prefix}/{subdir}/repodata.json")
+        held = client.get_object(
+            Bucket=bucket, Key=f"{prefix}/snapshots/before/{subdir}/repodata.json"
+        )
+        assert _records(live["Body"].read()) == _records(held["Body"].read())
+    ok("sync", str(job))
     ok("snapshot", "delete", target, "before", *flags)
     assert f"linux-64/{GONE}" in ok("gc", target, "--now", *flags)
     with pytest.raises(client.exceptions.ClientError):
-        client.head_object(Bucket="ferry", Key=key)
+        client.head_object(Bucket=bucket, Key=key)
     listed = json.loads(ok("-q", "snapshot", "list", target, "--json", "-", *flags))
     assert listed["snapshots"] == []
 
