@@ -281,9 +281,7 @@ def diff(gateway: Gateway, a: str, b: str) -> dict[str, dict[str, list[str]]]:
 
 
 def _side(gateway: Gateway, name: str) -> list[str]:
-    if name == snapstore.LIVE:
-        return [s for s in discover_subdirs(gateway) if gateway.exists(f"{s}/repodata.json")]
-    return list(get(gateway, name).subdirs)
+    return _published(gateway, None) if name == snapstore.LIVE else list(get(gateway, name).subdirs)
 
 
 def after_sync(gateway: Gateway, subdirs: list[str], keep: int, grace: float) -> list[str]:

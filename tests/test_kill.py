@@ -119,15 +119,22 @@ def _upstream(root: Path, count: int, start: int = 0) -> None:
         write_package(root, spec, ".conda" if i % 3 else ".tar.bz2")
 
 
-def test_sync_killed_at_random(target: Target, tmp_path: Path) -> None:
+def _pruning_job(tmp_path: Path, target: Target, packages: int, extra: str = "") -> Path:
+    """An upstream of ``packages`` and a job mirroring it into ``target`` with prune."""
     upstream = tmp_path / "upstream"
-    _upstream(upstream, 30)
+    _upstream(upstream, packages)
     reindex(upstream)
     job = tmp_path / "job.yaml"
     job.write_text(
         f"source: {upstream}\ntarget: {target.url}\nsubdirs: [linux-64, noarch]\n"
-        f"prune: true\nmax_prune_fraction: 1\n{target.job_options}"
+        f"prune: true\nmax_prune_fraction: 1\n{extra}{target.job_options}"
     )
+    return job
+
+
+def test_sync_killed_at_random(target: Target, tmp_path: Path) -> None:
+    job = _pruning_job(tmp_path, target, 30)
+    upstream = tmp_path / "upstream"
     scratch = tmp_path / "scratch.yaml"
     scratch.write_text(
         job.read_text()
@@ -192,14 +199,8 @@ def test_snapshot_commands_killed_at_random(target: Target, tmp_path: Path) -> N
     """create, restore and delete killed at any instant: the live channel and every
     snapshot (complete or not) name only present, correct files, even after the
     upstream pruned what a snapshot holds."""
+    job = _pruning_job(tmp_path, target, 24, "grace: 0s\n")
     upstream = tmp_path / "upstream"
-    _upstream(upstream, 24)
-    reindex(upstream)
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        f"source: {upstream}\ntarget: {target.url}\nsubdirs: [linux-64, noarch]\n"
-        f"prune: true\nmax_prune_fraction: 1\ngrace: 0s\n{target.job_options}"
-    )
     _converge(["sync", str(job)], target)
     snapshot = ["snapshot", "create", target.url, "s1", *target.flags]
     span = _timed("snapshot", "create", target.url, "scratch", *target.flags) * 1.2
