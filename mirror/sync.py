@@ -16,13 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Copied, Gateway, GatewayError, LockHeld, matches, open_gateway
+from conda_ferry.gateways import (
+    Copied,
+    Gateway,
+    GatewayError,
+    LockHeld,
+    NotFound,
+    matches,
+    open_gateway,
+)
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
 from conda_ferry.index.records import BadFilename, check_filename, record_problem
 from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
 
-from . import errors, snapshots, upstream
+from . import errors, sharded, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
 from .commit import Commit, choose_records, collect_garbage, commit_subdir, sweep_temps
 from .config import Job
@@ -73,6 +81,7 @@ class SubdirReport:
     upstream_modified: float | None = None  # upstream's Last-Modified, as a timestamp
     message: str = ""
     plan: dict[str, Any] | None = None
+    repodata: dict[str, Any] | None = None  # which upstream file was read, and its bytes
     entries: list[ChannelEntry] = field(default_factory=list, repr=False)  # channeldata input
 
     def as_dict(self) -> dict[str, Any]:
@@ -220,7 +229,8 @@ class SyncRun:
                 )
             states = {s: SubdirState.load(target, s) for s in job.subdirs}
             self._refuse_held(target, states)
-            fetched = self._fetch(source, states, explain is not None or self.verify)
+            cache = None if self.dry_run else target
+            fetched = self._fetch(source, states, explain is not None or self.verify, cache)
             if fetched is None:
                 self.report.subdirs = [  # up to date
                     SubdirReport(s, upstream_modified=parse_http_date(states[s].last_modified))
@@ -308,14 +318,33 @@ class SyncRun:
                 )
 
     def _fetch(
-        self, source: Gateway, states: dict[str, SubdirState], force_full: bool
+        self,
+        source: Gateway,
+        states: dict[str, SubdirState],
+        force_full: bool,
+        cache: Gateway | None,
     ) -> dict[str, upstream.Upstream] | None:
-        """Upstream documents of every subdir, or None when nothing at all changed."""
+        """Upstream documents of every subdir, or None when nothing at all changed.
+
+        A job selecting by name reads sharded repodata where upstream serves it
+        (``cache``: the target, which keeps the shards it fetched)."""
         answers: dict[str, upstream.Upstream] = {}
+        indexes: dict[str, sharded.ShardIndex | None] = {}
+        by_name = self.job.filters.include is not None
         for subdir, state in states.items():
             current = state.complete and state.fingerprint == self.job.fingerprint(subdir)
+            current = current and not force_full
             try:
-                if current and not force_full:
+                # an upstream known to serve no shards is not asked again each night
+                if by_name and not (current and state.variant in upstream.VARIANTS):
+                    remembered = current and state.variant == sharded.INDEX
+                    validators = (state.etag, state.last_modified) if remembered else (None, None)
+                    try:
+                        indexes[subdir] = sharded.fetch_index(source, subdir, *validators)
+                        continue
+                    except NotFound:
+                        pass  # no shard index: the whole repodata
+                if current and state.variant in upstream.VARIANTS:
                     answers[subdir] = upstream.fetch(
                         source, subdir, state.variant, state.etag, state.last_modified
                     )
@@ -323,12 +352,53 @@ class SyncRun:
                     answers[subdir] = upstream.fetch(source, subdir)
             except errors.FerryError as exc:  # this subdir's document; the others go on
                 self.broken[subdir] = str(exc)
-        if not self.broken and all(a.document is None for a in answers.values()):
+        unchanged = all(a.document is None for a in answers.values())
+        if not self.broken and unchanged and all(i is None for i in indexes.values()):
             return None
         for subdir, answer in answers.items():
             if answer.document is None:  # filters span subdirs: every document is needed
                 answers[subdir] = upstream.fetch(source, subdir, answer.variant)
+        if indexes:
+            answers.update(self._sharded(source, indexes, answers, cache))
         return answers
+
+    def _sharded(
+        self,
+        source: Gateway,
+        indexes: dict[str, sharded.ShardIndex | None],
+        answers: dict[str, upstream.Upstream],
+        cache: Gateway | None,
+    ) -> dict[str, upstream.Upstream]:
+        """The sharded subdirs' documents: the records the selection can reach."""
+        job = self.job
+        try:
+            read = {s: i or sharded.read_index(source, s) for s, i in indexes.items()}
+            with contextlib.ExitStack() as stack:
+                readers = {
+                    s: sharded.ShardReader(
+                        source, cache, index, job.source_options, job.allow_hosts, stack
+                    )
+                    for s, index in read.items()
+                }
+                whole = {s: a.document or {} for s, a in answers.items()}
+                found = sharded.closure(readers, whole, job.filters, job.jobs)
+        except errors.FerryError as exc:
+            self.broken.update(dict.fromkeys(indexes, str(exc)))
+            return {}
+        for subdir, count in found.shards.items():
+            log.info(
+                "%s: %d of %d shards (%s)",
+                source.display(f"{subdir}/{sharded.INDEX}"),
+                count,
+                len(read[subdir].shards),
+                human_size(found.bytes[subdir]),
+            )
+        return {
+            s: upstream.Upstream(
+                s, found.documents[s], i.etag, i.last_modified, sharded.INDEX, found.bytes[s]
+            )
+            for s, i in read.items()
+        }
 
     def _subdir(
         self,
@@ -341,6 +411,7 @@ class SyncRun:
     ) -> SubdirReport:
         subdir = answer.subdir
         report = SubdirReport(subdir, status=Status.SYNCED)
+        report.repodata = {"via": answer.variant, "bytes": answer.bytes_read}
         try:
             if self.dry_run:
                 plan = self._plan(SubdirView.read(target, subdir), selection, state)

@@ -29,6 +29,7 @@ class Upstream:
     etag: str | None
     last_modified: str | None
     variant: str
+    bytes_read: int = 0  # of repodata, as served (compressed when it was)
 
 
 def fetch(
@@ -57,6 +58,7 @@ def fetch(
             return Upstream(subdir, None, etag, last_modified, name)
         with fetched:
             raw = fetched.stream.read()
+        served = len(raw)
         if name.endswith(".zst"):
             try:
                 raw = repodata.unzst(raw)
@@ -68,7 +70,7 @@ def fetch(
             raise FerryError(f"{gateway.display(path)}: not valid JSON ({exc})") from None
         if not isinstance(document, dict):
             raise FerryError(f"{gateway.display(path)}: repodata is not a JSON object")
-        return Upstream(subdir, document, fetched.info.etag, fetched.last_modified, name)
+        return Upstream(subdir, document, fetched.info.etag, fetched.last_modified, name, served)
     raise AssertionError("unreachable")
 
 
