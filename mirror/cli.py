@@ -528,6 +528,8 @@ def sync_command(
         click.echo(f"  dependency not mirrored: {note}", err=True)
     for spec in report.unmatched_includes:
         click.echo(f"  include matches no upstream record: '{spec}'", err=True)
+    for problem in report.locked_problems:
+        click.echo(f"  locked package not mirrored: {problem}", err=True)
     totals = report.as_dict()["totals"]
     if not dry_run and any(s.status is not Status.UP_TO_DATE for s in report.subdirs):
         log.info(

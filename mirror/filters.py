@@ -9,16 +9,19 @@ re-implemented here.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
 import fnmatch
 import functools
 import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import rattler
 
+from .lockfiles import Locked, LockfileError, belongs_to, read_lockfile
 from .yamldoc import Reader, Source, parse_size
 
 log = logging.getLogger("ferry.filters")
@@ -119,6 +122,21 @@ class Rule(Protocol):
     KEYS: ClassVar[tuple[str, ...]]
 
     def reject(self, candidate: Candidate) -> str | None: ...
+
+
+def _locked(reader: Reader) -> tuple[Locked, ...]:
+    """The packages of ``lockfiles:``, whose paths are relative to the job file."""
+    found: list[Locked] = []
+    base = Path(reader.src.path).parent
+    for name in reader.strings("lockfiles") or ():
+        path = base / Path(name).expanduser()
+        try:
+            found.extend(read_lockfile(path))
+        except LockfileError as exc:
+            reader.note(
+                "lockfiles", f"{path}: {exc}", "give a pixi.lock, conda-lock.yml or @EXPLICIT file"
+            )
+    return tuple(found)
 
 
 def _specs(reader: Reader, key: str) -> tuple[str, ...]:
@@ -238,10 +256,22 @@ class Filters:
     rules: tuple[Rule, ...] = ()
     latest: int | None = None
     dependencies: bool = False
+    locked: tuple[Locked, ...] = ()  # what the job's lockfiles name, every channel's
 
-    KEYS: ClassVar[set[str]] = {"include", "latest", "dependencies"} | {
+    KEYS: ClassVar[set[str]] = {"include", "latest", "dependencies", "lockfiles"} | {
         key for rule in REJECT_RULES for key in rule.KEYS
     }
+
+    @property
+    def by_name(self) -> bool:
+        """Whether the selection starts from names (include specs or lockfiles), so
+        that the records of other names need not be read at all."""
+        return self.include is not None or bool(self.locked)
+
+    def for_channel(self, source: str) -> Filters:
+        """These filters with only the locked packages of ``source``'s channel."""
+        mine = tuple(entry for entry in self.locked if belongs_to(entry, source))
+        return dataclasses.replace(self, locked=mine)
 
     @classmethod
     def read(cls, reader: Reader) -> Filters:
@@ -254,6 +284,7 @@ class Filters:
             rules=rules,
             latest=reader.integer("latest", None),
             dependencies=reader.boolean("dependencies", False),
+            locked=_locked(reader),
         )
 
     @classmethod
@@ -271,6 +302,7 @@ class Selection:
     reasons: dict[Key, str] = field(default_factory=dict)
     dropped_dependencies: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)  # include specs no record matched
+    locked_problems: list[str] = field(default_factory=list)  # locked, but not to be had
 
     def explain(self, name: str, records: dict[str, dict[str, Record]]) -> list[str]:
         lines = []
@@ -312,6 +344,7 @@ class Selector:
         blocked = self._reject(candidates, reasons)
         unmatched: list[str] = []
         kept = self._include(candidates, by_name, blocked, reasons, unmatched)
+        problems = self._locked(candidates, blocked, reasons, kept)
         if self.filters.latest:
             self._newest(kept, reasons)
         dropped: list[str] = []
@@ -320,7 +353,7 @@ class Selector:
         selection: dict[str, dict[str, Record]] = {subdir: {} for subdir in records}
         for candidate in kept.values():
             selection[candidate.subdir][candidate.filename] = candidate.record
-        return Selection(selection, reasons, dropped, unmatched)
+        return Selection(selection, reasons, dropped, unmatched, problems)
 
     def _reject(self, candidates: list[Candidate], reasons: dict[Key, str]) -> dict[Key, str]:
         blocked: dict[Key, str] = {}
@@ -341,13 +374,13 @@ class Selector:
         unmatched: list[str],
     ) -> dict[Key, Candidate]:
         kept: dict[Key, Candidate] = {}
-        if self.filters.include is None:
+        if not self.filters.by_name:
             for candidate in candidates:
                 if candidate.key not in blocked:
                     kept[candidate.key] = candidate
                     reasons[candidate.key] = "no include filter: everything is mirrored"
             return kept
-        for text in self.filters.include:
+        for text in self.filters.include or ():
             spec = SpecMatcher(text)
             matched = False
             for name in spec.names(by_name):
@@ -364,6 +397,39 @@ class Selector:
         for candidate in candidates:
             reasons.setdefault(candidate.key, "not selected by any include spec")
         return kept
+
+    def _locked(
+        self,
+        candidates: list[Candidate],
+        blocked: dict[Key, str],
+        reasons: dict[Key, str],
+        kept: dict[Key, Candidate],
+    ) -> list[str]:
+        """Exactly the files the lockfiles name, where upstream's record has the
+        locked hashes; what cannot be had is named."""
+        problems: list[str] = []
+        if not self.filters.locked:
+            return problems
+        by_key = {c.key: c for c in candidates}
+        for entry in self.filters.locked:
+            candidate = by_key.get((entry.subdir, entry.filename))
+            if candidate is None:
+                problems.append(f"{entry.where}: upstream has no record of it")
+                continue
+            record = candidate.record
+            for kind in ("sha256", "md5"):
+                theirs, ours = getattr(entry, kind), record.get(kind)
+                if theirs and ours and str(ours).lower() != theirs:
+                    problems.append(f"{entry.where}: its {kind} is not upstream's (refused)")
+                    reasons[candidate.key] = f"locked {kind} differs from upstream's record"
+                    break
+            else:
+                if candidate.key in blocked:
+                    problems.append(f"{entry.where}: {blocked[candidate.key]}")
+                elif candidate.key not in kept:
+                    kept[candidate.key] = candidate
+                    reasons[candidate.key] = f"locked in {entry.lockfile}"
+        return problems
 
     def _newest(self, kept: dict[Key, Candidate], reasons: dict[Key, str]) -> None:
         groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)

@@ -197,7 +197,7 @@ def _wanted(filters: Filters, names: set[str]) -> set[str]:
     catalogue = dict.fromkeys(names)
     for text in filters.include or ():
         found.update(SpecMatcher(text).names(catalogue))  # type: ignore[arg-type]
-    return found
+    return found | {entry.name for entry in filters.locked}
 
 
 def closure(

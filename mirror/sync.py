@@ -97,6 +97,7 @@ class SyncReport:
     subdirs: list[SubdirReport] = field(default_factory=list)
     dropped_dependencies: list[str] = field(default_factory=list)
     unmatched_includes: list[str] = field(default_factory=list)
+    locked_problems: list[str] = field(default_factory=list)  # locked, not to be had
     seconds: float = 0.0
     dry_run: bool = False
     snapshots: list[str] = field(default_factory=list)  # what the job's snapshots: did
@@ -108,7 +109,7 @@ class SyncReport:
             return errors.LOCKED
         if Status.FAILED in statuses:
             return errors.FAILED
-        if Status.PARTIAL in statuses:
+        if Status.PARTIAL in statuses or self.locked_problems:
             return errors.PARTIAL
         return errors.OK
 
@@ -122,6 +123,7 @@ class SyncReport:
             "exit_code": self.exit_code,
             "dropped_dependencies": self.dropped_dependencies,
             "unmatched_includes": self.unmatched_includes,
+            "locked_problems": self.locked_problems,
             "snapshots": self.snapshots,
             "subdirs": [s.as_dict() for s in self.subdirs],
             "totals": {
@@ -199,6 +201,7 @@ class SyncRun:
         self.report = SyncReport(job.path, "", "", dry_run=dry_run)
         self.broken: dict[str, str] = {}  # subdir -> why upstream's repodata is unusable
         self.refused: dict[str, dict[str, str]] = {}  # subdir -> records left out, why
+        self.filters = job.filters.for_channel(job.source)  # other channels' locks aside
 
     def _name_option(self, exc: GatewayError) -> None:
         """Make a hint name the job key the user wrote, not a command-line flag."""
@@ -250,9 +253,10 @@ class SyncRun:
                     )
                 except errors.FerryError as exc:
                     self.broken[s] = str(exc)
-            selection = Selector(job.filters).select(records)
+            selection = Selector(self.filters).select(records)
             self.report.dropped_dependencies = selection.dropped_dependencies
             self.report.unmatched_includes = selection.unmatched
+            self.report.locked_problems = selection.locked_problems
             if selection.unmatched and job.strict and explain is None:
                 raise errors.FerryError(
                     f"{job.path}: filters.include: {', '.join(selection.unmatched)} "
@@ -330,7 +334,7 @@ class SyncRun:
         (``cache``: the target, which keeps the shards it fetched)."""
         answers: dict[str, upstream.Upstream] = {}
         indexes: dict[str, sharded.ShardIndex | None] = {}
-        by_name = self.job.filters.include is not None
+        by_name = self.filters.by_name
         for subdir, state in states.items():
             current = state.complete and state.fingerprint == self.job.fingerprint(subdir)
             current = current and not force_full
@@ -381,7 +385,7 @@ class SyncRun:
                     for s, index in read.items()
                 }
                 whole = {s: a.document or {} for s, a in answers.items()}
-                found = sharded.closure(readers, whole, job.filters, job.jobs)
+                found = sharded.closure(readers, whole, self.filters, job.jobs)
         except errors.FerryError as exc:
             self.broken.update(dict.fromkeys(indexes, str(exc)))
             return {}

@@ -60,8 +60,23 @@ def test_the_job_reference_is_the_schema() -> None:
     assert documented == schema
 
 
+def lockfiles_shown() -> dict[str, str]:
+    """The lockfiles the pages show (a block headed ``# .../NAME.lock``), by path."""
+    return {
+        body.splitlines()[0][2:]: body
+        for page in pages()
+        for lang, body in fences(page)
+        if lang == "yaml" and body.startswith("# ") and body.splitlines()[0].endswith(".lock")
+    }
+
+
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
-def test_every_job_shown_parses(page: Path) -> None:
+def test_every_job_shown_parses(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a job's relative lockfiles are found
+    for path, body in lockfiles_shown().items():
+        Path(Path(path).name).write_text(body)
     for lang, body in fences(page):
         if lang == "yaml" and re.search(r"^source:", body, re.M):
             parse_job(f"{page.name}.yaml", body)  # a mistake raises ConfigError
@@ -209,7 +224,7 @@ def test_every_command_shown_runs(page: Path, stand_in: str, tmp_path: Path) -> 
     ran = 0
     for lang, body in fences(page):
         header = body.splitlines()[0] if body else ""
-        if lang == "yaml" and header.startswith("# ") and header.endswith(".yaml"):
+        if lang == "yaml" and header.startswith("# ") and header.endswith((".yaml", ".lock")):
             path = Path(relocate(header[2:], sandbox, stand_in))
             path = path if path.is_absolute() else sandbox / path
             path.parent.mkdir(parents=True, exist_ok=True)
