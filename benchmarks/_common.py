@@ -16,6 +16,15 @@ SHARED = ROOT.parent / "shared"
 
 
 def peak_mb() -> float:
+    """This process's own peak resident memory. Not ``ru_maxrss``: Linux carries that
+    across exec, so a case would report the peak of the process that started it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -86,7 +86,9 @@ def _pixi(path: Path, lockfile: str) -> list[Locked]:
 
     try:
         lock = rattler.LockFile.from_path(path)
-    except Exception as exc:  # rattler raises its own parse error types
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # rattler's own error types; a panic is a BaseException
         raise LockfileError(
             f"not a pixi.lock rattler can read ({str(exc).splitlines()[0]})"
         ) from None

@@ -1,5 +1,5 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests. Each runs for a time budget and reports how many inputs it tried.
+bundle manifests, lockfiles. Each runs for a time budget and reports how many inputs it tried.
 
 Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
 than a bound" fails as loudly as a wrong exception type:
@@ -23,7 +23,7 @@ from typing import Any
 from conda_ferry.gateways import GatewayError, open_gateway
 from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.records import record_from_package
-from conda_ferry.mirror import bundle, errors, snapshots, sync, upstream
+from conda_ferry.mirror import bundle, errors, lockfiles, snapshots, sync, upstream
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
 from tests.pkgmaker import DEMO, Spec, package_bytes
@@ -221,6 +221,54 @@ def fuzz_manifests(seconds: float, seed: int) -> int:
     return count
 
 
+LOCKS = {
+    "pixi.lock": """version: 6
+environments:
+  default:
+    channels:
+    - url: https://conda.anaconda.org/conda-forge/
+    packages:
+      linux-64:
+      - conda: https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3.1-h0_0.conda
+packages:
+- conda: https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3.1-h0_0.conda
+  sha256: 0077b9e4dd6d532fcd43129cbabe20c13c6453227d64500d3fa57751c50d6029
+  md5: 6fee544d41aefea80c4c72a24a90c2e4
+  depends:
+  - libgcc >=13
+""",
+    "conda-lock.yml": """version: 1
+metadata: {platforms: [linux-64]}
+package:
+- name: zlib
+  version: 1.3.1
+  manager: conda
+  platform: linux-64
+  url: https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3.1-h0_0.conda
+  hash: {md5: 6fee544d41aefea80c4c72a24a90c2e4}
+""",
+    "env.txt": """# platform: linux-64
+@EXPLICIT
+https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3.1-h0_0.conda#6fee544d41aefea80c4c72a24a90c2e4
+""",
+}
+
+
+def fuzz_lockfiles(seconds: float, seed: int) -> int:
+    """Mutated lockfiles of each form: LockfileError only (a user's file gets one
+    line naming it, never a traceback)."""
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        count = 0
+        for count in _deadline(seconds):
+            name = sorted(LOCKS)[count % len(LOCKS)]  # each form in turn
+            path = Path(tmp) / name
+            path.write_bytes(_mutate(rng, LOCKS[name].encode()))
+            with contextlib.suppress(lockfiles.LockfileError):
+                lockfiles.read_lockfile(path)
+    return count
+
+
 def _inside(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
     return parts[0] in ("b", "mirror", "targets")
@@ -230,6 +278,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "packages": fuzz_packages,
     "records": fuzz_records,
     "manifests": fuzz_manifests,
+    "lockfiles": fuzz_lockfiles,
 }
 
 if __name__ == "__main__":

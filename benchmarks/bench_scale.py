@@ -1,0 +1,145 @@
+"""A conda-forge-sized subdir: what a sync's selection costs, the whole-repodata path
+and the sharded path side by side, against one orjson parse of the repodata.json.
+
+    .venv/bin/python -m benchmarks.bench_scale [--records 600000]
+
+Each case is a dry run (``ferry sync --dry-run``: fetch, parse, filter, plan) in its
+own process, so its peak memory is its own:
+
+- full: ``exclude`` only, so every record is needed: repodata.json.zst is read;
+- sharded: ``include`` of one name with ``dependencies``: the shard index and the
+  shards of its closure are read;
+- orjson: ``orjson.loads`` of the same repodata.json, the least any reader pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks._common import in_subprocess, report, table
+from conda_ferry.gateways import open_gateway
+from conda_ferry.index.publish import OutputOptions, publish_subdir
+
+BASE = 50  # names everything depends on, as python, libgcc and friends are
+
+
+def make_document(records: int, builds: int) -> dict[str, Any]:
+    """Records shaped like conda-forge's, with a dependency graph like its: a few
+    base names everyone needs, each other name needing three of them."""
+    names = max(BASE + 1, records // builds)
+    packages: dict[str, dict[str, Any]] = {}
+    for i in range(records):
+        n, b = i % names, i // names
+        name = f"package-{n:06d}"
+        depends = [] if n < BASE else [f"package-{(n * k) % BASE:06d} >=1.{k}" for k in (1, 2, 3)]
+        packages[f"{name}-{b}.0-py312h{i:08x}_0.conda"] = {
+            "build": f"py312h{i:08x}_0",
+            "build_number": 0,
+            "depends": [*depends, "__glibc >=2.17"],
+            "license": "BSD-3-Clause",
+            "md5": f"{i:032x}",
+            "name": name,
+            "sha256": f"{i:064x}",
+            "size": 10_000 + (i * 7919) % 5_000_000,
+            "subdir": "linux-64",
+            "timestamp": 1_700_000_000_000 + i * 1000,
+            "version": f"{b}.0",
+        }
+    return {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": packages}
+
+
+def case(name: str, work: Path) -> None:
+    if name == "orjson":
+        started = time.perf_counter()
+        orjson.loads((work / "upstream/linux-64/repodata.json").read_bytes())
+        report({"seconds": time.perf_counter() - started})
+        return
+    from click.testing import CliRunner
+
+    from conda_ferry.mirror.cli import main
+
+    out = work / f"{name}.json"
+    started = time.perf_counter()
+    result = CliRunner().invoke(
+        main, ["-q", "sync", str(work / f"{name}.yaml"), "--dry-run", "--json", str(out)]
+    )
+    seconds = time.perf_counter() - started
+    if result.exit_code != 0:
+        raise SystemExit(result.output)
+    subdirs = json.loads(out.read_text())["subdirs"]
+    linux = next(s for s in subdirs if s["subdir"] == "linux-64")
+    report({"seconds": seconds, "bytes": linux["repodata"]["bytes"], "kept": linux["added"]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case")
+    parser.add_argument("--work")
+    parser.add_argument("--records", type=int, default=600_000)
+    parser.add_argument("--builds", type=int, default=20)
+    args = parser.parse_args()
+    if args.case:
+        case(args.case, Path(args.work))
+        return
+    me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        document = make_document(args.records, args.builds)
+        with open_gateway(str(work / "upstream")) as gateway:
+            publish_subdir(gateway, "linux-64", document, OutputOptions(jlap=False))
+            empty = {"info": {"subdir": "noarch"}, "packages": {}, "packages.conda": {}}
+            publish_subdir(gateway, "noarch", empty, OutputOptions(jlap=False))
+        del document
+        jobs = {
+            "full": "filters: {exclude: ['*-dbg']}",
+            "sharded": "filters: {include: [package-000077], dependencies: true}",
+        }
+        for name, filters in jobs.items():
+            (work / f"{name}.yaml").write_text(
+                f"source: {work / 'upstream'}\ntarget: {work / name}\n"
+                f"subdirs: [linux-64, noarch]\n{filters}\n"
+            )
+        size = (work / "upstream/linux-64/repodata.json").stat().st_size
+        zst = (work / "upstream/linux-64/repodata.json.zst").stat().st_size
+        results = {n: in_subprocess(me, n, "--work", tmp) for n in ("orjson", "full", "sharded")}
+    print(
+        f"{args.records} records: repodata.json {size / 2**20:.0f} MiB, .zst {zst / 2**20:.1f} MiB"
+    )
+    parse = results["orjson"]
+    rows = [("case", "seconds", "x orjson", "peak MB", "x json size", "repodata read", "kept")]
+    for name in ("full", "sharded"):
+        r = results[name]
+        rows.append(
+            (
+                f"sync --dry-run, {name}",
+                f"{r['seconds']:.2f}",
+                f"{r['seconds'] / parse['seconds']:.2f}",
+                f"{r['peak_mb']:.0f}",
+                f"{r['peak_mb'] * 2**20 / size:.1f}",
+                f"{r['bytes'] / 2**20:.2f} MiB",
+                str(r["kept"]),
+            )
+        )
+    rows.append(
+        (
+            "orjson.loads(repodata.json)",
+            f"{parse['seconds']:.2f}",
+            "1",
+            f"{parse['peak_mb']:.0f}",
+            f"{parse['peak_mb'] * 2**20 / size:.1f}",
+            "-",
+            "-",
+        )
+    )
+    table(rows)
+
+
+if __name__ == "__main__":
+    main()
