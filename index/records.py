@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -52,6 +53,16 @@ _OPTIONAL_STRINGS = ("subdir", "license", "license_family", "track_features", "n
 _STRING_LISTS = ("depends", "constrains")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _version_parses(text: str) -> bool:
+    """Cached: a subdir's records share far fewer versions than they number."""
+    try:
+        rattler.Version(text)
+    except Exception:  # rattler raises its own exception types
+        return False
+    return True
+
+
 def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -67,9 +78,7 @@ def record_problem(record: Any, need_digest: bool = True) -> str | None:
     for key in _STRINGS:
         if not isinstance(record.get(key), str) or not record[key]:
             return f"'{key}' is missing or not a string"
-    try:
-        rattler.Version(record["version"])
-    except Exception:  # rattler raises its own exception types
+    if not _version_parses(record["version"]):
         return f"version {record['version'][:40]!r} does not parse"
     for key in _OPTIONAL_STRINGS:
         value = record.get(key)
