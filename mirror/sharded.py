@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-from conda_ferry.gateways import Gateway, GatewayOptions, NotFound, open_gateway
+from conda_ferry.gateways import Gateway, GatewayOptions, NotFound, is_temp, open_gateway
 from conda_ferry.index import repodata, shards
 from conda_ferry.index.records import record_problem
 from conda_ferry.index.repodata import SECTIONS
@@ -57,6 +58,7 @@ class Fetched:
     documents: dict[str, dict[str, Any]]
     bytes: dict[str, int] = field(default_factory=dict)  # subdir -> repodata bytes read
     shards: dict[str, int] = field(default_factory=dict)  # subdir -> shards used
+    used: set[str] = field(default_factory=set)  # digests of every shard used
 
 
 def _unpack(data: bytes, where: str) -> Any:
@@ -240,5 +242,20 @@ def closure(
     result = Fetched(documents)
     for subdir, reader in readers.items():
         result.bytes[subdir] = reader.index.size + reader.fetched
-        result.shards[subdir] = len(done & reader.index.shards.keys())
+        names = done & reader.index.shards.keys()
+        result.shards[subdir] = len(names)
+        result.used.update(reader.index.shards[n] for n in names)
     return result
+
+
+def prune_cache(target: Gateway, used: set[str]) -> None:
+    """Drop cached shards this run did not use (superseded upstream, or of names the
+    job no longer needs), and a killed run's partial writes: the cache stays the
+    size of the closure. A shard that is needed again is fetched again."""
+    stale = time.time() - 3600  # a partial write this old has no writer left
+    for info in target.files(CACHE_DIR):
+        if is_temp(info.name):
+            if (info.mtime or 0) < stale:
+                target.delete(info.path)
+        elif info.name.split(".")[0] not in used:
+            target.delete(info.path)

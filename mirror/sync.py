@@ -202,6 +202,7 @@ class SyncRun:
         self.broken: dict[str, str] = {}  # subdir -> why upstream's repodata is unusable
         self.refused: dict[str, dict[str, str]] = {}  # subdir -> records left out, why
         self.filters = job.filters.for_channel(job.source)  # other channels' locks aside
+        self.explaining = False
 
     def _name_option(self, exc: GatewayError) -> None:
         """Make a hint name the job key the user wrote, not a command-line flag."""
@@ -210,6 +211,7 @@ class SyncRun:
             exc.option_as = f"{side}_options.{exc.option}"
 
     def run(self, explain: str | None = None) -> tuple[SyncReport, list[str]]:
+        self.explaining = explain is not None
         try:
             return self._run(explain)
         except GatewayError as exc:
@@ -334,7 +336,8 @@ class SyncRun:
         (``cache``: the target, which keeps the shards it fetched)."""
         answers: dict[str, upstream.Upstream] = {}
         indexes: dict[str, sharded.ShardIndex | None] = {}
-        by_name = self.filters.by_name
+        # --explain NAME reads every record: NAME may lie outside the closure
+        by_name = self.filters.by_name and not self.explaining
         for subdir, state in states.items():
             current = state.complete and state.fingerprint == self.job.fingerprint(subdir)
             current = current and not force_full
@@ -389,6 +392,8 @@ class SyncRun:
         except errors.FerryError as exc:
             self.broken.update(dict.fromkeys(indexes, str(exc)))
             return {}
+        if cache is not None:
+            sharded.prune_cache(cache, found.used)
         for subdir, count in found.shards.items():
             log.info(
                 "%s: %d of %d shards (%s)",

@@ -128,7 +128,10 @@ def test_a_changed_shard_is_fetched_again_and_only_it(nginx: Server, tmp_path: P
     mirror = tmp_path / "mirror"
     job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror), INCLUDE)
     assert ferry("sync", str(job)).exit_code == 0
-    assert list((mirror / ".ferry/shard-cache").iterdir())
+    cached = {p.name for p in (mirror / ".ferry/shard-cache").iterdir()}
+    assert len(cached) == 4  # the closure's: pngtool, libpng, zlib, demo-data
+    explained = ferry("sync", str(job), "--explain", "gpltool")  # outside the closure
+    assert explained.exit_code == 0 and "drop linux-64/gpltool-1.0-h3_0.conda" in explained.output
 
     document = load(root / "linux-64/repodata.json")
     document["packages.conda"]["libpng-1.6.43-h1_0.conda"]["depends"] = ["zlib >=1.3.1,<1.3.2"]
@@ -141,6 +144,8 @@ def test_a_changed_shard_is_fetched_again_and_only_it(nginx: Server, tmp_path: P
     assert ferry("sync", str(job)).exit_code == 0
     shard_requests = [line for line in requests(nginx, start, root.name) if "/shards/" in line]
     assert len(shard_requests) == 1 and index["libpng"].hex() in shard_requests[0]
+    now_cached = {p.name for p in (mirror / ".ferry/shard-cache").iterdir()}
+    assert len(now_cached) == 4 and f"{index['libpng'].hex()}.msgpack.zst" in now_cached
     assert records(mirror / "linux-64/repodata.json")["libpng-1.6.43-h1_0.conda"]["depends"] == [
         "zlib >=1.3.1,<1.3.2"
     ]
