@@ -91,7 +91,6 @@ class CarriedSnapshot:
     name: str
     created: str
     by: str
-    subdirs: dict[str, dict[str, Any]]  # its figures per subdir, as the outside has them
     index: dict[str, BundleFile]  # subdir -> the snapshot's repodata.json in the bundle
 
 
@@ -141,11 +140,8 @@ class Manifest:
             return BundleFile(text(f["path"]), count(f["size"]), text(f["sha256"]), pieces)
 
         def read_snapshot(raw: Any) -> CarriedSnapshot:
-            figures = {text(k): dict(v) for k, v in raw["subdirs"].items()}
             index = {text(k): read_file(f) for k, f in raw["index"].items()}
-            return CarriedSnapshot(
-                text(raw["name"]), text(raw["created"]), text(raw["by"]), figures, index
-            )
+            return CarriedSnapshot(text(raw["name"]), text(raw["created"]), text(raw["by"]), index)
 
         try:
             raw = json.loads(data)
@@ -179,10 +175,7 @@ class Manifest:
         for snapshot in manifest.snapshots:
             if not snapstore.NAME.fullmatch(snapshot.name) or snapshot.name == snapstore.LIVE:
                 raise bad(f"snapshot name {snapshot.name[:100]!r} is unsafe")
-            if (
-                not _CREATED.match(snapshot.created)
-                or snapshot.subdirs.keys() != snapshot.index.keys()
-            ):
+            if not _CREATED.match(snapshot.created) or snapshot.by not in ("sync", "manual"):
                 raise bad(f"snapshot {snapshot.name} is malformed")
             for subdir, item in snapshot.index.items():
                 if subdir not in manifest.subdirs:
@@ -390,7 +383,7 @@ def _carry_snapshot(
 ) -> None:
     """A snapshot's index of the exported subdirs, and the package files it names
     that the inside will not have (pruned outside since the last export)."""
-    carried = CarriedSnapshot(held.name, held.created, held.by, {}, {})
+    carried = CarriedSnapshot(held.name, held.created, held.by, {})
     for subdir in sorted(held.subdirs.keys() & inside.keys()):
         path = subdir_path(held.name, subdir, "repodata.json")
         data = mirror.read_bytes(path)
@@ -401,7 +394,6 @@ def _carry_snapshot(
         pieces = packer.add(path, io.BytesIO(data), len(data))
         digest = hashlib.sha256(data).hexdigest()
         carried.index[subdir] = BundleFile(path, len(data), digest, pieces)
-        carried.subdirs[subdir] = held.subdirs[subdir]
     if carried.index:
         manifest.snapshots.append(carried)
 
@@ -536,6 +528,7 @@ def import_bundle(
         by_subdir.setdefault(item.path.split("/", 1)[0], []).append(item)
     records = {s: _bundle_records(bundle, s, by_subdir.get(s, [])) for s in manifest.subdirs}
     held = _carried_snapshots(bundle, target, manifest, by_subdir)
+    made: dict[str, dict[str, dict[str, Any]]] = {}  # snapshot -> subdir -> its figures
     report = ImportReport(manifest.id, ImportStatus.APPLIED)
     with subdir_locks(target, manifest.subdirs):
         for subdir in manifest.subdirs:
@@ -547,16 +540,14 @@ def import_bundle(
                 records[subdir],
                 manifest.removals.get(subdir, []),
                 held.get(subdir, []),
+                made,
                 allow_gap,
                 report,
             )
-        written = report.snapshots
-        report.snapshots = []
         for carried in manifest.snapshots:  # complete once every subdir is in
-            if written.count(carried.name) == len(carried.index):
-                meta = snapstore.Snapshot(
-                    carried.name, carried.created, carried.by, carried.subdirs
-                )
+            figures = made.get(carried.name, {})
+            if figures.keys() == carried.index.keys():
+                meta = snapstore.Snapshot(carried.name, carried.created, carried.by, figures)
                 target.write_bytes(snapstore.meta_path(carried.name), meta.to_bytes())
                 report.snapshots.append(carried.name)
         imported.append(manifest.id)
@@ -652,6 +643,7 @@ def _apply_subdir(
     records: dict[str, dict[str, Any]],
     removals: list[str],
     held: Held,
+    made: dict[str, dict[str, dict[str, Any]]],
     allow_gap: bool,
     report: ImportReport,
 ) -> None:
@@ -717,8 +709,8 @@ def _apply_subdir(
                 )
             log.warning("snapshot %s: %s lacks %s; not recreated", name, subdir, lacking[0])
             continue
-        snapshots.write_subdir(target, name, subdir, data)
-        report.snapshots.append(name)
+        figures = snapshots.write_subdir(target, name, subdir, data)  # counted here, not trusted
+        made.setdefault(name, {})[subdir] = figures
     known = choose_records(records, ready, view.published, view.packages)
     only_held = arriving - records.keys()  # pruned outside, carried for a snapshot
     state = SubdirState.load(target, subdir)

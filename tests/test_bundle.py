@@ -399,6 +399,9 @@ def test_snapshots_cross_the_air_gap_with_the_files_they_hold(tmp_path: Path) ->
         check_channel(gateway)
     listed = json.loads(ferry("-q", "snapshot", "list", str(inside), "--json", "-").output)
     outside_list = json.loads(ferry("-q", "snapshot", "list", str(mirror), "--json", "-").output)
+    for side in (listed, outside_list):  # the digest is of what each side preserved
+        for figures in side["snapshots"][0]["subdirs"].values():
+            del figures["repodata_sha256"]
     assert listed["snapshots"] == outside_list["snapshots"]
     assert "0 missing, 0 corrupt, 0 extra" in ferry("verify", str(inside)).output
     diffs = [
