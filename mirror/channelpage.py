@@ -23,7 +23,7 @@ from .html import esc, page, table
 from .pages import is_ours
 from .snapstore import all_snapshots, pinned
 from .state import STATE_DIR, SubdirState
-from .units import human_size
+from .units import as_int, human_size
 
 log = logging.getLogger("ferry.pages")
 CHANNEL_FILE = f"{STATE_DIR}/channel.json"
@@ -79,7 +79,7 @@ def _snapshots(target: Gateway, url: str) -> list[str]:
     pins = pinned(target)
     rows = (
         f"<tr><td>{esc(s.name)}</td><td>{esc(s.created)}</td>"
-        f"<td class=n>{sum(int(f.get('records', 0)) for f in s.subdirs.values())}</td>"
+        f"<td class=n>{sum(as_int(f.get('records')) for f in s.subdirs.values())}</td>"
         f"<td>{esc(', '.join(sorted(s.subdirs)))}</td>"
         f"<td>{'pinned' if s.name in pins else ''}</td></tr>\n"
         for s in found

@@ -27,7 +27,7 @@ from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry
 
 from .html import GENERATOR, date, esc, page, search_box, table
-from .units import human_size, plural
+from .units import as_int, human_size, plural
 
 PAGES_DIR = "pages"
 LISTING_LIMIT = 2 * 1024 * 1024  # bytes of rows in one listing page before it is split
@@ -62,7 +62,7 @@ class Package:
 
     @property
     def size(self) -> int:
-        return sum(_int(record.get("size")) for _, record in self.builds)
+        return sum(as_int(record.get("size")) for _, record in self.builds)
 
     @property
     def link(self) -> str | None:
@@ -72,13 +72,6 @@ class Package:
         """Channeldata's word first (upstream's), else the newest record's."""
         value = self.about.get(key) or self.newest.get(key) or ""
         return value if isinstance(value, str) else str(value)
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
 
 
 def group(entries: Iterable[ChannelEntry]) -> list[Package]:
@@ -103,7 +96,7 @@ def group(entries: Iterable[ChannelEntry]) -> list[Package]:
                 parsed[text] = Version(text)
             except InvalidVersionError:  # a record that got this far sorts last
                 parsed[text] = Version("0")
-        return parsed[text], _int(record.get("build_number")), _int(record.get("timestamp"))
+        return parsed[text], as_int(record.get("build_number")), as_int(record.get("timestamp"))
 
     for package in packages.values():
         package.builds.sort(key=order, reverse=True)
@@ -125,7 +118,7 @@ def package_page(subdir: str, package: Package) -> bytes:
     ]
     rows = (
         f"<tr><td>{esc(r.get('version', ''))}</td><td>{esc(r.get('build', ''))}</td>"
-        f"<td class=n>{human_size(_int(r.get('size')))}</td><td>{date(r.get('timestamp'))}</td>"
+        f"<td class=n>{human_size(as_int(r.get('size')))}</td><td>{date(r.get('timestamp'))}</td>"
         f"<td>{esc(', '.join(map(str, r.get('depends') or [])))}</td>"
         f'<td><a href="../{_href(filename)}">{esc(filename)}</a></td></tr>\n'
         for filename, r in package.builds

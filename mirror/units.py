@@ -46,3 +46,11 @@ def human_size(size: int) -> str:
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``1 file``, ``3 files``; ``many`` where adding an s is wrong."""
     return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def as_int(value: Any) -> int:
+    """A count or size from metadata we did not write, 0 when it is none."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
