@@ -15,11 +15,11 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from conda_ferry import __version__
 from conda_ferry.gateways import (
     CredentialsError,
     GatewayError,
@@ -133,7 +133,7 @@ def _write_json(ctx: click.Context, started: float, code: int) -> None:
         "finished": utc(time.time()),
         "exit_code": code,
         "error": ctx.meta.get("ferry.error"),
-        "version": version("conda-ferry"),
+        "version": __version__,
         "host": socket.gethostname(),
     }
     text = json.dumps({**_result(ctx), **envelope}, indent=2, sort_keys=True)
@@ -207,7 +207,7 @@ EXIT_TABLE = "\n".join(f"{code:>5}  {what}" for code, what in errors.EXIT_CODES.
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=f"\b\nExit status:\n{EXIT_TABLE}",
 )
-@click.version_option(version("conda-ferry"), prog_name="ferry")
+@click.version_option(__version__, prog_name="ferry")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (repeatable).")
 @click.option(
     "-q", "--quiet", is_flag=True, help="Print nothing on success; warnings and errors only."

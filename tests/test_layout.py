@@ -132,3 +132,13 @@ def test_every_declared_option_is_documented(cls: type, doc: str) -> None:
     text = (ROOT / doc).read_text()
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in text]
     assert missing == []
+
+
+def test_the_version_is_said_once_in_effect() -> None:
+    """``ferry --version`` reads the package's constant (no importlib.metadata at
+    start); it must be the distribution's version."""
+    from importlib.metadata import version
+
+    import conda_ferry
+
+    assert conda_ferry.__version__ == version("conda-ferry")
