@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -57,3 +58,18 @@ def table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def arguments(records: int, case: Callable[[str, Path], None]) -> argparse.Namespace | None:
+    """The command line of a benchmark whose cases run in processes of their own:
+    its arguments, or, in such a process (``--case``), that case run and None."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case")
+    parser.add_argument("--work")
+    parser.add_argument("--records", type=int, default=records)
+    parser.add_argument("--builds", type=int, default=20)
+    args = parser.parse_args()
+    if args.case:
+        case(args.case, Path(args.work))
+        return None
+    return args

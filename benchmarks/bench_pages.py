@@ -9,7 +9,6 @@ Cases, each in its own process: the cold write (every page new), the warm write
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._common import in_subprocess, report, table, timed
+from benchmarks._common import arguments, in_subprocess, report, table, timed
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.channel import ChannelEntry
 from conda_ferry.mirror.pages import write_pages
@@ -81,14 +80,8 @@ def case(name: str, work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--case")
-    parser.add_argument("--work")
-    parser.add_argument("--records", type=int, default=500_000)
-    parser.add_argument("--builds", type=int, default=20)
-    args = parser.parse_args()
-    if args.case:
-        case(args.case, Path(args.work))
+    args = arguments(500_000, case)
+    if args is None:
         return
     me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,6 @@ own process, so its peak memory is its own:
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._common import in_subprocess, report, table
+from benchmarks._common import arguments, in_subprocess, report, table
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.publish import OutputOptions, publish_subdir
 
@@ -79,14 +78,8 @@ def case(name: str, work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--case")
-    parser.add_argument("--work")
-    parser.add_argument("--records", type=int, default=600_000)
-    parser.add_argument("--builds", type=int, default=20)
-    args = parser.parse_args()
-    if args.case:
-        case(args.case, Path(args.work))
+    args = arguments(600_000, case)
+    if args is None:
         return
     me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
     with tempfile.TemporaryDirectory() as tmp:
