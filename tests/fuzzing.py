@@ -1,5 +1,6 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests, lockfiles. Each runs for a time budget and reports how many inputs it tried.
+bundle manifests, lockfiles, sharded repodata. Each runs for a time budget and
+reports how many inputs it tried.
 
 Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
 than a bound" fails as loudly as a wrong exception type:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import random
@@ -20,10 +22,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from conda_ferry.gateways import GatewayError, open_gateway
+import msgpack
+import zstandard
+
+from conda_ferry.gateways import GatewayError, GatewayOptions, open_gateway
+from conda_ferry.index import repodata, shards
 from conda_ferry.index.package import BadPackage, read_package
+from conda_ferry.index.publish import OutputOptions, publish_subdir
 from conda_ferry.index.records import record_from_package
-from conda_ferry.mirror import bundle, errors, lockfiles, snapshots, sync, upstream
+from conda_ferry.mirror import bundle, errors, lockfiles, sharded, snapshots, sync, upstream
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
 from tests.pkgmaker import DEMO, Spec, package_bytes
@@ -221,6 +228,64 @@ def fuzz_manifests(seconds: float, seed: int) -> int:
     return count
 
 
+def _packed(value: Any) -> bytes | None:
+    """msgpack in zstd, as servers publish shards; None for what msgpack cannot hold."""
+    try:
+        return zstandard.ZstdCompressor().compress(msgpack.packb(value, use_bin_type=True))
+    except (OverflowError, TypeError, ValueError):
+        return None
+
+
+def fuzz_shards(seconds: float, seed: int) -> int:
+    """Damaged shard indexes and shards, bytes or structure (a shard re-hashed so it
+    passes its digest check), through the sharded reader, the closure and sync's
+    record checks: FerryError or GatewayError only."""
+    from tests.upstream import build_upstream
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        build_upstream(root)
+        with open_gateway(str(root)) as gateway:
+            for subdir in ("linux-64", "noarch"):
+                document = json.loads((root / subdir / "repodata.json").read_bytes())
+                publish_subdir(gateway, subdir, document, OutputOptions(jlap=False))
+        index_path = root / "linux-64" / shards.INDEX_NAME
+        pristine = {p: p.read_bytes() for p in (root / "linux-64").rglob("*.msgpack.zst")}
+        index = msgpack.unpackb(repodata.unzst(pristine[index_path]))
+        filters = Filters.parse({"include": ["pngtool"], "dependencies": True})
+        count = 0
+        for count in _deadline(seconds):  # noqa: B007 - the last count is the result
+            for path, data in pristine.items():
+                path.write_bytes(data)
+            choice = rng.random()
+            if choice < 0.3:
+                index_path.write_bytes(_mutate(rng, pristine[index_path]))
+            elif choice < 0.6:
+                packed = _packed(_manifest_mutant(rng, index))
+                if packed is not None:
+                    index_path.write_bytes(packed)
+            else:
+                name = rng.choice(sorted(index["shards"]))
+                old = root / "linux-64" / shards.shard_path(index["shards"][name].hex())
+                shard = _manifest_mutant(rng, msgpack.unpackb(repodata.unzst(old.read_bytes())))
+                packed = _packed(shard)
+                if packed is not None:
+                    digest = hashlib.sha256(packed).digest()
+                    (root / "linux-64" / shards.shard_path(digest.hex())).write_bytes(packed)
+                    moved = {**index, "shards": {**index["shards"], name: digest}}
+                    index_path.write_bytes(_packed(moved) or b"")
+            try:
+                with open_gateway(str(root)) as source, contextlib.ExitStack() as stack:
+                    found = sharded.read_index(source, "linux-64")
+                    reader = sharded.ShardReader(source, None, found, GatewayOptions(), (), stack)
+                    fetched = sharded.closure({"linux-64": reader}, {}, filters, 2)
+                    sync._records(fetched.documents["linux-64"], "fuzz")
+            except (errors.FerryError, GatewayError):
+                pass
+    return count
+
+
 LOCKS = {
     "pixi.lock": """version: 6
 environments:
@@ -279,6 +344,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "records": fuzz_records,
     "manifests": fuzz_manifests,
     "lockfiles": fuzz_lockfiles,
+    "shards": fuzz_shards,
 }
 
 if __name__ == "__main__":
