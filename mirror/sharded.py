@@ -52,7 +52,7 @@ class ShardIndex:
 
 
 @dataclass
-class Fetched:
+class Closure:
     """What the sharded path read: documents in repodata.json form, and its cost."""
 
     documents: dict[str, dict[str, Any]]
@@ -207,7 +207,7 @@ def closure(
     whole: dict[str, dict[str, Any]],
     filters: Filters,
     jobs: int,
-) -> Fetched:
+) -> Closure:
     """Documents holding every record the selection can reach: the include names',
     then, round by round, those of the names the kept records depend on.
 
@@ -239,7 +239,7 @@ def closure(
             for records in kept.values():
                 for record in records.values():
                     wanted.update(n for d in record.get("depends") or [] if (n := _dep_name(d)))
-    result = Fetched(documents)
+    result = Closure(documents)
     for subdir, reader in readers.items():
         result.bytes[subdir] = reader.index.size + reader.fetched
         names = done & reader.index.shards.keys()
