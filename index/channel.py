@@ -113,6 +113,11 @@ def discover_subdirs(gateway: Gateway) -> list[str]:
     return sorted(found)
 
 
+def published_subdirs(gateway: Gateway) -> list[str]:
+    """The subdirs that publish a repodata.json now."""
+    return [s for s in discover_subdirs(gateway) if gateway.exists(f"{s}/repodata.json")]
+
+
 def _stamp(info: FileInfo) -> str:
     return info.etag or f"{info.size}:{info.mtime}"
 

@@ -37,7 +37,7 @@ from conda_ferry.gateways import (
     open_gateway,
 )
 from conda_ferry.index import repodata
-from conda_ferry.index.channel import IndexOptions, discover_subdirs
+from conda_ferry.index.channel import IndexOptions, published_subdirs
 from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.records import (
     BadFilename,
@@ -304,7 +304,7 @@ def export_bundle(
         base = exports[-1]
     full = full or base is None
     baseline: dict[str, dict[str, str]] = {} if full or base is None else base["snapshot"]
-    chosen = subdirs or [s for s in discover_subdirs(mirror) if mirror.exists(f"{s}/repodata.json")]
+    chosen = subdirs or published_subdirs(mirror)
     manifest = Manifest(
         _new_id(),
         base["id"] if base and not full else (exports[-1]["id"] if exports else None),
@@ -684,11 +684,7 @@ def _apply_subdir(
         report.bytes += item.size
     # Files of earlier imports: the bundle's record must still describe them.
     for name in sorted(records.keys() & view.packages.keys() - ready):
-        record = records[name]
-        expect = Expected(record.get("size"), record.get("sha256"), record.get("md5"))
-        if same_file(view.published.get(name), record) or matches(
-            target, f"{subdir}/{name}", expect
-        ):
+        if _present(target, view, subdir, name, records[name]):
             ready.add(name)
         else:
             why = "the bundle's record does not match the file the target holds"
@@ -731,9 +727,9 @@ def _apply_subdir(
 def _present(
     target: Gateway, view: SubdirView, subdir: str, filename: str, record: dict[str, Any]
 ) -> bool:
-    """A file of an earlier import that ``record`` describes."""
-    info = view.packages.get(filename)
-    if info is None or info.size != record.get("size"):
+    """A file of an earlier import that ``record`` describes: known from the
+    published record, else re-hashed."""
+    if filename not in view.packages:
         return False
     expect = Expected(record.get("size"), record.get("sha256"), record.get("md5"))
     return same_file(view.published.get(filename), record) or matches(

@@ -159,7 +159,7 @@ def expire(
     gone = {f for f, when in state.due.items() if when <= now}
     if gone:
         try:
-            gone -= snapstore.held(target, subdir)
+            gone -= snapstore.held(target, subdir, gone)
         except FerryError as exc:  # cannot tell what snapshots need: delete nothing
             log.error("%s; nothing deleted", exc)
             gone = set()

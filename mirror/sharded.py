@@ -180,16 +180,13 @@ def _dep_name(text: Any) -> str | None:
     return None if name is None or name.startswith("__") else name
 
 
-def _records(documents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Record]]:
+def _fit(document: dict[str, Any]) -> dict[str, Record]:
     """Records fit to select from (the sync checks them again, and names the refused)."""
     return {
-        subdir: {
-            fn: r
-            for section in SECTIONS
-            for fn, r in (document.get(section) or {}).items()
-            if record_problem(r) is None
-        }
-        for subdir, document in documents.items()
+        fn: r
+        for section in SECTIONS
+        for fn, r in (document.get(section) or {}).items()
+        if record_problem(r) is None
     }
 
 
@@ -220,8 +217,9 @@ def closure(
         for subdir, reader in readers.items()
     }
     documents.update(whole)
+    fit = {subdir: _fit(document) for subdir, document in documents.items()}  # grows by shard
     every = {n for r in readers.values() for n in r.index.shards}
-    every |= {str(r.get("name")) for records in _records(whole).values() for r in records.values()}
+    every |= {str(r.get("name")) for s in whole for r in fit[s].values()}
     wanted, done = _wanted(filters, every), set[str]()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while wanted - done:
@@ -232,10 +230,11 @@ def closure(
             ):
                 for section, items in sections.items():
                     documents[subdir][section].update(items)
+                fit[subdir].update(_fit(sections))  # each record checked once
             done.update(batch)
             if not filters.dependencies:
                 break
-            kept = Selector(filters).select(_records(documents)).kept
+            kept = Selector(filters).select(fit).kept
             for records in kept.values():
                 for record in records.values():
                     wanted.update(n for d in record.get("depends") or [] if (n := _dep_name(d)))

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from conda_ferry.gateways import Gateway, NotFound
+from conda_ferry.gateways import Gateway
 from conda_ferry.index import repodata, shards
-from conda_ferry.index.channel import IndexOptions, discover_subdirs
+from conda_ferry.index.channel import IndexOptions, discover_subdirs, published_subdirs
 from conda_ferry.index.publish import OUTPUT_FILES, OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
@@ -45,7 +45,7 @@ def default_name() -> str:
 def _published(gateway: Gateway, subdirs: Iterable[str] | None) -> list[str]:
     """The subdirs a snapshot takes: those asked for, and noarch, which every client
     reads alongside a platform."""
-    live = [s for s in discover_subdirs(gateway) if gateway.exists(f"{s}/repodata.json")]
+    live = published_subdirs(gateway)
     if not subdirs:
         return live
     chosen = set(subdirs) | ({"noarch"} & set(live))
@@ -291,7 +291,8 @@ def after_sync(gateway: Gateway, subdirs: list[str], keep: int, grace: float) ->
     lines = []
     ours = [s for s in snapstore.all_snapshots(gateway) if s.complete and s.by == "sync"]
     newest = ours[-1] if ours else None
-    now = {s: _digest(gateway, s) for s in _published(gateway, subdirs)}
+    # streamed: a conda-forge subdir's repodata.json need not sit in memory for this
+    now = {s: gateway.checksum(f"{s}/repodata.json")[1] for s in _published(gateway, subdirs)}
     if newest is None or {s: f.get("repodata_sha256") for s, f in newest.subdirs.items()} != now:
         ours.append(create(gateway, _free_name(gateway, default_name()), subdirs, by="sync"))
         lines.append(f"snapshot {ours[-1].name} created")
@@ -308,10 +309,3 @@ def _free_name(gateway: Gateway, name: str) -> str:
     taken = set(snapstore.names(gateway))
     candidates = (name, *(f"{name}-{n}" for n in range(1, len(taken) + 2)))
     return next(c for c in candidates if c not in taken)
-
-
-def _digest(gateway: Gateway, subdir: str) -> str:
-    try:
-        return hashlib.sha256(gateway.read_bytes(f"{subdir}/repodata.json")).hexdigest()
-    except NotFound:
-        return ""

@@ -116,12 +116,17 @@ def records(gateway: Gateway, name: str, subdir: str) -> dict[str, dict[str, Any
         ) from None
 
 
-def held(gateway: Gateway, subdir: str) -> set[str]:
-    """Package files of ``subdir`` that some snapshot names: never deleted."""
-    files: set[str] = set()
-    for name in names(gateway):
-        files |= (records(gateway, name, subdir) or {}).keys()
-    return files
+def held(gateway: Gateway, subdir: str, among: set[str]) -> set[str]:
+    """Which of ``among`` (files of ``subdir``) some snapshot names: never deleted.
+
+    Newest names first, stopping once all are found: a file just pruned is named by
+    the latest snapshot, so most nights read one index, not every one kept."""
+    found: set[str] = set()
+    for name in reversed(names(gateway)):
+        if found == among:
+            break
+        found |= among & (records(gateway, name, subdir) or {}).keys()
+    return found
 
 
 def pinned(gateway: Gateway) -> set[str]:
