@@ -8,6 +8,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
+from conda_ferry.index import repodata
 from conda_ferry.mirror.cli import main
 from tests.pkgmaker import Spec, write_package
 
@@ -18,6 +19,12 @@ def ferry(*args: str) -> Result:
 
 def load(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_bytes()))
+
+
+def records(source: Path | bytes) -> dict[str, Any]:
+    """Every record of a repodata.json (its path, or its bytes), both sections."""
+    data = source if isinstance(source, bytes) else source.read_bytes()
+    return repodata.records(json.loads(data))
 
 
 def small_channel(root: Path, count: int = 4, subdir: str = "linux-64") -> list[Path]:

@@ -7,7 +7,6 @@ consistent; after a clean rerun, the channel has converged with no temp file lef
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conda_ferry.gateways import Gateway, GatewayOptions, open_gateway
+from tests.helpers import records
 from tests.mirrorcheck import assert_converged, check_channel
 from tests.pkgmaker import Spec, package_bytes, write_package
 from tests.servers import Server
@@ -221,7 +221,7 @@ def test_snapshot_commands_killed_at_random(target: Target, tmp_path: Path) -> N
         for subdir in ("linux-64", "noarch"):
             live = gateway.read_bytes(f"{subdir}/repodata.json")
             held = gateway.read_bytes(f"snapshots/s1/{subdir}/repodata.json")
-            assert _records(live) == _records(held)
+            assert records(live) == records(held)
 
     _converge(["sync", str(job)], target)
     _timed("snapshot", "delete", target.url, "scratch", *target.flags)
@@ -233,8 +233,3 @@ def test_snapshot_commands_killed_at_random(target: Target, tmp_path: Path) -> N
         left = {f.name for s in ("linux-64", "noarch") for f in gateway.files(s)}
         assert not any(name.startswith("p1") for name in left), left
         assert not [f for f in gateway.list("", recursive=True) if f.path.startswith("snapshots/")]
-
-
-def _records(data: bytes) -> dict[str, object]:
-    document = json.loads(data)
-    return {**document.get("packages", {}), **document.get("packages.conda", {})}

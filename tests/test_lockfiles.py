@@ -14,16 +14,11 @@ import yaml
 
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.publish import OutputOptions, publish_subdir
-from tests.helpers import ferry, load
+from tests.helpers import ferry, load, records
 from tests.servers import Server
 from tests.upstream import build_upstream, job_yaml
 
 LINUX = rattler.LockPlatform("linux-64")
-
-
-def records(path: Path) -> dict[str, Any]:
-    document = load(path)
-    return {**document.get("packages", {}), **document.get("packages.conda", {})}
 
 
 @pytest.fixture

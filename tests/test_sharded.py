@@ -20,16 +20,11 @@ from conda_ferry.gateways import open_gateway
 from conda_ferry.index import shards
 from conda_ferry.index.publish import OutputOptions, publish_subdir
 from conda_ferry.mirror.filters import Filters, Selector
-from tests.helpers import ferry, load
+from tests.helpers import ferry, load, records
 from tests.servers import Server
 from tests.upstream import build_upstream, job_yaml
 
 INCLUDE = "filters: {include: [pngtool], dependencies: true}\n"
-
-
-def records(path: Path) -> dict[str, Any]:
-    document = load(path)
-    return {**document.get("packages", {}), **document.get("packages.conda", {})}
 
 
 def publish_sharded(root: Path, extra: dict[str, dict[str, Any]] | None = None) -> None:

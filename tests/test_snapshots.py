@@ -14,7 +14,7 @@ import pytest
 import rattler
 
 from conda_ferry.gateways import GatewayOptions, open_gateway
-from tests.helpers import ferry, load
+from tests.helpers import ferry, load, records
 from tests.mirrorcheck import check_channel
 from tests.pkgmaker import Spec, write_package
 from tests.servers import Server
@@ -37,16 +37,6 @@ def refused(code: int, *args: str) -> str:
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     return str(result.output)
-
-
-def records(path: Path) -> dict[str, Any]:
-    document = load(path)
-    return {**document.get("packages", {}), **document.get("packages.conda", {})}
-
-
-def _records(data: bytes) -> dict[str, Any]:
-    document = json.loads(data)
-    return {**document.get("packages", {}), **document.get("packages.conda", {})}
 
 
 def upstream_moves_on(upstream: Path) -> None:
@@ -176,7 +166,7 @@ def test_snapshots_on_s3(moto: Server, tmp_path: Path) -> None:
         held = client.get_object(
             Bucket=bucket, Key=f"{prefix}/snapshots/before/{subdir}/repodata.json"
         )
-        assert _records(live["Body"].read()) == _records(held["Body"].read())
+        assert records(live["Body"].read()) == records(held["Body"].read())
     ok("sync", str(job))
     ok("snapshot", "delete", target, "before", *flags)
     assert f"linux-64/{GONE}" in ok("gc", target, "--now", *flags)
