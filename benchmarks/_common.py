@@ -73,3 +73,32 @@ def arguments(records: int, case: Callable[[str, Path], None]) -> argparse.Names
         case(args.case, Path(args.work))
         return None
     return args
+
+
+LICENSES = ("MIT", "BSD-3-Clause", "Apache-2.0", "GPL-3.0-or-later", "LGPL-2.1-only")
+
+
+def conda_forge_like(
+    records: int, builds: int, depends: Callable[[int, int], list[str]]
+) -> dict[str, Any]:
+    """A linux-64 repodata document shaped like conda-forge's: ``builds`` records per
+    name, four builds per version; ``depends(n, names)`` is what name number n needs."""
+    names = max(1, records // builds)
+    packages: dict[str, dict[str, Any]] = {}
+    for i in range(records):
+        n, b = i % names, i // names
+        name = f"package-{n:06d}"
+        packages[f"{name}-{b // 4}.{b % 4}.0-py312h{i:08x}_{b % 3}.conda"] = {
+            "build": f"py312h{i:08x}_{b % 3}",
+            "build_number": b % 3,
+            "depends": depends(n, names),
+            "license": LICENSES[n % len(LICENSES)],
+            "md5": f"{i:032x}",
+            "name": name,
+            "sha256": f"{i:064x}",
+            "size": 10_000 + (i * 7919) % 5_000_000,
+            "subdir": "linux-64",
+            "timestamp": 1_700_000_000_000 + i * 1000,
+            "version": f"{b // 4}.{b % 4}.0",
+        }
+    return {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": packages}

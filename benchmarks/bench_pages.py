@@ -12,42 +12,23 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from benchmarks._common import arguments, in_subprocess, report, table, timed
+from benchmarks._common import arguments, conda_forge_like, in_subprocess, report, table, timed
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.channel import ChannelEntry
 from conda_ferry.mirror.pages import write_pages
 
-LICENSES = ("MIT", "BSD-3-Clause", "Apache-2.0", "GPL-3.0-or-later", "LGPL-2.1-only")
-
 
 def make_repodata(path: Path, records: int, builds: int) -> None:
-    """Records shaped like conda-forge's: ``builds`` per name, a handful of depends."""
-    names = max(1, records // builds)
-    packages: dict[str, dict[str, Any]] = {}
-    for i in range(records):
-        n, b = i % names, i // names
-        name = f"package-{n:06d}"
-        filename = f"{name}-{b // 4}.{b % 4}.0-py312h{i:08x}_{b % 3}.conda"
-        packages[filename] = {
-            "build": f"py312h{i:08x}_{b % 3}",
-            "build_number": b % 3,
-            "depends": [f"package-{(n * 7 + k) % names:06d} >=1.{k}" for k in range(5)]
-            + ["python >=3.12,<3.13.0a0", "__glibc >=2.17"],
-            "license": LICENSES[n % len(LICENSES)],
-            "md5": f"{i:032x}",
-            "name": name,
-            "sha256": f"{i:064x}",
-            "size": 10_000 + (i * 7919) % 5_000_000,
-            "subdir": "linux-64",
-            "timestamp": 1_700_000_000_000 + i * 1000,
-            "version": f"{b // 4}.{b % 4}.0",
-        }
-    document = {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": packages}
-    path.write_bytes(orjson.dumps(document))
+    """Each name needing five others, python and glibc."""
+
+    def depends(n: int, names: int) -> list[str]:
+        others = [f"package-{(n * 7 + k) % names:06d} >=1.{k}" for k in range(5)]
+        return [*others, "python >=3.12,<3.13.0a0", "__glibc >=2.17"]
+
+    path.write_bytes(orjson.dumps(conda_forge_like(records, builds, depends)))
 
 
 def entries(path: Path) -> list[ChannelEntry]:

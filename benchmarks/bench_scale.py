@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._common import arguments, in_subprocess, report, table
+from benchmarks._common import arguments, conda_forge_like, in_subprocess, report, table
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.publish import OutputOptions, publish_subdir
 
@@ -30,28 +30,14 @@ BASE = 50  # names everything depends on, as python, libgcc and friends are
 
 
 def make_document(records: int, builds: int) -> dict[str, Any]:
-    """Records shaped like conda-forge's, with a dependency graph like its: a few
-    base names everyone needs, each other name needing three of them."""
-    names = max(BASE + 1, records // builds)
-    packages: dict[str, dict[str, Any]] = {}
-    for i in range(records):
-        n, b = i % names, i // names
-        name = f"package-{n:06d}"
-        depends = [] if n < BASE else [f"package-{(n * k) % BASE:06d} >=1.{k}" for k in (1, 2, 3)]
-        packages[f"{name}-{b}.0-py312h{i:08x}_0.conda"] = {
-            "build": f"py312h{i:08x}_0",
-            "build_number": 0,
-            "depends": [*depends, "__glibc >=2.17"],
-            "license": "BSD-3-Clause",
-            "md5": f"{i:032x}",
-            "name": name,
-            "sha256": f"{i:064x}",
-            "size": 10_000 + (i * 7919) % 5_000_000,
-            "subdir": "linux-64",
-            "timestamp": 1_700_000_000_000 + i * 1000,
-            "version": f"{b}.0",
-        }
-    return {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": packages}
+    """A dependency graph like conda-forge's: a few base names everyone needs, each
+    other name needing three of them."""
+
+    def depends(n: int, names: int) -> list[str]:
+        base = [] if n < BASE else [f"package-{(n * k) % BASE:06d} >=1.{k}" for k in (1, 2, 3)]
+        return [*base, "__glibc >=2.17"]
+
+    return conda_forge_like(records, builds, depends)
 
 
 def case(name: str, work: Path) -> None:
