@@ -548,7 +548,7 @@ def import_bundle(
             figures = made.get(carried.name, {})
             if figures.keys() == carried.index.keys():
                 meta = snapstore.Snapshot(carried.name, carried.created, carried.by, figures)
-                target.write_bytes(snapstore.meta_path(carried.name), meta.to_bytes())
+                snapshots.write_meta(target, meta)
                 report.snapshots.append(carried.name)
         imported.append(manifest.id)
         created = max(manifest.created, newest) if isinstance(newest, str) else manifest.created

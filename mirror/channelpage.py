@@ -139,3 +139,12 @@ def write_channel_page(target: Gateway, html: bool) -> list[str]:
     sweep_temps(target, "", f".{PAGE}.")
     write_if_changed(target, PAGE, channel_page(target, discover_subdirs(target)), written, current)
     return written.paths
+
+
+def refresh_channel_page(target: Gateway) -> None:
+    """Redraw the front page, if the channel has one, after a change only it shows
+    (snapshots, pins); a killed writer's partial page goes with it."""
+    if target.exists(PAGE):
+        write_channel_page(target, True)  # sweeps as it writes
+    else:
+        sweep_temps(target, "", f".{PAGE}.")

@@ -649,6 +649,7 @@ def gc_command(target: str, subdirs: tuple[str, ...], now: bool, options: Gatewa
     """
     from conda_ferry.index.channel import discover_subdirs
 
+    from .channelpage import refresh_channel_page
     from .commit import collect_garbage
     from .state import subdir_lock
 
@@ -657,6 +658,7 @@ def gc_command(target: str, subdirs: tuple[str, ...], now: bool, options: Gatewa
         for subdir in list(subdirs) or discover_subdirs(gateway):
             with subdir_lock(gateway, subdir):
                 deleted.extend(collect_garbage(gateway, subdir, now))
+        refresh_channel_page(gateway)
     for path in deleted:
         say(f"deleted {path}")
     report_result({"deleted": deleted})
@@ -879,10 +881,11 @@ def snapshot_create(
 
     NAME defaults to the UTC date-time; an existing name is refused."""
     from . import snapshots
+    from .channelpage import refresh_channel_page
 
     with open_gateway(target, options) as gateway:
         snapshot = snapshots.create(gateway, name or snapshots.default_name(), subdirs or None)
-        snapshots.refresh_page(gateway)
+        refresh_channel_page(gateway)
     records = sum(f["records"] for f in snapshot.subdirs.values())
     say(
         f"snapshot {snapshot.name}: {plural(records, 'record')} in "
@@ -966,20 +969,22 @@ def snapshot_delete(target: str, name: str, options: GatewayOptions) -> None:
     """Delete a snapshot's index (not a pinned one). Files only it named become due
     for deletion after the grace (7 days); 'ferry gc' removes them then."""
     from . import snapshots
+    from .channelpage import refresh_channel_page
 
     with open_gateway(target, options) as gateway:
         snapshots.delete(gateway, name)
-        snapshots.refresh_page(gateway)
+        refresh_channel_page(gateway)
     say(f"snapshot {name} deleted")
     report_result({"deleted": name})
 
 
 def _pin(target: str, name: str, pin: bool, options: GatewayOptions) -> None:
     from . import snapshots
+    from .channelpage import refresh_channel_page
 
     with open_gateway(target, options) as gateway:
         snapshots.set_pin(gateway, name, pin)
-        snapshots.refresh_page(gateway)
+        refresh_channel_page(gateway)
     say(f"snapshot {name} {'pinned' if pin else 'unpinned'}")
     report_result({"name": name, "pinned": pin})
 
@@ -1019,10 +1024,11 @@ def snapshot_restore(
     JLAP clients follow it like any update. The next sync moves the channel forward
     again, unless --hold: then sync refuses these subdirs until 'ferry snapshot release'."""
     from . import snapshots
+    from .channelpage import refresh_channel_page
 
     with open_gateway(target, options) as gateway:
         done = snapshots.restore(gateway, name, subdirs or None, hold)
-        snapshots.refresh_page(gateway)
+        refresh_channel_page(gateway)
     for item in done:
         say(f"{item.subdir}: restored {name} ({item.before} -> {plural(item.records, 'record')})")
     if hold:

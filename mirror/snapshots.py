@@ -28,8 +28,7 @@ from conda_ferry.index.publish import OUTPUT_FILES, OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
 from . import snapstore
-from .channelpage import PAGE, write_channel_page
-from .commit import DEFAULT_GRACE, Commit, commit_subdir
+from .commit import DEFAULT_GRACE, Commit, commit_subdir, sweep_temps
 from .errors import USAGE, FerryError
 from .snapstore import SNAPSHOTS_DIR, Snapshot, subdir_path
 from .state import SubdirState, subdir_locks
@@ -80,7 +79,7 @@ def create(
         for subdir in chosen:
             live = gateway.read_bytes(f"{subdir}/repodata.json")
             snapshot.subdirs[subdir] = write_subdir(gateway, name, subdir, live)
-        gateway.write_bytes(snapstore.meta_path(name), snapshot.to_bytes())
+        write_meta(gateway, snapshot)
     return snapshot
 
 
@@ -95,6 +94,7 @@ def write_subdir(gateway: Gateway, name: str, subdir: str, live: bytes) -> dict[
     }
     document["repodata_version"] = 2  # CEP 15: a base_url is version 2
     data = repodata.dumps(document)
+    _sweep(gateway, name, subdir)  # what a killed writer of this index left
     gateway.write_bytes(subdir_path(name, subdir, "repodata.json"), data)  # holds the files
     if gateway.exists(f"{subdir}/{shards.INDEX_NAME}"):
         index_bytes, shard_files = shards.build(document)
@@ -113,10 +113,16 @@ def write_subdir(gateway: Gateway, name: str, subdir: str, live: bytes) -> dict[
     }
 
 
-def refresh_page(gateway: Gateway) -> None:
-    """The channel's front page lists the snapshots: rewrite it, if it has one."""
-    if gateway.exists(PAGE):
-        write_channel_page(gateway, True)
+def write_meta(gateway: Gateway, snapshot: Snapshot) -> None:
+    """``snapshot.json``, last: from now on the snapshot is complete."""
+    sweep_temps(gateway, f"{SNAPSHOTS_DIR}/{snapshot.name}", "")  # a killed writer's
+    gateway.write_bytes(snapstore.meta_path(snapshot.name), snapshot.to_bytes())
+
+
+def _sweep(gateway: Gateway, name: str, subdir: str) -> None:
+    """Temp files of a killed create, import or delete (the caller holds the lock)."""
+    for directory in (subdir_path(name, subdir), subdir_path(name, subdir, shards.SHARDS_DIR)):
+        sweep_temps(gateway, directory, "")
 
 
 def get(gateway: Gateway, name: str) -> Snapshot:
@@ -142,12 +148,14 @@ def delete(gateway: Gateway, name: str, grace: float = DEFAULT_GRACE) -> Snapsho
         )
     with subdir_locks(gateway, snapshot.subdirs), _lock(gateway):
         gateway.delete(snapstore.meta_path(name))  # listed no more
+        sweep_temps(gateway, f"{SNAPSHOTS_DIR}/{name}", "")
         for subdir in sorted(snapshot.subdirs):
             _delete_subdir(gateway, name, subdir, grace)
     return snapshot
 
 
 def _delete_subdir(gateway: Gateway, name: str, subdir: str, grace: float) -> None:
+    _sweep(gateway, name, subdir)
     for index in ("repodata.json.zst", shards.INDEX_NAME):
         gateway.delete(subdir_path(name, subdir, index))
     for info in gateway.files(subdir_path(name, subdir, shards.SHARDS_DIR)):

@@ -179,6 +179,7 @@ def test_import_killed_at_random(target: Target, tmp_path: Path) -> None:
         path.unlink()
     _upstream(outside, 6, 50)
     reindex(outside)
+    assert _timed("snapshot", "create", str(outside), "s1") > 0  # b2 carries it
     second = tmp_path / "b2"
     assert _timed("export", str(outside), str(second)) > 0
 
@@ -192,6 +193,8 @@ def test_import_killed_at_random(target: Target, tmp_path: Path) -> None:
         names = {f.name for s in ("linux-64", "noarch") for f in gateway.files(s)}
     expected = {p.name for p in outside.glob("*/p*-*")}
     assert expected <= names
+    with target.gateway() as gateway:
+        assert gateway.exists("snapshots/s1/snapshot.json")
     shutil.rmtree(scratch)
 
 
