@@ -120,6 +120,8 @@ def audit(target: Gateway, subdir: str, before: Collection[str], after: Collecti
     """One JSON line per run that changed what the subdir publishes, so "when did
     this package appear in our mirror?" has an answer. Monthly files per subdir,
     written under the subdir's lock (object stores cannot append)."""
+    # a killed run's partial file goes even when this run has no line to add
+    sweep_temps(target, f"{STATE_DIR}/audit", f".{subdir}-")
     added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
     if not added and not removed:
         return
@@ -136,7 +138,6 @@ def audit(target: Gateway, subdir: str, before: Collection[str], after: Collecti
         earlier = target.read_bytes(path)
     except NotFound:
         earlier = b""
-    sweep_temps(target, f"{STATE_DIR}/audit", f".{subdir}-")
     target.write_bytes(path, earlier + json.dumps(line, sort_keys=True).encode() + b"\n")
 
 
