@@ -243,7 +243,7 @@ class SyncRun:
                 ]
                 log.info("up to date: nothing changed upstream or in %s", job.path)
                 if not self.dry_run:
-                    self._quiet_night(target, states)
+                    self._quiet_night(target, states, job.outputs.html)
                 self.report.seconds = time.monotonic() - started
                 return self.report, []
             records: dict[str, dict[str, dict[str, Any]]] = {}
@@ -592,10 +592,11 @@ class SyncRun:
         )
 
     @staticmethod
-    def _quiet_night(target: Gateway, states: dict[str, SubdirState]) -> None:
+    def _quiet_night(target: Gateway, states: dict[str, SubdirState], html: bool) -> None:
         """Upstream unchanged: note that the mirror was found current (monitoring
-        asks "did the sync run?", not "did upstream change?"), and delete files whose
-        grace has passed even though nothing else changed."""
+        asks "did the sync run?", not "did upstream change?"), delete files whose
+        grace has passed even though nothing else changed, and redraw the front page
+        if a killed run left it behind (unchanged, it is not written)."""
         now = time.time()
         for subdir, state in states.items():
             try:
@@ -607,6 +608,7 @@ class SyncRun:
                     state.save(target)
             except LockHeld:
                 continue  # another writer has it: its run is the news
+        write_channel_page(target, html)
 
     @staticmethod
     def _check_space(target: Gateway, subdir: str, need: int) -> None:
