@@ -1,107 +1,165 @@
-"""Stream a large file through every adapter over loopback; print ratios to a disk read.
+"""`ferry cp` of one large file over every protocol against the tool users compare
+it with, in one run: curl (HTTP, FTP), OpenSSH's sftp, boto3's download_file and
+upload_file (S3).
 
-    .venv/bin/python benchmarks/bench_gateways.py [--mb 200]
+    .venv/bin/python -m benchmarks.bench_gateways [--mb 300] [--rounds 2]
 
-Starts the same servers as the tests (nginx, moto_server, pyftpdlib, sshd).
+Starts the same servers as the tests (nginx, moto_server, pyftpdlib, sshd) on
+loopback. ferry runs as the command a user types (interpreter start included) and
+hashes every byte it moves; the peers hash nothing. Best of --rounds each, the
+cases interleaved. Also prints each adapter's not-modified round trip.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 
+from benchmarks._common import table, timed
 from conda_ferry.gateways import Gateway, GatewayOptions, open_gateway
 from tests import servers
 
 CHUNK = 1 << 20
 
 
-def evict(path: Path) -> None:
-    """Drop the file from the page cache, so that "disk" means the device."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def drain(gw: Gateway, name: str, files: list[Path]) -> float:
-    for path in files:
-        evict(path)
-    started = time.perf_counter()
-    with gw.open_read(name) as stream:
-        while stream.read(CHUNK):
-            pass
-    return time.perf_counter() - started
-
-
 def round_trip(gw: Gateway, name: str, runs: int = 20) -> float:
     fetched = gw.fetch_if_changed(name)
     assert fetched is not None
     fetched.stream.close()
-    started = time.perf_counter()
-    for _ in range(runs):
-        assert gw.fetch_if_changed(name, fetched.info.etag, fetched.last_modified) is None
-    return (time.perf_counter() - started) / runs
+    return (
+        timed(
+            lambda: [
+                gw.fetch_if_changed(name, fetched.info.etag, fetched.last_modified)
+                for _ in range(runs)
+            ]
+        )
+        / runs
+    )
+
+
+def ferry(*args: str, env: dict[str, str] | None = None) -> Callable[[], None]:
+    command = [sys.executable, "-m", "conda_ferry", "-q", "cp", *args]
+    return lambda: subprocess.run(command, check=True, env=env)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--mb", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    for key, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench")):
+        os.environ.setdefault(key, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        data = os.urandom(CHUNK)
+        out = base / "out.bin"
         started: list[servers.Server] = []
         try:
-            nginx = servers.start_nginx(base / "nginx")
-            started.append(nginx)
-            moto = servers.start_moto(base / "moto")
-            started.append(moto)
-            ftp = servers.start_ftp(base / "ftp")
-            started.append(ftp)
-            sshd = servers.start_sshd(base / "sshd")
-            started.append(sshd)
-            for root in (nginx.root, ftp.root, sshd.root):
-                with open(root / "big.bin", "wb") as out:
-                    for _ in range(args.mb):
-                        out.write(data)
-            disk = open_gateway(str(nginx.root))
-            s3opts = GatewayOptions(endpoint_url=moto.url)
-            boto3.client("s3", endpoint_url=moto.url).create_bucket(Bucket="bench")
-            s3 = open_gateway("s3://bench", s3opts)
-            with disk.open_read("big.bin") as stream:
-                s3.write_atomic("big.bin", stream)
-            sftp_opts = GatewayOptions(
-                key_file=sshd.extra["key_file"], known_hosts=sshd.extra["known_hosts"]
+            nginx, moto, ftp, sshd = (
+                servers.start_nginx(base / "nginx"),
+                servers.start_moto(base / "moto"),
+                servers.start_ftp(base / "ftp"),
+                servers.start_sshd(base / "sshd"),
             )
-            gateways = {
-                "localfs": disk,
-                "http": open_gateway(nginx.url),
-                "s3": s3,
-                "ftp": open_gateway(ftp.url),
-                "sftp": open_gateway(sshd.url, sftp_opts),
-            }
-            files = [root / "big.bin" for root in (nginx.root, ftp.root, sshd.root)]
-            disk_time = min(drain(disk, "big.bin", files) for _ in range(2))
-            print(f"{args.mb} MB, disk read {args.mb / disk_time:.0f} MB/s")
-            print(f"{'adapter':8} {'MB/s':>8} {'vs disk':>8} {'not-modified':>14}")
-            for name, gw in gateways.items():
-                seconds = drain(gw, "big.bin", files)
-                rtt = round_trip(gw, "big.bin")
-                print(
-                    f"{name:8} {args.mb / seconds:8.0f} {disk_time / seconds:8.2f} "
-                    f"{rtt * 1000:11.2f} ms"
+            started = [nginx, moto, ftp, sshd]
+            source = base / "big.bin"
+            with open(source, "wb") as handle:
+                for _ in range(args.mb):
+                    handle.write(os.urandom(CHUNK))
+            for root in (nginx.root, ftp.root, sshd.root):
+                os.link(source, root / "big.bin")
+            s3 = boto3.client("s3", endpoint_url=moto.url)
+            s3.create_bucket(Bucket="bench")
+            s3.upload_file(str(source), "bench", "big.bin")
+            key, known = sshd.extra["key_file"], sshd.extra["known_hosts"]
+            ssh_host = urlsplit(sshd.url)
+            sftp_opts = ["--key-file", key, "--known-hosts", known]
+            env = {**os.environ, "AWS_ENDPOINT_URL": moto.url}
+            cases: list[tuple[str, Callable[[], None], str, Callable[[], None], str]] = [
+                (
+                    "http",
+                    ferry(f"{nginx.url}/big.bin", str(out)),
+                    "curl",
+                    lambda: subprocess.run(["curl", "-sfo", str(out), f"{nginx.url}/big.bin"]),
+                    "",
+                ),
+                (
+                    "sftp",
+                    ferry(f"{sshd.url}/big.bin", str(out), *sftp_opts),
+                    "OpenSSH sftp",
+                    lambda: subprocess.run(
+                        [
+                            "sftp",
+                            "-q",
+                            "-i",
+                            key,
+                            "-o",
+                            f"UserKnownHostsFile={known}",
+                            "-P",
+                            str(ssh_host.port),
+                            f"{ssh_host.username}@127.0.0.1:{ssh_host.path}/big.bin",
+                            str(out),
+                        ],
+                        check=True,
+                        capture_output=True,
+                    ),
+                    "<= 2x",
+                ),
+                (
+                    "s3 get",
+                    ferry("s3://bench/big.bin", str(out), env=env),
+                    "boto3 download_file",
+                    lambda: s3.download_file("bench", "big.bin", str(out)),
+                    "",
+                ),
+                (
+                    "s3 put",
+                    ferry(str(source), "s3://bench/put.bin", env=env),
+                    "boto3 upload_file",
+                    lambda: s3.upload_file(str(source), "bench", "put2.bin"),
+                    "",
+                ),
+                (
+                    "ftp",
+                    ferry(f"{ftp.url}/big.bin", str(out)),
+                    "curl ftp://",
+                    lambda: subprocess.run(["curl", "-sfo", str(out), f"{ftp.url}/big.bin"]),
+                    "",
+                ),
+            ]
+            rows = [("protocol", f"ferry cp {args.mb} MB", "peer", "peer s", "ratio", "aim")]
+            for name, ours, peer_name, peer, aim in cases:
+                ours_s = min(timed(ours) for _ in range(args.rounds))
+                peer_s = min(timed(peer) for _ in range(args.rounds))
+                rows.append(
+                    (
+                        name,
+                        f"{ours_s:.2f} s",
+                        peer_name,
+                        f"{peer_s:.2f} s",
+                        f"{ours_s / peer_s:.2f}x",
+                        aim,
+                    )
                 )
+            table(rows)
+            options = {
+                "http": (nginx.url, GatewayOptions()),
+                "s3": ("s3://bench", GatewayOptions(endpoint_url=moto.url)),
+                "ftp": (ftp.url, GatewayOptions()),
+                "sftp": (sshd.url, GatewayOptions(key_file=key, known_hosts=known)),
+            }
+            print("\nnot-modified round trip (conditional fetch of an unchanged file):")
+            for name, (url, opts) in options.items():
+                with open_gateway(url, opts) as gw:
+                    print(f"  {name:5} {round_trip(gw, 'big.bin') * 1000:7.2f} ms")
         finally:
             for server in started:
                 servers.stop(server.proc)

@@ -10,6 +10,7 @@ import abc
 import builtins
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -19,8 +20,9 @@ import os
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
@@ -210,10 +212,14 @@ class Gateway(abc.ABC):
     # -- naming -----------------------------------------------------------------
     def display(self, path: str = "") -> str:
         """The URL of ``path`` fit for logs and errors: credentials removed."""
-        return redact(join(self.url, path)) if path else redact(self.url)
+        return join(self._shown, path) if path else self._shown
+
+    @functools.cached_property
+    def _shown(self) -> str:
+        return redact(self.url)
 
     def _rel(self, path: str) -> str:
-        return clean_relative(path, self.display())
+        return clean_relative(path, self.url)  # redacted if it is shown
 
     def _require_writable(self, path: str) -> None:
         if not self.writable:
@@ -329,6 +335,24 @@ class Gateway(abc.ABC):
 
     def write_bytes(self, path: str, data: bytes, durable: bool = True) -> FileInfo:
         return self.write_atomic(path, io.BytesIO(data), durable)
+
+    def write_many(self, files: Iterable[tuple[str, bytes]], jobs: int = 8) -> builtins.list[str]:
+        """Write many small files, several at once, none durable until :meth:`flush`;
+        returns their paths in order. Creating a file costs a journal entry or a round
+        trip on every store, so they overlap; ``files`` is consumed as they go."""
+        done: builtins.list[str] = []
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            pending: deque[tuple[str, Future[FileInfo]]] = deque()
+            for path, data in files:
+                pending.append((path, pool.submit(self.write_bytes, path, data, False)))
+                if len(pending) >= 2 * jobs:
+                    path, future = pending.popleft()
+                    future.result()
+                    done.append(path)
+            for path, future in pending:
+                future.result()
+                done.append(path)
+        return done
 
     def free_space(self, path: str = "") -> int | None:
         """Bytes that may still be written below ``path``; None where unknown."""
@@ -446,7 +470,7 @@ def temp_name(path: str) -> str:
     One pattern for every adapter, so that the next writer recognises (and sweeps)
     what a killed run left, whichever protocol wrote it."""
     parent, _, name = path.rpartition("/")
-    tmp = f".{name}.{uuid.uuid4().hex[:12]}.part"
+    tmp = f".{name}.{os.urandom(6).hex()}.part"
     return f"{parent}/{tmp}" if parent else tmp
 
 

@@ -34,7 +34,6 @@ class Copied:
     info: FileInfo  # the written file as the target reports it
     size: int
     sha256: str
-    md5: str
 
 
 def copy_stream(
@@ -65,7 +64,7 @@ def copy_stream(
                 raise
             log.warning("%s failed its check; fetching it again", what)
             continue
-        return Copied(info, reader.count, reader.sha256.hexdigest(), reader.md5.hexdigest())
+        return Copied(info, reader.count, reader.sha256.hexdigest())
     raise AssertionError("unreachable")
 
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import requests
-import urllib3.exceptions
-from requests.adapters import HTTPAdapter
+import certifi
+import pycurl
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions
+from .curl import BAD_URL, TLS_FAILURES, CurlError, CurlPool, CurlResponse
 from .errors import (
     CredentialsError,
     NotFound,
@@ -26,21 +26,15 @@ from .errors import (
     UsageError,
     network_problem,
 )
-from .streams import CHUNK, MAX_EXPANSION, GuardedStream, expansion_limit
+from .inflate import Inflating
+from .streams import CHUNK, GuardedStream
 from .urls import join, parse
 
 # Files whose bytes are already compressed: a Content-Encoding on them is never undone,
 # since their hashes in repodata are of the bytes as stored.
 COMPRESSED_SUFFIXES = (".zst", ".bz2", ".conda", ".gz", ".xz", ".zip", ".msgpack.zst")
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-_NETWORK_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.HTTPError,
-    ConnectionError,
-    TimeoutError,
-)
+_NETWORK_ERRORS = (OSError, EOFError)  # CurlError and the built-ins it maps to
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -59,6 +53,13 @@ def _count(value: str | None) -> int:
     """A byte count from a header; -1 (unknown) for anything that is not one."""
     text = (value or "").strip()
     return int(text) if text.isdigit() and len(text) < 20 else -1
+
+
+def _accept(path: str, wanted: str) -> str:
+    """The Accept-Encoding for ``path``: identity for files whose bytes are already
+    compressed, whose hashes in repodata are of the bytes as stored (an encoding a
+    server adds anyway is then left as it is)."""
+    return "identity" if path.endswith(COMPRESSED_SUFFIXES) else wanted
 
 
 class _Links(html.parser.HTMLParser):
@@ -88,25 +89,29 @@ class HTTPGateway(Gateway):
             netloc = f"[{netloc}]"
         if parts.port:
             netloc = f"{netloc}:{parts.port}"
-        # Credentials travel in the session, never in the URL that errors may show.
+        # Credentials travel in the handle's options, never in the URL errors may show.
         self._base = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-        self.session = requests.Session()
-        # The environment (proxies, NO_PROXY, ~/.netrc, REQUESTS_CA_BUNDLE) is read once
-        # for this host, not on every request: per-request it costs more than the GET.
-        self.session.trust_env = False
-        self.session.proxies = requests.utils.get_environ_proxies(self._base)
-        if loc.username:
-            self.session.auth = (loc.username, loc.password or "")
-        else:
-            self.session.auth = requests.utils.get_netrc_auth(self._base)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._credentials = (loc.username, loc.password or "") if loc.username else None
         env_ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        self.session.verify = self.options.ca_bundle or (
-            (env_ca or True) if self.options.verify_tls else False
-        )
-        self.session.headers["User-Agent"] = "conda-ferry"
+        self._ca = self.options.ca_bundle or env_ca
+        self._pool = CurlPool(self._configure, self.options.timeout)
+
+    def _configure(self, curl: pycurl.Curl) -> None:
+        """What every request to this site shares; the environment's proxies
+        (``https_proxy``, ``no_proxy``) libcurl reads itself."""
+        curl.setopt(pycurl.USERAGENT, "conda-ferry")
+        if self._credentials:
+            curl.setopt(pycurl.USERNAME, self._credentials[0])
+            curl.setopt(pycurl.PASSWORD, self._credentials[1])
+        else:
+            curl.setopt(pycurl.NETRC, pycurl.NETRC_OPTIONAL)
+            if netrc := os.environ.get("NETRC"):
+                curl.setopt(pycurl.NETRC_FILE, netrc)
+        if not self.options.verify_tls:
+            curl.setopt(pycurl.SSL_VERIFYPEER, 0)
+            curl.setopt(pycurl.SSL_VERIFYHOST, 0)
+        else:
+            curl.setopt(pycurl.CAINFO, self._ca or certifi.where())
 
     def _url(self, path: str) -> str:
         return join(self._base, path)
@@ -115,47 +120,44 @@ class HTTPGateway(Gateway):
     def _errors(self, path: str) -> Iterator[None]:
         try:
             yield
-        except requests.exceptions.SSLError:
-            raise ProtocolError(
-                self.display(path),
-                "TLS verification failed",
-                "name the CA bundle in {option}, or fix the server's certificate",
-                option="ca_bundle",
-            ) from None
-        except requests.exceptions.InvalidURL:
-            raise UsageError(self.display(path), "malformed URL") from None
+        except CurlError as exc:
+            if exc.errno in TLS_FAILURES:
+                raise ProtocolError(
+                    self.display(path),
+                    "TLS verification failed",
+                    "name the CA bundle in {option}, or fix the server's certificate",
+                    option="ca_bundle",
+                ) from None
+            if exc.errno in BAD_URL:
+                raise UsageError(self.display(path), "malformed URL") from None
+            raise self._unreachable(path, exc) from None
         except _NETWORK_ERRORS as exc:
-            raise TransientError(
-                self.display(path),
-                f"cannot reach the server: {network_problem(exc)}",
-                "check the host name, port and network",
-            ) from None
+            raise self._unreachable(path, exc) from None
+
+    def _unreachable(self, path: str, exc: BaseException) -> TransientError:
+        return TransientError(
+            self.display(path),
+            f"cannot reach the server: {network_problem(exc)}",
+            "check the host name, port and network",
+        )
 
     def _request(
         self,
         method: str,
         path: str,
         headers: dict[str, str],
-        stream: bool = False,
         retry: bool = True,
-    ) -> requests.Response:
-        def attempt() -> requests.Response:
+    ) -> CurlResponse:
+        def attempt() -> CurlResponse:
             with self._errors(path):
-                response = self.session.request(
-                    method,
-                    self._url(path),
-                    headers=headers,
-                    stream=stream,
-                    timeout=self.options.timeout,
-                    allow_redirects=True,
-                )
+                response = self._pool.open(method, self._url(path), headers)
             self._check(response, path)
             return response
 
         return self._retry(path, attempt) if retry else attempt()
 
-    def _check(self, response: requests.Response, path: str) -> None:
-        status = response.status_code
+    def _check(self, response: CurlResponse, path: str) -> None:
+        status = response.status
         if status < 400:
             return
         response.close()
@@ -165,7 +167,7 @@ class HTTPGateway(Gateway):
                 where,
                 f"HTTP {status}",
                 code=code,
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=_retry_after(response.headers.get("retry-after")),
             )
         if status in (404, 410):
             raise NotFound(where, f"HTTP {status}", code=code)
@@ -177,30 +179,34 @@ class HTTPGateway(Gateway):
             raise ProtocolError(where, "HTTP 416: range not satisfiable", code=code)
         raise ProtocolError(where, f"HTTP {status}", code=code)
 
-    def _info_from(self, path: str, response: requests.Response) -> FileInfo:
+    def _info_from(self, path: str, response: CurlResponse) -> FileInfo:
         headers = response.headers
-        size = _count(headers.get("Content-Length"))
-        if response.status_code == 206 and "Content-Range" in headers:
-            size = _count(headers["Content-Range"].rpartition("/")[2])
-        if headers.get("Content-Encoding") and not path.endswith(COMPRESSED_SUFFIXES):
+        size = _count(headers.get("content-length"))
+        if response.status == 206 and "content-range" in headers:
+            size = _count(headers["content-range"].rpartition("/")[2])
+        if headers.get("content-encoding") and not path.endswith(COMPRESSED_SUFFIXES):
             size = -1  # the encoded length says nothing about the file's
         mtime = None
-        if lm := headers.get("Last-Modified"):
+        if lm := headers.get("last-modified"):
             with contextlib.suppress(TypeError, ValueError):
                 mtime = email.utils.parsedate_to_datetime(lm).timestamp()
-        return FileInfo(self._rel(path), size, mtime, headers.get("ETag"))
+        return FileInfo(self._rel(path), size, mtime, headers.get("etag"))
 
     def info(self, path: str) -> FileInfo:
-        response = self._request("HEAD", path, {"Accept-Encoding": "identity"})
-        return self._info_from(path, response)
+        with self._request("HEAD", path, {"Accept-Encoding": "identity"}) as response:
+            return self._info_from(path, response)
 
     def _listdir(self, path: str) -> list[FileInfo]:
         rel = self._rel(path)
-        response = self._request("GET", f"{rel}/" if rel else "", {})
-        if "html" not in response.headers.get("Content-Type", ""):
-            raise ProtocolError(self.display(path), "the server gives no directory listing")
+        with self._request(
+            "GET", f"{rel}/" if rel else "", {"Accept-Encoding": "gzip"}
+        ) as response:
+            if "html" not in response.headers.get("content-type", ""):
+                raise ProtocolError(self.display(path), "the server gives no directory listing")
+            with self._body(response, path) as body:
+                page = body.read()
         parser = _Links()
-        parser.feed(response.text)
+        parser.feed(page.decode("utf-8", "replace"))
         out: list[FileInfo] = []
         for href in parser.hrefs:
             name = unquote(href.split("?", 1)[0])
@@ -211,44 +217,34 @@ class HTTPGateway(Gateway):
             out.append(FileInfo(child, 0 if is_dir else -1, is_dir=is_dir))
         return out
 
-    def _body(self, response: requests.Response, path: str, decode: bool) -> BinaryIO:
-        raw, where = response.raw, self.display(path)
-        decoded = 0
-
-        def read(size: int) -> bytes:
-            nonlocal decoded
-            # read1: whatever has arrived, so that a trickling server is seen between
-            # reads instead of inside one that waits for a whole chunk
-            data: bytes = raw.read1(size, decode_content=decode)
-            decoded += len(data)
-            if decode and decoded > expansion_limit(raw.tell()):
-                raise ProtocolError(
-                    where,
-                    f"the Content-Encoding expands more than {MAX_EXPANSION}-fold "
-                    "(a decompression bomb?)",
-                    "refused; nothing was written",
-                )
-            return data
-
-        return GuardedStream(read, response.close, where, _NETWORK_ERRORS).as_binary()
+    def _body(self, response: CurlResponse, path: str) -> BinaryIO:
+        where = self.display(path)
+        body = GuardedStream(response.read, response.close, where, _NETWORK_ERRORS)
+        encoding = response.headers.get("content-encoding", "identity").lower()
+        if encoding == "identity" or path.endswith(COMPRESSED_SUFFIXES):
+            return body.as_binary()  # stored bytes, hashed as they are
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            body.close()
+            raise ProtocolError(where, f"unrequested Content-Encoding {encoding!r}")
+        return Inflating(body.read, body.close, where).as_binary()
 
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
-        compressed = path.endswith(COMPRESSED_SUFFIXES)
-        headers = {"Accept-Encoding": "identity" if compressed or offset else "gzip"}
+        headers = {}
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if version:
                 headers["If-Range"] = version
-        response = self._request("GET", path, headers, stream=True, retry=False)
-        served = response.headers.get("ETag")
+        # a range counts stored bytes: nothing may be encoded on the way
+        headers["Accept-Encoding"] = _accept(path, "identity" if offset else "gzip")
+        response = self._request("GET", path, headers, retry=False)
+        served = response.headers.get("etag")
         skip = 0
-        if offset and response.status_code == 200:
+        if offset and response.status == 200:
             if version and served not in (None, version):
                 response.close()
                 raise ProtocolError(self.display(path), "the file changed during the download")
             skip = offset  # the server ignores ranges: read past what we already have
-        encoded = bool(response.headers.get("Content-Encoding"))
-        body = self._body(response, path, encoded and not compressed)
+        body = self._body(response, path)
         while skip > 0:
             dropped = body.read(min(skip, CHUNK))
             if not dropped:
@@ -259,21 +255,21 @@ class HTTPGateway(Gateway):
     def fetch_if_changed(
         self, path: str, etag: str | None = None, last_modified: str | None = None
     ) -> Fetched | None:
-        compressed = path.endswith(COMPRESSED_SUFFIXES)
-        headers = {"Accept-Encoding": "identity" if compressed else "gzip"}
+        headers = {"Accept-Encoding": _accept(path, "gzip")}
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        response = self._request("GET", path, headers, stream=True)
-        if response.status_code == 304:
+        response = self._request("GET", path, headers)
+        if response.status == 304:
             response.close()
             return None
         info = self._info_from(path, response)
-        encoded = bool(response.headers.get("Content-Encoding"))
-        first = self._body(response, path, encoded and not compressed)
-        stream = self._resuming(path, 0, first, response.headers.get("ETag"))
-        return Fetched(info, stream, response.headers.get("Last-Modified"))
+        first = self._body(response, path)
+        served = response.headers.get("etag")
+        return Fetched(
+            info, self._resuming(path, 0, first, served), response.headers.get("last-modified")
+        )
 
     def _read_only(self, path: str) -> ReadOnlyError:
         return ReadOnlyError(self.display(path), "HTTP is read-only")
@@ -288,4 +284,4 @@ class HTTPGateway(Gateway):
         raise self._read_only(path)
 
     def close(self) -> None:
-        self.session.close()
+        self._pool.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .errors import UsageError
@@ -125,16 +124,18 @@ def clean_relative(path: str, url: str = "") -> str:
     of it (from hostile repodata, a manifest, a user) must never reach the protocol.
     """
     if "\\" in path or "\x00" in path:
-        raise UsageError(url or path, f"unsafe path {path!r}")
-    parts = [p for p in PurePosixPath(path.lstrip("/")).parts if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise UsageError(url or path, f"path {path!r} leaves the target", "use a path below it")
+        raise UsageError(redact(url) if url else path, f"unsafe path {path!r}")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UsageError(
+            redact(url) if url else path, f"path {path!r} leaves the target", "use a path below it"
+        )
     return "/".join(parts)
 
 
 def join(base: str, path: str) -> str:
     """Join a root URL and a relative path, quoting the path for the URL."""
-    rel = clean_relative(path, redact(base))
+    rel = clean_relative(path, base)
     if not rel:
         return base
     return f"{base.rstrip('/')}/{quote(rel)}"

@@ -118,11 +118,12 @@ def publish_subdir(
                 gateway.delete(info.path)  # a killed run's half-written shard
             else:
                 have.add(info.path.split("/", 1)[1])
-        for digest, data in shard_files.items():
-            path = shards.shard_path(digest)
-            if path not in have:  # content-addressed: present means identical
-                gateway.write_bytes(f"{subdir}/{path}", data, durable=False)
-                written.paths.append(f"{subdir}/{path}")
+        new = {shards.shard_path(h): data for h, data in shard_files.items()}
+        written.paths = gateway.write_many(
+            (f"{subdir}/{path}", data)
+            for path, data in new.items()
+            if path not in have  # content-addressed: present means identical
+        )
         if written.paths:
             gateway.flush()  # one flush for all shards, before the index names them
         write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", index_bytes, written)

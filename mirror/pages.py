@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ from .units import as_int, human_size, plural
 PAGES_DIR = "pages"
 LISTING_LIMIT = 2 * 1024 * 1024  # bytes of rows in one listing page before it is split
 SUMMARY_CHARS = 160  # of a summary in the listing; the package page has all of it
-IN_FLIGHT = 64  # rendered pages waiting to be written: memory stays bounded
 NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*")  # a name safe as a file name of ours
 PLAIN = re.compile(r"[A-Za-z0-9_.+!-]+")  # a file name that is its own URL
 LINKABLE = re.compile(r"https?://", re.IGNORECASE)  # never a javascript: URL
@@ -204,7 +201,7 @@ def write_pages(
     entries: list[ChannelEntry],
     previous: dict[str, str],
     present: set[str],
-    jobs: int = 4,
+    jobs: int = 8,
 ) -> PageWrite:
     """Write what changed, package pages before the listings that link to them, then
     remove pages of names that left. ``previous``: the digests of the last write;
@@ -214,22 +211,16 @@ def write_pages(
     have = {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")}
     have |= present
 
-    def write(path: str, data: bytes) -> str:
-        gateway.write_bytes(f"{subdir}/{path}", data, durable=False)
-        return f"{subdir}/{path}"
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        pending: deque[Future[str]] = deque()
+    def changed() -> Iterator[tuple[str, bytes]]:
         for package in packages:
             path = package.link
             if path is None:
                 continue
             result.digests[path] = _inputs(package)
             if previous.get(path) != result.digests[path] or path not in have:
-                pending.append(pool.submit(write, path, package_page(subdir, package)))
-                if len(pending) >= IN_FLIGHT:  # rendering goes on while pages are written
-                    result.written.append(pending.popleft().result())
-        result.written.extend(future.result() for future in pending)
+                yield f"{subdir}/{path}", package_page(subdir, package)
+
+    result.written = gateway.write_many(changed(), jobs)  # rendered as others are written
     if result.written:
         gateway.flush()  # the package pages are durable before a listing links them
     for path, data in listing_pages(subdir, packages):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from conda_ferry.gateways import Gateway, LockInfo, NotFound
 
@@ -72,8 +74,9 @@ class SubdirState:
         return cls(**known, _saved=data)
 
     def _bytes(self) -> bytes:
-        fields = {k: v for k, v in asdict(self).items() if k != "_saved"}
-        return json.dumps(fields, indent=1, sort_keys=True).encode()
+        # saved every few seconds during a transfer, with a name per file: no deep copy
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_saved"}
+        return orjson.dumps(fields, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
     def save(self, gateway: Gateway) -> None:
         """Write the state unless it is unchanged: a no-op run writes nothing."""

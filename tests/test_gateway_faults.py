@@ -40,7 +40,9 @@ def test_http_resumes_after_a_drop_mid_body(http_proxy: FaultProxy) -> None:
     assert http_proxy.connections == 3
 
 
-@pytest.mark.parametrize("fault", ["status:500", "status:503", "status:429:0", "stall:0.1"])
+@pytest.mark.parametrize(
+    "fault", ["status:500", "status:503", "status:429:0", "stall:0.1", "drop:60", "drop:0"]
+)
 def test_http_retries_transient_answers(http_proxy: FaultProxy, fault: str) -> None:
     http_proxy.plan(fault, fault)
     with open_gateway(_http(http_proxy), GatewayOptions(**FAST_RETRY)) as gw:
