@@ -17,6 +17,7 @@ compared (this machine's file creation times vary several-fold from minute to mi
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import subprocess
@@ -60,7 +61,6 @@ def package_urls(root: Path, url: str) -> list[str]:
 
 def curl_parallel(urls: list[str], out: Path) -> None:
     """What the wire allows: curl, eight processes, no checks, no index."""
-    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     per = max(1, len(urls) // JOBS + 1)
     subprocess.run(
@@ -109,28 +109,31 @@ def main() -> None:
         nginx = servers.start_nginx(work / "nginx")
         env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
         rows = [("case", "seconds", "ratio", "aim")]
+        ferry = [sys.executable, "-m", "conda_ferry", "-q", "sync"]
         try:
             sizes = {
                 "small": build_upstream(nginx.root / "small", args.packages, 20_000),
                 "big": build_upstream(nginx.root / "big", args.big, 20_000_000),
             }
             os.sync()  # no run pays for writing back the packages just generated
+            fresh = itertools.count()  # every run writes into a new directory: deleting
+            # the last run's files first would bill this one for the disk's discards
             for kind, count, aim in (("small", args.packages, 3.0), ("big", args.big, 2.5)):
                 url = f"{nginx.url}/{kind}"
                 job = work / f"{kind}.yaml"
-                mirror = work / f"mirror-{kind}"
-                job.write_text(
-                    f"source: {url}\ntarget: {mirror}\nsubdirs: [linux-64, noarch]\njobs: {JOBS}\n"
-                )
-                ferry = [sys.executable, "-m", "conda_ferry", "-q", "sync", str(job)]
 
-                def cold(mirror: Path = mirror, ferry: list[str] = ferry) -> None:
-                    shutil.rmtree(mirror, ignore_errors=True)
-                    subprocess.run(ferry, check=True, env=env)
+                def cold(job: Path = job, url: str = url) -> None:
+                    job.write_text(
+                        f"source: {url}\ntarget: {work / f'mirror-{next(fresh)}'}\n"
+                        f"subdirs: [linux-64, noarch]\njobs: {JOBS}\n"
+                    )
+                    subprocess.run([*ferry, str(job)], check=True, env=env)
 
                 urls = package_urls(nginx.root / kind, url)
                 ferry_s, curl_s = best(
-                    args.rounds, cold, lambda urls=urls: curl_parallel(urls, work / "curl")
+                    args.rounds,
+                    cold,
+                    lambda urls=urls: curl_parallel(urls, work / f"curl-{next(fresh)}"),
                 )
                 label = f"{count} pkgs, {sizes[kind] / 1e6:.0f} MB"
                 rows.append((f"ferry cold sync, {label}", f"{ferry_s:.2f}", "", ""))
@@ -145,7 +148,9 @@ def main() -> None:
                 if kind == "small":
                     log = Path(nginx.extra["log"])
                     before = len(log.read_text().splitlines())
-                    again = timed(lambda ferry=ferry: subprocess.run(ferry, check=True, env=env))
+                    again = timed(
+                        lambda job=job: subprocess.run([*ferry, str(job)], check=True, env=env)
+                    )
                     requests = len(log.read_text().splitlines()) - before
                     rows.append(
                         (

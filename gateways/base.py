@@ -203,6 +203,9 @@ class Gateway(abc.ABC):
 
     scheme = ""
     writable = True
+    # Transfers one thread has started all move on whenever any of them is read: one
+    # thread keeps many in flight (see prefetch). Otherwise each needs a thread.
+    streams_progress_together = False
 
     def __init__(self, url: str, options: GatewayOptions | None = None) -> None:
         self.url = url
@@ -272,6 +275,11 @@ class Gateway(abc.ABC):
         ``version`` (an ETag seen earlier) asks for that version only: a file that
         changed meanwhile must fail rather than splice two versions together.
         """
+
+    def prefetch(self, paths: Iterable[str]) -> None:  # noqa: B027 - a hint, often unused
+        """This thread will soon :meth:`open_read` ``paths`` from their start: adapters
+        whose transfers progress together start them now, so that their answers come
+        in while earlier files are written."""
 
     def open_read(self, path: str, offset: int = 0) -> BinaryIO:
         """A stream from ``offset``; transient breaks resume transparently."""

@@ -6,11 +6,13 @@ were bound by one core, not by the wire. libcurl does the protocol in C and hand
 us a status line, headers and body chunks; the per-file cost left in Python is a
 handful of calls.
 
-Each transfer runs an easy handle on a multi handle of its own, driven from the
-thread that reads the stream: ``read`` runs libcurl until a chunk has arrived, so
-the gateway keeps its pull interface (retries, resume, verification and atomic
-writes stay where they are) and nothing runs behind the caller's back. The pair is
-pooled: the multi handle keeps its connections open between transfers.
+Each thread's transfers share one multi handle, driven from that thread whenever it
+reads a stream: ``read`` runs libcurl until a chunk has arrived, so the gateway
+keeps its pull interface (retries, resume, verification and atomic writes stay
+where they are), nothing runs behind the caller's back, and one thread can keep
+many transfers on the wire (open several streams, then read them in turn) without
+the lock contention of a thread per transfer. The multi handle keeps its
+connections open between transfers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .streams import RawStream
 
 # Body bytes libcurl may buffer ahead of the reader before it is paused.
 AHEAD = 4 << 20
+MAX_AHEAD = 64  # requests sent ahead of being opened, per thread
 _REDIRECTS = 10
 _WEB = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
@@ -69,29 +72,84 @@ TLS_FAILURES = {
 BAD_URL = {pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL}
 
 
-class _Slot:
+def _key(method: str, url: str, headers: dict[str, str]) -> tuple[str, ...]:
+    return (method, url, *sorted(f"{k}: {v}" for k, v in headers.items()))
+
+
+class _Driver:
+    """One thread's transfers: a multi handle that runs them all (and keeps their
+    connections open), and the easy handles idle between requests. pycurl's handles
+    belong to one thread, so each thread gets its own driver."""
+
     def __init__(self) -> None:
-        self.curl = pycurl.Curl()
         self.multi = pycurl.CurlMulti()
+        self.idle: list[pycurl.Curl] = []
+        self.active: dict[pycurl.Curl, CurlResponse] = {}
+        self.early: dict[tuple[str, ...], CurlResponse] = {}  # requests sent ahead
+
+    def step(self, wait: float) -> None:
+        """Let libcurl move every transfer on; wait up to ``wait`` s if none moved."""
+        code, _ = self.multi.perform()
+        while code == pycurl.E_CALL_MULTI_PERFORM:
+            code, _ = self.multi.perform()
+        ended = False
+        while True:
+            queued, done, failed = self.multi.info_read()
+            for curl in done:
+                self.active[curl].ended(None)
+            for curl, code, message in failed:
+                self.active[curl].ended(_failure(code, message))
+            ended = ended or bool(done or failed)
+            if not queued:
+                break
+        if not ended and wait > 0:
+            self.multi.select(wait)
+
+    def take(self) -> pycurl.Curl:
+        return self.idle.pop() if self.idle else pycurl.Curl()
+
+    def start(self, response: CurlResponse) -> None:
+        self.active[response.curl] = response
+        self.multi.add_handle(response.curl)
+
+    def release(self, curl: pycurl.Curl) -> None:
+        if self.active.pop(curl, None) is not None:
+            self.multi.remove_handle(curl)  # an unfinished transfer is abandoned
+        self.idle.append(curl)
+
+    def close(self) -> None:
+        self.early.clear()
+        for curl in list(self.active):
+            self.release(curl)
+        for curl in self.idle:
+            curl.close()
+        self.idle.clear()
+        self.multi.close()
 
 
 class CurlResponse(RawStream):
     """One transfer: ``status`` and ``headers`` (lower-case names) once it is open,
     then its body through ``read``. Raises :class:`CurlError` (or the matching
-    built-in exception) when the transfer fails."""
+    built-in exception) when the transfer fails.
 
-    def __init__(self, slot: _Slot, release: Callable[[_Slot], None], timeout: float) -> None:
+    Reading one response drives every transfer its thread has open, so a reader that
+    opens several before reading the first has them all on the wire at once; what
+    they receive meanwhile is buffered, at most :data:`AHEAD` bytes each."""
+
+    def __init__(self, driver: _Driver, curl: pycurl.Curl, timeout: float) -> None:
         super().__init__()
-        self._slot, self._release, self._timeout = slot, release, timeout
+        self._driver, self.curl, self._timeout = driver, curl, timeout
         self.status = 0
         self.headers: dict[str, str] = {}
-        self._headers_done = self._finished = self._paused = self._resuming = False
+        self._headers_done = self._paused = self._resuming = False
         self._header_end = False  # the blank line that ends the final answer's headers
+        self._ended = False
+        self._error: BaseException | None = None
         self._chunks: deque[bytes] = deque()
         self._ahead = 0
         self._heard = time.monotonic()
-        slot.curl.setopt(pycurl.WRITEFUNCTION, self._body)
-        slot.curl.setopt(pycurl.HEADERFUNCTION, self._header)
+        curl.setopt(pycurl.WRITEFUNCTION, self._body)
+        curl.setopt(pycurl.HEADERFUNCTION, self._header)
 
     # -- libcurl's callbacks ----------------------------------------------------------
     def _header(self, line: bytes) -> None:
@@ -120,9 +178,18 @@ class CurlResponse(RawStream):
         self._ahead += len(chunk)
         return None
 
+    def ended(self, error: BaseException | None) -> None:
+        """The driver's word that the transfer is over, and how."""
+        self._ended = self._headers_done = True
+        if self.status == 0:
+            self.status = int(self.curl.getinfo(pycurl.RESPONSE_CODE))
+        if error is None and not self._header_end:
+            # libcurl takes a close inside the headers for the end of an empty body
+            error = EOFError("the connection closed inside the answer's headers")
+        self._error = error
+
     # -- driving ------------------------------------------------------------------------
-    def start(self) -> CurlResponse:
-        self._slot.multi.add_handle(self._slot.curl)
+    def wait_for_headers(self) -> CurlResponse:
         try:
             self._pump(lambda: self._headers_done)
         except BaseException:
@@ -131,43 +198,27 @@ class CurlResponse(RawStream):
         return self
 
     def _pump(self, enough: Callable[[], bool]) -> None:
-        """Run the transfer until ``enough()`` or it ends; silence longer than the
-        timeout fails it."""
+        """Run the transfers until ``enough()`` or this one ends; silence longer than
+        the timeout while it is waited for fails it (a transfer opened ahead, that
+        nobody read for a while, is not to blame for that)."""
+        self._heard = time.monotonic()
         try:
-            while not (enough() or self._finished):
-                self._step(enough)
+            while not (enough() or self._ended):
+                if self._paused and not self._chunks:
+                    # what libcurl held back (one network read's worth) comes in at once
+                    self._paused, self._resuming = False, True
+                    try:
+                        self.curl.pause(pycurl.PAUSE_CONT)
+                    finally:
+                        self._resuming = False
+                    continue
+                if time.monotonic() - self._heard > self._timeout:
+                    raise TimeoutError(f"no answer for {self._timeout:g}s")
+                self._driver.step(min(self._timeout, 1.0))
         except pycurl.error as exc:
             raise _failure(*exc.args) from None
-
-    def _step(self, enough: Callable[[], bool]) -> None:
-        multi = self._slot.multi
-        if self._paused and not self._chunks:
-            # what libcurl held back (one network read's worth) comes in at once
-            self._paused, self._resuming = False, True
-            try:
-                self._slot.curl.pause(pycurl.PAUSE_CONT)
-            finally:
-                self._resuming = False
-            return
-        code, running = multi.perform()
-        while code == pycurl.E_CALL_MULTI_PERFORM:
-            code, running = multi.perform()
-        if not running:
-            self._finish()
-        elif not enough():
-            if time.monotonic() - self._heard > self._timeout:
-                raise TimeoutError(f"no answer for {self._timeout:g}s")
-            multi.select(min(self._timeout, 1.0))
-
-    def _finish(self) -> None:
-        self._finished = self._headers_done = True
-        _, _, failed = self._slot.multi.info_read()
-        if self.status == 0:
-            self.status = int(self._slot.curl.getinfo(pycurl.RESPONSE_CODE))
-        for _, code, message in failed:
-            raise _failure(code, message)
-        if not self._header_end:  # libcurl takes a close inside the headers for an end
-            raise EOFError("the connection closed inside the answer's headers")
+        if self._ended and self._error is not None and not self._chunks:
+            raise self._error
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -184,34 +235,51 @@ class CurlResponse(RawStream):
 
     def close(self) -> None:
         if not self.closed:
-            slot, self._slot = self._slot, None  # type: ignore[assignment]
-            slot.multi.remove_handle(slot.curl)  # an unfinished transfer is abandoned
-            self._release(slot)
+            self._driver.release(self.curl)
         super().close()
 
 
 class CurlPool:
-    """Pooled transfers to one site; ``configure`` sets what every request shares
+    """Transfers to one site; ``configure`` sets what every request shares
     (credentials, TLS) on a handle that was just reset."""
 
     def __init__(self, configure: Callable[[pycurl.Curl], None], timeout: float) -> None:
         self._configure, self._timeout = configure, timeout
-        self._free: list[_Slot] = []
+        self._local = threading.local()
+        self._drivers: list[_Driver] = []
         self._lock = threading.Lock()
 
-    def _take(self) -> _Slot:
-        with self._lock:
-            return self._free.pop() if self._free else _Slot()
-
-    def _give(self, slot: _Slot) -> None:
-        with self._lock:
-            self._free.append(slot)
+    def _driver(self) -> _Driver:
+        driver: _Driver | None = getattr(self._local, "driver", None)
+        if driver is None:
+            driver = self._local.driver = _Driver()
+            with self._lock:
+                self._drivers.append(driver)
+        return driver
 
     def open(self, method: str, url: str, headers: dict[str, str]) -> CurlResponse:
-        """Start a request and return once its final headers are in (or it failed).
-        The body comes as served: a Content-Encoding is the caller's to undo."""
-        slot = self._take()
-        curl = slot.curl
+        """Start a request (or take the one :meth:`send_ahead` started) and return once
+        its final headers are in, or it failed. The body comes as served: a
+        Content-Encoding is the caller's to undo."""
+        driver = self._driver()
+        early = driver.early.pop(_key(method, url, headers), None)
+        response = early or self._send(driver, method, url, headers)
+        return response.wait_for_headers()
+
+    def send_ahead(self, method: str, url: str, headers: dict[str, str]) -> None:
+        """Start a request this thread will :meth:`open` soon: its answer arrives while
+        the thread works on others, instead of being waited for then."""
+        driver = self._driver()
+        key = _key(method, url, headers)
+        if key not in driver.early:
+            if len(driver.early) >= MAX_AHEAD:  # never opened: the oldest goes
+                driver.early.pop(next(iter(driver.early))).close()
+            driver.early[key] = self._send(driver, method, url, headers)
+
+    def _send(
+        self, driver: _Driver, method: str, url: str, headers: dict[str, str]
+    ) -> CurlResponse:
+        curl = driver.take()
         curl.reset()
         options: dict[int, Any] = {
             pycurl.URL: url,
@@ -233,13 +301,16 @@ class CurlPool:
                 curl.setopt(option, value)
             self._configure(curl)
         except BaseException:
-            self._give(slot)
+            driver.idle.append(curl)
             raise
-        return CurlResponse(slot, self._give, self._timeout).start()
+        response = CurlResponse(driver, curl, self._timeout)
+        driver.start(response)
+        return response
 
     def close(self) -> None:
+        """Close every thread's handles; only once no transfer of this pool runs."""
         with self._lock:
-            for slot in self._free:
-                slot.curl.close()
-                slot.multi.close()
-            self._free.clear()
+            for driver in self._drivers:
+                driver.close()
+            self._drivers.clear()
+        self._local = threading.local()

@@ -7,7 +7,7 @@ import email.utils
 import html.parser
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -79,6 +79,7 @@ class _Links(html.parser.HTMLParser):
 class HTTPGateway(Gateway):
     scheme = "http"
     writable = False
+    streams_progress_together = True  # one libcurl multi handle per thread, see prefetch
 
     def __init__(self, url: str, options: GatewayOptions | None = None) -> None:
         super().__init__(url, options)
@@ -228,15 +229,23 @@ class HTTPGateway(Gateway):
             raise ProtocolError(where, f"unrequested Content-Encoding {encoding!r}")
         return Inflating(body.read, body.close, where).as_binary()
 
-    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
-        headers = {}
+    def _get(self, path: str, offset: int = 0, version: str | None = None) -> dict[str, str]:
+        """The headers of a GET of ``path`` from ``offset``."""
+        # a range counts stored bytes: nothing may be encoded on the way
+        headers = {"Accept-Encoding": _accept(path, "identity" if offset else "gzip")}
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if version:
                 headers["If-Range"] = version
-        # a range counts stored bytes: nothing may be encoded on the way
-        headers["Accept-Encoding"] = _accept(path, "identity" if offset else "gzip")
-        response = self._request("GET", path, headers, retry=False)
+        return headers
+
+    def prefetch(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            with self._errors(path):
+                self._pool.send_ahead("GET", self._url(path), self._get(path))
+
+    def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
+        response = self._request("GET", path, self._get(path, offset, version), retry=False)
         served = response.headers.get("etag")
         skip = 0
         if offset and response.status == 200:
