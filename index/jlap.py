@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
+from .outputs import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
+
 ZERO_IV = "0" * 64
-DEFAULT_MAX_BYTES = 8 << 20  # trim once the log passes this
-DEFAULT_MAX_PATCH_BYTES = 2 << 20  # a bigger patch is left out: clients fetch the whole file
 MAX_PATCH_STEPS = 8192
 
 

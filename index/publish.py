@@ -12,37 +12,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Gateway, NotFound, is_temp, option
+from conda_ferry.gateways import Gateway, NotFound, is_temp
 
 from . import jlap, repodata, shards
-from .jlap import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
+from .outputs import OutputOptions
+
+__all__ = ["OutputOptions", "Written", "publish_subdir", "write_if_changed"]
 
 log = logging.getLogger("ferry.index")
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """What a subdir publishes besides repodata.json: job keys (``outputs:``) and
-    ``ferry index`` options are both made from these fields."""
-
-    zst: bool = option(True, "Write repodata.json.zst.")
-    bz2: bool = option(False, "Also write repodata.json.bz2.")
-    jlap: bool = option(True, "Write repodata.jlap, the patch log clients update through.")
-    shards: bool = option(True, "Write sharded repodata (CEP 16).")
-    current_repodata: bool = option(False, "Also write current_repodata.json.")
-    html: bool = option(True, "Write index.html pages to browse the channel.")
-    zst_level: int = option(
-        repodata.ZSTD_LEVEL,
-        "zstd level of repodata.json.zst (16-19: smaller, many times slower).",
-        minimum=1,
-        maximum=22,
-    )
-    jlap_max_bytes: int = option(
-        DEFAULT_MAX_BYTES, "Trim repodata.jlap once it passes this many bytes.", minimum=4096
-    )
-    jlap_max_patch_bytes: int = option(
-        DEFAULT_MAX_PATCH_BYTES, "Leave out patches larger than this many bytes.", minimum=1024
-    )
 
 
 @dataclass

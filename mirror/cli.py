@@ -33,7 +33,7 @@ from conda_ferry.gateways import (
     redact_text,
     split_url,
 )
-from conda_ferry.index.publish import OutputOptions
+from conda_ferry.index.outputs import OutputOptions
 
 from . import errors
 from .units import human_size, plural, utc

@@ -4,7 +4,6 @@ style, real plurals, one UTC time format."""
 from __future__ import annotations
 
 import calendar
-import email.utils
 import time
 from typing import Any
 
@@ -26,6 +25,8 @@ def parse_utc(text: Any) -> float | None:
 def parse_http_date(text: str | None) -> float | None:
     """An HTTP date (Last-Modified), or None when absent or malformed."""
     try:
+        import email.utils  # a dozen ms at start-up that most commands never need
+
         return email.utils.parsedate_to_datetime(text).timestamp() if text else None
     except (TypeError, ValueError):
         return None
