@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -175,6 +176,15 @@ def setup_logging(verbosity: int) -> None:
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "urllib3", "paramiko", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    threading.excepthook = _thread_ended
+
+
+def _thread_ended(args: threading.ExceptHookArgs) -> None:
+    """A library's helper thread that dies (paramiko's prefetcher, when a transfer is
+    abandoned and its connection closed) is a debug line, not a traceback on stderr:
+    whatever it meant for the run reaches the thread that reads."""
+    name = args.thread.name if args.thread else "?"
+    log.debug("thread %s ended: %s: %s", name, args.exc_type.__name__, args.exc_value)
 
 
 def quiet() -> bool:
