@@ -8,7 +8,8 @@ Over nginx on loopback:
    processes (``xargs -P8``), and against conda-mirror 0.10 (installed in its own
    venv under ~/.cache) on the same upstream;
 2. the same for --big packages of 20 MB (ferry hashes every byte twice, curl none);
-3. a re-sync with nothing to do: time and requests per subdir.
+3. a re-sync with nothing to do: time and requests per subdir;
+4. ``ferry --version`` and ``ferry --help``: start-up.
 
 Each case runs --rounds times, alternating ferry and curl; the best of each is
 compared (this machine's file creation times vary several-fold from minute to minute).
@@ -20,6 +21,7 @@ import argparse
 import itertools
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,9 +109,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         nginx = servers.start_nginx(work / "nginx")
-        env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
+        # as a user runs it: with its modules' bytecode cached (some sandboxes set
+        # PYTHONDONTWRITEBYTECODE, which makes every start compile them again)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["XDG_CACHE_HOME"] = str(work / "cache")
         rows = [("case", "seconds", "ratio", "aim")]
-        ferry = [sys.executable, "-m", "conda_ferry", "-q", "sync"]
+        ferry = [str(Path(sys.executable).parent / "ferry"), "-q", "sync"]
         try:
             sizes = {
                 "small": build_upstream(nginx.root / "small", args.packages, 20_000),
@@ -171,6 +176,20 @@ def main() -> None:
                                 "",
                             )
                         )
+            for flag in ("--version", "--help"):
+                command = [str(Path(sys.executable).parent / "ferry"), flag]
+                runs = [
+                    timed(lambda c=command: subprocess.run(c, check=True, env=env, stdout=-3))
+                    for _ in range(15)
+                ]
+                rows.append(
+                    (
+                        f"ferry {flag} (median of 15)",
+                        f"{statistics.median(runs):.2f}",
+                        "",
+                        "< 0.3 s",
+                    )
+                )
             table(rows)
         finally:
             servers.stop(nginx.proc)

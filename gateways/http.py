@@ -7,6 +7,7 @@ import email.utils
 import html.parser
 import os
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -95,19 +96,25 @@ class HTTPGateway(Gateway):
         self._credentials = (loc.username, loc.password or "") if loc.username else None
         env_ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self._ca = self.options.ca_bundle or env_ca
+        # The environment, read once for this host as requests did: HTTP_PROXY as
+        # well as http_proxy (libcurl alone reads only the lower-case one), NO_PROXY.
+        proxies = urllib.request.getproxies_environment()
+        bypass = bool(urllib.request.proxy_bypass(parts.hostname or ""))
+        self._proxy = "" if bypass else proxies.get(parts.scheme, proxies.get("all", ""))
+        netrc = os.path.expanduser(os.environ.get("NETRC") or "~/.netrc")
+        self._netrc = netrc if not self._credentials and os.path.isfile(netrc) else None
         self._pool = CurlPool(self._configure, self.options.timeout)
 
     def _configure(self, curl: pycurl.Curl) -> None:
-        """What every request to this site shares; the environment's proxies
-        (``https_proxy``, ``no_proxy``) libcurl reads itself."""
+        """What every request to this site shares."""
         curl.setopt(pycurl.USERAGENT, "conda-ferry")
+        curl.setopt(pycurl.PROXY, self._proxy)  # "" is none, whatever the environment
         if self._credentials:
             curl.setopt(pycurl.USERNAME, self._credentials[0])
             curl.setopt(pycurl.PASSWORD, self._credentials[1])
-        else:
+        elif self._netrc:
             curl.setopt(pycurl.NETRC, pycurl.NETRC_OPTIONAL)
-            if netrc := os.environ.get("NETRC"):
-                curl.setopt(pycurl.NETRC_FILE, netrc)
+            curl.setopt(pycurl.NETRC_FILE, self._netrc)
         if not self.options.verify_tls:
             curl.setopt(pycurl.SSL_VERIFYPEER, 0)
             curl.setopt(pycurl.SSL_VERIFYHOST, 0)

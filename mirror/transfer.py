@@ -8,7 +8,7 @@ Two ways to keep ``jobs`` transfers in flight, chosen by the source: where one
 thread's transfers all progress together (HTTP through libcurl), one thread requests
 the next ``jobs`` files ahead and writes them in turn, which spares the lock
 handovers of eight threads taking turns at the interpreter for a fraction of a
-millisecond of work each (measured: 2,000 small packages in a third of the time);
+millisecond of work each (measured: 2,000 small packages in less than half the time);
 otherwise a pool of ``jobs`` threads.
 """
 

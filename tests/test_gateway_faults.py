@@ -163,3 +163,21 @@ def test_unreachable_host_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     lines = [line for line in result.output.strip().splitlines() if "error" in line]
     assert len(lines) == 1 and "cannot reach" in lines[0]
+
+
+def test_http_goes_through_the_proxy_the_environment_names(
+    http_proxy: FaultProxy, nginx: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY in capitals too, as requests and conda read it (libcurl alone reads
+    only http_proxy): the host need not resolve here, the proxy reaches it. NO_PROXY
+    names the hosts reached directly."""
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{http_proxy.port}")
+    with open_gateway("http://mirror.invalid/faults", GatewayOptions(**FAST_RETRY)) as gw:
+        assert gw.read_bytes("pkg.tar.bz2") == DATA
+    assert http_proxy.connections == 1
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    with open_gateway(f"http://localhost:{nginx.port}/faults") as gw:
+        assert gw.read_bytes("pkg.tar.bz2") == DATA
+    assert http_proxy.connections == 1
