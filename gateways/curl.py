@@ -10,7 +10,7 @@ Each thread's transfers share one multi handle, driven from that thread whenever
 reads a stream: ``read`` runs libcurl until a chunk has arrived, so the gateway
 keeps its pull interface (retries, resume, verification and atomic writes stay
 where they are), nothing runs behind the caller's back, and one thread can keep
-many transfers on the wire (open several streams, then read them in turn) without
+many transfers on the wire (send the next requests ahead, then read them in turn) without
 the lock contention of a thread per transfer. The multi handle keeps its
 connections open between transfers.
 """

@@ -100,6 +100,9 @@ http {{
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {dir}/tls.crt;
+        ssl_certificate_key {dir}/tls.key;
         root {root};
         autoindex on;
         gzip on;
@@ -115,14 +118,32 @@ def start_nginx(base: Path) -> Server:
     base.mkdir(parents=True, exist_ok=True)
     root = base / "www"
     root.mkdir(parents=True)
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    # HTTPS too, with a certificate of its own for 127.0.0.1 that no CA bundle trusts
+    subprocess.run(
+        [
+            require("openssl"),
+            *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(base / "tls.key"), "-out", str(base / "tls.crt")),
+        ],
+        check=True,
+        capture_output=True,
+    )
     user = "user root;" if os.geteuid() == 0 else ""
     conf = base / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user=user, dir=base, port=port, root=root))
+    conf.write_text(NGINX_CONF.format(user=user, dir=base, port=port, tls_port=tls_port, root=root))
     log = base / "nginx.out"
     proc = spawn([binary, "-c", str(conf), "-p", str(base), "-e", str(base / "error.log")], log)
     wait_for_port(port, proc, "nginx", log)
-    return Server(f"http://127.0.0.1:{port}", root, port, proc, {"log": str(base / "access.log")})
+    wait_for_port(tls_port, proc, "nginx", log)
+    extra = {
+        "log": str(base / "access.log"),
+        "https": f"https://127.0.0.1:{tls_port}",
+        "ca": str(base / "tls.crt"),
+    }
+    return Server(f"http://127.0.0.1:{port}", root, port, proc, extra)
 
 
 def start_moto(base: Path) -> Server:

@@ -262,6 +262,25 @@ def test_http_is_read_only(nginx: Server) -> None:
             gw.delete("x")
 
 
+def test_https_trusts_only_what_it_is_told_to(nginx: Server) -> None:
+    """A certificate no CA bundle vouches for is refused in one line that names the
+    option; naming its CA, or turning verification off, reaches the file."""
+    (nginx.root / "tls.json").write_bytes(b'{"over": "tls"}')
+    url = nginx.extra["https"]
+    with (
+        open_gateway(url, GatewayOptions(**FAST_RETRY)) as gw,
+        pytest.raises(ProtocolError, match=r"TLS verification failed.*CA bundle"),
+    ):
+        gw.read_bytes("tls.json")
+    trusted = GatewayOptions(**FAST_RETRY, ca_bundle=nginx.extra["ca"])
+    with open_gateway(url, trusted) as gw:
+        assert gw.read_bytes("tls.json") == b'{"over": "tls"}'
+        fetched = gw.fetch_if_changed("tls.json")
+        assert fetched is not None and fetched.stream.read() == b'{"over": "tls"}'
+    with open_gateway(url, GatewayOptions(**FAST_RETRY, verify_tls=False)) as gw:
+        assert gw.read_bytes("tls.json") == b'{"over": "tls"}'
+
+
 def test_paths_cannot_escape_the_root(area: Area) -> None:
     with area.gateway() as gw:
         for bad in ("../x.conda", "a/../../x", "..\\x"):
