@@ -112,7 +112,7 @@ class LocalGateway(Gateway):
     def write_many(self, files: Iterable[tuple[str, bytes]], jobs: int = 8) -> list[str]:
         """One after another: creating a local file is work for the kernel, not a wait,
         and threads creating files side by side only contend (measured: 2,000 small
-        files took 1.5-6x as long with 4 or 8 threads as with one)."""
+        files took from 1.1 to 6 times as long with 4 or 8 threads as with one)."""
         done = []
         for path, data in files:
             self.write_bytes(path, data, durable=False)
