@@ -7,7 +7,6 @@ import email.utils
 import html.parser
 import os
 import time
-import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -56,6 +55,22 @@ def _count(value: str | None) -> int:
     return int(text) if text.isdigit() and len(text) < 20 else -1
 
 
+def environment_proxy(scheme: str, host: str) -> str:
+    """The proxy the environment names for ``host``, "" for none; read once per
+    gateway, as requests and conda read it: ``https_proxy`` or ``HTTPS_PROXY`` (libcurl
+    alone reads only the lower-case ``http_proxy``), then ``all_proxy``; ``no_proxy``
+    lists hosts and domains reached directly (``*`` for all)."""
+
+    def env(name: str) -> str:
+        return os.environ.get(name) or os.environ.get(name.upper()) or ""
+
+    for entry in (e.strip() for e in env("no_proxy").split(",")):
+        domain = entry.split(":")[0].lstrip("*.")  # "host:port", ".domain", "*.domain"
+        if entry == "*" or (domain and (host == domain or host.endswith(f".{domain}"))):
+            return ""
+    return env(f"{scheme}_proxy") or env("all_proxy")
+
+
 def _accept(path: str, wanted: str) -> str:
     """The Accept-Encoding for ``path``: identity for files whose bytes are already
     compressed, whose hashes in repodata are of the bytes as stored (an encoding a
@@ -96,11 +111,7 @@ class HTTPGateway(Gateway):
         self._credentials = (loc.username, loc.password or "") if loc.username else None
         env_ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self._ca = self.options.ca_bundle or env_ca
-        # The environment, read once for this host as requests did: HTTP_PROXY as
-        # well as http_proxy (libcurl alone reads only the lower-case one), NO_PROXY.
-        proxies = urllib.request.getproxies_environment()
-        bypass = bool(urllib.request.proxy_bypass(parts.hostname or ""))
-        self._proxy = "" if bypass else proxies.get(parts.scheme, proxies.get("all", ""))
+        self._proxy = environment_proxy(parts.scheme, parts.hostname or "")
         netrc = os.path.expanduser(os.environ.get("NETRC") or "~/.netrc")
         self._netrc = netrc if not self._credentials and os.path.isfile(netrc) else None
         self._pool = CurlPool(self._configure, self.options.timeout)
