@@ -87,23 +87,23 @@ class _Driver:
         self.active: dict[pycurl.Curl, CurlResponse] = {}
         self.early: dict[tuple[str, ...], CurlResponse] = {}  # requests sent ahead
 
-    def step(self, wait: float) -> None:
-        """Let libcurl move every transfer on; wait up to ``wait`` s if none moved."""
+    def perform(self) -> None:
+        """Let libcurl move every transfer on, and tell the ones that ended."""
         code, _ = self.multi.perform()
         while code == pycurl.E_CALL_MULTI_PERFORM:
             code, _ = self.multi.perform()
-        ended = False
         while True:
             queued, done, failed = self.multi.info_read()
             for curl in done:
                 self.active[curl].ended(None)
             for curl, code, message in failed:
                 self.active[curl].ended(_failure(code, message))
-            ended = ended or bool(done or failed)
             if not queued:
                 break
-        if not ended and wait > 0:
-            self.multi.select(wait)
+
+    def wait(self, seconds: float) -> None:
+        """Until a transfer's connection has something to do, at most ``seconds``."""
+        self.multi.select(seconds)
 
     def take(self) -> pycurl.Curl:
         return self.idle.pop() if self.idle else pycurl.Curl()
@@ -214,7 +214,9 @@ class CurlResponse(RawStream):
                     continue
                 if time.monotonic() - self._heard > self._timeout:
                     raise TimeoutError(f"no answer for {self._timeout:g}s")
-                self._driver.step(min(self._timeout, 1.0))
+                self._driver.perform()
+                if not (enough() or self._ended):
+                    self._driver.wait(min(self._timeout, 1.0))
         except pycurl.error as exc:
             raise _failure(*exc.args) from None
         if self._ended and self._error is not None and not self._chunks:
