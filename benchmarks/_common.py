@@ -35,8 +35,12 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def in_subprocess(module: str, case: str, *args: str) -> dict[str, Any]:
-    """Run one case in its own process, so its peak memory is its own."""
+def in_subprocess(case: str, *args: str) -> dict[str, Any]:
+    """Run one case of the running benchmark in its own process, so its peak memory
+    is its own."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    module = spec.name if spec else "benchmarks." + Path(str(main.__file__)).stem
     out = subprocess.run(
         [sys.executable, "-m", module, "--case", case, *args],
         capture_output=True,

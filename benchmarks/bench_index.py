@@ -161,7 +161,6 @@ def main() -> None:
     if args.case:
         case(args.case, Path(args.work), args)
         return
-    me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         common = ["--work", tmp, "--large", str(args.large)]
@@ -182,8 +181,8 @@ def main() -> None:
         rows = [("case", "ours s", "peer s", "ratio", "aim", "our peak MB", "peer peak MB")]
 
         def compare(label: str, ours: str, peer: str, aim: str) -> None:
-            a = in_subprocess(me, ours, *common)
-            b = in_subprocess(me, peer, *common)
+            a = in_subprocess(ours, *common)
+            b = in_subprocess(peer, *common)
             rows.append(
                 (
                     label,
@@ -214,7 +213,7 @@ def main() -> None:
             "hash-mixed",
             "(bz2 decode)",
         )
-        in_subprocess(me, "prep-large", *common)  # both indexed once; then one package added
+        in_subprocess("prep-large", *common)  # both indexed once; then one package added
         compare(
             f"3. re-index after adding 1 to {args.large} vs rattler",
             "ours-add-one",

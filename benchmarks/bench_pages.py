@@ -64,14 +64,13 @@ def main() -> None:
     args = arguments(500_000, case)
     if args is None:
         return
-    me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_repodata(work / "repodata.json", args.records, args.builds)
         size = (work / "repodata.json").stat().st_size
-        parse = in_subprocess(me, "orjson", "--work", tmp)
-        cold = in_subprocess(me, "cold", "--work", tmp)
-        warm = in_subprocess(me, "warm", "--work", tmp)
+        parse = in_subprocess("orjson", "--work", tmp)
+        cold = in_subprocess("cold", "--work", tmp)
+        warm = in_subprocess("warm", "--work", tmp)
         pages = list((work / "channel/linux-64").rglob("*.html"))
         listing = [p for p in pages if p.parent.name == "linux-64"]
         print(

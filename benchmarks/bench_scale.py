@@ -67,7 +67,6 @@ def main() -> None:
     args = arguments(600_000, case)
     if args is None:
         return
-    me = __spec__.name if __spec__ else "benchmarks." + Path(__file__).stem
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         document = make_document(args.records, args.builds)
@@ -87,7 +86,7 @@ def main() -> None:
             )
         size = (work / "upstream/linux-64/repodata.json").stat().st_size
         zst = (work / "upstream/linux-64/repodata.json.zst").stat().st_size
-        results = {n: in_subprocess(me, n, "--work", tmp) for n in ("orjson", "full", "sharded")}
+        results = {n: in_subprocess(n, "--work", tmp) for n in ("orjson", "full", "sharded")}
     print(
         f"{args.records} records: repodata.json {size / 2**20:.0f} MiB, .zst {zst / 2**20:.1f} MiB"
     )

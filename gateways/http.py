@@ -282,7 +282,7 @@ class HTTPGateway(Gateway):
     def fetch_if_changed(
         self, path: str, etag: str | None = None, last_modified: str | None = None
     ) -> Fetched | None:
-        headers = {"Accept-Encoding": _accept(path, "gzip")}
+        headers = self._get(path)
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:

@@ -106,7 +106,7 @@ class LocalGateway(Gateway):
                     os.unlink(tmp)
                 raise
             if durable:
-                _fsync_dir(Path(parent))
+                _fsync_dir(parent)
         return self._info(rel, st, False)
 
     def write_many(self, files: Iterable[tuple[str, bytes]], jobs: int = 8) -> list[str]:
@@ -147,7 +147,7 @@ class LocalGateway(Gateway):
         return True
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str) -> None:
     """Make a rename durable: a power cut must not undo a published file."""
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -182,7 +183,12 @@ def setup_logging(verbosity: int) -> None:
 def _thread_ended(args: threading.ExceptHookArgs) -> None:
     """A library's helper thread that dies (paramiko's prefetcher, when a transfer is
     abandoned and its connection closed) is a debug line, not a traceback on stderr:
-    whatever it meant for the run reaches the thread that reads."""
+    whatever it meant for the run reaches the thread that reads. A thread of ours
+    that dies is a bug, reported as Python reports it."""
+    frames = traceback.walk_tb(args.exc_traceback)
+    if any(f.f_globals.get("__name__", "").startswith("conda_ferry") for f, _ in frames):
+        threading.__excepthook__(args)
+        return
     name = args.thread.name if args.thread else "?"
     log.debug("thread %s ended: %s: %s", name, args.exc_type.__name__, args.exc_value)
 

@@ -92,7 +92,7 @@ def transfer(
         return filename, copied
 
     names = sorted(items)
-    one_thread = source.streams_progress_together
+    one_thread = source.streams_progress_together  # see _requested_ahead
     pool = None if one_thread else ThreadPoolExecutor(max_workers=max(1, jobs))
     outcomes = (
         pool.map(copy, names)
@@ -124,6 +124,8 @@ def _requested_ahead(
     copy: Callable[[str], Outcome],
 ) -> Iterator[Outcome]:
     """Copy ``names`` in one thread, the next ``jobs`` files already requested."""
+    source.prefetch(f"{source_dir}{n}" for n in names[:jobs])
     for i, name in enumerate(names):
-        source.prefetch(f"{source_dir}{n}" for n in names[i + 1 : i + 1 + jobs])
+        if i + jobs < len(names):  # the window moves on by one
+            source.prefetch([f"{source_dir}{names[i + jobs]}"])
         yield copy(name)
