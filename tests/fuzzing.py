@@ -1,5 +1,5 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests, lockfiles, sharded repodata. Each runs for a time budget and
+bundle manifests, lockfiles, sharded repodata, HTTP answers. Each runs for a time budget and
 reports how many inputs it tried.
 
 Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gzip
 import hashlib
 import io
 import json
@@ -18,14 +19,24 @@ import random
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import pycurl
 import zstandard
 
-from conda_ferry.gateways import GatewayError, GatewayOptions, open_gateway
+from conda_ferry.gateways import (
+    GatewayError,
+    GatewayOptions,
+    ProtocolError,
+    expansion_limit,
+    open_gateway,
+)
+from conda_ferry.gateways.curl import CurlResponse, _Driver
+from conda_ferry.gateways.inflate import Inflating
 from conda_ferry.index import repodata, shards
 from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.publish import OutputOptions, publish_subdir
@@ -334,6 +345,41 @@ def fuzz_lockfiles(seconds: float, seed: int) -> int:
     return count
 
 
+def _bodies() -> list[bytes]:
+    """What servers send as a gzip Content-Encoding: one member, several (as some
+    proxies do), zlib ("deflate"), and a bomb."""
+    text = json.dumps({"packages": {f"p{i}.conda": {"name": f"p{i}"} for i in range(50)}})
+    one = gzip.compress(text.encode())
+    bomb = gzip.compress(b" " * (16 << 20), 9) * 16  # 256 MB from a few hundred kB
+    return [one, one * 3, zlib.compress(text.encode()), bomb]
+
+
+def fuzz_bodies(seconds: float, seed: int) -> int:
+    """Lying HTTP answers: damaged gzip bodies through the inflater (ProtocolError or
+    EOFError only, never more output than the expansion cap), and damaged header lines
+    through the transport's parser."""
+    rng = random.Random(seed)
+    seeds = _bodies()
+    lines = [b"HTTP/1.1 200 OK\r\n", b'ETag: "x"\r\n', b"Content-Length: 12\r\n", b"\r\n"]
+    count = 0
+    for count in _deadline(seconds):  # noqa: B007 - the last count is the result
+        body = _mutate(rng, rng.choice(seeds))
+        source = io.BytesIO(body)
+        reader = Inflating(source.read, source.close, "https://fuzz/repodata.json")
+        out = 0
+        with contextlib.suppress(ProtocolError, EOFError):
+            while chunk := reader.read(1 << 20):
+                out += len(chunk)
+        assert out <= expansion_limit(len(body)), (out, len(body))
+        response = CurlResponse(_Driver(), pycurl.Curl(), 1.0)
+        for line in (_mutate(rng, rng.choice(lines)) for _ in range(rng.randint(1, 8))):
+            response._header(line)
+        assert isinstance(response.status, int) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in response.headers.items()
+        )
+    return count
+
+
 def _inside(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
     return parts[0] in ("b", "mirror", "targets")
@@ -345,6 +391,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "manifests": fuzz_manifests,
     "lockfiles": fuzz_lockfiles,
     "shards": fuzz_shards,
+    "bodies": fuzz_bodies,
 }
 
 if __name__ == "__main__":
