@@ -119,22 +119,35 @@ def _upstream(root: Path, count: int, start: int = 0) -> None:
         write_package(root, spec, ".conda" if i % 3 else ".tar.bz2")
 
 
-def _pruning_job(tmp_path: Path, target: Target, packages: int, extra: str = "") -> Path:
-    """An upstream of ``packages`` and a job mirroring it into ``target`` with prune."""
-    upstream = tmp_path / "upstream"
+def _pruning_job(
+    tmp_path: Path,
+    target: Target,
+    packages: int,
+    extra: str = "",
+    served: Server | None = None,
+) -> tuple[Path, Path]:
+    """An upstream of ``packages`` and a job mirroring it into ``target`` with prune;
+    the upstream is a directory, or ``served`` by that web server."""
+    upstream = (served.root if served else tmp_path) / f"upstream-{tmp_path.name}"
     _upstream(upstream, packages)
     reindex(upstream)
+    source = f"{served.url}/{upstream.name}" if served else str(upstream)
     job = tmp_path / "job.yaml"
     job.write_text(
-        f"source: {upstream}\ntarget: {target.url}\nsubdirs: [linux-64, noarch]\n"
+        f"source: {source}\ntarget: {target.url}\nsubdirs: [linux-64, noarch]\n"
         f"prune: true\nmax_prune_fraction: 1\n{extra}{target.job_options}"
     )
-    return job
+    return job, upstream
 
 
-def test_sync_killed_at_random(target: Target, tmp_path: Path) -> None:
-    job = _pruning_job(tmp_path, target, 30)
-    upstream = tmp_path / "upstream"
+@pytest.mark.parametrize("over", ["disk", "http"])
+def test_sync_killed_at_random(
+    target: Target, tmp_path: Path, over: str, request: pytest.FixtureRequest
+) -> None:
+    """From a directory, and over HTTP, where one thread keeps the transfers in
+    flight with requests sent ahead."""
+    served = request.getfixturevalue("nginx") if over == "http" else None
+    job, upstream = _pruning_job(tmp_path, target, 30, served=served)
     scratch = tmp_path / "scratch.yaml"
     scratch.write_text(
         job.read_text()
@@ -202,8 +215,7 @@ def test_snapshot_commands_killed_at_random(target: Target, tmp_path: Path) -> N
     """create, restore and delete killed at any instant: the live channel and every
     snapshot (complete or not) name only present, correct files, even after the
     upstream pruned what a snapshot holds."""
-    job = _pruning_job(tmp_path, target, 24, "grace: 0s\n")
-    upstream = tmp_path / "upstream"
+    job, upstream = _pruning_job(tmp_path, target, 24, "grace: 0s\n")
     _converge(["sync", str(job)], target)
     snapshot = ["snapshot", "create", target.url, "s1", *target.flags]
     span = _timed("snapshot", "create", target.url, "scratch", *target.flags) * 1.2
