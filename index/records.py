@@ -13,7 +13,8 @@ from .package import BadPackage, PackageMeta
 EXTENSIONS = (".conda", ".tar.bz2")
 # index.json keys that real indexers leave out of repodata (CEP 36 deprecates them).
 _DROPPED = {"arch", "platform"}
-_NAME = re.compile(r"^[A-Za-z0-9_.+!-][A-Za-z0-9_.+!~=-]*$")
+# no separators, no leading dot: a name, never a path
+_FILENAME = re.compile(r"[A-Za-z0-9_+!-][A-Za-z0-9_.+!~=-]*\.(?:conda|tar\.bz2)")
 
 
 _SUBDIR = re.compile(r"[a-z0-9]+(-[a-z0-9_]+)?")
@@ -35,14 +36,7 @@ def check_filename(filename: str) -> str:
     Repodata comes from servers we do not control; a key such as ``../x.conda`` or
     ``/etc/x.conda`` must never become a path on the mirror.
     """
-    if (
-        not isinstance(filename, str)
-        or not filename.endswith(EXTENSIONS)
-        or "/" in filename
-        or "\\" in filename
-        or filename.startswith(".")
-        or not _NAME.match(filename)
-    ):
+    if not isinstance(filename, str) or not _FILENAME.fullmatch(filename):
         raise BadFilename(f"unsafe package file name {filename!r}")
     return filename
 
@@ -78,8 +72,9 @@ def record_problem(record: Any, need_digest: bool = True) -> str | None:
     for key in _STRINGS:
         if not isinstance(record.get(key), str) or not record[key]:
             return f"'{key}' is missing or not a string"
-    if not _version_parses(record["version"]):
-        return f"version {record['version'][:40]!r} does not parse"
+    problem = version_problem(record["version"])
+    if problem:
+        return problem
     for key in _OPTIONAL_STRINGS:
         value = record.get(key)
         if value is not None and not isinstance(value, (str, bool) if key == "noarch" else str):
@@ -104,9 +99,15 @@ def record_problem(record: Any, need_digest: bool = True) -> str | None:
             isinstance(record[key], str) and shape.match(record[key])
         ):
             return f"'{key}' is not a {key} digest"
-    if need_digest and not (record.get("sha256") or record.get("md5")):
-        return "no sha256 or md5 to check the file against"
-    return None
+    return digest_problem(record.get("sha256"), record.get("md5")) if need_digest else None
+
+
+def version_problem(version: str) -> str | None:
+    return None if _version_parses(version) else f"version {version[:40]!r} does not parse"
+
+
+def digest_problem(sha256: str | None, md5: str | None) -> str | None:
+    return None if sha256 or md5 else "no sha256 or md5 to check the file against"
 
 
 def package_key(filename: str) -> str:

@@ -64,20 +64,20 @@ def zst(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(data)
 
 
-def unzst(data: bytes) -> bytes:
+def unzst(data: bytes | bytearray) -> bytearray:
     """The decompressed bytes, read chunk by chunk (a frame's declared size is not
-    trusted); one that expands past what repodata can is refused as a bomb."""
+    trusted); one that expands past what repodata can is refused as a bomb. Grown in
+    place: a 200 MB repodata.json is held once, not once per chunk and once joined."""
     limit = expansion_limit(len(data))
     reader = zstandard.ZstdDecompressor().stream_reader(data)
-    chunks, total = [], 0
+    out = bytearray()
     while chunk := reader.read(CHUNK):
-        total += len(chunk)
-        if total > limit:
+        out += chunk
+        if len(out) > limit:
             raise zstandard.ZstdError(
                 f"expands more than {MAX_EXPANSION}-fold (a decompression bomb?)"
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return out
 
 
 def bz2_bytes(data: bytes) -> bytes:

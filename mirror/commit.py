@@ -14,9 +14,9 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, SubdirSummary, index_subdir
@@ -30,15 +30,16 @@ from .upstream import Descriptions
 
 log = logging.getLogger("ferry.commit")
 Record = dict[str, Any]
+R = TypeVar("R", bound=Mapping[str, Any])
 DEFAULT_GRACE = 7 * 86400.0  # CEP 16 asks servers to keep stale shards about a week
 
 
 def choose_records(
-    wanted: dict[str, Record],
+    wanted: Mapping[str, R],
     ready: Collection[str],
-    published: dict[str, Record],
+    published: Mapping[str, R],
     present: Collection[str],
-) -> dict[str, Record]:
+) -> dict[str, R]:
     """The records to publish: what the writer wants, where the file is known good.
 
     ``ready``: files known to hold exactly the bytes their wanted record describes
@@ -47,7 +48,7 @@ def choose_records(
     the old record is still true of it. Anything else is left out: never a record
     whose file is missing or unverified.
     """
-    chosen: dict[str, Record] = {}
+    chosen: dict[str, R] = {}
     for filename, record in wanted.items():
         if filename in ready:
             chosen[filename] = record
@@ -189,7 +190,8 @@ def mirrored(view: SubdirView, state: SubdirState, descriptions: Descriptions) -
 
 def collect_garbage(target: Gateway, subdir: str, everything: bool) -> list[str]:
     """Delete the subdir's files whose grace has passed (``everything``: all of them
-    now); the caller holds the subdir's lock."""
+    now), and what a killed writer of its state left; the caller holds its lock."""
+    sweep_temps(target, STATE_DIR, f".{subdir}.json.")
     state = SubdirState.load(target, subdir)
     if everything:
         state.due = dict.fromkeys(state.due, 0.0)

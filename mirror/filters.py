@@ -14,7 +14,9 @@ import datetime as dt
 import fnmatch
 import functools
 import logging
+import re
 from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -26,7 +28,7 @@ from .yamldoc import Reader, Source, parse_size
 
 log = logging.getLogger("ferry.filters")
 Key = tuple[str, str]  # (subdir, filename)
-Record = dict[str, Any]
+Record = Mapping[str, Any]  # a dict, or upstream JSON read compactly (index.compact)
 _GLOB = set("*?[")
 T = TypeVar("T")
 
@@ -61,37 +63,39 @@ class SpecMatcher:
         if _GLOB & set(self.name):
             self.glob, self.name = self.name, None
 
+    @functools.cached_property
+    def _by_glob(self) -> Callable[[str], object] | None:
+        """A bare name glob's compiled test (None: the spec says more than a name)."""
+        if self.spec is not None and self.text.lower() != (self.glob or ""):
+            return None
+        return re.compile(fnmatch.translate(self.glob or "")).match
+
     def names(self, index: dict[str, list[Candidate]]) -> list[str]:
         if self.name is not None:
             return [self.name] if self.name in index else []
         return [n for n in index if fnmatch.fnmatchcase(n, self.glob or "")]
 
     def matches(self, candidate: Candidate) -> bool:
-        if self.spec is None or self.text.lower() == (self.glob or ""):
-            return fnmatch.fnmatchcase(candidate.name, self.glob or "")
+        by_glob = self._by_glob
+        if by_glob is not None:
+            return by_glob(candidate.name) is not None
         if self.name is not None and candidate.name != self.name:
             return False
         package = candidate.package
-        return package is not None and bool(self.spec.matches(package))
+        return package is not None and self.spec is not None and bool(self.spec.matches(package))
 
 
 class Candidate:
     """One upstream record as the filters see it; its rattler form is built on first
     use only, since most records are judged by name alone."""
 
-    __slots__ = ("_package", "filename", "record", "subdir")
+    __slots__ = ("_package", "filename", "key", "name", "record", "subdir")
 
     def __init__(self, subdir: str, filename: str, record: Record) -> None:
         self.subdir, self.filename, self.record = subdir, filename, record
+        self.key: Key = (subdir, filename)
+        self.name = str(record.get("name", "")).lower()
         self._package: Any = _UNSET
-
-    @property
-    def key(self) -> Key:
-        return (self.subdir, self.filename)
-
-    @property
-    def name(self) -> str:
-        return str(self.record.get("name", "")).lower()
 
     @property
     def package(self) -> Any:
@@ -303,17 +307,17 @@ class Selection:
     dropped_dependencies: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)  # include specs no record matched
     locked_problems: list[str] = field(default_factory=list)  # locked, but not to be had
+    otherwise: str = ""  # the reason of a record ``reasons`` does not name
 
-    def explain(self, name: str, records: dict[str, dict[str, Record]]) -> list[str]:
+    def explain(self, name: str, records: Mapping[str, Mapping[str, Record]]) -> list[str]:
         lines = []
         for subdir in sorted(records):
             for filename, record in sorted(records[subdir].items()):
                 if record.get("name") != name:
                     continue
                 verdict = "keep" if filename in self.kept.get(subdir, {}) else "drop"
-                lines.append(
-                    f"{verdict} {subdir}/{filename}: {self.reasons.get((subdir, filename), '')}"
-                )
+                why = self.reasons.get((subdir, filename), self.otherwise)
+                lines.append(f"{verdict} {subdir}/{filename}: {why}")
         return lines
 
 
@@ -331,15 +335,16 @@ class Selector:
         self._dep_specs: dict[str, SpecMatcher | None] = {}
         self._dep_matches: dict[str, list[Candidate]] = {}
 
-    def select(self, records: dict[str, dict[str, Record]]) -> Selection:
+    def select(self, records: Mapping[str, Mapping[str, Record]]) -> Selection:
         candidates = [
             Candidate(subdir, filename, record)
             for subdir, section in records.items()
             for filename, record in section.items()
         ]
         by_name: dict[str, list[Candidate]] = defaultdict(list)
-        for candidate in candidates:
-            by_name[candidate.name].append(candidate)
+        if self.filters.by_name or self.filters.dependencies:
+            for candidate in candidates:
+                by_name[candidate.name].append(candidate)
         reasons: dict[Key, str] = {}
         blocked = self._reject(candidates, reasons)
         unmatched: list[str] = []
@@ -353,7 +358,12 @@ class Selector:
         selection: dict[str, dict[str, Record]] = {subdir: {} for subdir in records}
         for candidate in kept.values():
             selection[candidate.subdir][candidate.filename] = candidate.record
-        return Selection(selection, reasons, dropped, unmatched, problems)
+        otherwise = (
+            "not selected by any include spec"
+            if self.filters.by_name
+            else "no include filter: everything is mirrored"
+        )
+        return Selection(selection, reasons, dropped, unmatched, problems, otherwise)
 
     def _reject(self, candidates: list[Candidate], reasons: dict[Key, str]) -> dict[Key, str]:
         blocked: dict[Key, str] = {}
@@ -373,13 +383,9 @@ class Selector:
         reasons: dict[Key, str],
         unmatched: list[str],
     ) -> dict[Key, Candidate]:
-        kept: dict[Key, Candidate] = {}
         if not self.filters.by_name:
-            for candidate in candidates:
-                if candidate.key not in blocked:
-                    kept[candidate.key] = candidate
-                    reasons[candidate.key] = "no include filter: everything is mirrored"
-            return kept
+            return {c.key: c for c in candidates if c.key not in blocked}
+        kept: dict[Key, Candidate] = {}
         for text in self.filters.include or ():
             spec = SpecMatcher(text)
             matched = False
@@ -394,8 +400,6 @@ class Selector:
                         reasons[key] = f"included by '{text}'"
             if not matched:
                 unmatched.append(text)
-        for candidate in candidates:
-            reasons.setdefault(candidate.key, "not selected by any include spec")
         return kept
 
     def _locked(

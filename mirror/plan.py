@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-Record = dict[str, Any]
+Record = Mapping[str, Any]  # a dict, or upstream JSON read compactly (index.compact)
 
 
 def same_file(a: Record | None, b: Record | None) -> bool:
@@ -32,7 +34,7 @@ class Plan:
     adopt: list[str] = field(default_factory=list)
     check: list[str] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def add_bytes(self) -> int:
         return sum(int(self.desired[fn].get("size") or 0) for fn in self.add)
 
@@ -53,7 +55,7 @@ class Plan:
 def make_plan(
     subdir: str,
     desired: dict[str, Record],
-    published: dict[str, Record],
+    published: Mapping[str, Record],
     present: dict[str, int],
     managed: set[str],
     prune: bool,
@@ -71,7 +73,7 @@ def make_plan(
     ``verified``: the journal of files a killed run verified as they landed (name ->
     sha256): such a file is adopted, not fetched again."""
     plan = Plan(subdir, desired)
-    for filename, record in sorted(desired.items()):
+    for filename, record in desired.items():
         have = published.get(filename)
         if (
             filename in present
@@ -99,4 +101,6 @@ def make_plan(
             plan.remove.append(filename)  # never-published leftovers always go
         else:
             plan.retained[filename] = published[filename]
+    for names in (plan.add, plan.update, plan.replaced, plan.adopt, plan.check):
+        names.sort()
     return plan

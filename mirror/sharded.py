@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ import zstandard
 
 from conda_ferry.gateways import Gateway, GatewayOptions, NotFound, is_temp, open_gateway
 from conda_ferry.index import repodata, shards
-from conda_ferry.index.records import record_problem
+from conda_ferry.index.compact import Checker
 from conda_ferry.index.repodata import SECTIONS
 
 from .errors import FerryError
@@ -38,7 +39,7 @@ from .upstream import package_location
 log = logging.getLogger("ferry.sharded")
 INDEX = shards.INDEX_NAME
 CACHE_DIR = f"{STATE_DIR}/shard-cache"
-Record = dict[str, Any]
+Record = Mapping[str, Any]  # a dict, or upstream JSON read compactly (index.compact)
 
 
 @dataclass
@@ -182,11 +183,12 @@ def _dep_name(text: Any) -> str | None:
 
 def _fit(document: dict[str, Any]) -> dict[str, Record]:
     """Records fit to select from (the sync checks them again, and names the refused)."""
+    checked = Checker()
     return {
-        fn: r
+        fn: fit
         for section in SECTIONS
         for fn, r in (document.get(section) or {}).items()
-        if record_problem(r) is None
+        if (fit := checked(r)[0]) is not None
     }
 
 

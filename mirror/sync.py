@@ -26,7 +26,8 @@ from conda_ferry.gateways import (
     open_gateway,
 )
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
-from conda_ferry.index.records import BadFilename, check_filename, record_problem
+from conda_ferry.index.compact import Checker, bulk, plain
+from conda_ferry.index.records import BadFilename, check_filename
 from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
 
@@ -36,7 +37,7 @@ from .commit import Commit, choose_records, collect_garbage, commit_subdir, swee
 from .config import Job
 from .filters import Selection, Selector
 from .indexing import ensure_noarch
-from .plan import Plan, make_plan
+from .plan import Plan, Record, make_plan
 from .progress import Progress
 from .state import SubdirState, subdir_lock
 from .transfer import expected, transfer
@@ -133,16 +134,15 @@ class SyncReport:
         }
 
 
-def _records(
-    document: dict[str, Any], where: str
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def _records(document: dict[str, Any], where: str) -> tuple[dict[str, Record], dict[str, str]]:
     """The records of a repodata document fit to mirror, and the refused ones with why.
 
     A record of the wrong shape, without a digest or under an unsafe file name is
     left out (and named in the summary): one bad record must not stop the rest.
     """
-    merged: dict[str, dict[str, Any]] = {}
+    merged: dict[str, Record] = {}
     refused: dict[str, str] = {}
+    checked = Checker()
     for section in SECTIONS:
         items = document.get(section) or {}
         if not isinstance(items, dict):
@@ -153,9 +153,9 @@ def _records(
             except BadFilename as exc:
                 refused[str(filename)[:200]] = str(exc)
                 continue
-            problem = record_problem(record)
-            if problem is None:
-                merged[filename] = record
+            fit, problem = checked(record)
+            if fit is not None:
+                merged[filename] = fit
             else:
                 refused[filename] = f"upstream record refused: {problem}"
     return merged, refused  # each is named in the run's summary
@@ -246,16 +246,17 @@ class SyncRun:
                     self._quiet_night(target, states, job.outputs.html)
                 self.report.seconds = time.monotonic() - started
                 return self.report, []
-            records: dict[str, dict[str, dict[str, Any]]] = {}
+            records: dict[str, dict[str, Record]] = {}
             refused = self.refused
-            for s, answer in fetched.items():
-                try:
-                    records[s], refused[s] = _records(
-                        answer.document or {}, source.display(f"{s}/{answer.variant}")
-                    )
-                except errors.FerryError as exc:
-                    self.broken[s] = str(exc)
-            selection = Selector(self.filters).select(records)
+            with bulk():
+                for s, answer in fetched.items():
+                    try:
+                        records[s], refused[s] = _records(
+                            answer.document or {}, source.display(f"{s}/{answer.variant}")
+                        )
+                    except errors.FerryError as exc:
+                        self.broken[s] = str(exc)
+                selection = Selector(self.filters).select(records)
             self.report.dropped_dependencies = selection.dropped_dependencies
             self.report.unmatched_includes = selection.unmatched
             self.report.locked_problems = selection.locked_problems
@@ -546,12 +547,13 @@ class SyncRun:
         for info in result.done.values():
             view.landed(info)
         unchanged = plan.desired.keys() - set(fetch)
-        known = choose_records(
+        chosen = choose_records(
             {**plan.desired, **plan.retained},
             unchanged | result.done.keys() | plan.retained.keys(),
             view.published,
             view.present,
         )
+        known = {filename: plain(record) for filename, record in chosen.items()}
         state.etag, state.last_modified = answer.etag, answer.last_modified
         report.published = len(known)
         report.upstream_modified = parse_http_date(answer.last_modified)

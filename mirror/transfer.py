@@ -15,7 +15,7 @@ otherwise a pool of ``jobs`` threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +34,7 @@ class TransferResult:
     bytes: int = 0
 
 
-def expected(record: dict[str, Any]) -> Expected:
+def expected(record: Mapping[str, Any]) -> Expected:
     """What a record promises about its file's bytes."""
     size = record.get("size")
     return Expected(
@@ -54,7 +54,7 @@ def transfer(
     source_dir: str,
     target: Gateway,
     subdir: str,
-    items: dict[str, dict[str, Any]],
+    items: Mapping[str, Mapping[str, Any]],
     jobs: int,
     progress: Progress,
     landed: Callable[[str, Copied], None] = lambda name, copied: None,

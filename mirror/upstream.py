@@ -13,7 +13,7 @@ import orjson
 import zstandard
 
 from conda_ferry.gateways import Gateway, GatewayError, NotFound, redact
-from conda_ferry.index import repodata
+from conda_ferry.index import compact, repodata
 from conda_ferry.index.channeldata import extras_from
 
 from .errors import FerryError
@@ -57,21 +57,24 @@ def fetch(
         if fetched is None:
             return Upstream(subdir, None, etag, last_modified, name)
         with fetched:
-            raw = fetched.stream.read()
-        served = len(raw)
+            data: bytes | bytearray = fetched.stream.read()
+        served = len(data)
         if name.endswith(".zst"):
             try:
-                raw = repodata.unzst(raw)
+                data = repodata.unzst(data)
             except zstandard.ZstdError as exc:
                 raise FerryError(f"{gateway.display(path)}: not valid zstd ({exc})") from None
-        try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise FerryError(f"{gateway.display(path)}: not valid JSON ({exc})") from None
-        if not isinstance(document, dict):
-            raise FerryError(f"{gateway.display(path)}: repodata is not a JSON object")
+        document = parse(data, gateway.display(path))
         return Upstream(subdir, document, fetched.info.etag, fetched.last_modified, name, served)
     raise AssertionError("unreachable")
+
+
+def parse(data: bytes | bytearray, where: str) -> dict[str, Any]:
+    """A repodata document whose records are still their raw JSON (see index.compact)."""
+    try:
+        return compact.read_document(data)
+    except compact.BadDocument as exc:
+        raise FerryError(f"{where}: {exc}") from None
 
 
 class Descriptions:

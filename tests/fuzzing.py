@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
+import orjson
 import pycurl
 import zstandard
 
@@ -37,10 +39,10 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.gateways.curl import CurlResponse, _Driver
 from conda_ferry.gateways.inflate import Inflating
-from conda_ferry.index import repodata, shards
+from conda_ferry.index import compact, repodata, shards
 from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.publish import OutputOptions, publish_subdir
-from conda_ferry.index.records import record_from_package
+from conda_ferry.index.records import record_from_package, record_problem
 from conda_ferry.mirror import bundle, errors, lockfiles, sharded, snapshots, sync, upstream
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
@@ -158,9 +160,26 @@ FILTERS = [
 ]
 
 
+def _agrees(record: Any) -> None:
+    """The compact reader judges a record as ``record_problem`` does, and reads back
+    what the record says."""
+    try:
+        data = orjson.dumps(record)
+    except TypeError:  # beyond JSON's 64-bit integers: refused by the reader, fine
+        return
+    record = orjson.loads(data)  # what the JSON says (a NaN is null there)
+    raw = msgspec.Raw(data)
+    fit, problem = compact.Checker()(raw)
+    assert (problem is None) == (record_problem(record) is None), (record, problem)
+    if fit is not None:
+        assert fit == record and compact.plain(fit) == record
+        for key in {*record, *compact.FIELDS, *compact.LISTS, "name", "size", "x"}:
+            assert fit.get(key) == record.get(key), key
+
+
 def fuzz_records(seconds: float, seed: int) -> int:
-    """Hostile repodata documents through sync's parsing, the filters, the plan and
-    the base_url rule: FerryError only."""
+    """Hostile repodata documents, as JSON or as bytes mutated from it, through sync's
+    parsing, the filters, the plan and the base_url rule: FerryError only."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -171,13 +190,20 @@ def fuzz_records(seconds: float, seed: int) -> int:
         count = 0
         for count in _deadline(seconds):  # noqa: B007 - the last count is the result
             document = _document(rng, base)
+            conda = document["packages.conda"]
+            for record in conda.values() if isinstance(conda, dict) else ():
+                _agrees(record)
+            data = json.dumps(document).encode()
+            if rng.random() < 0.3:
+                data = _mutate(rng, data)
             try:
-                records, _ = sync._records(document, "fuzz")
+                parsed = upstream.parse(data, "fuzz")
+                records, _ = sync._records(parsed, "fuzz")
                 filters = Filters.parse(rng.choice(FILTERS))
                 selection = Selector(filters).select({"linux-64": records, "noarch": {}})
                 kept = selection.kept.get("linux-64", {})
                 make_plan("linux-64", kept, base, {f: 1 for f in base}, set(base), True)
-                info = document.get("info")
+                info = parsed.get("info")
                 if isinstance(info, dict) and "base_url" in info:
                     upstream.package_location(str(root), "linux-64", info["base_url"], ())
             except errors.FerryError:

@@ -1,0 +1,97 @@
+"""Upstream repodata read compactly: records are judged as ``record_problem`` judges
+them, read back as the JSON says, and published verbatim. (The fuzzer in
+``tests/fuzzing.py`` holds the same agreement over hostile records.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conda_ferry.index import compact
+from conda_ferry.index.records import record_problem
+from tests.upstream import build_upstream
+
+
+def _every_key(record: dict[str, Any]) -> set[str]:
+    return {*record, *compact.FIELDS, *compact.LISTS, "name", "size", "not-a-field"}
+
+
+def _read_back(data: bytes) -> int:
+    """Checks each record of ``data`` against its plain JSON; how many were fit."""
+    document = compact.read_document(data)
+    plain = json.loads(data)
+    checked, fit = compact.Checker(), 0
+    for section in ("packages", "packages.conda"):
+        for filename, raw in document[section].items():
+            expected = plain[section][filename]
+            record, problem = checked(raw)
+            assert (problem is None) == (record_problem(expected) is None), filename
+            if record is None:
+                continue
+            fit += 1
+            assert record == expected and compact.plain(record) == expected
+            assert dict(record) == expected and len(record) == len(expected)
+            for key in _every_key(expected):
+                assert record.get(key) == expected.get(key), key
+                assert (key in record) == (key in expected), key
+    return fit
+
+
+def test_records_read_back_as_their_json(tmp_path: Path) -> None:
+    build_upstream(tmp_path)
+    for subdir in ("linux-64", "noarch"):
+        assert _read_back((tmp_path / subdir / "repodata.json").read_bytes()) > 0
+
+
+def test_a_real_channels_records_read_back(shared: Path) -> None:
+    for path in sorted((shared / "data" / "repodata").glob("*.json")):
+        assert _read_back(path.read_bytes()) > 0, path.name
+
+
+def test_a_missing_field_is_a_key_error(tmp_path: Path) -> None:
+    build_upstream(tmp_path)
+    document = compact.read_document((tmp_path / "linux-64" / "repodata.json").read_bytes())
+    record, _ = compact.Checker()(next(iter(document["packages.conda"].values())))
+    assert record is not None and "not-a-field" not in record
+    with pytest.raises(KeyError):
+        record["not-a-field"]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b'{"packages": [', "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"[]", "repodata is not a JSON object"),
+        (b'{"packages": []}', "'packages' is not a JSON object"),
+        (b'{"packages.conda": 3}', "'packages.conda' is not a JSON object"),
+    ],
+)
+def test_a_document_that_is_no_repodata_says_why(data: bytes, problem: str) -> None:
+    with pytest.raises(compact.BadDocument, match=problem):
+        compact.read_document(data)
+
+
+def test_records_of_one_name_share_its_string() -> None:
+    data = json.dumps(
+        {
+            "packages.conda": {
+                f"a-1-{i}.conda": {
+                    "name": "a",
+                    "version": "1",
+                    "build": str(i),
+                    "size": 1,
+                    "sha256": "ab" * 32,
+                }
+                for i in range(3)
+            }
+        }
+    ).encode()
+    checked = compact.Checker()
+    names = [
+        checked(raw)[0]["name"] for raw in compact.read_document(data)["packages.conda"].values()
+    ]  # type: ignore[index]
+    assert names[0] is names[1] is names[2]
