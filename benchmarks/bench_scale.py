@@ -7,6 +7,8 @@ Each case is a dry run (``ferry sync --dry-run``: fetch, parse, filter, plan) in
 own process, so its peak memory is its own:
 
 - full: ``exclude`` only, so every record is needed: repodata.json.zst is read;
+- fields: the newest 3 versions without GPL licences: every record's version and
+  licence is read (the fields beyond name and size are decoded for each);
 - sharded: ``include`` of one name with ``dependencies``: the shard index and the
   shards of its closure are read;
 - orjson: ``orjson.loads`` of the same repodata.json, the least any reader pays.
@@ -77,6 +79,7 @@ def main() -> None:
         del document
         jobs = {
             "full": "filters: {exclude: ['*-dbg']}",
+            "fields": "filters: {latest: 3, licenses: {deny: ['GPL-*']}}",
             "sharded": "filters: {include: [package-000077], dependencies: true}",
         }
         for name, filters in jobs.items():
@@ -86,13 +89,13 @@ def main() -> None:
             )
         size = (work / "upstream/linux-64/repodata.json").stat().st_size
         zst = (work / "upstream/linux-64/repodata.json.zst").stat().st_size
-        results = {n: in_subprocess(n, "--work", tmp) for n in ("orjson", "full", "sharded")}
+        results = {n: in_subprocess(n, "--work", tmp) for n in ("orjson", *jobs)}
     print(
         f"{args.records} records: repodata.json {size / 2**20:.0f} MiB, .zst {zst / 2**20:.1f} MiB"
     )
     parse = results["orjson"]
     rows = [("case", "seconds", "x orjson", "peak MB", "x json size", "repodata read", "kept")]
-    for name in ("full", "sharded"):
+    for name in ("full", "fields", "sharded"):
         r = results[name]
         rows.append(
             (

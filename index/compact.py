@@ -5,8 +5,8 @@ their JSON. A mirror judges most records by name and plans by name and size, and
 publishes the records it keeps as upstream wrote them. So the document is decoded
 once into the raw bytes of each record (views into one buffer); each record is
 checked in C against :func:`records.record_problem`'s rules and only its name and
-size are kept at hand. Other fields are decoded from the raw bytes when a filter
-asks for them (and kept then, without the dependency lists, the bulk of a record).
+size are kept at hand. Other fields are decoded from the raw bytes, one at a time,
+when a filter asks for them.
 """
 
 from __future__ import annotations
@@ -47,32 +47,15 @@ class _Checked(Struct, gc=False):
     track_features: str | UnsetType | None = UNSET
 
 
-class _Fields(Struct, gc=False):
-    """What filters and plans read beyond name and size, decoded when first asked."""
-
-    version: str
-    build: str
-    build_number: int | UnsetType = UNSET
-    license: str | UnsetType | None = UNSET
-    license_family: str | UnsetType | None = UNSET
-    timestamp: int | float | UnsetType | None = UNSET
-    sha256: str | UnsetType | None = UNSET
-    md5: str | UnsetType | None = UNSET
-    subdir: str | UnsetType | None = UNSET
-    noarch: str | bool | UnsetType | None = UNSET
-    track_features: str | UnsetType | None = UNSET
-
-
-class _Lists(Struct, gc=False):
-    depends: list[str] | UnsetType = UNSET
-    constrains: list[str] | UnsetType = UNSET
-
-
 _checked = msgspec.json.Decoder(_Checked)
-_fields = msgspec.json.Decoder(_Fields)
-_lists = msgspec.json.Decoder(_Lists)
-FIELDS = frozenset(_Fields.__struct_fields__)
-LISTS = frozenset(_Lists.__struct_fields__)
+FIELDS = frozenset(_Checked.__struct_fields__)  # what a record is checked for
+# one decoder per field, for a record's other fields: each reads its one value and
+# skips the rest (keeping them all decoded would double the memory of a subdir)
+_ONE = {
+    key: msgspec.json.Decoder(msgspec.defstruct(f"_{key}", [(key, Any, UNSET)], gc=False))
+    for key in _Checked.__struct_fields__
+    if key not in ("name", "size")
+}
 
 
 class RawRecord(Mapping[str, Any]):
@@ -80,23 +63,19 @@ class RawRecord(Mapping[str, Any]):
 
     Equal to any mapping with the same content; :meth:`plain` is that dict."""
 
-    __slots__ = ("_fields", "name", "raw", "size")
+    __slots__ = ("name", "raw", "size")
 
     def __init__(self, raw: Raw, name: str, size: int) -> None:
         self.raw, self.name, self.size = raw, name, size
-        self._fields: _Fields | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         if key == "name":
             return self.name
         if key == "size":
             return self.size
-        if key in FIELDS:
-            if self._fields is None:
-                self._fields = _fields.decode(self.raw)
-            value = getattr(self._fields, key)
-        elif key in LISTS:
-            value = getattr(_lists.decode(self.raw), key)
+        decoder = _ONE.get(key)
+        if decoder is not None:
+            value = getattr(decoder.decode(self.raw), key)
         else:
             value = self.plain().get(key, UNSET)
         return default if value is UNSET else value
@@ -192,7 +171,12 @@ def read_document(data: bytes | bytearray) -> dict[str, Any]:
     }
 
 
-_HEXDIGITS = "0123456789abcdefABCDEF"
+def _hex(text: str, size: int) -> bool:
+    """Hex digits making ``size`` bytes (fromhex skips blanks: the bytes are counted)."""
+    try:
+        return len(bytes.fromhex(text)) == size
+    except ValueError:
+        return False
 
 
 class Checker:
@@ -217,10 +201,9 @@ class Checker:
         except msgspec.DecodeError:
             return None, "the record is not a JSON object"
         sha256, md5 = record.sha256, record.md5
-        # the lengths are checked already; only hex digits are left once those are
-        if sha256 and sha256.strip(_HEXDIGITS):
+        if sha256 and not _hex(sha256, 32):
             return None, _PROBLEMS["sha256"]
-        if md5 and md5.strip(_HEXDIGITS):
+        if md5 and not _hex(md5, 16):
             return None, _PROBLEMS["md5"]
         problem = version_problem(record.version) or digest_problem(sha256 or None, md5 or None)
         if problem:

@@ -192,13 +192,21 @@ class LicenseRule:
         allow, deny = sub.strings("allow") or (), sub.strings("deny") or ()
         return cls(allow, deny) if allow or deny else None
 
+    @functools.cached_property
+    def _compiled(self) -> tuple[list[tuple[str, Any]], Any]:
+        """The deny globs one by one (a refusal names its pattern), the allow globs as one."""
+        deny = [(p, re.compile(fnmatch.translate(p.lower())).match) for p in self.deny]
+        allow = "|".join(fnmatch.translate(p.lower()) for p in self.allow)
+        return deny, re.compile(allow).match if self.allow else None
+
     def reject(self, candidate: Candidate) -> str | None:
         license_ = str(candidate.record.get("license") or "")
         lowered = license_.lower()
-        for pattern in self.deny:
-            if fnmatch.fnmatchcase(lowered, pattern.lower()):
+        deny, allow = self._compiled
+        for pattern, match in deny:
+            if match(lowered):
                 return f"license '{license_}' denied by '{pattern}'"
-        if self.allow and not any(fnmatch.fnmatchcase(lowered, p.lower()) for p in self.allow):
+        if allow is not None and not allow(lowered):
             return f"license '{license_ or 'none'}' not in the allow list"
         return None
 
@@ -441,18 +449,18 @@ class Selector:
             groups[(candidate.subdir, str(candidate.record["name"]))].append(candidate)
         limit = self.filters.latest or 0
         for group in groups.values():
+            texts = [str(candidate.record["version"]) for candidate in group]
             versions: dict[str, Any] = {}
-            for candidate in group:
-                text = str(candidate.record["version"])
+            for text in set(texts):  # a group's builds share far fewer versions
                 try:
                     versions[text] = rattler.Version(text)
                 except Exception:
                     versions[text] = None
             ordered = sorted((v for v in versions.values() if v is not None), reverse=True)
             newest = {str(v) for v in ordered[:limit]}
-            for candidate in group:
-                version = versions[str(candidate.record["version"])]
-                if version is None or str(version) not in newest:
+            keep = {t for t, v in versions.items() if v is not None and str(v) in newest}
+            for candidate, text in zip(group, texts, strict=True):
+                if text not in keep:
                     del kept[candidate.key]
                     reasons[candidate.key] = f"not among the newest {limit} versions"
 
