@@ -157,7 +157,9 @@ class CurlResponse(RawStream):
         text = line.decode("latin-1").rstrip("\r\n")
         if text.startswith("HTTP/"):
             parts = text.split(None, 2)
-            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.status = (
+                int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else 0
+            )
             self.headers = {}
         elif text:
             name, _, value = text.partition(":")

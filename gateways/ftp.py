@@ -239,7 +239,7 @@ class FTPGateway(Gateway):
                 out.append(
                     (
                         fields[8],
-                        int(fields[4]) if fields[4].isdigit() else 0,
+                        int(fields[4]) if fields[4].isascii() and fields[4].isdigit() else 0,
                         None,
                         line.startswith("d"),
                     )

@@ -40,7 +40,7 @@ _NETWORK_ERRORS = (OSError, EOFError)  # CurlError and the built-ins it maps to
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
-    if value.strip().isdigit():
+    if value.strip().isascii() and value.strip().isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -52,7 +52,7 @@ def _retry_after(value: str | None) -> float | None:
 def _count(value: str | None) -> int:
     """A byte count from a header; -1 (unknown) for anything that is not one."""
     text = (value or "").strip()
-    return int(text) if text.isdigit() and len(text) < 20 else -1
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 20 else -1
 
 
 def environment_proxy(scheme: str, host: str) -> str:

@@ -47,7 +47,7 @@ def parse(url: str) -> Location:
     if scheme != "file" and "@" not in parts.netloc and _mask_userinfo(url) != url:
         after = url.partition("://")[2]
         maybe_port = after[after.find(":") + 1 :].split("/", 1)[0]
-        if not maybe_port.isdigit():
+        if not (maybe_port.isascii() and maybe_port.isdigit()):
             raise UsageError(
                 redact(url),
                 "the password holds a character that ends the host part",

@@ -11,9 +11,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from .outputs import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
+from .repodata import SECTIONS
 
 ZERO_IV = "0" * 64
 MAX_PATCH_STEPS = 8192
@@ -39,8 +41,39 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+def _value(value: Any) -> Any:
+    """A patch's value: raw JSON decoded (a whole new section holds raw records)."""
+    if isinstance(value, msgspec.Raw):
+        return msgspec.json.decode(value)
+    if isinstance(value, dict):
+        return {key: _value(item) for key, item in value.items()}
+    return value
+
+
+def _differ(before: Any, after: Any) -> bool:
+    """Raw records written alike are equal byte for byte; others are decoded."""
+    return bool(before != after) and _value(before) != _value(after)
+
+
+_top = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_section = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def sectioned(data: bytes) -> dict[str, Any] | None:
+    """A repodata.json whose records stay raw JSON, so two of 600,000 records are
+    compared without decoding either; None if it is no repodata."""
+    try:
+        return {
+            key: _section.decode(raw) if key in SECTIONS else msgspec.json.decode(raw)
+            for key, raw in _top.decode(data).items()
+        }
+    except msgspec.MsgspecError:
+        return None
+
+
 def diff(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """An RFC 6902 patch turning ``old`` into ``new``, keyed by filename.
+    """An RFC 6902 patch turning ``old`` into ``new``, keyed by filename; records may
+    be dicts or raw JSON (:func:`sectioned`).
 
     Repodata changes by whole records, so comparing record by record is exact and
     linear, where a generic deep diff of 200,000 records takes seconds.
@@ -52,19 +85,20 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
         if key not in new:
             ops.append({"op": "remove", "path": path})
         elif key not in old:
-            ops.append({"op": "add", "path": path, "value": after})
-        elif isinstance(before, dict) and isinstance(after, dict) and key.startswith("packages"):
+            ops.append({"op": "add", "path": path, "value": _value(after)})
+        elif isinstance(before, dict) and isinstance(after, dict) and key in SECTIONS:
             for name in sorted(before.keys() - after.keys()):
                 ops.append({"op": "remove", "path": f"{path}/{_escape(name)}"})
             for name, record in sorted(after.items()):
                 if name not in before:
-                    ops.append({"op": "add", "path": f"{path}/{_escape(name)}", "value": record})
-                elif before[name] != record:
-                    ops.append(
-                        {"op": "replace", "path": f"{path}/{_escape(name)}", "value": record}
-                    )
-        elif before != after:
-            ops.append({"op": "replace", "path": path, "value": after})
+                    op = "add"
+                elif _differ(before[name], record):
+                    op = "replace"
+                else:
+                    continue
+                ops.append({"op": op, "path": f"{path}/{_escape(name)}", "value": _value(record)})
+        elif _differ(before, after):
+            ops.append({"op": "replace", "path": path, "value": _value(after)})
     return ops
 
 
@@ -139,16 +173,15 @@ class Jlap:
 def update(
     previous_log: bytes | None,
     old_json: bytes | None,
-    old_doc: dict[str, Any] | None,
     new_json: bytes,
-    new_doc: dict[str, Any],
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_patch_bytes: int = DEFAULT_MAX_PATCH_BYTES,
 ) -> bytes:
     """The next repodata.jlap, given the last one and the repodata change.
 
     A missing or unverifiable log starts afresh (clients then fetch the full file
-    once); an unchanged repodata.json leaves the log as it was.
+    once); an unchanged repodata.json leaves the log as it was. The two documents
+    are compared as raw JSON, record by record: neither is decoded whole.
     """
     log = Jlap()
     if previous_log:
@@ -161,9 +194,9 @@ def update(
         # no patch, so no client may be led along this chain any more.
         log = Jlap()
     new_hash = blake(new_json)
-    if old_json is not None and old_doc is not None:
-        old_hash = blake(old_json)
-        if old_hash != new_hash:
-            log.append(old_hash, new_hash, diff(old_doc, new_doc), max_patch_bytes)
+    if old_json is not None and blake(old_json) != new_hash:
+        old_doc, new_doc = sectioned(old_json), sectioned(new_json)
+        if old_doc is not None and new_doc is not None:  # an unreadable one: no patch
+            log.append(blake(old_json), new_hash, diff(old_doc, new_doc), max_patch_bytes)
     log.trim(max_bytes)
     return log.render(new_hash)

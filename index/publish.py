@@ -128,21 +128,9 @@ def publish_subdir(
         )
 
     if options.jlap:
-        old_doc = None
-        if old_json is not None and old_json != new_json:
-            try:
-                old_doc = repodata.loads(old_json)
-            except ValueError:
-                old_doc = None
         old_log = _read_existing(gateway, f"{subdir}/repodata.jlap")
         log_bytes = jlap.update(
-            old_log,
-            old_json,
-            old_doc,
-            new_json,
-            document,
-            options.jlap_max_bytes,
-            options.jlap_max_patch_bytes,
+            old_log, old_json, new_json, options.jlap_max_bytes, options.jlap_max_patch_bytes
         )
         write_if_changed(gateway, f"{subdir}/repodata.jlap", log_bytes, written, old_log)
 

@@ -390,10 +390,10 @@ def test_a_log_left_behind_by_a_killed_run_restarts_instead_of_lying() -> None:
 
     docs = [doc(["a", "b", "c", "d"][:n]) for n in range(1, 5)]
     raw = [repodata.dumps(d) for d in docs]
-    log = jlap.update(None, None, None, raw[0], docs[0])
-    log = jlap.update(log, raw[0], docs[0], raw[1], docs[1])
+    log = jlap.update(None, None, raw[0])
+    log = jlap.update(log, raw[0], raw[1])
     # killed after repodata.json became docs[2], before the log learnt of it:
-    after = jlap.Jlap.parse(jlap.update(log, raw[2], docs[2], raw[3], docs[3]))
+    after = jlap.Jlap.parse(jlap.update(log, raw[2], raw[3]))
     assert after.latest == jlap.blake(raw[3])
     steps = [json.loads(line) for line in after.patches]
     assert [(s["from"], s["to"]) for s in steps] == [(jlap.blake(raw[2]), jlap.blake(raw[3]))]
