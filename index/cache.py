@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import orjson
 
 @dataclass(frozen=True)
 class Entry:
-    record: dict[str, Any]
+    record: Mapping[str, Any]  # a dict, or a record read compactly (index.compact)
     extras: dict[str, Any]
 
 

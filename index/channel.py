@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,9 +150,9 @@ def scan_subdir(
     cache: IndexCache,
     jobs: int,
     summary: SubdirSummary,
-    known: dict[str, dict[str, Any]],
+    known: Mapping[str, Mapping[str, Any]],
     skip: Collection[str] = (),
-    extras: dict[str, dict[str, Any]] | None = None,
+    extras: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Entry]:
     """Records for every valid package in the subdir, reading only what changed.
 
@@ -223,7 +223,7 @@ class ChannelEntry(NamedTuple):
 
     subdir: str
     filename: str
-    record: dict[str, Any]
+    record: Mapping[str, Any]
     extras: dict[str, Any]  # about, run_exports, features
 
 
@@ -231,9 +231,9 @@ def index_subdir(
     gateway: Gateway,
     view: SubdirView,
     options: IndexOptions,
-    known: dict[str, dict[str, Any]] | None = None,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
     skip: Collection[str] = (),
-    extras: dict[str, dict[str, Any]] | None = None,
+    extras: Mapping[str, dict[str, Any]] | None = None,
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
     """Sweep, scan and publish one subdir; its entries feed channeldata.json."""
     subdir = view.subdir
@@ -246,7 +246,7 @@ def index_subdir(
         )
     finally:
         cache.close()
-    sections: dict[str, dict[str, dict[str, Any]]] = {"packages": {}, "packages.conda": {}}
+    sections: dict[str, dict[str, Mapping[str, Any]]] = {"packages": {}, "packages.conda": {}}
     for name, entry in sorted(entries.items()):
         sections[package_key(name)][name] = entry.record
     document = repodata.build(subdir, sections["packages"], sections["packages.conda"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .records import package_key
@@ -33,7 +33,7 @@ def run_exports_document(subdir: str, entries: dict[str, dict[str, Any]]) -> dic
 
 def channeldata(
     subdirs: list[str],
-    records: Iterable[tuple[str, str, dict[str, Any], dict[str, Any]]],
+    records: Iterable[tuple[str, str, Mapping[str, Any], dict[str, Any]]],
 ) -> dict[str, Any]:
     """``records`` are (subdir, file name, record, extras with about/run_exports/flags).
 

@@ -114,6 +114,14 @@ def plain(record: Mapping[str, Any]) -> dict[str, Any]:
     return record.plain() if isinstance(record, RawRecord) else dict(record)
 
 
+def as_fragment(value: Any) -> orjson.Fragment:
+    """orjson's ``default`` where a record's bytes matter, not their layout (digests):
+    a compact record as its raw JSON, not decoded."""
+    if isinstance(value, RawRecord):
+        return orjson.Fragment(bytes(value.raw))
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 class _Document(Struct):
     info: Any = None
     packages: dict[str, Raw] | None = None
@@ -210,6 +218,36 @@ class Checker:
             return None, problem
         name = self._names.setdefault(record.name, record.name)
         return RawRecord(value, name, record.size), None
+
+
+class _NameSize(Struct, gc=False):
+    name: Any = None
+    size: Any = None
+
+
+_name_size = msgspec.json.Decoder(_NameSize)
+
+
+def published(data: bytes) -> dict[str, Mapping[str, Any]]:
+    """The records of a repodata.json this mirror wrote, by file name, read compactly
+    and as they are (the file is ours; :class:`ValueError` if it is no repodata)."""
+    try:
+        document = read_document(data)
+    except BadDocument as exc:
+        raise ValueError(str(exc)) from None
+    records: dict[str, Mapping[str, Any]] = {}
+    with bulk():
+        for section in ("packages", "packages.conda"):
+            for filename, raw in document[section].items():
+                try:
+                    head: _NameSize | None = _name_size.decode(raw)
+                except msgspec.ValidationError:
+                    head = None
+                if head and isinstance(head.name, str) and isinstance(head.size, int):
+                    records[filename] = RawRecord(raw, head.name, head.size)
+                else:  # not a record this mirror would write: kept as it is
+                    records[filename] = msgspec.json.decode(raw)
+    return records
 
 
 @contextmanager

@@ -12,7 +12,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from .compact import RawRecord
 from .records import stem
+from .repodata import SECTIONS
 
 
 class BadPatch(ValueError):
@@ -42,7 +44,13 @@ def apply(repodata: dict[str, Any], instructions: dict[str, Any]) -> dict[str, A
     """A patched deep copy of ``repodata``."""
     if not isinstance(instructions, dict):
         raise BadPatch("patch instructions are not a JSON object")
-    patched = copy.deepcopy(repodata)
+    patched = {k: copy.deepcopy(v) for k, v in repodata.items() if k not in SECTIONS}
+    for section in SECTIONS:  # records read compactly become dicts of their own here
+        if section in repodata:
+            patched[section] = {
+                fn: r.plain() if isinstance(r, RawRecord) else copy.deepcopy(r)
+                for fn, r in repodata[section].items()
+            }
     packages = patched.setdefault("packages", {})
     conda = patched.setdefault("packages.conda", {})
     removed = set(patched.get("removed", []))

@@ -7,6 +7,7 @@ changed: sorted keys, fixed indentation, a fixed zstd level.
 from __future__ import annotations
 
 import bz2
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -14,13 +15,14 @@ import zstandard
 
 from conda_ferry.gateways import CHUNK, MAX_EXPANSION, expansion_limit
 
+from .compact import RawRecord
 from .outputs import ZSTD_LEVEL
 
 
 def build(
     subdir: str,
-    packages: dict[str, dict[str, Any]],
-    packages_conda: dict[str, dict[str, Any]],
+    packages: Mapping[str, Mapping[str, Any]],
+    packages_conda: Mapping[str, Mapping[str, Any]],
     removed: list[str] | None = None,
     base_url: str | None = None,
 ) -> dict[str, Any]:
@@ -50,7 +52,17 @@ def records(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def dumps(document: dict[str, Any]) -> bytes:
-    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+    """Records read compactly (index.compact) are decoded one by one as they are
+    written, never all at once."""
+    return orjson.dumps(
+        document, default=_decoded, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
+    )
+
+
+def _decoded(value: Any) -> dict[str, Any]:
+    if isinstance(value, RawRecord):
+        return value.plain()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def loads(data: bytes) -> dict[str, Any]:

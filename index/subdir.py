@@ -7,12 +7,13 @@ listing is hundreds of requests, so reading it twice is a cost worth avoiding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from conda_ferry.gateways import FileInfo, Gateway, NotFound, is_temp
 
-from . import repodata
+from . import compact
 from .records import EXTENSIONS
 
 
@@ -22,7 +23,7 @@ class SubdirView:
     packages: dict[str, FileInfo] = field(default_factory=dict)  # package files by name
     temps: list[FileInfo] = field(default_factory=list)  # a killed run's atomic writes
     repodata_json: bytes | None = None  # the published repodata.json, as served
-    published: dict[str, dict[str, Any]] = field(default_factory=dict)  # its records
+    published: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # its records
     unreadable: bool = False  # repodata.json is there but not a repodata document
     names: set[str] = field(default_factory=set)  # every other file directly in the subdir
 
@@ -38,7 +39,7 @@ class SubdirView:
                 view.names.add(info.name)
         try:
             view.repodata_json = gateway.read_bytes(f"{subdir}/repodata.json")
-            view.published = repodata.records(repodata.loads(view.repodata_json))
+            view.published = compact.published(view.repodata_json)
         except NotFound:
             pass
         except ValueError:  # republished from scratch, never trusted

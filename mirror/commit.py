@@ -29,7 +29,7 @@ from .state import STATE_DIR, SubdirState
 from .upstream import Descriptions
 
 log = logging.getLogger("ferry.commit")
-Record = dict[str, Any]
+Record = Mapping[str, Any]  # a dict, or a record read compactly (index.compact)
 R = TypeVar("R", bound=Mapping[str, Any])
 DEFAULT_GRACE = 7 * 86400.0  # CEP 16 asks servers to keep stale shards about a week
 
@@ -61,10 +61,10 @@ def choose_records(
 class Commit:
     """What a writer hands over once its package files are in place."""
 
-    known: dict[str, Record]  # records published verbatim (their files are ready)
+    known: Mapping[str, Record]  # records published verbatim (their files are ready)
     managed: set[str]  # files the mirror owns from upstream (the state's list)
     remove: list[str] = field(default_factory=list)  # unpublished; deleted after the grace
-    extras: dict[str, Record] = field(default_factory=dict)  # channeldata input by file
+    extras: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # channeldata input
     grace: float = DEFAULT_GRACE  # seconds a file stays after repodata stops naming it
     hidden: set[str] = field(default_factory=set)  # present, not published, not owned
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import orjson
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry
+from conda_ferry.index.compact import as_fragment, plain
 
 from .html import GENERATOR, date, esc, page, search_box, table
 from .units import as_int, human_size, plural
@@ -50,11 +51,11 @@ class Package:
     """One package name of a subdir: its builds, newest first."""
 
     name: str
-    builds: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # file, record
+    builds: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)  # file, record
     about: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def newest(self) -> dict[str, Any]:
+    def newest(self) -> Mapping[str, Any]:
         return self.builds[0][1]
 
     @property
@@ -85,7 +86,7 @@ def group(entries: Iterable[ChannelEntry]) -> list[Package]:
             package.about = entry.extras["about"]
     parsed: dict[str, Any] = {}
 
-    def order(item: tuple[str, dict[str, Any]]) -> tuple[Any, int, int]:
+    def order(item: tuple[str, Mapping[str, Any]]) -> tuple[Any, int, int]:
         record = item[1]
         text = str(record.get("version", ""))
         if text not in parsed:
@@ -189,9 +190,13 @@ def _inputs(package: Package) -> str:
     unchanged is not even rendered (most names, most nights)."""
     inputs = [package.builds, package.about]
     try:
-        data = orjson.dumps(inputs, option=orjson.OPT_SORT_KEYS)
+        data = orjson.dumps(inputs, default=as_fragment, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # orjson's refusal (an integer past 64 bits, say) is a TypeError
-        data = json.dumps(inputs, sort_keys=True, default=repr).encode()
+        data = json.dumps(
+            [[(f, plain(r)) for f, r in package.builds], package.about],
+            sort_keys=True,
+            default=repr,
+        ).encode()
     return digest(TEMPLATES + data)
 
 

@@ -26,7 +26,7 @@ from conda_ferry.gateways import (
     open_gateway,
 )
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
-from conda_ferry.index.compact import Checker, bulk, plain
+from conda_ferry.index.compact import Checker, bulk
 from conda_ferry.index.records import BadFilename, check_filename
 from conda_ferry.index.repodata import SECTIONS
 from conda_ferry.index.subdir import SubdirView
@@ -547,13 +547,12 @@ class SyncRun:
         for info in result.done.values():
             view.landed(info)
         unchanged = plan.desired.keys() - set(fetch)
-        chosen = choose_records(
+        known = choose_records(
             {**plan.desired, **plan.retained},
             unchanged | result.done.keys() | plan.retained.keys(),
             view.published,
             view.present,
         )
-        known = {filename: plain(record) for filename, record in chosen.items()}
         state.etag, state.last_modified = answer.etag, answer.last_modified
         report.published = len(known)
         report.upstream_modified = parse_http_date(answer.last_modified)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -96,7 +97,9 @@ class Descriptions:
             log.debug("%s: not used (%s)", self._source.display(path), exc)
             return None
 
-    def extras(self, subdir: str, records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def extras(
+        self, subdir: str, records: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
         """The channeldata input of each record's file, by file name."""
         document = self._optional(f"{subdir}/run_exports.json")
         run_exports = repodata.records(document) if isinstance(document, dict) else {}

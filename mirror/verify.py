@@ -4,6 +4,7 @@ read once."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,7 +16,7 @@ from . import snapstore
 from .errors import FerryError
 from .state import SubdirState
 
-Record = dict[str, Any]
+Record = Mapping[str, Any]
 
 
 def _checksum(gateway: Gateway, path: str) -> tuple[int, str] | str:

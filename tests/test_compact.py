@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import pytest
 
-from conda_ferry.index import compact
+from conda_ferry.index import compact, jlap, repodata, shards
 from conda_ferry.index.records import record_problem
 from tests.upstream import build_upstream
 
@@ -95,3 +96,28 @@ def test_records_of_one_name_share_its_string() -> None:
         checked(raw)[0]["name"] for raw in compact.read_document(data)["packages.conda"].values()
     ]  # type: ignore[index]
     assert names[0] is names[1] is names[2]
+
+
+def test_writers_give_the_same_bytes_for_compact_records(tmp_path: Path) -> None:
+    """repodata.json, current_repodata.json, CEP 16 shards and the JLAP patch are the
+    same whether the records were read compactly or as dicts."""
+    build_upstream(tmp_path)
+    data = (tmp_path / "linux-64" / "repodata.json").read_bytes()
+    plain = json.loads(data)
+    raw = compact.published(data)
+    sections = {s: {f: raw[f] for f in plain[s]} for s in ("packages", "packages.conda")}
+    ours = repodata.build("linux-64", sections["packages"], sections["packages.conda"])
+    theirs = repodata.build("linux-64", plain["packages"], plain["packages.conda"])
+    assert repodata.dumps(ours) == repodata.dumps(theirs)
+    assert repodata.dumps(repodata.current(ours)) == repodata.dumps(repodata.current(theirs))
+    assert shards.build(ours) == shards.build(theirs)
+
+    changed = json.loads(data)
+    first = next(iter(changed["packages.conda"]))
+    changed["packages.conda"][first]["depends"] = ["hot-fixed"]
+    del changed["packages"][next(iter(changed["packages"]))]
+    new = repodata.dumps(changed)
+    old_doc, new_doc = jlap.sectioned(data), jlap.sectioned(new)
+    assert old_doc is not None and new_doc is not None
+    assert jlap.diff(old_doc, new_doc) == jlap.diff(json.loads(data), json.loads(new))
+    assert jsonpatch.apply_patch(json.loads(data), jlap.diff(old_doc, new_doc)) == changed
