@@ -11,6 +11,9 @@ own process, so its peak memory is its own:
   licence is read (the fields beyond name and size are decoded for each);
 - sharded: ``include`` of one name with ``dependencies``: the shard index and the
   shards of its closure are read;
+- resync: a real sync (not a dry run) into a mirror holding all of the subdir (its
+  package files sparse, of the records' sizes), after one upstream hot-fix: the
+  mirror's own repodata is read, compared, and everything is published again;
 - orjson: ``orjson.loads`` of the same repodata.json, the least any reader pays.
 """
 
@@ -27,6 +30,7 @@ import orjson
 from benchmarks._common import arguments, conda_forge_like, in_subprocess, report, table
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.publish import OutputOptions, publish_subdir
+from conda_ferry.mirror.state import SubdirState
 
 BASE = 50  # names everything depends on, as python, libgcc and friends are
 
@@ -53,16 +57,32 @@ def case(name: str, work: Path) -> None:
     from conda_ferry.mirror.cli import main
 
     out = work / f"{name}.json"
+    dry = [] if name.startswith("resync") else ["--dry-run"]
+    job = work / f"{name.split('-')[0]}.yaml"
     started = time.perf_counter()
-    result = CliRunner().invoke(
-        main, ["-q", "sync", str(work / f"{name}.yaml"), "--dry-run", "--json", str(out)]
-    )
+    result = CliRunner().invoke(main, ["-q", "sync", str(job), *dry, "--json", str(out)])
     seconds = time.perf_counter() - started
     if result.exit_code != 0:
         raise SystemExit(result.output)
     subdirs = json.loads(out.read_text())["subdirs"]
     linux = next(s for s in subdirs if s["subdir"] == "linux-64")
-    report({"seconds": seconds, "bytes": linux["repodata"]["bytes"], "kept": linux["added"]})
+    kept = linux["published"] if not dry else linux["added"]
+    report({"seconds": seconds, "bytes": linux["repodata"]["bytes"], "kept": kept})
+
+
+def make_mirror(target: Path, document: dict[str, Any]) -> None:
+    """A mirror of all of ``document``: sparse package files, its index, its state."""
+    (target / "linux-64").mkdir(parents=True)
+    for filename, record in document["packages.conda"].items():
+        with open(target / "linux-64" / filename, "wb") as file:
+            file.truncate(record["size"])
+    with open_gateway(str(target)) as gateway:
+        for subdir in ("linux-64", "noarch"):
+            records = document["packages.conda"] if subdir == "linux-64" else {}
+            doc = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": records}
+            publish_subdir(gateway, subdir, doc, OutputOptions())
+            state = SubdirState(subdir, upstream_files=sorted(records), complete=True)
+            state.save(gateway)
 
 
 def main() -> None:
@@ -76,7 +96,6 @@ def main() -> None:
             publish_subdir(gateway, "linux-64", document, OutputOptions(jlap=False))
             empty = {"info": {"subdir": "noarch"}, "packages": {}, "packages.conda": {}}
             publish_subdir(gateway, "noarch", empty, OutputOptions(jlap=False))
-        del document
         jobs = {
             "full": "filters: {exclude: ['*-dbg']}",
             "fields": "filters: {latest: 3, licenses: {deny: ['GPL-*']}}",
@@ -90,16 +109,28 @@ def main() -> None:
         size = (work / "upstream/linux-64/repodata.json").stat().st_size
         zst = (work / "upstream/linux-64/repodata.json.zst").stat().st_size
         results = {n: in_subprocess(n, "--work", tmp) for n in ("orjson", *jobs)}
+        make_mirror(work / "mirror", document)
+        (work / "resync.yaml").write_text(
+            f"source: {work / 'upstream'}\ntarget: {work / 'mirror'}\n"
+            "subdirs: [linux-64, noarch]\nfilters: {exclude: ['*-dbg']}\n"
+        )
+        in_subprocess("resync-first", "--work", tmp)  # the pages, written once
+        first = next(iter(document["packages.conda"].values()))
+        first["depends"] = [*first["depends"], "hot-fixed"]
+        with open_gateway(str(work / "upstream")) as gateway:
+            publish_subdir(gateway, "linux-64", document, OutputOptions(jlap=False))
+        del document
+        results["resync"] = in_subprocess("resync", "--work", tmp)
     print(
         f"{args.records} records: repodata.json {size / 2**20:.0f} MiB, .zst {zst / 2**20:.1f} MiB"
     )
     parse = results["orjson"]
     rows = [("case", "seconds", "x orjson", "peak MB", "x json size", "repodata read", "kept")]
-    for name in ("full", "fields", "sharded"):
+    for name in ("full", "fields", "sharded", "resync"):
         r = results[name]
         rows.append(
             (
-                f"sync --dry-run, {name}",
+                f"sync, {name}" if name == "resync" else f"sync --dry-run, {name}",
                 f"{r['seconds']:.2f}",
                 f"{r['seconds'] / parse['seconds']:.2f}",
                 f"{r['peak_mb']:.0f}",
