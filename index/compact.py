@@ -263,4 +263,14 @@ def bulk() -> Iterator[None]:
             gc.enable()
 
 
-__all__ = ["BadDocument", "Checker", "RawRecord", "bulk", "plain", "read_document"]
+__all__ = [
+    "FIELDS",
+    "BadDocument",
+    "Checker",
+    "RawRecord",
+    "as_fragment",
+    "bulk",
+    "plain",
+    "published",
+    "read_document",
+]

@@ -55,8 +55,7 @@ def _differ(before: Any, after: Any) -> bool:
     return bool(before != after) and _value(before) != _value(after)
 
 
-_top = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_section = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_raw_values = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 def sectioned(data: bytes) -> dict[str, Any] | None:
@@ -64,8 +63,8 @@ def sectioned(data: bytes) -> dict[str, Any] | None:
     compared without decoding either; None if it is no repodata."""
     try:
         return {
-            key: _section.decode(raw) if key in SECTIONS else msgspec.json.decode(raw)
-            for key, raw in _top.decode(data).items()
+            key: _raw_values.decode(raw) if key in SECTIONS else msgspec.json.decode(raw)
+            for key, raw in _raw_values.decode(data).items()
         }
     except msgspec.MsgspecError:
         return None
