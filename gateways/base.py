@@ -37,7 +37,7 @@ log = logging.getLogger("ferry.gateways")
 LOCK_TTL = 300.0  # seconds a lock outlives its holder's last heartbeat
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileInfo:
     """What a listing or a stat knows about one file; ``path`` is relative to the root."""
 
