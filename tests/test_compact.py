@@ -11,7 +11,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from conda_ferry.index import compact, jlap, repodata, shards
+from conda_ferry.index import compact, jlap, patches, repodata, shards
 from conda_ferry.index.records import record_problem
 from tests.upstream import build_upstream
 
@@ -111,6 +111,12 @@ def test_writers_give_the_same_bytes_for_compact_records(tmp_path: Path) -> None
     assert repodata.dumps(ours) == repodata.dumps(theirs)
     assert repodata.dumps(repodata.current(ours)) == repodata.dumps(repodata.current(theirs))
     assert shards.build(ours) == shards.build(theirs)
+    first_conda = next(iter(plain["packages.conda"]))
+    fix = {"packages.conda": {first_conda: {"depends": ["patched"], "license": None}}}
+    fixed = patches.apply(ours, {**fix, "revoke": [next(iter(plain["packages"]))]})
+    expected = patches.apply(theirs, {**fix, "revoke": [next(iter(plain["packages"]))]})
+    assert repodata.dumps(fixed) == repodata.dumps(expected)
+    assert repodata.dumps(ours) == repodata.dumps(theirs)  # the records read stay as read
 
     changed = json.loads(data)
     first = next(iter(changed["packages.conda"]))
