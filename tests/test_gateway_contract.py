@@ -351,3 +351,27 @@ def test_s3_parallel_multipart_is_whole_or_nothing(moto: Server) -> None:
             gw.write_atomic("big.conda", bad.as_binary())
         assert client.get_object(Bucket="ferry", Key="parts/big.conda")["Body"].read() == big
     assert not client.list_multipart_uploads(Bucket="ferry", Prefix="parts/").get("Uploads")
+
+
+def test_local_flush_waits_for_this_runs_files_only_when_they_are_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few files are made durable one by one (a global sync would also wait for
+    every other process's writes); thousands take one sync."""
+    from conda_ferry.gateways import localfs
+
+    fsynced: list[str] = []
+    syncs: list[int] = []
+    monkeypatch.setattr(localfs, "_fsync_file", fsynced.append)
+    monkeypatch.setattr(localfs.os, "sync", lambda: syncs.append(1))
+    with open_gateway(str(tmp_path)) as gateway:
+        gateway.write_bytes("a/durable.bin", b"x")  # durable already: not flushed again
+        gateway.write_many([(f"a/{i}.bin", b"x") for i in range(3)])
+        gateway.flush()
+        assert sorted(fsynced) == sorted(str(tmp_path / f"a/{i}.bin") for i in range(3))
+        assert not syncs
+        gateway.flush()  # nothing new
+        assert len(fsynced) == 3 and not syncs
+        gateway.write_many([(f"b/{i}.bin", b"x") for i in range(localfs.FSYNC_AT_MOST + 1)])
+        gateway.flush()
+        assert len(fsynced) == 3 and syncs == [1]
