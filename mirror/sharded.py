@@ -67,7 +67,8 @@ def _unpack(data: bytes, where: str) -> Any:
     frames without one)."""
     try:
         return msgpack.unpackb(repodata.unzst(data), raw=False, strict_map_key=False)
-    except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as exc:
+    # TypeError: a map whose key is a map or an array (unhashable in Python)
+    except (zstandard.ZstdError, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise FerryError(f"{where}: not a zstd-compressed msgpack document ({exc})") from None
 
 

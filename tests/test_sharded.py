@@ -203,3 +203,15 @@ def test_unsharded_or_unnamed_jobs_read_the_whole_repodata(nginx: Server, tmp_pa
     dry = json.loads(ferry("-q", "sync", str(job), "--dry-run", "--json", "-").output)
     assert {s["repodata"]["via"] for s in dry["subdirs"]} == {"repodata.json.zst"}
     assert orjson.loads((root / "linux-64/repodata.json").read_bytes())
+
+
+def test_a_shard_index_keyed_by_a_map_is_refused_in_one_line(tmp_path: Path) -> None:
+    """msgpack allows a map as a map's key; Python cannot hash one (found by the fuzzer)."""
+    from conda_ferry.mirror import errors, sharded
+
+    (tmp_path / "linux-64").mkdir()
+    hostile = zstandard.ZstdCompressor().compress(b"\x81\x81\x01\x02\x03")  # {{1: 2}: 3}
+    (tmp_path / "linux-64" / shards.INDEX_NAME).write_bytes(hostile)
+    with open_gateway(str(tmp_path)) as gateway, pytest.raises(errors.FerryError) as caught:
+        sharded.fetch_index(gateway, "linux-64")
+    assert "not a zstd-compressed msgpack document" in str(caught.value)
