@@ -20,7 +20,7 @@ import msgspec
 import orjson
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-from .records import digest_problem, record_problem, version_problem
+from .records import SECTIONS, digest_problem, record_problem, version_problem
 
 Text = Annotated[str, Meta(min_length=1)]
 Stamp = Annotated[int, Meta(ge=0, lt=10**14)] | Annotated[float, Meta(ge=0, lt=1e14)]
@@ -96,7 +96,7 @@ class RawRecord(Mapping[str, Any]):
         return len(self.plain())
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, RawRecord) and bytes(self.raw) == bytes(other.raw):
+        if isinstance(other, RawRecord) and self.raw == other.raw:  # bytes, not copied
             return True
         return isinstance(other, Mapping) and self.plain() == plain(other)
 
@@ -111,7 +111,19 @@ def plain(record: Mapping[str, Any]) -> dict[str, Any]:
     """``record`` as a dict, for writers that serialise it."""
     if isinstance(record, dict):
         return record
+    return own(record)
+
+
+def own(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A dict of ``record`` that the caller may change (decoded once, or copied)."""
     return record.plain() if isinstance(record, RawRecord) else dict(record)
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """orjson's ``default`` for writers: a compact record decoded as it is written."""
+    if isinstance(value, RawRecord):
+        return value.plain()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def as_fragment(value: Any) -> orjson.Fragment:
@@ -160,23 +172,25 @@ def read_document(data: bytes | bytearray) -> dict[str, Any]:
     try:
         document = _document.decode(data)
     except msgspec.ValidationError as exc:
+        _valid_json(data)  # broken JSON is named as such, whatever shape it began with
         key = _field_of(exc)
-        problem = f"'{key}' is not a JSON object" if key else "repodata is not a JSON object"
+        raise BadDocument(
+            f"'{key}' is not a JSON object" if key else "repodata is not a JSON object"
+        ) from None
     except msgspec.DecodeError as exc:  # (a ValidationError is one too: caught above)
         raise BadDocument(f"not valid JSON ({exc})") from None
-    else:
-        problem = ""
-    if problem:
-        try:  # broken JSON is named as such, whatever shape its first bytes had
-            msgspec.json.decode(data, type=Raw)
-        except msgspec.DecodeError as exc:
-            raise BadDocument(f"not valid JSON ({exc})") from None
-        raise BadDocument(problem)
     return {
         "info": document.info,
         "packages": document.packages or {},
         "packages.conda": document.packages_conda or {},
     }
+
+
+def _valid_json(data: bytes | bytearray) -> None:
+    try:
+        msgspec.json.decode(data, type=Raw)
+    except msgspec.DecodeError as exc:
+        raise BadDocument(f"not valid JSON ({exc})") from None
 
 
 def _hex(text: str, size: int) -> bool:
@@ -237,7 +251,7 @@ def published(data: bytes) -> dict[str, Mapping[str, Any]]:
         raise ValueError(str(exc)) from None
     records: dict[str, Mapping[str, Any]] = {}
     with bulk():
-        for section in ("packages", "packages.conda"):
+        for section in SECTIONS:
             for filename, raw in document[section].items():
                 try:
                     head: _NameSize | None = _name_size.decode(raw)
@@ -268,8 +282,10 @@ __all__ = [
     "BadDocument",
     "Checker",
     "RawRecord",
+    "as_dict",
     "as_fragment",
     "bulk",
+    "own",
     "plain",
     "published",
     "read_document",

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .compact import RawRecord
+from .compact import RawRecord, own
 from .records import stem
 from .repodata import SECTIONS
 
@@ -48,7 +48,7 @@ def apply(repodata: dict[str, Any], instructions: dict[str, Any]) -> dict[str, A
     for section in SECTIONS:  # records read compactly become dicts of their own here
         if section in repodata:
             patched[section] = {
-                fn: r.plain() if isinstance(r, RawRecord) else copy.deepcopy(r)
+                fn: own(r) if isinstance(r, RawRecord) else copy.deepcopy(r)
                 for fn, r in repodata[section].items()
             }
     packages = patched.setdefault("packages", {})

@@ -11,6 +11,7 @@ import rattler
 from .package import BadPackage, PackageMeta
 
 EXTENSIONS = (".conda", ".tar.bz2")
+SECTIONS = ("packages", "packages.conda")  # repodata's record sections, one per format
 # index.json keys that real indexers leave out of repodata (CEP 36 deprecates them).
 _DROPPED = {"arch", "platform"}
 # no separators, no leading dot: a name, never a path

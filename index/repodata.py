@@ -15,8 +15,9 @@ import zstandard
 
 from conda_ferry.gateways import CHUNK, MAX_EXPANSION, expansion_limit
 
-from .compact import RawRecord
+from .compact import as_dict
 from .outputs import ZSTD_LEVEL
+from .records import SECTIONS
 
 
 def build(
@@ -38,9 +39,6 @@ def build(
     }
 
 
-SECTIONS = ("packages", "packages.conda")
-
-
 def records(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every record of a document by file name, both sections as one mapping."""
     merged: dict[str, dict[str, Any]] = {}
@@ -55,14 +53,8 @@ def dumps(document: dict[str, Any]) -> bytes:
     """Records read compactly (index.compact) are decoded one by one as they are
     written, never all at once."""
     return orjson.dumps(
-        document, default=_decoded, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
+        document, default=as_dict, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
     )
-
-
-def _decoded(value: Any) -> dict[str, Any]:
-    if isinstance(value, RawRecord):
-        return value.plain()
-    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def loads(data: bytes) -> dict[str, Any]:

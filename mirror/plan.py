@@ -76,7 +76,7 @@ def make_plan(
     for filename, record in desired.items():
         have = published.get(filename)
         if filename in present and present[filename] == record.get("size"):
-            if have is not None and have == record:  # most of a mirror, most nights
+            if have == record:  # most of a mirror, most nights
                 continue
             if same_file(have, record):
                 plan.update.append(filename)  # upstream hot-fixed the metadata only

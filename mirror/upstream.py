@@ -104,21 +104,19 @@ class Descriptions:
         document = self._optional(f"{subdir}/run_exports.json")
         run_exports = repodata.records(document) if isinstance(document, dict) else {}
         out: dict[str, dict[str, Any]] = {}
-        shared: dict[str, dict[str, Any]] = {}  # a name's, for files without run_exports
+        shared: dict[str, dict[str, Any]] = {}  # read-only: one per name, not per file
         for filename, record in records.items():
             name = str(record.get("name"))
+            about = self._about.get(name)
+            about = about if isinstance(about, dict) else {}
             entry = run_exports.get(filename)
             exports = entry.get("run_exports") if isinstance(entry, dict) else None
-            if not isinstance(exports, dict) and name in shared:
-                out[filename] = shared[name]  # read-only: one per name, not per file
-                continue
-            about = self._about.get(name)
-            out[filename] = extras_from(
-                about if isinstance(about, dict) else {},
-                exports if isinstance(exports, dict) else None,
-            )
-            if not isinstance(exports, dict):
-                shared[name] = out[filename]
+            if isinstance(exports, dict):
+                out[filename] = extras_from(about, exports)
+            else:
+                out[filename] = shared.get(name) or shared.setdefault(
+                    name, extras_from(about, None)
+                )
         return out
 
 
