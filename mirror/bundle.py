@@ -505,7 +505,8 @@ def import_bundle(
     history = _read_json(target, IMPORTS, {})
     imported = history.get("imported", []) if isinstance(history, dict) else []
     imported = [i for i in imported if isinstance(i, str)]
-    if manifest.id in imported:
+    if manifest.id in imported:  # a run killed after recording it may not have finished
+        _finish_import(target)
         return ImportReport(manifest.id, ImportStatus.ALREADY_APPLIED)
     newest = history.get("created") if isinstance(history, dict) else None
     if isinstance(newest, str) and manifest.created < newest and not allow_rollback:
@@ -555,9 +556,15 @@ def import_bundle(
         document = {"imported": imported[-1000:], "created": created}
         sweep_temps(target, STATE_DIR, ".imports.json.")
         target.write_bytes(IMPORTS, json.dumps(document).encode())
+    _finish_import(target)
+    return report
+
+
+def _finish_import(target: Gateway) -> None:
+    """What follows the record of an import; idempotent, so a run repeated after a
+    kill completes it (and sweeps the front page's temp the kill left)."""
     ensure_noarch(target, OutputOptions())
     write_channel_page(target, OutputOptions().html)
-    return report
 
 
 def _bundle_records(
