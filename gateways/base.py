@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -478,7 +479,9 @@ def temp_name(path: str) -> str:
     One pattern for every adapter, so that the next writer recognises (and sweeps)
     what a killed run left, whichever protocol wrote it."""
     parent, _, name = path.rpartition("/")
-    tmp = f".{name}.{os.urandom(6).hex()}.part"
+    # random's generator, not os.urandom: no system call per file, and it is reseeded
+    # in a forked child, so two processes never pick the same name
+    tmp = f".{name}.{random.getrandbits(48):012x}.part"
     return f"{parent}/{tmp}" if parent else tmp
 
 

@@ -72,6 +72,28 @@ TLS_FAILURES = {
 BAD_URL = {pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL}
 
 
+def parse_head(lines: list[bytes]) -> tuple[int, dict[str, str], bool]:
+    """The status and headers of the last answer in ``lines`` (a transfer's header
+    lines, redirects and interim answers included), and whether the blank line that
+    ends a final answer's headers has come."""
+    status, ended = 0, False
+    headers: dict[str, str] = {}
+    for line in lines:
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text.startswith("HTTP/"):
+            parts = text.split(None, 2)
+            code = parts[1] if len(parts) > 1 else ""
+            status = int(code) if code.isascii() and code.isdigit() else 0
+            headers, ended = {}, False
+        elif text:
+            name, _, value = text.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        else:
+            redirected = 300 <= status < 400 and "location" in headers
+            ended = ended or not (status < 200 or redirected)
+    return status, headers, ended
+
+
 def _key(method: str, url: str, headers: dict[str, str]) -> tuple[str, ...]:
     return (method, url, *sorted(f"{k}: {v}" for k, v in headers.items()))
 
@@ -104,9 +126,6 @@ class _Driver:
     def wait(self, seconds: float) -> None:
         """Until a transfer's connection has something to do, at most ``seconds``."""
         self.multi.select(seconds)
-
-    def take(self) -> pycurl.Curl:
-        return self.idle.pop() if self.idle else pycurl.Curl()
 
     def start(self, response: CurlResponse) -> None:
         self.active[response.curl] = response
@@ -141,6 +160,10 @@ class CurlResponse(RawStream):
         self._driver, self.curl, self._timeout = driver, curl, timeout
         self.status = 0
         self.headers: dict[str, str] = {}
+        # header lines as libcurl hands them over, read in one go (see _read_head):
+        # a Python callback per line cost more than the rest of a small file's transfer
+        self._lines: list[bytes] = []
+        self._parsed = 0  # how many of them _read_head has seen
         self._headers_done = self._paused = self._resuming = False
         self._header_end = False  # the blank line that ends the final answer's headers
         self._ended = False
@@ -149,27 +172,9 @@ class CurlResponse(RawStream):
         self._ahead = 0
         self._heard = time.monotonic()
         curl.setopt(pycurl.WRITEFUNCTION, self._body)
-        curl.setopt(pycurl.HEADERFUNCTION, self._header)
+        curl.setopt(pycurl.HEADERFUNCTION, self._lines.append)
 
-    # -- libcurl's callbacks ----------------------------------------------------------
-    def _header(self, line: bytes) -> None:
-        self._heard = time.monotonic()
-        text = line.decode("latin-1").rstrip("\r\n")
-        if text.startswith("HTTP/"):
-            parts = text.split(None, 2)
-            self.status = (
-                int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else 0
-            )
-            self.headers = {}
-        elif text:
-            name, _, value = text.partition(":")
-            self.headers[name.strip().lower()] = value.strip()
-        elif not (self.status < 200 or self._redirected()):
-            self._headers_done = self._header_end = True  # the final answer's, not a redirect's
-
-    def _redirected(self) -> bool:
-        return 300 <= self.status < 400 and "location" in self.headers
-
+    # -- libcurl's callback -------------------------------------------------------------
     def _body(self, chunk: bytes) -> int | None:
         self._heard = time.monotonic()
         if self._ahead > AHEAD and not self._resuming:
@@ -180,8 +185,19 @@ class CurlResponse(RawStream):
         self._ahead += len(chunk)
         return None
 
+    def _read_head(self) -> bool:
+        """Bring ``status`` and ``headers`` up to the lines received; whether the final
+        answer's headers (not a redirect's or an interim one's) are complete."""
+        if len(self._lines) != self._parsed:
+            self._heard = time.monotonic()
+            self._parsed = len(self._lines)
+            self.status, self.headers, self._header_end = parse_head(self._lines)
+            self._headers_done = self._headers_done or self._header_end
+        return self._headers_done
+
     def ended(self, error: BaseException | None) -> None:
         """The driver's word that the transfer is over, and how."""
+        self._read_head()
         self._ended = self._headers_done = True
         if self.status == 0:
             self.status = int(self.curl.getinfo(pycurl.RESPONSE_CODE))
@@ -193,10 +209,11 @@ class CurlResponse(RawStream):
     # -- driving ------------------------------------------------------------------------
     def wait_for_headers(self) -> CurlResponse:
         try:
-            self._pump(lambda: self._headers_done)
+            self._pump(self._read_head)
         except BaseException:
             self.close()
             raise
+        self._read_head()  # the body may have come with them, in the same call
         return self
 
     def _pump(self, enough: Callable[[], bool]) -> None:
@@ -245,7 +262,7 @@ class CurlResponse(RawStream):
 
 class CurlPool:
     """Transfers to one site; ``configure`` sets what every request shares
-    (credentials, TLS) on a handle that was just reset."""
+    (credentials, TLS) on each new handle."""
 
     def __init__(self, configure: Callable[[pycurl.Curl], None], timeout: float) -> None:
         self._configure, self._timeout = configure, timeout
@@ -283,10 +300,26 @@ class CurlPool:
     def _send(
         self, driver: _Driver, method: str, url: str, headers: dict[str, str]
     ) -> CurlResponse:
-        curl = driver.take()
-        curl.reset()
+        curl = driver.idle.pop() if driver.idle else self._new_handle()
+        try:
+            curl.setopt(pycurl.URL, url)
+            curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+            if method == "HEAD":
+                curl.setopt(pycurl.NOBODY, 1)
+            else:
+                curl.setopt(pycurl.HTTPGET, 1)  # undoes an earlier HEAD's NOBODY
+        except BaseException:
+            driver.idle.append(curl)
+            raise
+        response = CurlResponse(driver, curl, self._timeout)
+        driver.start(response)
+        return response
+
+    def _new_handle(self) -> pycurl.Curl:
+        """A handle with what every request of this pool shares, set once: a handle
+        is reused for the next request, which sets only its URL, headers and method."""
+        curl = pycurl.Curl()
         options: dict[int, Any] = {
-            pycurl.URL: url,
             pycurl.NOSIGNAL: 1,
             pycurl.FOLLOWLOCATION: 1,
             pycurl.MAXREDIRS: _REDIRECTS,
@@ -296,20 +329,15 @@ class CurlPool:
             pycurl.TCP_KEEPALIVE: 1,
             pycurl.HTTP_CONTENT_DECODING: 0,
             pycurl.BUFFERSIZE: 256 << 10,  # fewer, larger chunks
-            pycurl.HTTPHEADER: [f"{k}: {v}" for k, v in headers.items()],
         }
-        if method == "HEAD":
-            options[pycurl.NOBODY] = 1
         try:
             for option, value in options.items():
                 curl.setopt(option, value)
             self._configure(curl)
         except BaseException:
-            driver.idle.append(curl)
+            curl.close()
             raise
-        response = CurlResponse(driver, curl, self._timeout)
-        driver.start(response)
-        return response
+        return curl
 
     def close(self) -> None:
         """Close every thread's handles; only once no transfer of this pool runs."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .base import FileInfo, Gateway, GatewayOptions, stat_etag, temp_name
 from .errors import NotFound, PermissionDenied, ProtocolError
@@ -21,31 +22,61 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 FSYNC_AT_MOST = 64  # files a flush makes durable one by one; beyond, one sync
 
 
+def _umask_keeps_644() -> bool:
+    """Whether files created 0o644 keep that mode under this process's umask (read
+    where Linux shows it; elsewhere assumed not, and every file is chmod-ed)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o644 == 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+_UMASK_KEEPS_644 = _umask_keeps_644()
+
+
+class _Errors:
+    """OSError as the gateway error that names the path (a class, not a generator:
+    it wraps every file operation)."""
+
+    def __init__(self, gateway: LocalGateway, path: str) -> None:
+        self._gateway, self._path = gateway, path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is None or not isinstance(exc, OSError):
+            return
+        where = self._gateway.display(self._path)
+        if isinstance(exc, FileNotFoundError):
+            raise NotFound(where, "no such file or directory") from None
+        if isinstance(exc, PermissionError):
+            raise PermissionDenied(where, "permission denied") from None
+        if isinstance(exc, NotADirectoryError):
+            raise NotFound(where, "a parent is not a directory") from None
+        hint = "free some space" if exc.errno == errno.ENOSPC else None
+        raise ProtocolError(where, exc.strerror or str(exc), hint) from None
+
+
 class LocalGateway(Gateway):
     scheme = "file"
 
     def __init__(self, url: str, options: GatewayOptions | None = None) -> None:
         super().__init__(url, options)
         self.root = Path(parse(url).path).expanduser().absolute()
+        self._root = str(self.root).rstrip("/")  # "" for the file system's root
         self._unflushed: list[str] = []  # written with durable=False, since the last flush
 
     def _abs(self, path: str) -> Path:
         rel = self._rel(path)
         return self.root / rel if rel else self.root
 
-    @contextlib.contextmanager
-    def _errors(self, path: str) -> Iterator[None]:
-        try:
-            yield
-        except FileNotFoundError:
-            raise NotFound(self.display(path), "no such file or directory") from None
-        except PermissionError:
-            raise PermissionDenied(self.display(path), "permission denied") from None
-        except NotADirectoryError:
-            raise NotFound(self.display(path), "a parent is not a directory") from None
-        except OSError as exc:
-            hint = "free some space" if exc.errno == errno.ENOSPC else None
-            raise ProtocolError(self.display(path), exc.strerror or str(exc), hint) from None
+    def _errors(self, path: str) -> _Errors:
+        return _Errors(self, path)
 
     def _info(self, rel: str, st: os.stat_result, is_dir: bool) -> FileInfo:
         return FileInfo(rel, st.st_size, st.st_mtime, stat_etag(st.st_size, st.st_mtime), is_dir)
@@ -81,10 +112,18 @@ class LocalGateway(Gateway):
         return self._open(path, offset, None)[0]  # a local read has nothing to resume
 
     def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
+        return self._write(path, iter(functools.partial(stream.read, CHUNK), b""), durable)
+
+    def write_bytes(self, path: str, data: bytes, durable: bool = True) -> FileInfo:
+        return self._write(path, (data,), durable)
+
+    def _write(self, path: str, chunks: Iterable[bytes], durable: bool) -> FileInfo:
+        """Temp file, then rename; plain descriptor calls, as few as it takes: this
+        runs once per package, shard and page, thousands of times a run."""
         rel = self._rel(path)
-        target = os.path.join(self.root, rel)
-        parent = os.path.dirname(target)
-        tmp = os.path.join(parent, temp_name(os.path.basename(target)))
+        target = f"{self._root}/{rel}"
+        parent, _, name = target.rpartition("/")
+        tmp = f"{parent}/{temp_name(name)}"
         with self._errors(path):
             try:
                 fd = os.open(tmp, _CREATE, 0o644)
@@ -92,14 +131,15 @@ class LocalGateway(Gateway):
                 os.makedirs(parent, exist_ok=True)
                 fd = os.open(tmp, _CREATE, 0o644)
             try:
-                try:  # plain descriptor calls: this runs once per package and per page
-                    while chunk := stream.read(CHUNK):
+                try:
+                    for chunk in chunks:
                         view = memoryview(chunk)
                         while view:
                             view = view[os.write(fd, view) :]
                     if durable:
                         os.fsync(fd)
-                    os.fchmod(fd, 0o644)  # servable whatever the umask
+                    if not _UMASK_KEEPS_644:
+                        os.fchmod(fd, 0o644)  # servable whatever the umask
                     st = os.fstat(fd)
                 finally:
                     os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -117,6 +118,7 @@ def redact_text(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text) if "://" in text else text
 
 
+@functools.lru_cache(maxsize=4096)  # a copy names each path several times; bounded
 def clean_relative(path: str, url: str = "") -> str:
     """Normalise a path below a gateway root, refusing escapes such as ``../x``.
 
@@ -133,6 +135,7 @@ def clean_relative(path: str, url: str = "") -> str:
     return "/".join(parts)
 
 
+@functools.lru_cache(maxsize=4096)
 def join(base: str, path: str) -> str:
     """Join a root URL and a relative path, quoting the path for the URL."""
     rel = clean_relative(path, base)
