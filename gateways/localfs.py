@@ -9,7 +9,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,6 +20,9 @@ from .urls import parse
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 FSYNC_AT_MOST = 64  # files a flush makes durable one by one; beyond, one sync
+# A file this large starts for the disk as soon as it is written, while the next ones
+# download: the flush before publishing then waits for the last few, not for all.
+EARLY_FSYNC = 4 << 20
 
 
 def _umask_keeps_644() -> bool:
@@ -70,6 +73,8 @@ class LocalGateway(Gateway):
         self.root = Path(parse(url).path).expanduser().absolute()
         self._root = str(self.root).rstrip("/")  # "" for the file system's root
         self._unflushed: list[str] = []  # written with durable=False, since the last flush
+        self._syncing: list[tuple[str, Future[None]]] = []  # large ones, fsynced already
+        self._syncer: ThreadPoolExecutor | None = None
 
     def _abs(self, path: str) -> Path:
         rel = self._rel(path)
@@ -150,6 +155,10 @@ class LocalGateway(Gateway):
                 raise
             if durable:
                 _fsync_dir(parent)
+            elif st.st_size >= EARLY_FSYNC:
+                if self._syncer is None:
+                    self._syncer = ThreadPoolExecutor(2, thread_name_prefix="ferry-fsync")
+                self._syncing.append((target, self._syncer.submit(_fsync_file, target)))
             else:
                 self._unflushed.append(target)
         return self._info(rel, st, False)
@@ -173,15 +182,25 @@ class LocalGateway(Gateway):
     def flush(self) -> None:
         """Exactly this run's files where they are few (a sync would also wait for
         every other process's writes); one sync for thousands of small files, which
-        beats as many fsyncs by far."""
+        beats as many fsyncs by far. Large files were sent on their way as written."""
         files, self._unflushed = self._unflushed, []
+        early, self._syncing = self._syncing, []
+        for _, started in early:
+            started.result()
         if len(files) > FSYNC_AT_MOST:
-            os.sync()
+            os.sync()  # every file and directory
             return
-        with ThreadPoolExecutor(max_workers=8) as pool:  # the disk merges them
-            list(pool.map(_fsync_file, files))
-        for directory in sorted({os.path.dirname(f) for f in files}):
+        if files:
+            with ThreadPoolExecutor(max_workers=8) as pool:  # the disk merges them
+                list(pool.map(_fsync_file, files))
+        for directory in sorted({os.path.dirname(f) for f in files + [p for p, _ in early]}):
             _fsync_dir(directory)
+
+    def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
+        super().close()
 
     def delete(self, path: str) -> None:
         with contextlib.suppress(NotFound), self._errors(path):

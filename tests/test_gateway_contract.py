@@ -375,3 +375,31 @@ def test_local_flush_waits_for_this_runs_files_only_when_they_are_few(
         gateway.write_many([(f"b/{i}.bin", b"x") for i in range(localfs.FSYNC_AT_MOST + 1)])
         gateway.flush()
         assert len(fsynced) == 3 and syncs == [1]
+
+
+def test_local_large_files_start_for_the_disk_as_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file is fsynced in the background once written, not at the flush; the
+    flush waits for it and makes its directory durable."""
+    from conda_ferry.gateways import localfs
+
+    started = threading.Event()
+    fsynced: list[str] = []
+    dirs: list[str] = []
+
+    def fsync(path: str) -> None:
+        started.wait(10)
+        fsynced.append(path)
+
+    monkeypatch.setattr(localfs, "EARLY_FSYNC", 100)
+    monkeypatch.setattr(localfs, "_fsync_file", fsync)
+    monkeypatch.setattr(localfs, "_fsync_dir", dirs.append)
+    with open_gateway(str(tmp_path)) as gateway:
+        gateway.write_bytes("big/a.conda", b"x" * 100, durable=False)
+        gateway.write_bytes("small/b.conda", b"x", durable=False)
+        assert fsynced == []  # under way, not waited for
+        started.set()
+        gateway.flush()
+        assert sorted(fsynced) == [str(tmp_path / "big/a.conda"), str(tmp_path / "small/b.conda")]
+        assert sorted(dirs) == [str(tmp_path / "big"), str(tmp_path / "small")]
