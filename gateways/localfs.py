@@ -138,9 +138,7 @@ class LocalGateway(Gateway):
             try:
                 try:
                     for chunk in chunks:
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view) :]
+                        _write_all(fd, chunk)
                     if durable:
                         os.fsync(fd)
                     if not _UMASK_KEEPS_644:
@@ -207,18 +205,50 @@ class LocalGateway(Gateway):
             self._abs(path).unlink()
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
+        """The file appears with ``data`` or not at all, where Linux can link an unnamed
+        file into place: a run killed between creating a lock and filling it would
+        otherwise leave a lock nobody can read, and every run would wait it out."""
         target = self._abs(path)
         with self._errors(path):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(target, _CREATE, 0o644)
+                fd = os.open(target.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+            except (AttributeError, OSError):  # not on this platform or file system
+                return _create_then_fill(target, data)
+            parent = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+                # through the directory's descriptor: linkat, following /proc's link
+                os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=parent)
+                os.fsync(parent)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            except FileNotFoundError:  # no /proc to link through
+                return _create_then_fill(target, data)
+            finally:
+                os.close(fd)
+                os.close(parent)
         return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _create_then_fill(target: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(target, _CREATE, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _fsync_file(path: str) -> None:

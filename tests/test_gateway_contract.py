@@ -403,3 +403,23 @@ def test_local_large_files_start_for_the_disk_as_they_are_written(
         gateway.flush()
         assert sorted(fsynced) == [str(tmp_path / "big/a.conda"), str(tmp_path / "small/b.conda")]
         assert sorted(dirs) == [str(tmp_path / "big"), str(tmp_path / "small")]
+
+
+def test_local_lock_appears_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed while it fills a new lock leaves no lock (an empty one would
+    hold off every run for minutes; found by the kill suite)."""
+    from conda_ferry.gateways import localfs
+
+    def killed(fd: int, data: bytes) -> None:
+        raise KeyboardInterrupt
+
+    with open_gateway(str(tmp_path)) as gateway:
+        monkeypatch.setattr(localfs, "_write_all", killed)
+        with pytest.raises(KeyboardInterrupt), gateway.lock(".ferry/locks/x.lock"):
+            pass
+        assert not (tmp_path / ".ferry/locks/x.lock").exists()
+        monkeypatch.undo()
+        with gateway.lock(".ferry/locks/x.lock"):
+            assert (tmp_path / ".ferry/locks/x.lock").stat().st_size > 0
