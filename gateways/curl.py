@@ -132,8 +132,12 @@ class _Driver:
         self.multi.add_handle(response.curl)
 
     def release(self, curl: pycurl.Curl) -> None:
-        if self.active.pop(curl, None) is not None:
-            self.multi.remove_handle(curl)  # an unfinished transfer is abandoned
+        response = self.active.pop(curl, None)
+        if response is not None:
+            self.multi.remove_handle(curl)
+            if not response.ended_already:  # abandoned mid-way (paused, perhaps): a
+                curl.close()  # handle is reused without a reset, so this one goes
+                return
         self.idle.append(curl)
 
     def close(self) -> None:
@@ -194,6 +198,10 @@ class CurlResponse(RawStream):
             self.status, self.headers, self._header_end = parse_head(self._lines)
             self._headers_done = self._headers_done or self._header_end
         return self._headers_done
+
+    @property
+    def ended_already(self) -> bool:
+        return self._ended
 
     def ended(self, error: BaseException | None) -> None:
         """The driver's word that the transfer is over, and how."""
