@@ -10,6 +10,7 @@ by name range, so a browser never has to take in one enormous page.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -54,9 +55,10 @@ class Package:
     builds: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)  # file, record
     about: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def newest(self) -> Mapping[str, Any]:
-        return self.builds[0][1]
+        """Decoded once: the package's page and its listing row read several fields."""
+        return plain(self.builds[0][1])
 
     @property
     def size(self) -> int:
@@ -97,7 +99,8 @@ def group(entries: Iterable[ChannelEntry]) -> list[Package]:
         return parsed[text], as_int(record.get("build_number")), as_int(record.get("timestamp"))
 
     for package in packages.values():
-        package.builds.sort(key=order, reverse=True)
+        if len(package.builds) > 1:
+            package.builds.sort(key=order, reverse=True)
     return [packages[name] for name in sorted(packages)]
 
 
