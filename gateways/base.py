@@ -112,6 +112,12 @@ class GatewayOptions:
         None, "known_hosts file [default: ~/.ssh/known_hosts].", ("sftp",), "file"
     )
     insecure_host_key: bool = option(False, "Accept any SSH host key (insecure).", ("sftp",))
+    openssh: bool = option(
+        True,
+        "SFTP through the system's ssh (its config, agent and jump hosts) where it is "
+        "installed and the URL holds no password; off: paramiko's own SSH.",
+        ("sftp",),
+    )
     max_rate: float = option(
         0.0,
         "Bytes per second this gateway may read at most, all transfers together (0: no cap).",

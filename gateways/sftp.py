@@ -10,7 +10,12 @@ import contextlib
 import errno
 import logging
 import os
+import select
+import shutil
+import socket
 import stat
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
@@ -45,6 +50,154 @@ class _FastTransport(paramiko.Transport):
     )
 
 
+class _Pipe:
+    """One end of a socket pair, as paramiko's SFTP client reads a channel."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: bytes) -> int:
+        return self._sock.send(data)
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def get_name(self) -> str:
+        return "openssh"
+
+    def recv_ready(self) -> bool:
+        return bool(select.select([self._sock], [], [], 0)[0])
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        return self._sock.gettimeout()
+
+    def setblocking(self, blocking: bool) -> None:
+        self._sock.setblocking(blocking)
+
+
+class _OpenSSH:
+    """SFTP sessions through the system's ``ssh``: OpenSSH moves and encrypts the bytes
+    in C (paramiko's transport does it in Python, about twice the time for a large
+    file), and reads the user's ``~/.ssh/config``, agent and jump hosts as ``ssh``
+    does. paramiko still speaks SFTP over it. One ``ssh`` process per session."""
+
+    def __init__(self, argv: list[str], where: str) -> None:
+        self._argv, self._where = argv, where
+        self._lock = threading.Lock()
+        self._sessions: list[tuple[subprocess.Popen[bytes], paramiko.SFTPClient]] = []
+        self._first: paramiko.SFTPClient | None = self._session()  # fails here, clearly
+
+    def _session(self) -> paramiko.SFTPClient:
+        mine, theirs = socket.socketpair()
+        # ssh's complaints go to a file, never a pipe: nobody reads it while all is well
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(
+                    self._argv,
+                    stdin=theirs.fileno(),
+                    stdout=theirs.fileno(),
+                    stderr=errors,
+                    start_new_session=True,  # Ctrl-C reaches ferry, which ends the session
+                )
+            except OSError as exc:
+                mine.close()
+                raise TransientError(self._where, f"cannot run ssh: {exc.strerror}") from None
+            finally:
+                theirs.close()
+            try:
+                client = paramiko.SFTPClient(_Pipe(mine))  # type: ignore[arg-type]
+            except (paramiko.SSHException, EOFError, OSError):
+                mine.close()
+                proc.wait()
+                errors.seek(0)
+                said = errors.read().decode("utf-8", "replace")
+                raise _ssh_failure(self._where, said) from None
+        with self._lock:
+            self._sessions.append((proc, client))
+        return client
+
+    def is_active(self) -> bool:
+        return True  # each session is its own process; a dead one fails its own calls
+
+    def open_sftp(self) -> paramiko.SFTPClient:
+        with self._lock:
+            first, self._first = self._first, None
+        return first or self._session()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions, self._first = self._sessions, [], None
+        for proc, client in sessions:
+            with contextlib.suppress(Exception):
+                client.close()  # ssh sees the end of its input and leaves
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _ssh_failure(where: str, stderr: str) -> Exception:
+    """What ``ssh`` said, as the error a paramiko connection would have raised."""
+    text = stderr.strip()
+    if "IDENTIFICATION HAS CHANGED" in text:
+        return ProtocolError(
+            where,
+            "the server's host key does not match known_hosts",
+            "the server changed or someone is in between: check it",
+        )
+    if "Host key verification failed" in text or "host key is known" in text:
+        return ProtocolError(
+            where,
+            "the server's host key is not in known_hosts",
+            "add it with ssh-keyscan, or name the file in {option}",
+            option="known_hosts",
+        )
+    if "Permission denied" in text:
+        return CredentialsError(
+            where,
+            "authentication failed",
+            "check the user, the key file ({option}) or your ssh agent",
+            option="key_file",
+        )
+    kinds: list[tuple[str, BaseException]] = [
+        ("Connection refused", ConnectionRefusedError()),
+        ("Could not resolve hostname", socket.gaierror()),
+        ("timed out", TimeoutError()),
+        ("Connection reset", ConnectionResetError()),
+    ]
+    found = next((exc for words, exc in kinds if words in text), None)
+    last = text.splitlines()[-1].removeprefix("ssh: ") if text else "it ended the session"
+    problem = network_problem(found) if found is not None else f"ssh: {last}"
+    return TransientError(
+        where, f"cannot connect: {problem}", "check the host name, port and network"
+    )
+
+
+class _Paramiko:
+    """SFTP sessions over paramiko's own SSH transport (a password in the URL, or no
+    ``ssh`` installed): channels of one shared connection."""
+
+    def __init__(self, client: paramiko.SSHClient) -> None:
+        self._client = client
+
+    def is_active(self) -> bool:
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def open_sftp(self) -> paramiko.SFTPClient:
+        return self._client.open_sftp()
+
+    def close(self) -> None:
+        self._client.close()
+
+
 class SFTPGateway(Gateway):
     scheme = "sftp"
 
@@ -60,12 +213,32 @@ class SFTPGateway(Gateway):
         if path in ("/~", "/~/"):
             self.root = "."
         self._lock = threading.Lock()
-        self._client: paramiko.SSHClient | None = None
+        self._client: _OpenSSH | _Paramiko | None = None
         self._local = threading.local()
         self._generation = 0
 
     # -- connections -------------------------------------------------------------
-    def _connect(self) -> paramiko.SSHClient:
+    def _connect(self) -> _OpenSSH | _Paramiko:
+        ssh = shutil.which("ssh") if self.options.openssh and not self.password else None
+        if ssh is None:
+            return _Paramiko(self._connect_paramiko())
+        argv = [ssh, "-o", "LogLevel=ERROR", "-p", str(self.port), "-l", self.user]
+        wait = max(1, round(self.options.timeout))
+        argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={wait}"]
+        argv += ["-o", "ServerAliveInterval=30"]
+        if self.options.key_file:
+            argv += ["-i", os.path.expanduser(self.options.key_file)]
+        if self.options.insecure_host_key:
+            log.warning("%s: host key NOT verified (insecure option)", self.display())
+            argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        else:
+            argv += ["-o", "StrictHostKeyChecking=yes"]
+            if self.options.known_hosts:
+                known = os.path.expanduser(self.options.known_hosts)
+                argv += ["-o", f"UserKnownHostsFile={known}"]
+        return _OpenSSH([*argv, "-s", "--", self.host, "sftp"], self.display())
+
+    def _connect_paramiko(self) -> paramiko.SSHClient:
         where = self.display()
         client = paramiko.SSHClient()
         try:
@@ -133,15 +306,13 @@ class SFTPGateway(Gateway):
         """This thread's channel, reconnecting the shared transport if it died
         (``retry``: on its own, unless the caller retries the whole operation)."""
         with self._lock:
-            transport = self._client.get_transport() if self._client else None
-            if transport is None or not transport.is_active():
+            if self._client is None or not self._client.is_active():
                 if self._client is not None:
                     with contextlib.suppress(Exception):
                         self._client.close()
                 self._client = self._retry("", self._connect) if retry else self._connect()
                 self._generation += 1
             client, generation = self._client, self._generation
-            assert client is not None
         channel = getattr(self._local, "sftp", None)
         if channel is None or getattr(self._local, "generation", -1) != generation:
             try:

@@ -423,3 +423,26 @@ def test_local_lock_appears_whole_or_not_at_all(
         monkeypatch.undo()
         with gateway.lock(".ferry/locks/x.lock"):
             assert (tmp_path / ".ferry/locks/x.lock").stat().st_size > 0
+
+
+@pytest.mark.parametrize("openssh", [True, False])
+def test_sftp_over_either_ssh(sshd: Server, openssh: bool) -> None:
+    """The system's ssh where it is installed (the contract suite runs over it), and
+    paramiko's own SSH where the user asks for it or the URL holds a password."""
+    from conda_ferry.gateways import sftp
+
+    options = GatewayOptions(
+        **FAST_RETRY,
+        key_file=sshd.extra["key_file"],
+        known_hosts=sshd.extra["known_hosts"],
+        openssh=openssh,
+    )
+    data = os.urandom(3 << 20)
+    with open_gateway(f"{sshd.url}/either-{openssh}", options) as gw:
+        gw.write_bytes("a/pkg.conda", data)
+        assert gw.read_bytes("a/pkg.conda") == data
+        assert [f.name for f in gw.list("a")] == ["pkg.conda"]
+        with gw.lock("a/.lock"):
+            assert gw.exists("a/.lock")
+        engine = sftp._OpenSSH if openssh else sftp._Paramiko
+        assert isinstance(gw._client, engine)  # type: ignore[attr-defined]
