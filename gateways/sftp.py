@@ -206,6 +206,7 @@ class SFTPGateway(Gateway):
         loc = parse(url)
         self.host, self.port = loc.host, loc.port or 22
         self.user = loc.username or os.environ.get("USER") or "root"
+        self._named = (loc.username, loc.port)  # what ssh's own config may fill in
         self.password = loc.password
         path = loc.path or "/"
         # "/~/x" is x below the home directory, which is where SFTP sessions start.
@@ -222,7 +223,10 @@ class SFTPGateway(Gateway):
         ssh = shutil.which("ssh") if self.options.openssh and not self.password else None
         if ssh is None:
             return _Paramiko(self._connect_paramiko())
-        argv = [ssh, "-o", "LogLevel=ERROR", "-p", str(self.port), "-l", self.user]
+        argv = [ssh, "-o", "LogLevel=ERROR"]
+        user, port = self._named  # else the user's ssh config (or ssh) chooses them
+        argv += ["-l", user] if user else []
+        argv += ["-p", str(port)] if port else []
         wait = max(1, round(self.options.timeout))
         argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={wait}"]
         argv += ["-o", "ServerAliveInterval=30"]
