@@ -188,15 +188,16 @@ def update(
             log = Jlap.parse(previous_log)
         except BadJlap:
             log = Jlap()
-    old_hash = None if old_json is None else blake(old_json)  # 300 MB: hashed once
-    if old_hash is not None and log.latest and log.latest != old_hash:
-        # A run was killed between repodata.json and the log: the change it made has
-        # no patch, so no client may be led along this chain any more.
-        log = Jlap()
     new_hash = blake(new_json)
-    if old_json is not None and old_hash is not None and old_hash != new_hash:
-        old_doc, new_doc = sectioned(old_json), sectioned(new_json)
-        if old_doc is not None and new_doc is not None:  # an unreadable one: no patch
-            log.append(old_hash, new_hash, diff(old_doc, new_doc), max_patch_bytes)
+    if old_json is not None:
+        old_hash = blake(old_json)  # 300 MB at conda-forge size: hashed once
+        if log.latest and log.latest != old_hash:
+            # A run was killed between repodata.json and the log: the change it made
+            # has no patch, so no client may be led along this chain any more.
+            log = Jlap()
+        if old_hash != new_hash:
+            old_doc, new_doc = sectioned(old_json), sectioned(new_json)
+            if old_doc is not None and new_doc is not None:  # an unreadable one: no patch
+                log.append(old_hash, new_hash, diff(old_doc, new_doc), max_patch_bytes)
     log.trim(max_bytes)
     return log.render(new_hash)

@@ -113,10 +113,10 @@ class Descriptions:
             exports = entry.get("run_exports") if isinstance(entry, dict) else None
             if isinstance(exports, dict):
                 out[filename] = extras_from(about, exports)
-            else:
-                out[filename] = shared.get(name) or shared.setdefault(
-                    name, extras_from(about, None)
-                )
+                continue
+            if name not in shared:  # (an empty result is shared too, not made again)
+                shared[name] = extras_from(about, None)
+            out[filename] = shared[name]
         return out
 
 
