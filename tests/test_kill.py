@@ -41,10 +41,20 @@ class Target:
         return open_gateway(self.url, self.options)
 
 
-@pytest.fixture(params=["localfs", "s3"])
+@pytest.fixture(params=["localfs", "s3", "sftp"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if request.param == "localfs":
         yield Target(str(tmp_path / "target"), GatewayOptions(), [], "")
+        return
+    if request.param == "sftp":  # through the system's ssh, as users run it
+        sshd: Server = request.getfixturevalue("sshd")
+        key, known = sshd.extra["key_file"], sshd.extra["known_hosts"]
+        yield Target(
+            f"{sshd.url}/kill-{tmp_path.name[-20:]}",
+            GatewayOptions(key_file=key, known_hosts=known),
+            ["--key-file", key, "--known-hosts", known],
+            f"target_options: {{key_file: '{key}', known_hosts: '{known}'}}\n",
+        )
         return
     moto: Server = request.getfixturevalue("moto")
     url = f"s3://ferry/kill-{tmp_path.name[-20:]}"
