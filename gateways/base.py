@@ -376,6 +376,10 @@ class Gateway(abc.ABC):
     def flush(self) -> None:  # noqa: B027 - remote stores are durable once they answer
         """Make every earlier non-durable write durable."""
 
+    def note_written(self, paths: Iterable[str]) -> None:  # noqa: B027 - as flush
+        """Files another process wrote here with ``durable=False``: this gateway's next
+        flush makes them durable too."""
+
     def abort_incomplete(self, path: str, older_than: float = 60.0) -> int:
         """Drop writes below ``path`` that a killed run left unfinished and invisible
         (S3 multipart uploads, which cost storage until aborted); returns how many.

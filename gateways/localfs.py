@@ -194,6 +194,9 @@ class LocalGateway(Gateway):
         for directory in sorted({os.path.dirname(f) for f in files + [p for p, _ in early]}):
             _fsync_dir(directory)
 
+    def note_written(self, paths: Iterable[str]) -> None:
+        self._unflushed.extend(str(self._abs(p)) for p in paths)
+
     def close(self) -> None:
         if self._syncer is not None:
             self._syncer.shutdown(wait=True)

@@ -32,6 +32,7 @@ class Job:
     prune: bool = False
     max_prune_fraction: float = 0.5
     jobs: int = 4
+    processes: int | None = None  # worker processes a large transfer may use; None: a core each
     allow_hosts: tuple[str, ...] = ()
     allow_replace: bool = False
     grace: float = DEFAULT_GRACE  # seconds pruned files stay for clients' cached indexes
@@ -65,6 +66,7 @@ TOP_KEYS = {
     "prune",
     "max_prune_fraction",
     "jobs",
+    "processes",
     "allow_hosts",
     "allow_replace",
     "grace",
@@ -116,6 +118,7 @@ def parse_job(path: str, text: str) -> Job:
         prune=top.boolean("prune", False),
         max_prune_fraction=0.5 if fraction is None else float(fraction),
         jobs=top.integer("jobs", 4) or 4,
+        processes=top.integer("processes", None),
         allow_hosts=top.strings("allow_hosts") or (),
         allow_replace=top.boolean("allow_replace", False),
         grace=top.duration("grace", DEFAULT_GRACE),

@@ -35,12 +35,13 @@ from . import errors, sharded, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
 from .commit import Commit, choose_records, collect_garbage, commit_subdir, sweep_temps
 from .config import Job
+from .copiers import Helpers
 from .filters import Selection, Selector
 from .indexing import ensure_noarch
 from .plan import Plan, Record, make_plan
 from .progress import Progress
 from .state import SubdirState, subdir_lock
-from .transfer import expected, transfer
+from .transfer import Route, expected, transfer, usable_cores
 from .units import human_size, parse_http_date, utc
 
 log = logging.getLogger("ferry.sync")
@@ -203,6 +204,7 @@ class SyncRun:
         self.refused: dict[str, dict[str, str]] = {}  # subdir -> records left out, why
         self.filters = job.filters.for_channel(job.source)  # other channels' locks aside
         self.explaining = False
+        self.helpers: Helpers | None = None  # worker processes, during a run
 
     def _name_option(self, exc: GatewayError) -> None:
         """Make a hint name the job key the user wrote, not a command-line flag."""
@@ -222,6 +224,7 @@ class SyncRun:
         started = time.monotonic()
         job = self.job
         with (
+            self._helpers() as self.helpers,
             open_gateway(job.source, job.source_options) as source,
             open_gateway(job.target, job.target_options) as target,
         ):
@@ -313,6 +316,14 @@ class SyncRun:
                 write_channel_page(target, job.outputs.html)
         self.report.seconds = time.monotonic() - started
         return self.report, []
+
+    def _helpers(self) -> Helpers:
+        """Worker processes for the transfers: as many as ``processes`` says, for
+        every transfer; else one per core, for transfers worth it."""
+        if self.dry_run:
+            return Helpers(0)
+        count = self.job.processes or usable_cores()
+        return Helpers(min(count, self.job.jobs), always=self.job.processes is not None)
 
     def _refuse_held(self, target: Gateway, states: dict[str, SubdirState]) -> None:
         for subdir, state in sorted(states.items()):
@@ -531,14 +542,12 @@ class SyncRun:
             if package_url is not None:
                 packages, prefix = open_gateway(package_url, self.job.source_options), ""
             result = transfer(
-                packages,
-                prefix,
-                target,
-                subdir,
-                {fn: plan.desired[fn] for fn in sorted(fetch)},
+                Route(packages, prefix, target, subdir),
+                {fn: plan.desired[fn] for fn in fetch},
                 self.job.jobs,
                 self.progress,
                 journal.landed,
+                self.helpers,
             )
         finally:
             journal.save()  # interrupted or not, what landed is kept for the next run

@@ -9,22 +9,28 @@ thread's transfers all progress together (HTTP through libcurl), one thread requ
 the next ``jobs`` files ahead and writes them in turn, which spares the lock
 handovers of eight threads taking turns at the interpreter for a fraction of a
 millisecond of work each (measured: 2,000 small packages in less than half the time);
-otherwise a pool of ``jobs`` threads.
+otherwise a pool of ``jobs`` threads. A transfer large enough is shared with worker
+processes, one per further core (copiers.py).
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from conda_ferry.gateways import Copied, Expected, FileInfo, Gateway, GatewayError, copy_file
 
 from .progress import Progress
 
 INTEGRITY_ATTEMPTS = 2  # a body corrupted in transit is fetched once more
+
+Landed = Callable[[str, Copied], None]
+Failed = Callable[[str, str], None]
 
 
 @dataclass
@@ -42,90 +48,148 @@ def expected(record: Mapping[str, Any]) -> Expected:
     )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a transfer's files come from and go to."""
+
+    source: Gateway
+    source_dir: str  # prefix of a file's name upstream: "linux-64/", or "" for package_url
+    target: Gateway
+    subdir: str
+
+
+Work = Iterable[tuple[str, Mapping[str, Any]]]  # file name and its upstream record
+
+
+class Helpers(Protocol):
+    """Who copies a transfer worth it elsewhere (copiers.py: worker processes)."""
+
+    def worth(self, files: int, total: int) -> bool: ...
+
+    def share(
+        self,
+        route: Route,
+        work: Work,
+        jobs: int,
+        progress: Progress,
+        arrived: Landed,
+        failed: Failed,
+    ) -> None: ...
+
+
+def transfer(
+    route: Route,
+    items: Mapping[str, Mapping[str, Any]],
+    jobs: int,
+    progress: Progress,
+    landed: Landed = lambda name, copied: None,
+    helpers: Helpers | None = None,
+) -> TransferResult:
+    """Copy ``items``; ``landed`` hears of each verified file as it arrives.
+
+    ``helpers`` take a share of a transfer worth it. Interrupted (Ctrl-C, SIGTERM),
+    the copies in flight are abandoned at their next chunk, their temp files
+    removed, and nothing more is started."""
+    result = TransferResult()
+    lock = threading.Lock()  # files land from threads and from the helpers' reader
+
+    def arrived(filename: str, copied: Copied) -> None:
+        with lock:
+            result.done[filename] = copied.info
+            result.bytes += copied.size
+        landed(filename, copied)  # journaled the moment it is true
+        progress.file_done(filename, True)
+
+    def failed(filename: str, why: str) -> None:
+        with lock:
+            result.failed[filename] = why  # named once, in the run's summary
+        progress.file_done(filename, False)
+
+    total = sum(int(r.get("size") or 0) for r in items.values())
+    progress.start(route.subdir, len(items), total)
+    work = sorted(items.items())
+    if helpers is not None and helpers.worth(len(items), total):
+        helpers.share(route, work, jobs, progress, arrived, failed)
+    else:
+        copy_all(route, work, jobs, progress, arrived, failed)
+    return result
+
+
 class _Cancelled(Exception):
     """Raised inside a worker's copy so that its atomic write is abandoned."""
 
 
-Outcome = tuple[str, Copied | str]  # file name, and what landed or why not
-
-
-def transfer(
-    source: Gateway,
-    source_dir: str,
-    target: Gateway,
-    subdir: str,
-    items: Mapping[str, Mapping[str, Any]],
-    jobs: int,
-    progress: Progress,
-    landed: Callable[[str, Copied], None] = lambda name, copied: None,
-) -> TransferResult:
-    """Copy ``items``; ``landed`` hears of each verified file as it arrives.
-
-    Interrupted (Ctrl-C, SIGTERM), the copies in flight are abandoned at their next
-    chunk, their temp files removed, and nothing more is started."""
-    result = TransferResult()
-    progress.start(subdir, len(items), sum(int(r.get("size") or 0) for r in items.values()))
+def copy_all(
+    route: Route, work: Work, jobs: int, progress: Progress, arrived: Landed, failed: Failed
+) -> None:
+    """Copy ``work`` in this process, ``jobs`` at a time, as it comes (``work`` may
+    be handed out while it runs); each file goes to ``arrived`` or ``failed``."""
     stop = threading.Event()
+    source, target = route.source, route.target
 
     def advance(count: int) -> None:
         if stop.is_set():
             raise _Cancelled
         progress.advance(count)
 
-    def copy(filename: str) -> Outcome:
+    def copy(filename: str, record: Mapping[str, Any]) -> None:
         if stop.is_set():
             raise _Cancelled
         try:
             copied = copy_file(
                 source,
-                f"{source_dir}{filename}",
+                f"{route.source_dir}{filename}",
                 target,
-                f"{subdir}/{filename}",
-                expected(items[filename]),
+                f"{route.subdir}/{filename}",
+                expected(record),
                 durable=False,  # the caller flushes once, before publishing
                 attempts=INTEGRITY_ATTEMPTS,
                 progress=advance,
             )
         except GatewayError as exc:
-            return filename, str(exc)
-        landed(filename, copied)  # journaled the moment it is true
-        return filename, copied
+            failed(filename, str(exc))
+        else:
+            arrived(filename, copied)
 
-    names = sorted(items)
-    one_thread = source.streams_progress_together  # see _requested_ahead
-    pool = None if one_thread else ThreadPoolExecutor(max_workers=max(1, jobs))
-    outcomes = (
-        pool.map(copy, names)
-        if pool is not None
-        else _requested_ahead(source, source_dir, names, max(1, jobs), copy)
-    )
+    jobs = max(1, jobs)
+    pool = None
     try:
-        for filename, outcome in outcomes:
-            progress.file_done(filename, not isinstance(outcome, str))
-            if isinstance(outcome, str):  # named once, in the run's summary
-                result.failed[filename] = outcome
-            else:
-                result.done[filename] = outcome.info
-                result.bytes += outcome.size
+        if source.streams_progress_together:  # see _requested_ahead
+            for filename, record in _requested_ahead(route, work, jobs):
+                copy(filename, record)
+        else:
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            pending: deque[Future[None]] = deque()
+            for filename, record in work:  # never more than a few queued: see Work
+                pending.append(pool.submit(copy, filename, record))
+                if len(pending) >= 2 * jobs:
+                    pending.popleft().result()
+            for future in pending:
+                future.result()
     except BaseException:
         stop.set()
         raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)  # temp files gone, none started
-    return result
 
 
-def _requested_ahead(
-    source: Gateway,
-    source_dir: str,
-    names: list[str],
-    jobs: int,
-    copy: Callable[[str], Outcome],
-) -> Iterator[Outcome]:
-    """Copy ``names`` in one thread, the next ``jobs`` files already requested."""
-    source.prefetch(f"{source_dir}{n}" for n in names[:jobs])
-    for i, name in enumerate(names):
-        if i + jobs < len(names):  # the window moves on by one
-            source.prefetch([f"{source_dir}{names[i + jobs]}"])
-        yield copy(name)
+def _requested_ahead(route: Route, work: Work, jobs: int) -> Iterator[tuple[str, Any]]:
+    """``work`` in order, with the next ``jobs`` files already requested from a
+    source whose transfers progress together (one thread reads each in turn)."""
+    window: deque[tuple[str, Any]] = deque()
+    for item in work:
+        route.source.prefetch([f"{route.source_dir}{item[0]}"])
+        window.append(item)
+        if len(window) > jobs:
+            yield window.popleft()
+    while window:
+        yield window.popleft()

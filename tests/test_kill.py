@@ -150,14 +150,16 @@ def _pruning_job(
     return job, upstream
 
 
-@pytest.mark.parametrize("over", ["disk", "http"])
+@pytest.mark.parametrize("over", ["disk", "http", "workers"])
 def test_sync_killed_at_random(
     target: Target, tmp_path: Path, over: str, request: pytest.FixtureRequest
 ) -> None:
-    """From a directory, and over HTTP, where one thread keeps the transfers in
-    flight with requests sent ahead."""
-    served = request.getfixturevalue("nginx") if over == "http" else None
-    job, upstream = _pruning_job(tmp_path, target, 30, served=served)
+    """From a directory; over HTTP, where one thread keeps the transfers in flight
+    with requests sent ahead; and over HTTP by worker processes, which the kernel
+    stops when the run is killed."""
+    served = request.getfixturevalue("nginx") if over != "disk" else None
+    extra = "processes: 2\n" if over == "workers" else ""
+    job, upstream = _pruning_job(tmp_path, target, 30, extra, served)
     scratch = tmp_path / "scratch.yaml"
     scratch.write_text(
         job.read_text()

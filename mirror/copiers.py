@@ -1,0 +1,499 @@
+"""Worker processes that copy a run's large transfers, one per core.
+
+A transfer costs one core's Python per file (libcurl's callbacks, the digest, the
+temp+rename) and per byte (hashing, writing). Threads do not share that work: the
+interpreter lock changes hands at every file (measured: slower, not faster). So a
+large transfer is copied by worker processes, each running the same
+:func:`~conda_ferry.mirror.transfer.copy_all` over its own connections and writes,
+while this process only hands out files and hears what landed. Files are handed out
+a few at a time, as each worker is ready for more, so that none idles while another
+has a queue (a slow mirror of the upstream, a file retried).
+
+Workers are forked when a run starts, if the process has no other thread yet (a fork
+is ready in a millisecond with every module loaded, and unused, it ends as fast).
+Where forking is unsafe (a progress bar's thread is about), they are started as
+fresh interpreters (``python -m conda_ferry.mirror.copiers``) when first needed.
+
+This process alone journals, reports progress and decides what is published; its
+next flush makes the workers' files durable too (``note_written``), so the journal
+still vouches only for durable bytes. A worker's log lines are logged here. Stopped
+(Ctrl-C, SIGTERM), this process stops its workers, whose copies in flight are
+abandoned and their temp files removed, as in one process; killed outright, its
+workers are stopped by the kernel (``PR_SET_PDEATHSIG``) and the next run sweeps what
+they left. A worker that dies on its own costs time, not files: what it had not
+reported is handed to the others, or copied here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import selectors
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import replace
+from types import TracebackType
+from typing import IO, Any
+
+from conda_ferry.gateways import Copied, Gateway, GatewayOptions, open_gateway
+
+from .progress import Progress
+from .transfer import Failed, Landed, Route, Work, copy_all
+
+log = logging.getLogger("ferry.sync")
+
+WORTH_FILES = 200  # fewer files and bytes than these are copied in this process
+WORTH_BYTES = 32 << 20
+QUEUED_FILES = 64  # a worker's queue of small files: enough that it never waits
+QUEUED_BYTES = 64 << 20  # ... of large files: a few, so the last ones are shared
+LANDED_BATCH = 16  # files a worker reports at once (a message per file costs here)
+ADVANCE_EVERY = 1 << 20  # bytes a worker counts before it tells the progress bar
+STOP_WAIT = 30.0  # seconds a stopped worker has to remove its temp files
+FRAME = struct.Struct("<I")  # each message: its length, then its pickle
+
+
+def send(stream: IO[bytes], *message: Any) -> None:
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    stream.write(FRAME.pack(len(data)) + data)
+    stream.flush()
+
+
+def receive(stream: IO[bytes]) -> tuple[Any, ...] | None:
+    """The next message, or None at the end of the stream."""
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (length,) = FRAME.unpack(head)
+    message: tuple[Any, ...] = pickle.loads(stream.read(length))
+    return message
+
+
+class Helpers:
+    """``count`` worker processes for a run's transfers (none below 2: one process
+    copies in itself), stopped when the run ends or stops. They copy transfers
+    worth a process, or every transfer if ``always``."""
+
+    def __init__(self, count: int, always: bool = False) -> None:
+        self.count = count if count > 1 else 0
+        self.always = always
+        self._workers: list[_Worker] | None = None
+
+    def __enter__(self) -> Helpers:
+        if self.count and threading.active_count() == 1 and hasattr(os, "fork"):
+            self._workers = []
+            for _ in range(self.count):
+                self._workers.append(_Worker.forked(self._workers))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(stop=kind is not None)
+
+    def worth(self, files: int, total: int) -> bool:
+        alive = self._workers is None or any(w.alive for w in self._workers)
+        big = self.always or files >= WORTH_FILES or total >= WORTH_BYTES
+        return bool(self.count) and alive and big
+
+    def share(
+        self,
+        route: Route,
+        work: Work,
+        jobs: int,
+        progress: Progress,
+        arrived: Landed,
+        failed: Failed,
+    ) -> None:
+        """Copy ``work`` in the workers; each file goes to ``arrived`` or ``failed``."""
+        if self._workers is None:
+            self._workers = [_Worker.spawned() for _ in range(self.count)]
+        workers = [w for w in self._workers if w.alive]
+        feed = _Feed(work, -(-jobs // max(1, len(workers))) + 1, len(workers))
+        try:
+            for i, worker in enumerate(workers):  # the jobs split among them
+                worker.begin(route, max(1, (jobs + i) // len(workers)), len(workers))
+                feed.top_up(worker)
+            _hear(workers, feed, route.target, progress, arrived, failed)
+        except BaseException:
+            self.close(stop=True)
+            raise
+        left = feed.rest()
+        if left:  # the workers that could take these died or had ended
+            copy_all(route, left, jobs, progress, arrived, failed)
+
+    def close(self, stop: bool = False) -> None:
+        """Let the workers end (their input closed), or ``stop`` them at once."""
+        for worker in self._workers or ():
+            worker.end(stop)
+        for worker in self._workers or ():
+            worker.wait()
+        self._workers = []
+
+
+def _hear(
+    workers: list[_Worker],
+    feed: _Feed,
+    target: Gateway,
+    progress: Progress,
+    arrived: Landed,
+    failed: Failed,
+) -> None:
+    """Hand each worker's reports on and its next files out, until all have ended."""
+    with selectors.DefaultSelector() as selector:
+        for worker in workers:
+            selector.register(worker.output, selectors.EVENT_READ, worker)
+        while selector.get_map():
+            for key, _ in selector.select():
+                worker = key.data
+                data = os.read(key.fd, 1 << 16)
+                for message in worker.messages(data):
+                    _pass_on(message, worker, target, progress, arrived, failed)
+                if data and worker.busy:
+                    feed.top_up(worker)
+                    continue
+                selector.unregister(worker.output)
+                if not data:  # it died: its files go to the others, or are copied here
+                    worker.died()
+                    feed.give_back(worker)
+                    for other in workers:
+                        if other.busy:
+                            feed.top_up(other)
+
+
+def _pass_on(
+    message: tuple[Any, ...],
+    worker: _Worker,
+    target: Gateway,
+    progress: Progress,
+    arrived: Landed,
+    failed: Failed,
+) -> None:
+    kind = message[0]
+    if kind == "landed":
+        target.note_written([copied.info.path for _, copied in message[1]])  # with ours
+        for name, copied in message[1]:
+            worker.reported(name)
+            arrived(name, copied)
+    elif kind == "failed":
+        worker.reported(message[1])
+        failed(message[1], message[2])
+    elif kind == "advance":
+        progress.advance(message[1])
+    elif kind == "log":
+        logging.getLogger(message[1]).log(message[2], "%s", message[3])
+    elif kind == "end":
+        worker.busy = False
+
+
+class _Feed:
+    """The files not handed out yet. A worker gets at least ``window`` (the copies
+    it keeps in flight, and the next), at most its equal part of a small transfer."""
+
+    def __init__(self, work: Work, window: int, workers: int) -> None:
+        self._left = deque(work)
+        self._window = window
+        self._files = min(QUEUED_FILES, -(-len(self._left) // max(1, workers)))
+
+    def top_up(self, worker: _Worker) -> None:
+        """Enough files that ``worker`` need not wait for its next; once there are no
+        more, it is told to finish its queue and end."""
+        if worker.drained:
+            return
+        more: dict[str, dict[str, Any]] = {}
+        while self._left and (
+            len(worker.queued) + len(more) < self._window
+            or (
+                len(worker.queued) + len(more) < QUEUED_FILES and worker.queued_bytes < QUEUED_BYTES
+            )
+        ):
+            name, record = self._left.popleft()
+            more[name] = {k: record.get(k) for k in ("size", "sha256", "md5")}
+            worker.queued_bytes += int(record.get("size") or 0)
+        if more:
+            worker.queued.update(more)
+            worker.send("files", more)
+        if not self._left and not worker.drained:
+            worker.drained = True
+            worker.send("drain")
+
+    def give_back(self, worker: _Worker) -> None:
+        self._left.extendleft(sorted(worker.queued.items(), reverse=True))
+        worker.queued, worker.queued_bytes = {}, 0
+
+    def rest(self) -> list[tuple[str, Any]]:
+        return list(self._left)
+
+
+class _Worker:
+    """One worker process, and the files it has been handed and not yet reported."""
+
+    def __init__(self, process: subprocess.Popen[bytes] | _Forked, to: IO[bytes], fro: IO[bytes]):
+        self.process, self.input, self.output = process, to, fro
+        self.alive = True
+        self.busy = False  # in a transfer, not yet ended
+        self.drained = False  # told there is nothing more in this transfer
+        self.queued: dict[str, Any] = {}  # name -> record, handed out and not reported
+        self.queued_bytes = 0
+        self._buffer = b""
+
+    @classmethod
+    def spawned(cls) -> _Worker:
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        return cls(process, process.stdin, process.stdout)
+
+    @classmethod
+    def forked(cls, siblings: list[_Worker]) -> _Worker:
+        down, up = os.pipe(), os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker: it never returns into the parent's code
+            code = 1
+            try:
+                for fd in (down[1], up[0], *(f for w in siblings for f in w.fds())):
+                    os.close(fd)  # a sibling's input held open here would never end
+                os.dup2(2, 1)  # a stray print must not reach the parent's output
+                _serve(parent, os.fdopen(down[0], "rb"), os.fdopen(up[1], "wb"))
+                code = 0
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(down[0])
+        os.close(up[1])
+        return cls(_Forked(pid), os.fdopen(down[1], "wb"), os.fdopen(up[0], "rb"))
+
+    def fds(self) -> tuple[int, int]:
+        return self.input.fileno(), self.output.fileno()
+
+    def send(self, *message: Any) -> None:
+        with contextlib.suppress(BrokenPipeError, ValueError):  # died: _hear sees it
+            send(self.input, *message)
+
+    def begin(self, route: Route, jobs: int, of: int) -> None:
+        """A transfer, ``jobs`` copies at a time; ``of`` workers share the rate cap."""
+
+        def options(gateway: Gateway) -> GatewayOptions:
+            return replace(gateway.options, max_rate=gateway.options.max_rate / of)
+
+        self.busy, self.drained = True, False
+        self.send(
+            "route",
+            *(route.source.url, options(route.source), route.source_dir),
+            *(route.target.url, options(route.target), route.subdir),
+            jobs,
+            logging.getLogger().getEffectiveLevel(),
+        )
+
+    def messages(self, data: bytes) -> Iterator[tuple[Any, ...]]:
+        self._buffer += data
+        while len(self._buffer) >= FRAME.size:
+            (length,) = FRAME.unpack_from(self._buffer)
+            end = FRAME.size + length
+            if len(self._buffer) < end:
+                return
+            message = pickle.loads(self._buffer[FRAME.size : end])
+            self._buffer = self._buffer[end:]
+            yield message
+
+    def reported(self, name: str) -> None:
+        record = self.queued.pop(name, None)
+        if record is not None:
+            self.queued_bytes -= int(record.get("size") or 0)
+
+    def died(self) -> None:
+        self.wait()
+        log.warning(
+            "a transfer worker ended early (exit status %s); its %d unfinished files "
+            "go to the other workers or are copied by the main process",
+            self.process.returncode,
+            len(self.queued),
+        )
+        self.busy = False
+
+    def end(self, stop: bool) -> None:
+        if stop:
+            self.process.terminate()
+        with contextlib.suppress(OSError):
+            self.input.close()
+
+    def wait(self) -> None:
+        self.alive = False
+        try:
+            self.process.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.output.close()
+
+
+class _Forked:
+    """What :class:`subprocess.Popen` offers, for a forked worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
+            time.sleep(0.002)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+# -- the worker's side -------------------------------------------------------------
+
+
+class _ToParent(Progress):
+    """The worker's messages, whole frames from any thread. Landed files go in
+    batches (a message per file costs the parent as much as the file) with the
+    bytes counted since, at the latest before the worker waits for more work."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__()
+        self._stream = stream
+        self._landed: list[tuple[str, Copied]] = []
+        self._since = 0.0
+        self._counted = 0
+
+    def __call__(self, *message: Any) -> None:
+        with self._lock:
+            self._flush()
+            send(self._stream, *message)
+
+    def advance(self, count: int) -> None:
+        with self._lock:
+            self._counted += count
+            if self._counted >= ADVANCE_EVERY:
+                self._flush()
+
+    def landed(self, name: str, copied: Copied) -> None:
+        with self._lock:
+            if not self._landed:
+                self._since = time.monotonic()
+            self._landed.append((name, copied))
+            if len(self._landed) >= LANDED_BATCH or time.monotonic() - self._since > 0.05:
+                self._flush()
+
+    def failed(self, name: str, why: str) -> None:
+        self("failed", name, why)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._counted:
+            send(self._stream, "advance", self._counted)
+            self._counted = 0
+        if self._landed:
+            send(self._stream, "landed", self._landed)
+            self._landed = []
+
+
+class _LogToParent(logging.Handler):
+    def __init__(self, parent: _ToParent) -> None:
+        super().__init__()
+        self._parent = parent
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._parent("log", record.name, record.levelno, record.getMessage())
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: copies abandoned, temps removed
+
+
+def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
+    """Copy what the parent hands out, route after route, until its input ends."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux: die with the parent
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    to_parent = _ToParent(stream)
+    root = logging.getLogger()
+    root.handlers[:] = [_LogToParent(to_parent)]
+    gateways: dict[tuple[str, bytes], Gateway] = {}
+
+    def gateway(url: str, options: GatewayOptions) -> Gateway:
+        key = (url, pickle.dumps(options))
+        if key not in gateways:
+            gateways[key] = open_gateway(url, options)
+        return gateways[key]
+
+    def files() -> Iterator[tuple[str, Any]]:
+        while True:
+            to_parent.flush()  # what landed is reported before waiting for more
+            message = receive(inbox)
+            if message is None or message[0] != "files":
+                return
+            yield from message[1].items()
+
+    try:
+        while (message := receive(inbox)) is not None:
+            _, source_url, source_options, source_dir, target_url, target_options = message[:6]
+            subdir, jobs, level = message[6:]
+            root.setLevel(level)
+            route = Route(
+                gateway(source_url, source_options),
+                source_dir,
+                gateway(target_url, target_options),
+                subdir,
+            )
+            copy_all(route, files(), jobs, to_parent, to_parent.landed, to_parent.failed)
+            to_parent("end")
+    finally:
+        for opened in gateways.values():
+            opened.close()
+
+
+def main() -> None:
+    """A worker started as a fresh interpreter: the parent's pid is its argument."""
+    stream = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print must not break a frame
+    _serve(int(sys.argv[1]), sys.stdin.buffer, stream)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,184 @@
+"""Transfers shared among worker processes (mirror/copiers.py), over a real nginx:
+forked or started fresh, they land, fail and log as one process would, and a worker
+that dies costs time, not files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conda_ferry.gateways import is_temp
+from conda_ferry.mirror import copiers, transfer
+from tests.faultproxy import FaultProxy
+from tests.helpers import ferry, load
+from tests.mirrorcheck import assert_consistent
+from tests.pkgmaker import Spec, write_package
+from tests.servers import Server
+from tests.upstream import job_yaml, reindex
+
+
+@pytest.fixture
+def shares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the transfers the workers took (the parent's side of them)."""
+    taken: list[int] = []
+    share = copiers.Helpers.share
+
+    def counted(self: copiers.Helpers, *args: Any, **kw: Any) -> None:
+        workers = self._workers
+        taken.append(self.count if workers is None else sum(w.alive for w in workers))
+        share(self, *args, **kw)
+
+    monkeypatch.setattr(copiers.Helpers, "share", counted)
+    return taken
+
+
+@pytest.fixture
+def other_thread() -> Iterator[None]:
+    """A thread besides the main one: workers must then start fresh, not forked."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+@pytest.mark.parametrize("start", ["forked", "fresh"])
+def test_workers_land_fail_and_log_as_one_process(
+    upstream: tuple[Path, str],
+    tmp_path: Path,
+    shares: list[int],
+    start: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    if start == "fresh":
+        request.getfixturevalue("other_thread")
+    root, url = upstream
+    victim = root / "linux-64/zlib-1.3.1-h0_0.conda"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:500] + bytes([good[500] ^ 0xFF]) + good[501:])  # same size
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), "processes: 2\n")
+    result = ferry("sync", str(job), "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 3, result.output
+    assert shares == [2, 2]  # both subdirs, each shared by two workers
+    # the worker's warning, logged by the parent, then the failure in the summary
+    assert "failed its check; fetching it again" in result.output
+    report = load(tmp_path / "r.json")
+    assert {f for s in report["subdirs"] for f in s["failures"]} == {"zlib-1.3.1-h0_0.conda"}
+    assert "sha256" in result.output
+    assert "ended early" not in result.output
+    assert assert_consistent(mirror) == 7
+    assert sum(s["bytes"] for s in report["subdirs"]) > 0  # what the workers copied counts
+    victim.write_bytes(good)
+    healed = ferry("sync", str(job))
+    assert healed.exit_code == 0, healed.output
+    assert assert_consistent(mirror) == 8
+
+
+def test_a_worker_that_dies_costs_time_not_files(
+    upstream: tuple[Path, str], tmp_path: Path, shares: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forked worker dies (as if out of memory) when it reaches one file: what it
+    had not reported is copied by the others or the main process."""
+    parent = os.getpid()
+    copy_file = transfer.copy_file
+
+    def dying(source: Any, path: str, *args: Any, **kw: Any) -> Any:
+        if os.getpid() != parent and path.endswith("zlib-1.3.1-h0_0.conda"):
+            os._exit(9)
+        return copy_file(source, path, *args, **kw)
+
+    monkeypatch.setattr(transfer, "copy_file", dying)
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", upstream[1], str(mirror), "processes: 2\n")
+    result = ferry("sync", str(job))
+    assert result.exit_code == 0, result.output
+    assert shares == [2, 1]  # noarch: the one worker left
+    assert "ended early" in result.output
+    assert assert_consistent(mirror) == 8
+    assert not [p for p in mirror.rglob("*") if is_temp(p.name)]
+
+
+def test_one_process_where_asked_or_not_worth_it(
+    upstream: tuple[Path, str], tmp_path: Path, shares: list[int]
+) -> None:
+    for i, extra in enumerate(["processes: 1\n", ""]):  # the demo channel is small
+        mirror = tmp_path / f"mirror{i}"
+        job = job_yaml(tmp_path / f"job{i}.yaml", upstream[1], str(mirror), extra)
+        result = ferry("sync", str(job))
+        assert result.exit_code == 0, result.output
+        assert assert_consistent(mirror) == 8
+    assert shares == []
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def _gone(pids: set[int], within: float = 15.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_stop_with_the_run(nginx: Server, tmp_path: Path, how: signal.Signals) -> None:
+    """Stopped, the run stops its workers; killed outright, the kernel stops them.
+    Either way their copies in flight are abandoned and their temp files removed."""
+    root = nginx.root / f"slow-{tmp_path.name[-12:]}"
+    for i in range(6):
+        spec = Spec(f"big{i}", files={"data.bin": os.urandom(400_000)})
+        write_package(root, spec, ".conda")
+    reindex(root)
+    proxy = FaultProxy(nginx.port)
+    proxy.default = "slow:40000"
+    try:
+        mirror = tmp_path / "mirror"
+        url = f"http://127.0.0.1:{proxy.port}/{root.name}"
+        job = job_yaml(tmp_path / "job.yaml", url, str(mirror), "processes: 2\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conda_ferry", "-q", "sync", str(job)],
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while proc.poll() is None and time.monotonic() < deadline:
+            workers = _children(proc.pid)
+            if len(workers) == 2 and list(mirror.glob("linux-64/.*")):
+                break  # copies are in flight
+            time.sleep(0.05)
+        else:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"workers {workers}, exit {proc.returncode}: {err.decode()}")
+        proc.send_signal(how)
+        proc.wait(30)
+        assert proc.returncode == (-signal.SIGKILL if how == signal.SIGKILL else 143)
+        assert _gone(workers)
+        assert not [p for p in mirror.rglob("*") if is_temp(p.name)]
+        with contextlib.suppress(FileNotFoundError):
+            assert "Traceback" not in proc.stderr.read().decode()  # type: ignore[union-attr]
+    finally:
+        proxy.close()
