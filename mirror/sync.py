@@ -40,7 +40,7 @@ from .filters import Selection, Selector
 from .indexing import ensure_noarch
 from .plan import Plan, Record, make_plan
 from .progress import Progress
-from .state import SubdirState, subdir_lock
+from .state import STATE_DIR, SubdirState, subdir_lock
 from .transfer import Route, expected, transfer, usable_cores
 from .units import human_size, parse_http_date, utc
 
@@ -606,13 +606,16 @@ class SyncRun:
         """Upstream unchanged: note that the mirror was found current (monitoring
         asks "did the sync run?", not "did upstream change?"), delete files whose
         grace has passed even though nothing else changed, and redraw the front page
-        if a killed run left it behind (unchanged, it is not written)."""
+        if a killed run left it behind (unchanged, it is not written). A state file a
+        quiet night killed while saving left is swept here (found by the kill suite)."""
         now = time.time()
         for subdir, state in states.items():
             try:
                 with subdir_lock(target, subdir):
                     if any(when <= now for when in state.due.values()):
                         collect_garbage(target, subdir, everything=False)
+                    else:
+                        sweep_temps(target, STATE_DIR, f".{subdir}.json.")
                     state = SubdirState.load(target, subdir)
                     state.checked = utc(now)
                     state.save(target)

@@ -195,10 +195,14 @@ def test_status_of_a_fresh_a_failed_and_a_stale_mirror(
 
 
 def test_a_quiet_night_counts_as_a_run(synced: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    """Monitoring asks whether the sync ran, not whether upstream changed."""
+    """Monitoring asks whether the sync ran, not whether upstream changed; and the
+    state file an earlier quiet night was killed writing is swept."""
     _, mirror, job = synced
+    leftover = mirror / ".ferry/.linux-64.json.41b8f3792704.part"
+    leftover.write_text("{")
     time.sleep(1.1)
     assert ferry("sync", str(job)).exit_code == 0  # up to date
+    assert not leftover.exists()
     report = tmp_path / "status.json"
     quiet = ferry("status", str(mirror), "--max-age", "1s", "--json", str(report))
     assert quiet.exit_code == 0, quiet.stderr
