@@ -9,6 +9,8 @@ Over nginx on loopback:
    venv under ~/.cache) on the same upstream;
 2. the same packages as ten builds each of a tenth as many names, as real channels
    have them (one shard and one page per name);
+   each cold sync also runs in one process (``processes: 1``), without the
+   transfer workers, for what they bring;
 3. --big packages of 20 MB (ferry hashes every byte, curl none);
 4. a re-sync with nothing to do: time and requests per subdir;
 5. ``ferry --version`` and ``ferry --help``: start-up.
@@ -138,21 +140,30 @@ def main() -> None:
                 url = f"{nginx.url}/{kind}"
                 job = work / f"{kind}.yaml"
 
-                def cold(job: Path = job, url: str = url) -> None:
+                def cold(job: Path = job, url: str = url, extra: str = "") -> None:
                     job.write_text(
                         f"source: {url}\ntarget: {work / f'mirror-{next(fresh)}'}\n"
-                        f"subdirs: [linux-64, noarch]\njobs: {JOBS}\n"
+                        f"subdirs: [linux-64, noarch]\njobs: {JOBS}\n{extra}"
                     )
                     subprocess.run([*ferry, str(job)], check=True, env=env)
 
                 urls = package_urls(nginx.root / kind, url)
-                ferry_s, curl_s = best(
+                ferry_s, one_s, curl_s = best(
                     args.rounds,
                     cold,
+                    lambda cold=cold: cold(extra="processes: 1\n"),
                     lambda urls=urls: curl_parallel(urls, work / f"curl-{next(fresh)}"),
                 )
                 label = f"{count} pkgs{of}, {sizes[kind] / 1e6:.0f} MB"
                 rows.append((f"ferry cold sync, {label}", f"{ferry_s:.2f}", "", ""))
+                rows.append(
+                    (
+                        "  the same in one process (processes: 1)",
+                        f"{one_s:.2f}",
+                        f"{one_s / ferry_s:.2f}x",
+                        "",
+                    )
+                )
                 rows.append(
                     (
                         f"  curl x{JOBS}, same files",

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from conda_ferry.gateways import (
     VerifyingReader,
     open_gateway,
 )
+from conda_ferry.gateways.localfs import LocalGateway
 from tests.conftest import FAST_RETRY, Area
 from tests.servers import Server
 
@@ -423,6 +425,31 @@ def test_local_lock_appears_whole_or_not_at_all(
         monkeypatch.undo()
         with gateway.lock(".ferry/locks/x.lock"):
             assert (tmp_path / ".ferry/locks/x.lock").stat().st_size > 0
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_local_writes_unnamed_files_or_temps(tmp_path: Path, unnamed: bool) -> None:
+    """New files are written unnamed and linked into place (Linux), or as temps
+    where the file system cannot; either way a write replaces a file whole, and an
+    interrupted one leaves neither a file nor a temp."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b"half"
+        raise KeyboardInterrupt
+
+    with open_gateway(str(tmp_path)) as gateway:
+        assert isinstance(gateway, LocalGateway)
+        gateway._unnamed = gateway._unnamed and unnamed
+        for content in (b"one", b"two, longer"):  # a new file, then over it
+            info = gateway.write_bytes("d/f.conda", content)
+            assert (tmp_path / "d/f.conda").read_bytes() == content
+            assert info.size == len(content)
+            assert (tmp_path / "d/f.conda").stat().st_mode & 0o777 == 0o644
+        for name in ("d/f.conda", "d/g.conda"):  # over a file, and a new one
+            with pytest.raises(KeyboardInterrupt):
+                gateway._write(name, chunks(), durable=False)
+        assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["f.conda"]
+        assert (tmp_path / "d/f.conda").read_bytes() == b"two, longer"
 
 
 @pytest.mark.parametrize("openssh", [True, False])
