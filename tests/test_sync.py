@@ -175,7 +175,8 @@ def test_other_gateways(
         ftpd: Server = request.getfixturevalue("ftpd")
         shutil.copytree(root, ftpd.root / tmp_path.name)
         extra, source, target = "", f"{ftpd.url}/{tmp_path.name}", str(tmp_path / "mirror")
-    job = job_yaml(tmp_path / "job.yaml", source, target, FILTERS + extra)
+    # copied by worker processes, which open each gateway from its URL and options
+    job = job_yaml(tmp_path / "job.yaml", source, target, f"{FILTERS}{extra}processes: 2\n")
     result = ferry("sync", str(job))
     assert result.exit_code == 0, result.output
     if kind == "s3":
