@@ -4,7 +4,7 @@ A transfer costs one core's Python per file (libcurl's callbacks, the digest, th
 temp+rename) and per byte (hashing, writing). Threads do not share that work: the
 interpreter lock changes hands at every file (measured: slower, not faster). So a
 large transfer is copied by worker processes, each running the same
-:func:`~conda_ferry.mirror.transfer.copy_all` over its own connections and writes,
+:func:`~conda_ferry.mirror.copying.copy_all` over its own connections and writes,
 while this process only hands out files and hears what landed. Files are handed out
 a few at a time, as each worker is ready for more, so that none idles while another
 has a queue (a slow mirror of the upstream, a file retried).
@@ -46,8 +46,8 @@ from typing import IO, Any
 
 from conda_ferry.gateways import Copied, Gateway, GatewayOptions, open_gateway
 
+from .copying import Failed, Landed, Route, Work, copy_all
 from .progress import Progress
-from .transfer import Failed, Landed, Route, Work, copy_all
 
 log = logging.getLogger("ferry.sync")
 

@@ -36,12 +36,13 @@ from .channelpage import remember_channel, write_channel_page
 from .commit import Commit, choose_records, collect_garbage, commit_subdir, sweep_temps
 from .config import Job
 from .copiers import Helpers
+from .copying import Route, expected
 from .filters import Selection, Selector
 from .indexing import ensure_noarch
 from .plan import Plan, Record, make_plan
 from .progress import Progress
 from .state import STATE_DIR, SubdirState, subdir_lock
-from .transfer import Route, expected, transfer, usable_cores
+from .transfer import transfer, usable_cores
 from .units import human_size, parse_http_date, utc
 
 log = logging.getLogger("ferry.sync")

@@ -1,36 +1,19 @@
-"""Copy packages upstream -> target, many at once, verified before they appear.
-
-Each package streams through a digest check straight into an atomic write: a file
-exists at its final name on the target only if its size, sha256 (or, lacking one,
-md5) matched the upstream record.
-
-Two ways to keep ``jobs`` transfers in flight, chosen by the source: where one
-thread's transfers all progress together (HTTP through libcurl), one thread requests
-the next ``jobs`` files ahead and writes them in turn, which spares the lock
-handovers of eight threads taking turns at the interpreter for a fraction of a
-millisecond of work each (measured: 2,000 small packages in less than half the time);
-otherwise a pool of ``jobs`` threads. A transfer large enough is shared with worker
-processes, one per further core (copiers.py).
-"""
+"""A subdir's transfer: copied here, or shared with worker processes, one per core,
+when it is large enough to be worth them (copiers.py)."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from conda_ferry.gateways import Copied, Expected, FileInfo, Gateway, GatewayError, copy_file
+from conda_ferry.gateways import Copied, FileInfo
 
+from .copiers import Helpers
+from .copying import Landed, Route, copy_all
 from .progress import Progress
-
-INTEGRITY_ATTEMPTS = 2  # a body corrupted in transit is fetched once more
-
-Landed = Callable[[str, Copied], None]
-Failed = Callable[[str, str], None]
 
 
 @dataclass
@@ -40,49 +23,12 @@ class TransferResult:
     bytes: int = 0
 
 
-def expected(record: Mapping[str, Any]) -> Expected:
-    """What a record promises about its file's bytes."""
-    size = record.get("size")
-    return Expected(
-        int(size) if size is not None else None, record.get("sha256"), record.get("md5")
-    )
-
-
 def usable_cores() -> int:
     """The cores this process may run on (a container's or taskset's share)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a transfer's files come from and go to."""
-
-    source: Gateway
-    source_dir: str  # prefix of a file's name upstream: "linux-64/", or "" for package_url
-    target: Gateway
-    subdir: str
-
-
-Work = Iterable[tuple[str, Mapping[str, Any]]]  # file name and its upstream record
-
-
-class Helpers(Protocol):
-    """Who copies a transfer worth it elsewhere (copiers.py: worker processes)."""
-
-    def worth(self, files: int, total: int) -> bool: ...
-
-    def share(
-        self,
-        route: Route,
-        work: Work,
-        jobs: int,
-        progress: Progress,
-        arrived: Landed,
-        failed: Failed,
-    ) -> None: ...
 
 
 def transfer(
@@ -95,11 +41,11 @@ def transfer(
 ) -> TransferResult:
     """Copy ``items``; ``landed`` hears of each verified file as it arrives.
 
-    ``helpers`` take a share of a transfer worth it. Interrupted (Ctrl-C, SIGTERM),
+    ``helpers`` copy a transfer worth their start. Interrupted (Ctrl-C, SIGTERM),
     the copies in flight are abandoned at their next chunk, their temp files
     removed, and nothing more is started."""
     result = TransferResult()
-    lock = threading.Lock()  # files land from threads and from the helpers' reader
+    lock = threading.Lock()  # files land from a pool's threads
 
     def arrived(filename: str, copied: Copied) -> None:
         with lock:
@@ -121,75 +67,3 @@ def transfer(
     else:
         copy_all(route, work, jobs, progress, arrived, failed)
     return result
-
-
-class _Cancelled(Exception):
-    """Raised inside a worker's copy so that its atomic write is abandoned."""
-
-
-def copy_all(
-    route: Route, work: Work, jobs: int, progress: Progress, arrived: Landed, failed: Failed
-) -> None:
-    """Copy ``work`` in this process, ``jobs`` at a time, as it comes (``work`` may
-    be handed out while it runs); each file goes to ``arrived`` or ``failed``."""
-    stop = threading.Event()
-    source, target = route.source, route.target
-
-    def advance(count: int) -> None:
-        if stop.is_set():
-            raise _Cancelled
-        progress.advance(count)
-
-    def copy(filename: str, record: Mapping[str, Any]) -> None:
-        if stop.is_set():
-            raise _Cancelled
-        try:
-            copied = copy_file(
-                source,
-                f"{route.source_dir}{filename}",
-                target,
-                f"{route.subdir}/{filename}",
-                expected(record),
-                durable=False,  # the caller flushes once, before publishing
-                attempts=INTEGRITY_ATTEMPTS,
-                progress=advance,
-            )
-        except GatewayError as exc:
-            failed(filename, str(exc))
-        else:
-            arrived(filename, copied)
-
-    jobs = max(1, jobs)
-    pool = None
-    try:
-        if source.streams_progress_together:  # see _requested_ahead
-            for filename, record in _requested_ahead(route, work, jobs):
-                copy(filename, record)
-        else:
-            pool = ThreadPoolExecutor(max_workers=jobs)
-            pending: deque[Future[None]] = deque()
-            for filename, record in work:  # never more than a few queued: see Work
-                pending.append(pool.submit(copy, filename, record))
-                if len(pending) >= 2 * jobs:
-                    pending.popleft().result()
-            for future in pending:
-                future.result()
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # temp files gone, none started
-
-
-def _requested_ahead(route: Route, work: Work, jobs: int) -> Iterator[tuple[str, Any]]:
-    """``work`` in order, with the next ``jobs`` files already requested from a
-    source whose transfers progress together (one thread reads each in turn)."""
-    window: deque[tuple[str, Any]] = deque()
-    for item in work:
-        route.source.prefetch([f"{route.source_dir}{item[0]}"])
-        window.append(item)
-        if len(window) > jobs:
-            yield window.popleft()
-    while window:
-        yield window.popleft()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conda_ferry.gateways import is_temp
-from conda_ferry.mirror import copiers, transfer
+from conda_ferry.mirror import copiers, copying
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
@@ -92,14 +92,14 @@ def test_a_worker_that_dies_costs_time_not_files(
     """A forked worker dies (as if out of memory) when it reaches one file: what it
     had not reported is copied by the others or the main process."""
     parent = os.getpid()
-    copy_file = transfer.copy_file
+    copy_file = copying.copy_file
 
     def dying(source: Any, path: str, *args: Any, **kw: Any) -> Any:
         if os.getpid() != parent and path.endswith("zlib-1.3.1-h0_0.conda"):
             os._exit(9)
         return copy_file(source, path, *args, **kw)
 
-    monkeypatch.setattr(transfer, "copy_file", dying)
+    monkeypatch.setattr(copying, "copy_file", dying)
     mirror = tmp_path / "mirror"
     job = job_yaml(tmp_path / "job.yaml", upstream[1], str(mirror), "processes: 2\n")
     result = ferry("sync", str(job))
@@ -131,6 +131,17 @@ def _children(pid: int) -> set[int]:
                 if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                     found.add(int(entry.name))
     return found
+
+
+def _writing(pids: set[int], into: Path) -> bool:
+    """Whether one of ``pids`` has a file open below ``into`` (unnamed files too)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith(str(into)):
+                        return True
+    return False
 
 
 def _gone(pids: set[int], within: float = 15.0) -> bool:
@@ -166,7 +177,7 @@ def test_workers_stop_with_the_run(nginx: Server, tmp_path: Path, how: signal.Si
         workers: set[int] = set()
         while proc.poll() is None and time.monotonic() < deadline:
             workers = _children(proc.pid)
-            if len(workers) == 2 and list(mirror.glob("linux-64/.*")):
+            if len(workers) == 2 and _writing(workers, mirror):
                 break  # copies are in flight
             time.sleep(0.05)
         else:
