@@ -1,7 +1,7 @@
 """Worker processes that copy a run's large transfers, one per core.
 
 A transfer costs one core's Python per file (libcurl's callbacks, the digest, the
-temp+rename) and per byte (hashing, writing). Threads do not share that work: the
+file's creation) and per byte (hashing, writing). Threads do not share that work: the
 interpreter lock changes hands at every file (measured: slower, not faster). So a
 large transfer is copied by worker processes, each running the same
 :func:`~conda_ferry.mirror.copying.copy_all` over its own connections and writes,
