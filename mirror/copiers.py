@@ -9,10 +9,11 @@ while this process only hands out files and hears what landed. Files are handed 
 a few at a time, as each worker is ready for more, so that none idles while another
 has a queue (a slow mirror of the upstream, a file retried).
 
-Workers are forked when a run starts, if the process has no other thread yet (a fork
-is ready in a millisecond with every module loaded, and unused, it ends as fast).
-Where forking is unsafe (a progress bar's thread is about), they are started as
-fresh interpreters (``python -m conda_ferry.mirror.copiers``) when first needed.
+Workers are forked when a run starts, on Linux, if the process has no other thread
+yet (a fork is ready in a millisecond with every module loaded, and unused, it ends
+as fast). Where forking is unsafe (a progress bar's thread is about; macOS's system
+libraries), they are started as fresh interpreters (``python -m
+conda_ferry.mirror.copiers``) when first needed.
 
 This process alone journals, reports progress and decides what is published; its
 next flush makes the workers' files durable too (``note_written``), so the journal
@@ -88,7 +89,7 @@ class Helpers:
         self._workers: list[_Worker] | None = None
 
     def __enter__(self) -> Helpers:
-        if self.count and threading.active_count() == 1 and hasattr(os, "fork"):
+        if self.count and threading.active_count() == 1 and sys.platform == "linux":
             self._workers = []
             for _ in range(self.count):
                 self._workers.append(_Worker.forked(self._workers))
