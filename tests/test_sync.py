@@ -309,8 +309,9 @@ def test_base_url_is_honoured(nginx: Server, tmp_path: Path) -> None:
 
         edit_repodata(root, subdir, rebase)
     mirror = tmp_path / "mirror"
-    job = job_yaml(tmp_path / "job.yaml", f"{nginx.url}/{root.name}", str(mirror), FILTERS)
-    result = ferry("sync", str(job))
+    url = f"{nginx.url}/{root.name}"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror), f"{FILTERS}processes: 2\n")
+    result = ferry("sync", str(job))  # the workers fetch from where base_url points
     assert result.exit_code == 0, result.output
     assert files(mirror) == EXPECTED
     assert "base_url" not in load(mirror / "linux-64/repodata.json")["info"]
