@@ -63,6 +63,7 @@ def test_workers_land_fail_and_log_as_one_process(
 ) -> None:
     if start == "fresh":
         request.getfixturevalue("other_thread")
+    assert (threading.active_count() == 1) == (start == "forked")  # the path we test
     root, url = upstream
     victim = root / "linux-64/zlib-1.3.1-h0_0.conda"
     good = victim.read_bytes()
