@@ -60,6 +60,7 @@ LANDED_BATCH = 16  # files a worker reports at once (a message per file costs he
 ADVANCE_EVERY = 1 << 20  # bytes a worker counts before it tells the progress bar
 STOP_WAIT = 30.0  # seconds a stopped worker has to remove its temp files
 FRAME = struct.Struct("<I")  # each message: its length, then its pickle
+STOPPING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # each stops a worker as Ctrl-C
 
 
 def send(stream: IO[bytes], *message: Any) -> None:
@@ -260,10 +261,15 @@ class _Worker:
     def forked(cls, siblings: list[_Worker]) -> _Worker:
         down, up = os.pipe(), os.pipe()
         parent = os.getpid()
+        # held until the worker has its own handlers: the parent's would unwind the
+        # parent's code in the worker (and write its report)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
         pid = os.fork()
         if pid == 0:  # the worker: it never returns into the parent's code
             code = 1
             try:
+                _stop_like_ctrl_c()
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 for fd in (down[1], up[0], *(f for w in siblings for f in w.fds())):
                     os.close(fd)  # a sibling's input held open here would never end
                 os.dup2(2, 1)  # a stray print must not reach the parent's output
@@ -275,6 +281,7 @@ class _Worker:
                 traceback.print_exc()
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(down[0])
         os.close(up[1])
         return cls(_Forked(pid), os.fdopen(down[1], "wb"), os.fdopen(up[0], "rb"))
@@ -438,6 +445,11 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: copies abandoned, temps removed
 
 
+def _stop_like_ctrl_c() -> None:
+    for signum in STOPPING:
+        signal.signal(signum, _stop)
+
+
 def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
     """Copy what the parent hands out, route after route, until its input ends."""
     with contextlib.suppress(OSError, AttributeError):  # Linux: die with the parent
@@ -446,9 +458,6 @@ def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died before the line above
         return
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     to_parent = _ToParent(stream)
     root = logging.getLogger()
     root.handlers[:] = [_LogToParent(to_parent)]
@@ -488,6 +497,7 @@ def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
 
 def main() -> None:
     """A worker started as a fresh interpreter: the parent's pid is its argument."""
+    _stop_like_ctrl_c()
     stream = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must not break a frame
     _serve(int(sys.argv[1]), sys.stdin.buffer, stream)
