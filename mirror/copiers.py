@@ -183,10 +183,10 @@ def _pass_on(
     if kind == "landed":
         target.note_written([copied.info.path for _, copied in message[1]])  # with ours
         for name, copied in message[1]:
-            worker.reported(name)
+            worker.queued.pop(name, None)
             arrived(name, copied)
     elif kind == "failed":
-        worker.reported(message[1])
+        worker.queued.pop(message[1], None)
         failed(message[1], message[2])
     elif kind == "advance":
         progress.advance(message[1])
@@ -211,15 +211,14 @@ class _Feed:
         if worker.drained:
             return
         more: dict[str, dict[str, Any]] = {}
-        while self._left and (
-            len(worker.queued) + len(more) < self._window
-            or (
-                len(worker.queued) + len(more) < QUEUED_FILES and worker.queued_bytes < QUEUED_BYTES
-            )
-        ):
+        queued_bytes = sum(int(r.get("size") or 0) for r in worker.queued.values())
+        while self._left:
+            count = len(worker.queued) + len(more)
+            if count >= self._window and (count >= self._files or queued_bytes >= QUEUED_BYTES):
+                break
             name, record = self._left.popleft()
             more[name] = {k: record.get(k) for k in ("size", "sha256", "md5")}
-            worker.queued_bytes += int(record.get("size") or 0)
+            queued_bytes += int(record.get("size") or 0)
         if more:
             worker.queued.update(more)
             worker.send("files", more)
@@ -229,7 +228,7 @@ class _Feed:
 
     def give_back(self, worker: _Worker) -> None:
         self._left.extendleft(sorted(worker.queued.items(), reverse=True))
-        worker.queued, worker.queued_bytes = {}, 0
+        worker.queued = {}
 
     def rest(self) -> list[tuple[str, Any]]:
         return list(self._left)
@@ -244,7 +243,6 @@ class _Worker:
         self.busy = False  # in a transfer, not yet ended
         self.drained = False  # told there is nothing more in this transfer
         self.queued: dict[str, Any] = {}  # name -> record, handed out and not reported
-        self.queued_bytes = 0
         self._buffer = b""
 
     @classmethod
@@ -318,11 +316,6 @@ class _Worker:
             message = pickle.loads(self._buffer[FRAME.size : end])
             self._buffer = self._buffer[end:]
             yield message
-
-    def reported(self, name: str) -> None:
-        record = self.queued.pop(name, None)
-        if record is not None:
-            self.queued_bytes -= int(record.get("size") or 0)
 
     def died(self) -> None:
         self.wait()
