@@ -143,29 +143,41 @@ class _OpenSSH:
                 proc.wait()
 
 
+def _host_key_changed(where: str) -> ProtocolError:
+    return ProtocolError(
+        where,
+        "the server's host key does not match known_hosts",
+        "the server changed or someone is in between: check it",
+    )
+
+
+def _host_key_unknown(where: str) -> ProtocolError:
+    return ProtocolError(
+        where,
+        "the server's host key is not in known_hosts",
+        "add it with ssh-keyscan, or name the file in {option}",
+        option="known_hosts",
+    )
+
+
+def _auth_failed(where: str, try_also: str) -> CredentialsError:
+    return CredentialsError(
+        where,
+        "authentication failed",
+        f"check the user, the key file ({{option}}) or {try_also}",
+        option="key_file",
+    )
+
+
 def _ssh_failure(where: str, stderr: str) -> Exception:
     """What ``ssh`` said, as the error a paramiko connection would have raised."""
     text = stderr.strip()
     if "IDENTIFICATION HAS CHANGED" in text:
-        return ProtocolError(
-            where,
-            "the server's host key does not match known_hosts",
-            "the server changed or someone is in between: check it",
-        )
+        return _host_key_changed(where)
     if "Host key verification failed" in text or "host key is known" in text:
-        return ProtocolError(
-            where,
-            "the server's host key is not in known_hosts",
-            "add it with ssh-keyscan, or name the file in {option}",
-            option="known_hosts",
-        )
+        return _host_key_unknown(where)
     if "Permission denied" in text:
-        return CredentialsError(
-            where,
-            "authentication failed",
-            "check the user, the key file ({option}) or your ssh agent",
-            option="key_file",
-        )
+        return _auth_failed(where, "your ssh agent")
     kinds: list[tuple[str, BaseException]] = [
         ("Connection refused", ConnectionRefusedError()),
         ("Could not resolve hostname", socket.gaierror()),
@@ -220,6 +232,8 @@ class SFTPGateway(Gateway):
 
     # -- connections -------------------------------------------------------------
     def _connect(self) -> _OpenSSH | _Paramiko:
+        if self.options.insecure_host_key:
+            log.warning("%s: host key NOT verified (insecure option)", self.display())
         ssh = shutil.which("ssh") if self.options.openssh and not self.password else None
         if ssh is None:
             return _Paramiko(self._connect_paramiko())
@@ -233,7 +247,6 @@ class SFTPGateway(Gateway):
         if self.options.key_file:
             argv += ["-i", os.path.expanduser(self.options.key_file)]
         if self.options.insecure_host_key:
-            log.warning("%s: host key NOT verified (insecure option)", self.display())
             argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
         else:
             argv += ["-o", "StrictHostKeyChecking=yes"]
@@ -253,7 +266,6 @@ class SFTPGateway(Gateway):
         except OSError as exc:
             raise ProtocolError(where, f"cannot read known_hosts: {exc.strerror}") from None
         if self.options.insecure_host_key:
-            log.warning("%s: host key NOT verified (insecure option)", where)
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -274,26 +286,12 @@ class SFTPGateway(Gateway):
                 transport_factory=_FastTransport,  # type: ignore[arg-type]
             )
         except paramiko.BadHostKeyException:
-            raise ProtocolError(
-                where,
-                "the server's host key does not match known_hosts",
-                "the server changed or someone is in between: check it",
-            ) from None
+            raise _host_key_changed(where) from None
         except paramiko.AuthenticationException:
-            raise CredentialsError(
-                where,
-                "authentication failed",
-                "check the user, the key file ({option}) or the password",
-                option="key_file",
-            ) from None
+            raise _auth_failed(where, "the password") from None
         except paramiko.SSHException as exc:
             if "not found in known_hosts" in str(exc):
-                raise ProtocolError(
-                    where,
-                    "the server's host key is not in known_hosts",
-                    "add it with ssh-keyscan, or name the file in {option}",
-                    option="known_hosts",
-                ) from None
+                raise _host_key_unknown(where) from None
             raise TransientError(where, f"SSH failed: {type(exc).__name__}") from None
         except (OSError, EOFError) as exc:
             raise TransientError(
