@@ -49,12 +49,12 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import signing, snapshots, snapstore
 from .channelpage import write_channel_page
-from .commit import Commit, choose_records, commit_subdir, sweep_temps
+from .commit import Commit, choose_records, commit_subdir
 from .errors import USAGE, FerryError
 from .indexing import ensure_noarch
 from .plan import same_file
 from .snapstore import subdir_path
-from .state import STATE_DIR, SubdirState, subdir_locks
+from .state import STATE_DIR, SubdirState, subdir_locks, sweep_temps
 
 log = logging.getLogger("ferry.bundle")
 FORMAT = "conda-ferry-bundle/1"

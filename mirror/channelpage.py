@@ -18,11 +18,10 @@ from conda_ferry.gateways import Gateway, NotFound, redact
 from conda_ferry.index.channel import discover_subdirs
 from conda_ferry.index.publish import Written, write_if_changed
 
-from .commit import sweep_temps
 from .html import esc, page, table
 from .pages import is_ours
 from .snapstore import all_snapshots, pinned
-from .state import STATE_DIR, SubdirState
+from .state import STATE_DIR, SubdirState, sweep_temps
 from .units import as_int, human_size
 
 log = logging.getLogger("ferry.pages")

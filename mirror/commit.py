@@ -18,14 +18,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from conda_ferry.gateways import Gateway, NotFound, is_temp
+from conda_ferry.gateways import Gateway, NotFound
 from conda_ferry.index.channel import ChannelEntry, IndexOptions, SubdirSummary, index_subdir
 from conda_ferry.index.subdir import SubdirView
 
 from . import snapstore
 from .errors import FerryError
 from .pages import remove_pages, write_pages
-from .state import STATE_DIR, SubdirState
+from .state import STATE_DIR, SubdirState, sweep_temps
 from .upstream import Descriptions
 
 log = logging.getLogger("ferry.commit")
@@ -83,7 +83,6 @@ def commit_subdir(
     options: IndexOptions,
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
     target.flush()  # every package durable before any repodata names it
-    sweep_temps(target, STATE_DIR, f".{view.subdir}.json.")
     summary, entries = index_subdir(target, view, options, commit.known, commit.skip, commit.extras)
     _pages(target, view, entries, state, options)
     gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
@@ -171,14 +170,6 @@ def expire(
     return gone
 
 
-def sweep_temps(target: Gateway, directory: str, prefix: str) -> None:
-    """Remove temp files a killed writer left in ``directory`` whose names start with
-    ``prefix`` (the caller holds the lock that covers those files)."""
-    for info in target.files(directory):
-        if is_temp(info.name) and info.name.startswith(prefix):
-            target.delete(info.path)
-
-
 def mirrored(view: SubdirView, state: SubdirState, descriptions: Descriptions) -> Commit:
     """A re-index that changes no package: mirrored records stay verbatim (their
     upstream hot-fixes included), as does what the channel says of them
@@ -191,7 +182,6 @@ def mirrored(view: SubdirView, state: SubdirState, descriptions: Descriptions) -
 def collect_garbage(target: Gateway, subdir: str, everything: bool) -> list[str]:
     """Delete the subdir's files whose grace has passed (``everything``: all of them
     now), and what a killed writer of its state left; the caller holds its lock."""
-    sweep_temps(target, STATE_DIR, f".{subdir}.json.")
     state = SubdirState.load(target, subdir)
     if everything:
         state.due = dict.fromkeys(state.due, 0.0)

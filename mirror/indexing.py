@@ -21,9 +21,9 @@ from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
 from .channelpage import write_channel_page
-from .commit import commit_subdir, mirrored, sweep_temps
+from .commit import commit_subdir, mirrored
 from .errors import ConfigError
-from .state import SubdirState, subdir_locks
+from .state import SubdirState, subdir_locks, sweep_temps
 from .upstream import Descriptions
 
 

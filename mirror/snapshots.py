@@ -28,10 +28,10 @@ from conda_ferry.index.publish import OUTPUT_FILES, OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
 from . import snapstore
-from .commit import DEFAULT_GRACE, Commit, commit_subdir, sweep_temps
+from .commit import DEFAULT_GRACE, Commit, commit_subdir
 from .errors import USAGE, FerryError
 from .snapstore import SNAPSHOTS_DIR, Snapshot, subdir_path
-from .state import SubdirState, subdir_locks
+from .state import SubdirState, subdir_locks, sweep_temps
 from .units import utc
 from .upstream import Descriptions
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from conda_ferry.gateways import Gateway, LockInfo, NotFound
+from conda_ferry.gateways import Gateway, LockInfo, NotFound, is_temp
 
 STATE_DIR = ".ferry"
 
@@ -80,9 +80,20 @@ class SubdirState:
 
     def save(self, gateway: Gateway) -> None:
         """Write the state unless it is unchanged: a no-op run writes nothing."""
+        # what a writer killed while saving left (any writer: sync, a quiet night,
+        # index, snapshots), under the subdir lock every caller holds
+        sweep_temps(gateway, STATE_DIR, f".{self.subdir}.json.")
         data = self._bytes()
         if self._saved is None and data == SubdirState(self.subdir)._bytes():
             return  # a channel sync never touched needs no state
         if data != self._saved:
             gateway.write_bytes(self.path(self.subdir), data)
             self._saved = data
+
+
+def sweep_temps(target: Gateway, directory: str, prefix: str) -> None:
+    """Remove temp files a killed writer left in ``directory`` whose names start with
+    ``prefix`` (the caller holds the lock that covers those files)."""
+    for info in target.files(directory):
+        if is_temp(info.name) and info.name.startswith(prefix):
+            target.delete(info.path)

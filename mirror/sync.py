@@ -33,7 +33,7 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import errors, sharded, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
-from .commit import Commit, choose_records, collect_garbage, commit_subdir, sweep_temps
+from .commit import Commit, choose_records, collect_garbage, commit_subdir
 from .config import Job
 from .copiers import Helpers
 from .copying import Route, expected
@@ -41,7 +41,7 @@ from .filters import Selection, Selector
 from .indexing import ensure_noarch
 from .plan import Plan, Record, make_plan
 from .progress import Progress
-from .state import STATE_DIR, SubdirState, subdir_lock
+from .state import SubdirState, subdir_lock, sweep_temps
 from .transfer import transfer, usable_cores
 from .units import human_size, parse_http_date, utc
 
@@ -607,16 +607,13 @@ class SyncRun:
         """Upstream unchanged: note that the mirror was found current (monitoring
         asks "did the sync run?", not "did upstream change?"), delete files whose
         grace has passed even though nothing else changed, and redraw the front page
-        if a killed run left it behind (unchanged, it is not written). A state file a
-        quiet night killed while saving left is swept here (found by the kill suite)."""
+        if a killed run left it behind (unchanged, it is not written)."""
         now = time.time()
         for subdir, state in states.items():
             try:
                 with subdir_lock(target, subdir):
                     if any(when <= now for when in state.due.values()):
                         collect_garbage(target, subdir, everything=False)
-                    else:
-                        sweep_temps(target, STATE_DIR, f".{subdir}.json.")
                     state = SubdirState.load(target, subdir)
                     state.checked = utc(now)
                     state.save(target)
