@@ -241,7 +241,10 @@ def test_json_is_written_on_every_exit(upstream: tuple[Path, str], tmp_path: Pat
             [sys.executable, "-m", "conda_ferry", "sync", str(job), "--json", str(report)],
             stderr=subprocess.PIPE,
         )
-        time.sleep(2)  # well into the slow transfer
+        deadline = time.monotonic() + 60
+        while not proxy.connections and time.monotonic() < deadline:
+            time.sleep(0.05)  # the run has begun talking to upstream
+        time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conda_ferry.gateways.streams import RateCap
+from conda_ferry.mirror.units import utc
 from tests.helpers import ferry, load
 from tests.pkgmaker import Spec, package_bytes
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
@@ -198,13 +199,18 @@ def test_a_quiet_night_counts_as_a_run(synced: tuple[Path, Path, Path], tmp_path
     """Monitoring asks whether the sync ran, not whether upstream changed; and the
     state file an earlier quiet night was killed writing is swept."""
     _, mirror, job = synced
+    for subdir in ("linux-64", "noarch"):  # the last run that did work: two days ago
+        state = mirror / f".ferry/{subdir}.json"
+        recorded = load(state)
+        recorded["last_run"]["finished"] = utc(time.time() - 2 * 86400)
+        state.write_text(json.dumps(recorded))
+    report = tmp_path / "status.json"
+    assert ferry("status", str(mirror), "--max-age", "1d").exit_code == 1
     leftover = mirror / ".ferry/.linux-64.json.41b8f3792704.part"
     leftover.write_text("{")
-    time.sleep(1.1)
     assert ferry("sync", str(job)).exit_code == 0  # up to date
     assert not leftover.exists()
-    report = tmp_path / "status.json"
-    quiet = ferry("status", str(mirror), "--max-age", "1s", "--json", str(report))
+    quiet = ferry("status", str(mirror), "--max-age", "1d", "--json", str(report))
     assert quiet.exit_code == 0, quiet.stderr
     row = load(report)["subdirs"][0]
     assert row["checked"] and row["last_run"]["result"] == "synced"
