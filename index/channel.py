@@ -227,15 +227,26 @@ class ChannelEntry(NamedTuple):
     extras: dict[str, Any]  # about, run_exports, features
 
 
-def index_subdir(
+@dataclass
+class BuiltSubdir:
+    """A subdir's repodata, made and not yet published; ``entries``: its records."""
+
+    summary: SubdirSummary
+    document: dict[str, Any]
+    extra_files: dict[str, bytes]
+    entries: list[ChannelEntry]
+
+
+def build_subdir(
     gateway: Gateway,
     view: SubdirView,
     options: IndexOptions,
     known: Mapping[str, Mapping[str, Any]] | None = None,
     skip: Collection[str] = (),
     extras: Mapping[str, dict[str, Any]] | None = None,
-) -> tuple[SubdirSummary, list[ChannelEntry]]:
-    """Sweep, scan and publish one subdir; its entries feed channeldata.json."""
+) -> BuiltSubdir:
+    """Sweep and scan one subdir and make its repodata (patched, if asked), so that
+    what describes the records (pages) can be written while they are published."""
     subdir = view.subdir
     summary = SubdirSummary(subdir)
     _sweep(gateway, view)
@@ -267,15 +278,39 @@ def index_subdir(
                 },
             )
         )
-    written = publish_subdir(
-        gateway, subdir, document, options.outputs, extra_files, view.repodata_json, view.names
-    )
-    summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
     kept = repodata.records(document)
     summary.published = set(kept)
-    return summary, [
-        ChannelEntry(subdir, n, kept[n], e.extras) for n, e in entries.items() if n in kept
-    ]
+    return BuiltSubdir(
+        summary,
+        document,
+        extra_files,
+        [ChannelEntry(subdir, n, kept[n], e.extras) for n, e in entries.items() if n in kept],
+    )
+
+
+def publish_built(
+    gateway: Gateway, view: SubdirView, options: IndexOptions, built: BuiltSubdir
+) -> SubdirSummary:
+    summary = built.summary
+    written = publish_subdir(
+        gateway,
+        view.subdir,
+        built.document,
+        options.outputs,
+        built.extra_files,
+        view.repodata_json,
+        view.names,
+    )
+    summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
+    return summary
+
+
+def index_subdir(
+    gateway: Gateway, view: SubdirView, options: IndexOptions
+) -> tuple[SubdirSummary, list[ChannelEntry]]:
+    """Sweep, scan and publish one subdir; its entries feed channeldata.json."""
+    built = build_subdir(gateway, view, options)
+    return publish_built(gateway, view, options, built), built.entries
 
 
 def write_channeldata(

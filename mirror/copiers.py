@@ -23,11 +23,15 @@ abandoned and their temp files removed, as in one process; killed outright, its
 workers are stopped by the kernel (``PR_SET_PDEATHSIG``) and the next run sweeps what
 they left. A worker that dies on its own costs time, not files: what it had not
 reported is handed to the others, or copied here.
+
+Between transfers a worker can also do one job aside (:meth:`Helpers.aside`): the
+package pages of a commit, written while this process publishes the repodata.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -40,10 +44,10 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 
 from conda_ferry.gateways import Copied, Gateway, GatewayOptions, open_gateway
 
@@ -51,6 +55,7 @@ from .copying import Failed, Landed, Route, Work, copy_all
 from .progress import Progress
 
 log = logging.getLogger("ferry.sync")
+T = TypeVar("T")
 
 WORTH_FILES = 200  # fewer files and bytes than these are copied in this process
 WORTH_BYTES = 32 << 20
@@ -131,6 +136,34 @@ class Helpers:
         left = feed.rest()
         if left:  # the workers that could take these died or had ended
             copy_all(route, left, jobs, progress, arrived, failed)
+
+    def aside(self, job: Callable[..., T], target: Gateway, *args: Any) -> Callable[[], T]:
+        """``job(target, *args)`` started in an idle worker, on its own gateway to the
+        same target; what is returned waits for its result. With no worker at hand
+        (none forked, or all gone), the job runs when its result is asked for, as it
+        does again here if the worker dies on it."""
+        worker = next((w for w in self._workers or () if w.alive and not w.busy), None)
+        if worker is None:
+            return functools.partial(job, target, *args)
+        worker.busy = True
+        worker.send("call", job, target.url, target.options, args)
+
+        def result() -> T:
+            try:
+                outcome = worker.outcome()
+            except BaseException:
+                self.close(stop=True)
+                raise
+            if outcome is None:
+                worker.died()
+                return job(target, *args)
+            worker.busy = False
+            kind, value = outcome
+            if kind == "error":
+                raise value
+            return cast(T, value)
+
+        return result
 
     def close(self, stop: bool = False) -> None:
         """Let the workers end (their input closed), or ``stop`` them at once."""
@@ -317,14 +350,31 @@ class _Worker:
             self._buffer = self._buffer[end:]
             yield message
 
+    def outcome(self) -> tuple[str, Any] | None:
+        """What the job it was given came to ("result" or "error", and the value),
+        passing its log lines on; None if it died first."""
+        while data := os.read(self.output.fileno(), 1 << 16):
+            for message in self.messages(data):
+                if message[0] == "log":
+                    logging.getLogger(message[1]).log(message[2], "%s", message[3])
+                else:
+                    return message[0], message[1]
+        return None
+
     def died(self) -> None:
         self.wait()
-        log.warning(
-            "a transfer worker ended early (exit status %s); its %d unfinished files "
-            "go to the other workers or are copied by the main process",
-            self.process.returncode,
-            len(self.queued),
-        )
+        if self.queued:
+            log.warning(
+                "a transfer worker ended early (exit status %s); its %d unfinished files "
+                "go to the other workers or are copied by the main process",
+                self.process.returncode,
+                len(self.queued),
+            )
+        else:
+            log.warning(
+                "a worker ended early (exit status %s); the main process does its work",
+                self.process.returncode,
+            )
         self.busy = False
 
     def end(self, stop: bool) -> None:
@@ -444,7 +494,8 @@ def _stop_like_ctrl_c() -> None:
 
 
 def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
-    """Copy what the parent hands out, route after route, until its input ends."""
+    """Copy what the parent hands out, route after route, and do the jobs it gives
+    (``Helpers.aside``), until its input ends."""
     with contextlib.suppress(OSError, AttributeError):  # Linux: die with the parent
         import ctypes
 
@@ -472,6 +523,15 @@ def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
 
     try:
         while (message := receive(inbox)) is not None:
+            if message[0] == "call":
+                _, job, url, options, args = message
+                try:
+                    value = job(gateway(url, options), *args)
+                except Exception as exc:  # raised again in the parent
+                    to_parent("error", _portable(exc))
+                else:
+                    to_parent("result", value)
+                continue
             _, source_url, source_options, source_dir, target_url, target_options = message[:6]
             subdir, jobs, level = message[6:]
             root.setLevel(level)
@@ -486,6 +546,15 @@ def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
     finally:
         for opened in gateways.values():
             opened.close()
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` as it can cross to the parent: itself if it pickles, else its words."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # any failure to pickle
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def main() -> None:

@@ -187,6 +187,8 @@ class PageWrite:
     deleted: list[str] = field(default_factory=list)
     # page -> digest: of its inputs (package pages), of its bytes (listings)
     digests: dict[str, str] = field(default_factory=dict)
+    have: set[str] = field(default_factory=set)  # the pages there before
+    listings: list[tuple[str, bytes]] = field(default_factory=list)  # not written yet
 
 
 def _inputs(package: Package) -> str:
@@ -215,10 +217,25 @@ def write_pages(
     """Write what changed, package pages before the listings that link to them, then
     remove pages of names that left. ``previous``: the digests of the last write;
     ``present``: the files directly in the subdir."""
+    done = write_package_pages(gateway, subdir, entries, previous, present, jobs)
+    return write_listings(gateway, subdir, done, previous)
+
+
+def write_package_pages(
+    gateway: Gateway,
+    subdir: str,
+    entries: list[ChannelEntry],
+    previous: dict[str, str],
+    present: set[str],
+    jobs: int = 8,
+) -> PageWrite:
+    """The package pages that changed, written and durable, and the listings made
+    but not written: no new page is linked before :func:`write_listings`. The bulk
+    of the work, which another process may do while this one publishes repodata."""
     result = PageWrite()
     packages = group(entries)
-    have = {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")}
-    have |= present
+    result.have = {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")}
+    result.have |= present
 
     def changed() -> Iterator[tuple[str, bytes]]:
         for package in packages:
@@ -226,18 +243,27 @@ def write_pages(
             if path is None:
                 continue
             result.digests[path] = _inputs(package)
-            if previous.get(path) != result.digests[path] or path not in have:
+            if previous.get(path) != result.digests[path] or path not in result.have:
                 yield f"{subdir}/{path}", package_page(subdir, package)
 
     result.written = gateway.write_many(changed(), jobs)  # rendered as others are written
     if result.written:
         gateway.flush()  # the package pages are durable before a listing links them
-    for path, data in listing_pages(subdir, packages):
+    result.listings = list(listing_pages(subdir, packages))
+    return result
+
+
+def write_listings(
+    gateway: Gateway, subdir: str, result: PageWrite, previous: dict[str, str]
+) -> PageWrite:
+    """The listings that changed, then the removal of pages of names that left."""
+    for path, data in result.listings:
         result.digests[path] = digest(data)
-        if previous.get(path) != result.digests[path] or path not in have:
+        if previous.get(path) != result.digests[path] or path not in result.have:
             gateway.write_bytes(f"{subdir}/{path}", data)
             result.written.append(f"{subdir}/{path}")
-    for path in sorted(have - result.digests.keys()):
+    result.listings = []
+    for path in sorted(result.have - result.digests.keys()):
         if path in previous or (path.startswith(f"{PAGES_DIR}/") and _ours(path)):
             gateway.delete(f"{subdir}/{path}")
             result.deleted.append(f"{subdir}/{path}")

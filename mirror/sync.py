@@ -33,7 +33,7 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import errors, sharded, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
-from .commit import Commit, choose_records, collect_garbage, commit_subdir
+from .commit import Commit, choose_records, collect_garbage, commit_subdir, when_asked
 from .config import Job
 from .copiers import Helpers
 from .copying import Route, expected
@@ -600,6 +600,7 @@ class SyncRun:
             Commit(known, managed, plan.remove, descriptions.extras(subdir, known), self.job.grace),
             state,
             options,
+            self.helpers.aside if self.helpers else when_asked,
         )
 
     @staticmethod

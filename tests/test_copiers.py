@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conda_ferry.gateways import is_temp
+from conda_ferry.gateways import is_temp, open_gateway
 from conda_ferry.mirror import copiers, copying
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
@@ -114,13 +114,20 @@ def test_a_worker_that_dies_costs_time_not_files(
 def test_one_process_where_asked_or_not_worth_it(
     upstream: tuple[Path, str], tmp_path: Path, shares: list[int]
 ) -> None:
+    pages = []
     for i, extra in enumerate(["processes: 1\n", ""]):  # the demo channel is small
         mirror = tmp_path / f"mirror{i}"
         job = job_yaml(tmp_path / f"job{i}.yaml", upstream[1], str(mirror), extra)
         result = ferry("sync", str(job))
         assert result.exit_code == 0, result.output
         assert assert_consistent(mirror) == 8
+        subdirs = [mirror / "linux-64", mirror / "noarch"]  # the front page shows times
+        pages.append(
+            {p.relative_to(mirror): p.read_bytes() for d in subdirs for p in d.rglob("*.html")}
+        )
     assert shares == []
+    # the second wrote its package pages from a worker (forked, unused for copying)
+    assert pages[0] == pages[1] and len(pages[0]) >= 8
 
 
 def _children(pid: int) -> set[int]:
@@ -194,3 +201,40 @@ def test_workers_stop_with_the_run(nginx: Server, tmp_path: Path, how: signal.Si
             assert "Traceback" not in proc.stderr.read().decode()  # type: ignore[union-attr]
     finally:
         proxy.close()
+
+
+PARENT = os.getpid()
+
+
+def _whose(target: Any, word: str) -> tuple[int, str, str]:
+    return os.getpid(), word, target.url
+
+
+def _fails(target: Any) -> None:
+    raise FileNotFoundError(2, "No such file", "somewhere")
+
+
+def _dies_in_a_worker(target: Any) -> int:
+    if os.getpid() != PARENT:
+        os._exit(9)
+    return os.getpid()
+
+
+def test_a_job_aside_runs_in_a_worker_or_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The package pages' way beside the repodata: a job runs in an idle worker on its
+    own gateway and comes back, result or error; with no worker, or one that dies on
+    it, it runs here."""
+    assert threading.active_count() == 1  # the workers are forked
+    target = open_gateway(str(tmp_path))
+    with copiers.Helpers(2) as helpers:
+        pid, word, url = helpers.aside(_whose, target, "pages")()
+        assert pid != os.getpid() and (word, url) == ("pages", target.url)
+        with pytest.raises(FileNotFoundError, match="somewhere"):
+            helpers.aside(_fails, target)()
+        assert helpers.aside(_dies_in_a_worker, target)() == os.getpid()
+        assert "a worker ended early (exit status 9)" in caplog.text
+        assert helpers.aside(_whose, target, "again")()[0] != os.getpid()  # the other
+    with copiers.Helpers(1) as alone:
+        assert alone.aside(_whose, target, "here")()[0] == os.getpid()
