@@ -221,7 +221,7 @@ class LocalGateway(Gateway):
         for _, started in early:
             started.result()
         if len(files) > FSYNC_AT_MOST:
-            os.sync()  # every file and directory
+            _sync_file_system(str(self.root))  # every file and directory
             return
         if files:
             with ThreadPoolExecutor(max_workers=8) as pool:  # the disk merges them
@@ -304,6 +304,36 @@ def _create_then_fill(target: Path, data: bytes) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+@functools.cache
+def _syncfs() -> Any:
+    """libc's syncfs(2), or None where there is none (it is Linux's)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+
+
+def _sync_file_system(path: str) -> None:
+    """Write back the file system that holds ``path``: only that one where the system
+    can (on a shared server, sync(2) would also wait for every other disk's writes),
+    else all of them."""
+    syncfs = _syncfs()
+    if syncfs is not None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+    os.sync()
 
 
 def _fsync_file(path: str) -> None:

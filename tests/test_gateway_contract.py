@@ -358,14 +358,15 @@ def test_s3_parallel_multipart_is_whole_or_nothing(moto: Server) -> None:
 def test_local_flush_waits_for_this_runs_files_only_when_they_are_few(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A few files are made durable one by one (a global sync would also wait for
-    every other process's writes); thousands take one sync."""
+    """A few files are made durable one by one (a sync would also wait for every
+    other process's writes); thousands take one sync, of the target's file system
+    alone where the system has syncfs(2)."""
     from conda_ferry.gateways import localfs
 
     fsynced: list[str] = []
     syncs: list[int] = []
     monkeypatch.setattr(localfs, "_fsync_file", fsynced.append)
-    monkeypatch.setattr(localfs.os, "sync", lambda: syncs.append(1))
+    monkeypatch.setattr(localfs, "_sync_file_system", lambda path: syncs.append(1))
     with open_gateway(str(tmp_path)) as gateway:
         gateway.write_bytes("a/durable.bin", b"x")  # durable already: not flushed again
         gateway.write_many([(f"a/{i}.bin", b"x") for i in range(3)])
@@ -377,6 +378,19 @@ def test_local_flush_waits_for_this_runs_files_only_when_they_are_few(
         gateway.write_many([(f"b/{i}.bin", b"x") for i in range(localfs.FSYNC_AT_MOST + 1)])
         gateway.flush()
         assert len(fsynced) == 3 and syncs == [1]
+
+
+def test_local_sync_is_of_the_target_file_system_where_it_can_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conda_ferry.gateways import localfs
+
+    everything: list[int] = []
+    monkeypatch.setattr(localfs.os, "sync", lambda: everything.append(1))
+    localfs._sync_file_system(str(tmp_path))
+    assert everything == ([] if localfs._syncfs() is not None else [1])
+    localfs._sync_file_system(str(tmp_path / "gone"))  # unopenable: all of them
+    assert everything[-1:] == [1]
 
 
 def test_local_large_files_start_for_the_disk_as_they_are_written(
