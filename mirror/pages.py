@@ -206,21 +206,6 @@ def _inputs(package: Package) -> str:
     return digest(TEMPLATES + data)
 
 
-def write_pages(
-    gateway: Gateway,
-    subdir: str,
-    entries: list[ChannelEntry],
-    previous: dict[str, str],
-    present: set[str],
-    jobs: int = 8,
-) -> PageWrite:
-    """Write what changed, package pages before the listings that link to them, then
-    remove pages of names that left. ``previous``: the digests of the last write;
-    ``present``: the files directly in the subdir."""
-    done = write_package_pages(gateway, subdir, entries, previous, present, jobs)
-    return write_listings(gateway, subdir, done, previous)
-
-
 def write_package_pages(
     gateway: Gateway,
     subdir: str,
