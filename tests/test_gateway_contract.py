@@ -211,9 +211,14 @@ def test_stale_lock_is_taken_over(writable: Area, caplog: pytest.LogCaptureFixtu
 def test_a_held_lock_beats_and_a_live_holder_here_is_never_taken_over(writable: Area) -> None:
     with writable.gateway() as gw:
         with gw.lock(".lock", ttl=0.4) as held:
-            time.sleep(0.5)  # a heartbeat every ttl/4: the record moved on
-            renewed = LockInfo.from_bytes(gw.read_lock(".lock"))
-            assert renewed is not None and renewed.expires > held.expires
+            deadline = time.monotonic() + 10  # a heartbeat every ttl/4: the record moves on
+            while True:
+                time.sleep(0.1)
+                renewed = LockInfo.from_bytes(gw.read_lock(".lock"))
+                assert renewed is not None
+                if renewed.expires > held.expires or time.monotonic() > deadline:
+                    break
+            assert renewed.expires > held.expires
         alive = subprocess.Popen(["sleep", "30"])
         try:
             record = {"host": socket.gethostname(), "pid": alive.pid, "started": 0, "expires": 1}
