@@ -15,12 +15,11 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
-
-import paramiko
 
 from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
 from .errors import (
@@ -33,6 +32,18 @@ from .errors import (
 )
 from .streams import CHUNK, GuardedStream
 from .urls import parse
+
+# paramiko imports invoke (a third of paramiko's own import time) only to run
+# ssh_config's "Match exec", and ferry never has paramiko parse an ssh_config (the
+# system's ssh reads the user's): held out while paramiko loads, importable after
+_HELD = "invoke" not in sys.modules
+if _HELD:
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+try:
+    import paramiko
+finally:
+    if _HELD:
+        del sys.modules["invoke"]
 
 log = logging.getLogger("ferry.gateways")
 _NETWORK = (paramiko.SSHException, EOFError, OSError)

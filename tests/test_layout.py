@@ -142,3 +142,14 @@ def test_the_version_is_said_once_in_effect() -> None:
     import conda_ferry
 
     assert conda_ferry.__version__ == version("conda-ferry")
+
+
+def test_the_sftp_gateway_loads_paramiko_without_invoke() -> None:
+    """invoke is a third of paramiko's import time, for an ssh_config feature ferry
+    never uses; held out while paramiko loads, it stays importable for others."""
+    code = (
+        "import sys; import conda_ferry.gateways.sftp; "
+        "print('invoke' in sys.modules); import invoke; print('invoke' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
