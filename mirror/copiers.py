@@ -363,18 +363,11 @@ class _Worker:
 
     def died(self) -> None:
         self.wait()
-        if self.queued:
-            log.warning(
-                "a transfer worker ended early (exit status %s); its %d unfinished files "
-                "go to the other workers or are copied by the main process",
-                self.process.returncode,
-                len(self.queued),
-            )
-        else:
-            log.warning(
-                "a worker ended early (exit status %s); the main process does its work",
-                self.process.returncode,
-            )
+        log.warning(
+            "a worker ended early (exit status %s); what it had not finished goes to "
+            "the other workers or is done by the main process",
+            self.process.returncode,
+        )
         self.busy = False
 
     def end(self, stop: bool) -> None:
