@@ -322,17 +322,13 @@ def _sync_file_system(path: str) -> None:
     can (on a shared server, sync(2) would also wait for every other disk's writes),
     else all of them."""
     syncfs = _syncfs()
-    if syncfs is not None:
+    with contextlib.suppress(OSError):  # the root unopenable: all of them
+        fd = os.open(path, os.O_RDONLY)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                if syncfs(fd) == 0:
-                    return
-            finally:
-                os.close(fd)
+            if syncfs is not None and syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
     os.sync()
 
 

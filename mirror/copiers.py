@@ -144,7 +144,7 @@ class Helpers:
         does again here if the worker dies on it."""
         worker = next((w for w in self._workers or () if w.alive and not w.busy), None)
         if worker is None:
-            return functools.partial(job, target, *args)
+            return functools.partial(job, target, *args)  # as commit.when_asked
         worker.busy = True
         worker.send("call", job, target.url, target.options, args)
 
@@ -224,9 +224,15 @@ def _pass_on(
     elif kind == "advance":
         progress.advance(message[1])
     elif kind == "log":
-        logging.getLogger(message[1]).log(message[2], "%s", message[3])
+        _relog(message)
     elif kind == "end":
         worker.busy = False
+
+
+def _relog(message: tuple[Any, ...]) -> None:
+    """A worker's log line, logged here (so it is redacted and in the run's output)."""
+    _, name, level, text = message
+    logging.getLogger(name).log(level, "%s", text)
 
 
 class _Feed:
@@ -356,7 +362,7 @@ class _Worker:
         while data := os.read(self.output.fileno(), 1 << 16):
             for message in self.messages(data):
                 if message[0] == "log":
-                    logging.getLogger(message[1]).log(message[2], "%s", message[3])
+                    _relog(message)
                 else:
                     return message[0], message[1]
         return None

@@ -57,6 +57,7 @@ class SubdirState:
     # set by `ferry snapshot restore --hold`: sync refuses the subdir until released
     hold: dict[str, str] = field(default_factory=dict)
     _saved: bytes | None = field(default=None, repr=False, compare=False)
+    _swept: bool = field(default=False, repr=False, compare=False)
 
     @staticmethod
     def path(subdir: str) -> str:
@@ -69,20 +70,22 @@ class SubdirState:
             raw = json.loads(data)
         except (NotFound, ValueError):
             return cls(subdir)
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k != "_saved"}
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k[0] != "_"}
         known["subdir"] = subdir
         return cls(**known, _saved=data)
 
     def _bytes(self) -> bytes:
         # saved every few seconds during a transfer, with a name per file: no deep copy
-        fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_saved"}
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k[0] != "_"}
         return orjson.dumps(fields, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
     def save(self, gateway: Gateway) -> None:
         """Write the state unless it is unchanged: a no-op run writes nothing."""
-        # what a writer killed while saving left (any writer: sync, a quiet night,
-        # index, snapshots), under the subdir lock every caller holds
-        sweep_temps(gateway, STATE_DIR, f".{self.subdir}.json.")
+        if not self._swept:  # once a run: a transfer saves every few seconds
+            # what a writer killed while saving left (any writer: sync, a quiet night,
+            # index, snapshots), under the subdir lock every caller holds
+            sweep_temps(gateway, STATE_DIR, f".{self.subdir}.json.")
+            self._swept = True
         data = self._bytes()
         if self._saved is None and data == SubdirState(self.subdir)._bytes():
             return  # a channel sync never touched needs no state
