@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar, cast
 
 from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
 from .errors import (
@@ -30,6 +30,7 @@ from .errors import (
     TransientError,
     network_problem,
 )
+from .sftpreads import PipelinedReads, read_size
 from .streams import CHUNK, GuardedStream
 from .urls import parse
 
@@ -72,6 +73,10 @@ class _Pipe:
 
     def recv(self, size: int) -> bytes:
         return self._sock.recv(size)
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
 
     def close(self) -> None:
         self._sock.close()
@@ -240,6 +245,7 @@ class SFTPGateway(Gateway):
         self._client: _OpenSSH | _Paramiko | None = None
         self._local = threading.local()
         self._generation = 0
+        self._read_size: int | None = None  # the server's largest full read, once known
 
     # -- connections -------------------------------------------------------------
     def _connect(self) -> _OpenSSH | _Paramiko:
@@ -395,13 +401,57 @@ class SFTPGateway(Gateway):
 
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         with self._errors(path):
-            handle = self._sftp().open(self._abs(path), "rb", bufsize=CHUNK)
+            sftp = self._sftp()
+            if isinstance(sftp.sock, _Pipe):
+                return self._open_pipelined(path, offset, sftp, sftp.sock.socket), None
+            handle = sftp.open(self._abs(path), "rb", bufsize=CHUNK)
             size = handle.stat().st_size or 0
             handle.seek(offset)
             if size > offset:
                 handle.prefetch(size - offset)  # pipelined reads: the throughput of SFTP
         stream = GuardedStream(handle.read, handle.close, self.display(path), _NETWORK)
         return stream.as_binary(), None
+
+    def _open_pipelined(
+        self, path: str, offset: int, sftp: paramiko.SFTPClient, sock: socket.socket
+    ) -> BinaryIO:
+        """A stream with this thread's session to itself until it closes: the session
+        then serves the thread again, unless it broke (or the thread has a new one)."""
+        generation = self._local.generation
+        self._local.sftp = None
+        reads: PipelinedReads | None = None
+        handle: paramiko.SFTPFile | None = None
+
+        def close() -> None:
+            healthy = False
+            try:
+                if reads is not None:
+                    reads.close()
+                if handle is not None:
+                    handle.close()
+                healthy = True
+            finally:
+                if (
+                    healthy
+                    and getattr(self._local, "sftp", None) is None
+                    and (self._local.generation == generation)
+                ):
+                    self._local.sftp = sftp
+                else:
+                    with contextlib.suppress(Exception):
+                        sftp.close()
+
+        try:
+            handle = sftp.open(self._abs(path), "rb")
+            size = handle.stat().st_size or 0
+            if self._read_size is None:
+                self._read_size = read_size(sock)
+            reads = PipelinedReads(sock, cast(bytes, handle.handle), offset, size, self._read_size)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                close()
+            raise
+        return GuardedStream(reads.read, close, self.display(path), _NETWORK).as_binary()
 
     # -- writing -----------------------------------------------------------------
     def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:

@@ -65,7 +65,16 @@ class _Hashing(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        data = self._stream.read(CHUNK if size is None or size < 0 else size) or b""
+        """``size`` bytes, fewer only at the end: a network stream may hand out
+        less per call (an HTTP body piece, one SFTP answer), a zip header may not."""
+        want = CHUNK if size is None or size < 0 else size
+        data = self._stream.read(want) or b""
+        if 0 < len(data) < want:
+            parts, got = [data], len(data)
+            while got < want and (more := self._stream.read(want - got)):
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
         self.md5.update(data)
         self.sha256.update(data)
         self.size += len(data)
