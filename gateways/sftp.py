@@ -103,8 +103,8 @@ class _OpenSSH:
     file), and reads the user's ``~/.ssh/config``, agent and jump hosts as ``ssh``
     does. paramiko still speaks SFTP over it. One ``ssh`` process per session."""
 
-    def __init__(self, argv: list[str], where: str) -> None:
-        self._argv, self._where = argv, where
+    def __init__(self, argv: list[str], where: str, timeout: float) -> None:
+        self._argv, self._where, self._timeout = argv, where, timeout
         self._lock = threading.Lock()
         self._sessions: list[tuple[subprocess.Popen[bytes], paramiko.SFTPClient]] = []
         self._first: paramiko.SFTPClient | None = self._session()  # fails here, clearly
@@ -134,6 +134,7 @@ class _OpenSSH:
                 errors.seek(0)
                 said = errors.read().decode("utf-8", "replace")
                 raise _ssh_failure(self._where, said) from None
+        mine.settimeout(self._timeout)  # once connected, silence this long is a failure
         with self._lock:
             self._sessions.append((proc, client))
         return client
@@ -270,7 +271,8 @@ class SFTPGateway(Gateway):
             if self.options.known_hosts:
                 known = os.path.expanduser(self.options.known_hosts)
                 argv += ["-o", f"UserKnownHostsFile={known}"]
-        return _OpenSSH([*argv, "-s", "--", self.host, "sftp"], self.display())
+        argv += ["-s", "--", self.host, "sftp"]
+        return _OpenSSH(argv, self.display(), self.options.timeout)
 
     def _connect_paramiko(self) -> paramiko.SSHClient:
         where = self.display()

@@ -131,7 +131,11 @@ class PipelinedReads:
         self._answers: dict[int, tuple[int, bytes]] = {}
         self._ended = False
         self._rest, self._at = b"", 0  # an answer partly read
-        self._ask()
+        try:
+            self._ask()
+        except BaseException:
+            self._wire.close()
+            raise
 
     def _request(self, offset: int, length: int) -> tuple[tuple[int, int, int], bytes]:
         rid = self._wire.new_id()

@@ -1,6 +1,6 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests, lockfiles, sharded repodata, HTTP answers. Each runs for a time budget and
-reports how many inputs it tried.
+bundle manifests, lockfiles, sharded repodata, HTTP and SFTP answers. Each runs for a
+time budget and reports how many inputs it tried.
 
 Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
 than a bound" fails as loudly as a wrong exception type:
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gzip
 import hashlib
 import io
@@ -38,6 +39,7 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.gateways.curl import parse_head
 from conda_ferry.gateways.inflate import Inflating
+from conda_ferry.gateways.sftpreads import PipelinedReads, read_size
 from conda_ferry.index import compact, repodata, shards
 from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.publish import OutputOptions, publish_subdir
@@ -46,6 +48,7 @@ from conda_ferry.mirror import bundle, errors, lockfiles, sharded, snapshots, sy
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
 from tests.pkgmaker import DEMO, Spec, package_bytes
+from tests.sftppeer import Behaviour, Peer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
 WEIRD: list[Any] = [
@@ -114,15 +117,41 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(out)
 
 
+class _Dribbling(io.RawIOBase):
+    """Hands out a random part of what is asked for, as a network stream may."""
+
+    def __init__(self, data: bytes, rng: random.Random) -> None:
+        self._data, self._at, self._rng = data, 0, rng
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = len(self._data) if size is None or size < 0 else size
+        piece = self._data[self._at : self._at + self._rng.randint(min(1, want), want)]
+        self._at += len(piece)
+        return piece
+
+
+def _package_outcome(name: str, stream: Any) -> Any:
+    try:
+        return record_from_package(read_package(name, stream))
+    except BadPackage as exc:
+        return str(exc)
+
+
 def fuzz_packages(seconds: float, seed: int) -> int:
-    """Mutated real packages through the reader and the record maker: BadPackage only."""
+    """Mutated real packages through the reader and the record maker: BadPackage only,
+    and the same outcome whether the bytes come whole or in random short reads."""
     rng = random.Random(seed)
     seeds = _seeds()
     count = 0
-    for count in _deadline(seconds):  # noqa: B007 - the last count is the result
+    for count in _deadline(seconds):
         name, data = rng.choice(seeds)
-        with contextlib.suppress(BadPackage):
-            record_from_package(read_package(name, io.BytesIO(_mutate(rng, data))))
+        damaged = _mutate(rng, data)
+        whole = _package_outcome(name, io.BytesIO(damaged))
+        if count % 8 == 0:
+            assert _package_outcome(name, _Dribbling(damaged, rng)) == whole, name
     return count
 
 
@@ -405,6 +434,55 @@ def fuzz_bodies(seconds: float, seed: int) -> int:
     return count
 
 
+def _sftp_read(rng: random.Random, data: bytes, how: Behaviour, offset: int) -> bytes:
+    peer = Peer(data, how, rng.randrange(1 << 30))
+    peer.sock.settimeout(10)  # a hang fails the fuzzer, as a TimeoutError
+    try:
+        reads = PipelinedReads(peer.sock, b"h", offset, len(data), read_size(peer.sock))
+        try:
+            parts = []
+            while part := reads.read(rng.choice([1, 1000, 1 << 20])):
+                parts.append(part)
+        finally:
+            reads.close()  # as the gateway's stream does, whatever happened
+        return b"".join(parts)
+    finally:
+        peer.close()
+
+
+def fuzz_sftp(seconds: float, seed: int) -> int:
+    """SFTP answers through the pipelined reader: whatever the draft allows gives the
+    file's bytes; a failing or lying server gives an OSError or EOFError only, never a
+    hang or a read beyond what was asked."""
+    rng = random.Random(seed)
+    count = 0
+    for count in _deadline(seconds):  # noqa: B007 - the last count is the result
+        data = rng.randbytes(rng.choice([0, 1, 5000, 50_000]))
+        offset = rng.randint(0, len(data))
+        how = Behaviour(
+            short=rng.random() < 0.5,
+            shuffle=rng.random() < 0.5,
+            cut=rng.choice([None, rng.randint(0, len(data))]),
+            most_read=rng.choice([None, 0, 512, 4096, 1 << 40]),
+            fail_at=rng.choice([None, rng.randint(1, 20)]),
+            fail_code=rng.choice([2, 3, 4, 99]),
+        )
+        if rng.random() < 0.5:
+            how.lie_at = rng.randint(1, 10)
+            how.damage = functools.partial(_mutate, random.Random(rng.random()))
+        try:
+            got = _sftp_read(rng, data, how, offset)
+        except TimeoutError:
+            raise AssertionError(f"the reader hung on {how}") from None
+        except (OSError, EOFError):
+            assert how.lie_at is not None or how.fail_at is not None, how
+            continue
+        assert len(got) <= len(data) - offset, how
+        if how.lie_at is None and how.fail_at is None:
+            assert got == data[offset : how.cut if how.cut is not None else len(data)], how
+    return count
+
+
 def _inside(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
     return parts[0] in ("b", "mirror", "targets")
@@ -417,6 +495,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "lockfiles": fuzz_lockfiles,
     "shards": fuzz_shards,
     "bodies": fuzz_bodies,
+    "sftp": fuzz_sftp,
 }
 
 if __name__ == "__main__":
