@@ -28,11 +28,17 @@ from .streams import CHUNK, MAX_EXPANSION, RawStream, VerifyingReader, expansion
 from .urls import clean_relative, parse, redact, redact_text
 
 
+def adapter(url: str) -> type[Gateway]:
+    """The adapter class for ``url``'s scheme: imported, nothing opened (a process
+    about to fork workers imports it once for all of them)."""
+    module, name = ADAPTERS[parse(url).scheme]
+    found: type[Gateway] = getattr(importlib.import_module(f".{module}", __name__), name)
+    return found
+
+
 def open_gateway(url: str, options: GatewayOptions | None = None) -> Gateway:
     """The adapter for ``url``'s scheme, rooted at ``url``."""
-    module, name = ADAPTERS[parse(url).scheme]
-    adapter: type[Gateway] = getattr(importlib.import_module(f".{module}", __name__), name)
-    return adapter(url, options)
+    return adapter(url)(url, options)
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -111,6 +117,7 @@ __all__ = [
     "TransientError",
     "UsageError",
     "VerifyingReader",
+    "adapter",
     "clean_relative",
     "copy_file",
     "copy_stream",

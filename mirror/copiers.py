@@ -124,10 +124,11 @@ class Helpers:
         if self._workers is None:
             self._workers = [_Worker.spawned() for _ in range(self.count)]
         workers = [w for w in self._workers if w.alive]
-        feed = _Feed(work, -(-jobs // max(1, len(workers))) + 1, len(workers))
+        feed = _Feed(work, -(-jobs // max(1, len(workers))) + 1, workers)
         try:
             for i, worker in enumerate(workers):  # the jobs split among them
                 worker.begin(route, max(1, (jobs + i) // len(workers)), len(workers))
+            for worker in workers:
                 feed.top_up(worker)
             _hear(workers, feed, route.target, progress, arrived, failed)
         except BaseException:
@@ -236,24 +237,26 @@ def _relog(message: tuple[Any, ...]) -> None:
 
 
 class _Feed:
-    """The files not handed out yet. A worker gets at least ``window`` (the copies
-    it keeps in flight, and the next), at most its equal part of a small transfer."""
+    """The files not handed out yet. A worker gets its equal part of a small transfer
+    (a worker given all three files of a subdir leaves the other idle), else at least
+    ``window`` (the copies it keeps in flight, and the next)."""
 
-    def __init__(self, work: Work, window: int, workers: int) -> None:
+    def __init__(self, work: Work, window: int, workers: list[_Worker]) -> None:
         self._left = deque(work)
         self._window = window
-        self._files = min(QUEUED_FILES, -(-len(self._left) // max(1, workers)))
+        self._workers = workers
+        self._files = min(QUEUED_FILES, -(-len(self._left) // max(1, len(workers))))
 
     def top_up(self, worker: _Worker) -> None:
         """Enough files that ``worker`` need not wait for its next; once there are no
-        more, it is told to finish its queue and end."""
+        more, every worker is told to finish its queue and end."""
         if worker.drained:
             return
         more: dict[str, dict[str, Any]] = {}
         queued_bytes = sum(int(r.get("size") or 0) for r in worker.queued.values())
         while self._left:
             count = len(worker.queued) + len(more)
-            if count >= self._window and (count >= self._files or queued_bytes >= QUEUED_BYTES):
+            if count >= self._files or (count >= self._window and queued_bytes >= QUEUED_BYTES):
                 break
             name, record = self._left.popleft()
             more[name] = {k: record.get(k) for k in ("size", "sha256", "md5")}
@@ -261,9 +264,11 @@ class _Feed:
         if more:
             worker.queued.update(more)
             worker.send("files", more)
-        if not self._left and not worker.drained:
-            worker.drained = True
-            worker.send("drain")
+        if not self._left:  # each worker waits for its window of files, or this word
+            for each in self._workers:
+                if not each.drained:
+                    each.drained = True
+                    each.send("drain")
 
     def give_back(self, worker: _Worker) -> None:
         self._left.extendleft(sorted(worker.queued.items(), reverse=True))

@@ -22,6 +22,7 @@ from conda_ferry.gateways import (
     GatewayError,
     LockHeld,
     NotFound,
+    adapter,
     matches,
     open_gateway,
 )
@@ -224,6 +225,7 @@ class SyncRun:
     def _run(self, explain: str | None) -> tuple[SyncReport, list[str]]:
         started = time.monotonic()
         job = self.job
+        adapter(job.source)  # imported once, before the workers fork, not in each
         with (
             self._helpers() as self.helpers,
             open_gateway(job.source, job.source_options) as source,

@@ -238,3 +238,30 @@ def test_a_job_aside_runs_in_a_worker_or_here(
         assert helpers.aside(_whose, target, "again")()[0] != os.getpid()  # the other
     with copiers.Helpers(1) as alone:
         assert alone.aside(_whose, target, "here")()[0] == os.getpid()
+
+
+class _Listener(copiers._Worker):
+    """A worker that only records what it is sent."""
+
+    def __init__(self) -> None:
+        self.alive, self.busy, self.drained = True, True, False
+        self.queued: dict[str, Any] = {}
+        self.said: list[tuple[Any, ...]] = []
+
+    def send(self, *message: Any) -> None:
+        self.said.append(message)
+
+
+@pytest.mark.parametrize(("files", "size", "split"), [(3, 20 << 20, [2, 1]), (9, 1, [5, 4])])
+def test_a_small_transfer_is_split_equally_and_every_worker_told_to_end(
+    files: int, size: int, split: list[int]
+) -> None:
+    """A worker waits for its window of files or the word that there are no more:
+    given fewer, it must be told, or the run hangs."""
+    workers = [_Listener(), _Listener()]
+    work = [(f"p{i}.conda", {"size": size}) for i in range(files)]
+    feed = copiers._Feed(work, 5, list(workers))
+    for worker in workers:
+        feed.top_up(worker)
+    assert [len(w.queued) for w in workers] == split
+    assert all(w.drained and w.said[-1] == ("drain",) for w in workers)
