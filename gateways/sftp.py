@@ -433,10 +433,11 @@ class SFTPGateway(Gateway):
                     handle.close()
                 healthy = True
             finally:
+                local = self._local  # the closing thread's (a stream may change threads)
                 if (
                     healthy
-                    and getattr(self._local, "sftp", None) is None
-                    and (self._local.generation == generation)
+                    and getattr(local, "sftp", None) is None
+                    and getattr(local, "generation", None) == generation
                 ):
                     self._local.sftp = sftp
                 else:
