@@ -94,7 +94,7 @@ class Peer:
         return buffer
 
     def _send(self, answers: list[bytes]) -> bool:
-        """False once the peer has lied and hung up."""
+        """False once the peer has lied and stopped answering."""
         for answer in answers:
             self._answers += 1
             if self._how.lie_at is not None and self._answers >= self._how.lie_at:
@@ -115,7 +115,7 @@ class Peer:
             return _packet(201, rid, struct.pack(">QQQQ", 1 << 18, self._how.most_read, 0, 0))
         if kind != 5:
             return _status(rid, 8)  # unsupported
-        (handle,) = struct.unpack_from(">I", body)
+        (handle,) = _U32.unpack_from(body)
         offset, length = struct.unpack_from(">QI", body, 4 + handle)
         self._reads += 1
         if self._reads == self._how.fail_at:
