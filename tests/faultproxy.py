@@ -4,7 +4,8 @@ Faults: ``drop:N`` closes the client side after N bytes from the server; ``statu
 answers an HTTP status C without asking the server (``status:429:1`` adds
 Retry-After: 1); ``stall:S`` waits S seconds before forwarding; ``flip:N`` changes
 byte N of the server's answer; ``slow:B`` forwards at about B bytes a second in
-bursts, ``trickle:B`` one byte at a time;
+bursts, ``trickle:B`` one byte at a time; ``freeze:N`` forwards N bytes from the server,
+then nothing more, the connection held open (a peer gone silent);
 anything else passes through. ``default`` applies when no fault is planned.
 """
 
@@ -64,7 +65,7 @@ class FaultProxy:
         except OSError:
             client.close()
             return
-        limit = int(arg) if kind in ("drop", "flip", "slow", "trickle") else None
+        limit = int(arg) if kind in ("drop", "flip", "slow", "trickle", "freeze") else None
         threading.Thread(
             target=self._pipe, args=(client, upstream, None, None), daemon=True
         ).start()
@@ -84,8 +85,10 @@ class FaultProxy:
                             return
                         dst.sendall(bytes([byte]))
                     continue
-                if limit is not None and kind == "drop" and sent + len(data) >= limit:
+                if limit is not None and kind in ("drop", "freeze") and sent + len(data) >= limit:
                     dst.sendall(data[: max(0, limit - sent)])
+                    if kind == "freeze":
+                        self._stop.wait()
                     break
                 if limit is not None and kind == "flip" and sent <= limit < sent + len(data):
                     i = limit - sent

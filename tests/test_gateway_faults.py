@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -72,22 +73,31 @@ def test_s3_resumes_after_a_drop_mid_body(moto: Server) -> None:
         proxy.close()
 
 
-def test_sftp_resumes_after_the_connection_dies(sshd: Server) -> None:
+def _sftp_through(proxy: FaultProxy, sshd: Server, **options: Any) -> tuple[str, GatewayOptions]:
+    """The URL of sshd's faults/ through ``proxy``, and options that trust its key there."""
+    url = sshd.url.replace(f":{sshd.port}", f":{proxy.port}") + "/faults"
+    known = Path(sshd.extra["known_hosts"]).read_text()
+    hosts = Path(sshd.extra["known_hosts"]).with_name(f"known_hosts_{proxy.port}")
+    hosts.write_text(known.replace(f"]:{sshd.port}", f"]:{proxy.port}"))
+    key = sshd.extra["key_file"]
+    return url, GatewayOptions(**FAST_RETRY, key_file=key, known_hosts=str(hosts), **options)
+
+
+@pytest.mark.parametrize(
+    ("fault", "options"),
+    [("drop:1200000", {}), ("freeze:1200000", {"timeout": 2})],
+    ids=["connection-dies", "server-goes-silent"],
+)
+def test_sftp_resumes_from_the_last_byte(sshd: Server, fault: str, options: dict[str, Any]) -> None:
+    """A silent server is the harder case: ssh keeps its connection open for minutes
+    (its keepalive), so the gateway's timeout must end the wait."""
     (sshd.root / "faults").mkdir(exist_ok=True)
     (sshd.root / "faults" / "pkg.conda").write_bytes(DATA)
     proxy = FaultProxy(sshd.port)
     try:
-        url = sshd.url.replace(f":{sshd.port}", f":{proxy.port}") + "/faults"
-        known = (
-            Path(sshd.extra["known_hosts"]).read_text().replace(f"]:{sshd.port}", f"]:{proxy.port}")
-        )
-        hosts = Path(sshd.extra["known_hosts"]).with_name(f"known_hosts_{proxy.port}")
-        hosts.write_text(known)
-        options = GatewayOptions(
-            **FAST_RETRY, key_file=sshd.extra["key_file"], known_hosts=str(hosts)
-        )
-        proxy.plan("drop:1200000")
-        with open_gateway(url, options) as gw:
+        url, gateway_options = _sftp_through(proxy, sshd, **options)
+        proxy.plan(fault)
+        with open_gateway(url, gateway_options) as gw:
             assert gw.read_bytes("pkg.conda") == DATA
         assert proxy.connections == 2
     finally:
