@@ -213,15 +213,19 @@ class _Paramiko:
     """SFTP sessions over paramiko's own SSH transport (a password in the URL, or no
     ``ssh`` installed): channels of one shared connection."""
 
-    def __init__(self, client: paramiko.SSHClient) -> None:
-        self._client = client
+    def __init__(self, client: paramiko.SSHClient, timeout: float) -> None:
+        self._client, self._timeout = client, timeout
 
     def is_active(self) -> bool:
         transport = self._client.get_transport()
         return transport is not None and transport.is_active()
 
     def open_sftp(self) -> paramiko.SFTPClient:
-        return self._client.open_sftp()
+        sftp = self._client.open_sftp()
+        channel = sftp.get_channel()
+        if channel is not None:  # silence this long is a failure, as over ssh
+            channel.settimeout(self._timeout)
+        return sftp
 
     def close(self) -> None:
         self._client.close()
@@ -254,7 +258,7 @@ class SFTPGateway(Gateway):
             log.warning("%s: host key NOT verified (insecure option)", self.display())
         ssh = shutil.which("ssh") if self.options.openssh and not self.password else None
         if ssh is None:
-            return _Paramiko(self._connect_paramiko())
+            return _Paramiko(self._connect_paramiko(), self.options.timeout)
         argv = [ssh, "-o", "LogLevel=ERROR"]
         user, port = self._named  # else the user's ssh config (or ssh) chooses them
         argv += ["-l", user] if user else []
@@ -370,6 +374,8 @@ class SFTPGateway(Gateway):
                 exc.errno is None and "Socket" in str(exc)
             ):
                 self._local.sftp = None
+                if isinstance(exc, TimeoutError):
+                    self._silent()
                 raise TransientError(self.display(path), f"connection broke: {exc}") from None
             raise ProtocolError(self.display(path), f"SFTP: {exc.strerror or exc}") from None
         except (paramiko.SSHException, EOFError) as exc:
@@ -377,6 +383,15 @@ class SFTPGateway(Gateway):
             raise TransientError(
                 self.display(path), f"connection broke: {type(exc).__name__}"
             ) from None
+
+    def _silent(self) -> None:
+        """A session silent past the timeout. Over paramiko's own transport all share
+        one connection, which would hang the next channel opened on it too: it is
+        closed, and the next call connects anew (over ssh each session is its own)."""
+        with self._lock:
+            if isinstance(self._client, _Paramiko):
+                with contextlib.suppress(Exception):
+                    self._client.close()
 
     def _do(self, path: str, fn: Callable[[paramiko.SFTPClient], T]) -> T:
         def attempt() -> T:

@@ -85,8 +85,12 @@ def _sftp_through(proxy: FaultProxy, sshd: Server, **options: Any) -> tuple[str,
 
 @pytest.mark.parametrize(
     ("fault", "options"),
-    [("drop:1200000", {}), ("freeze:1200000", {"timeout": 2})],
-    ids=["connection-dies", "server-goes-silent"],
+    [
+        ("drop:1200000", {}),
+        ("freeze:1200000", {"timeout": 2}),
+        ("freeze:1200000", {"timeout": 2, "openssh": False}),
+    ],
+    ids=["connection-dies", "server-goes-silent", "server-goes-silent-paramiko"],
 )
 def test_sftp_resumes_from_the_last_byte(sshd: Server, fault: str, options: dict[str, Any]) -> None:
     """A silent server is the harder case: ssh keeps its connection open for minutes
