@@ -442,11 +442,10 @@ class SFTPGateway(Gateway):
         def close() -> None:
             healthy = False
             try:
-                if reads is not None:
-                    reads.close()
-                if handle is not None:
-                    handle.close()
-                healthy = True
+                if reads is None or reads.close():  # else the session is out of step
+                    if handle is not None:
+                        handle.close()
+                    healthy = True
             finally:
                 local = self._local  # the closing thread's (a stream may change threads)
                 if (
@@ -454,7 +453,7 @@ class SFTPGateway(Gateway):
                     and getattr(local, "sftp", None) is None
                     and getattr(local, "generation", None) == generation
                 ):
-                    self._local.sftp = sftp
+                    local.sftp = sftp
                 else:
                     with contextlib.suppress(Exception):
                         sftp.close()

@@ -79,6 +79,10 @@ def _string(data: bytes) -> bytes:
     return _U32.pack(len(data)) + data
 
 
+def _packet(kind: int, body: bytes) -> bytes:
+    return _U32.pack(len(body) + 1) + bytes([kind]) + body
+
+
 def _status(body: bytes) -> tuple[int, str]:
     if len(body) < 4:
         raise SFTPStatus("an SFTP status answer without a code")
@@ -103,7 +107,7 @@ def read_size(sock: socket.socket) -> int:
     try:
         rid = wire.new_id()
         body = _U32.pack(rid) + _string(b"limits@openssh.com")
-        wire.send([_U32.pack(len(body) + 1) + bytes([_EXTENDED]) + body])
+        wire.send([_packet(_EXTENDED, body)])
         kind, got, answer = wire.answer()
     finally:
         wire.close()
@@ -117,7 +121,7 @@ class PipelinedReads:
     """The bytes of one open file from ``offset`` to ``size`` (its size when opened),
     with many reads in flight. Answers come in the order asked for from every server
     known, but the draft allows any order, and a server may answer short: both are
-    handled. ``close`` reads the answers still due, so the session can serve again."""
+    handled. ``close`` says whether the session can serve again."""
 
     def __init__(
         self, sock: socket.socket, handle: bytes, offset: int, size: int, chunk: int
@@ -130,6 +134,7 @@ class PipelinedReads:
         self._due: set[int] = set()  # ids asked for and not yet answered
         self._answers: dict[int, tuple[int, bytes]] = {}
         self._ended = False
+        self._failed = False  # a read raised: the session may be out of step
         self._rest, self._at = b"", 0  # an answer partly read
         try:
             self._ask()
@@ -141,7 +146,7 @@ class PipelinedReads:
         rid = self._wire.new_id()
         self._due.add(rid)
         body = _U32.pack(rid) + self._handle + _READ_REQ.pack(offset, length)
-        return (rid, offset, length), _U32.pack(len(body) + 1) + bytes([_READ]) + body
+        return (rid, offset, length), _packet(_READ, body)
 
     def _ask(self, first: tuple[int, int] | None = None) -> None:
         packets = []
@@ -162,7 +167,11 @@ class PipelinedReads:
         """At most ``size`` bytes and at most one answer's (a short read, as a socket
         gives: it saves joining answers that the caller writes anyway); empty at the end."""
         if self._at >= len(self._rest):
-            self._rest, self._at = self._answer(), 0
+            try:
+                self._rest, self._at = self._answer(), 0
+            except BaseException:
+                self._failed = True
+                raise
         if self._at == 0 and len(self._rest) <= size:
             piece = self._rest
         else:
@@ -187,13 +196,15 @@ class PipelinedReads:
         self._ask((offset + len(body), length - len(body)) if short else None)
         return body
 
-    def close(self) -> None:
-        """Reads the answers still due (failing if the session broke) and stops."""
+    def close(self) -> bool:
+        """Whether the session can serve again: the answers still due are read, unless
+        a read failed (the rest of the stream may be anything, or never come)."""
         try:
+            if self._failed:
+                return False
             while self._due:
                 self._await(next(iter(self._due)))
-            self._asked.clear()
-            self._answers.clear()
+            return True
         finally:
             self._wire.close()
 

@@ -65,16 +65,7 @@ class _Hashing(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        """``size`` bytes, fewer only at the end: a network stream may hand out
-        less per call (an HTTP body piece, one SFTP answer), a zip header may not."""
-        want = CHUNK if size is None or size < 0 else size
-        data = self._stream.read(want) or b""
-        if 0 < len(data) < want:
-            parts, got = [data], len(data)
-            while got < want and (more := self._stream.read(want - got)):
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
+        data = self._stream.read(CHUNK if size is None or size < 0 else size) or b""
         self.md5.update(data)
         self.sha256.update(data)
         self.size += len(data)
@@ -85,15 +76,20 @@ class _Hashing(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def exactly(self, count: int) -> bytes:
+    def upto(self, count: int) -> bytes:
+        """``count`` bytes, fewer only at the end: a network stream may hand out less
+        per call (an HTTP body piece, one SFTP answer), a zip header may not."""
         parts, need = [], count
-        while need:
-            data = self.read(min(need, CHUNK))
-            if not data:
-                raise BadPackage("truncated")
+        while need and (data := self.read(min(need, CHUNK))):
             parts.append(data)
             need -= len(data)
         return b"".join(parts)
+
+    def exactly(self, count: int) -> bytes:
+        data = self.upto(count)
+        if len(data) != count:
+            raise BadPackage("truncated")
+        return data
 
     def skip(self, count: int) -> None:
         while count:
@@ -177,7 +173,7 @@ def _read_conda(hashing: _Hashing, found: dict[str, bytes]) -> None:
     """Walk the zip's local headers in order: no seeking, so any stream will do."""
     seen_info = False
     while True:
-        signature = hashing.read(4)
+        signature = hashing.upto(4)
         if signature != b"PK\x03\x04":
             if signature in (b"PK\x01\x02", b"PK\x05\x06", b"PK\x06\x06") and seen_info:
                 return

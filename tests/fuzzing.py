@@ -39,7 +39,7 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.gateways.curl import parse_head
 from conda_ferry.gateways.inflate import Inflating
-from conda_ferry.gateways.sftpreads import PipelinedReads, read_size
+from conda_ferry.gateways.sftpreads import read_size
 from conda_ferry.index import compact, repodata, shards
 from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.publish import OutputOptions, publish_subdir
@@ -438,14 +438,7 @@ def _sftp_read(rng: random.Random, data: bytes, how: Behaviour, offset: int) -> 
     peer = Peer(data, how, rng.randrange(1 << 30))
     peer.sock.settimeout(10)  # a hang fails the fuzzer, as a TimeoutError
     try:
-        reads = PipelinedReads(peer.sock, b"h", offset, len(data), read_size(peer.sock))
-        try:
-            parts = []
-            while part := reads.read(rng.choice([1, 1000, 1 << 20])):
-                parts.append(part)
-        finally:
-            reads.close()  # as the gateway's stream does, whatever happened
-        return b"".join(parts)
+        return peer.fetch(offset, read_size(peer.sock), lambda: rng.choice([1, 1000, 1 << 20]))
     finally:
         peer.close()
 

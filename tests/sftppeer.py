@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from conda_ferry.gateways.sftpreads import PipelinedReads
+
 _HEAD = struct.Struct(">IBI")
 _U32 = struct.Struct(">I")
 
@@ -60,6 +62,19 @@ class Peer:
         self._reads = 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
+
+    def fetch(self, offset: int, chunk: int, piece: Callable[[], int]) -> bytes:
+        """The file from ``offset`` through the pipelined reader, asking ``piece()``
+        bytes a call; closed whatever happens, as the gateway's stream is."""
+        reads = PipelinedReads(self.sock, b"handle", offset, len(self._data), chunk)
+        parts = []
+        try:
+            while part := reads.read(size := piece()):
+                assert len(part) <= size
+                parts.append(part)
+        finally:
+            reads.close()
+        return b"".join(parts)
 
     def close(self) -> None:
         self.sock.close()

@@ -22,13 +22,7 @@ DATA = os.urandom(300_000)
 
 
 def _read(peer: Peer, offset: int = 0, chunk: int = 32768, piece: int = 1 << 20) -> bytes:
-    reads = PipelinedReads(peer.sock, b"handle", offset, len(DATA), chunk)
-    parts = []
-    while part := reads.read(piece):
-        assert len(part) <= piece
-        parts.append(part)
-    reads.close()
-    return b"".join(parts)
+    return peer.fetch(offset, chunk, lambda: piece)
 
 
 @pytest.mark.parametrize(
