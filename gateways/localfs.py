@@ -199,12 +199,39 @@ class LocalGateway(Gateway):
     def write_many(self, files: Iterable[tuple[str, bytes]], jobs: int = 8) -> list[str]:
         """One after another: creating a local file is work for the kernel, not a wait,
         and threads creating files side by side only contend (measured: 2,000 small
-        files took from 1.1 to 6 times as long with 4 or 8 threads as with one)."""
-        done = []
-        for path, data in files:
-            self.write_bytes(path, data, durable=False)
-            done.append(path)
+        files took from 1.1 to 6 times as long with 4 or 8 threads as with one). Each
+        directory is opened once for all its files, each created unnamed in it, filled
+        and linked: four calls a file, and no path looked up again (measured: half the
+        time of one :meth:`write_bytes` per file)."""
+        done: list[str] = []
+        directories: dict[str, int] = {}
+        try:
+            for path, data in files:
+                rel = self._rel(path)
+                parent, _, name = f"{self._root}/{rel}".rpartition("/")
+                with self._errors(path):
+                    directory = directories.get(parent)
+                    if directory is None and self._unnamed:
+                        directory = directories[parent] = self._open_directory(parent)
+                    if directory is None or not _write_unnamed_at(directory, name, data):
+                        self._unnamed = False  # not on this file system
+                        self._write(path, (data,), durable=False)
+                        done.append(path)
+                        continue
+                self._unflushed.append(f"{parent}/{name}")
+                done.append(path)
+        finally:
+            for directory in directories.values():
+                os.close(directory)
         return done
+
+    @staticmethod
+    def _open_directory(path: str) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            os.makedirs(path, exist_ok=True)  # the first file of a new directory
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
 
     def free_space(self, path: str = "") -> int | None:
         where = self._abs(path)
@@ -256,7 +283,11 @@ class LocalGateway(Gateway):
             try:
                 _write_all(fd, data)
                 os.fsync(fd)
-                _link_at(fd, parent, target.name)
+                directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _link_at(fd, directory, target.name)
+                finally:
+                    os.close(directory)
             except FileExistsError:
                 return False
             finally:
@@ -268,23 +299,52 @@ class LocalGateway(Gateway):
 def _link_into_place(fd: int, parent: str, name: str) -> str:
     """Give the unnamed file ``fd`` its name in ``parent``; where that name is taken,
     a temp name instead, returned, for the caller to rename over it."""
+    directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _link_at(fd, parent, name)
+        _link_at(fd, directory, name)
         return ""
     except FileExistsError:
         tmp = temp_name(name)
-        _link_at(fd, parent, tmp)
+        _link_at(fd, directory, tmp)
         return f"{parent}/{tmp}"
-
-
-def _link_at(fd: int, parent: str, name: str) -> None:
-    """Link the unnamed file ``fd`` as ``parent``/``name`` (FileExistsError if taken).
-    Through the directory's descriptor: linkat then follows /proc's link to the file."""
-    directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory)
     finally:
         os.close(directory)
+
+
+def _link_at(fd: int, directory: int, name: str) -> None:
+    """Link the unnamed file ``fd`` as ``name`` in the open ``directory``
+    (FileExistsError if taken); linkat follows /proc's link to the file."""
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory)
+
+
+def _write_unnamed_at(directory: int, name: str, data: bytes) -> bool:
+    """``data`` as ``name`` in the open ``directory``, whole or not at all (an old
+    file of that name replaced); False where this file system makes no unnamed file."""
+    try:
+        fd = os.open(".", _UNNAMED, 0o644, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno in _NO_UNNAMED:
+            return False
+        raise
+    try:
+        _write_all(fd, data)
+        if not _UMASK_KEEPS_644:
+            os.fchmod(fd, 0o644)  # servable whatever the umask
+        try:
+            _link_at(fd, directory, name)
+            return True
+        except FileExistsError:
+            tmp = temp_name(name)
+            _link_at(fd, directory, tmp)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=directory)
+        raise
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:

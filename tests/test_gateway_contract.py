@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conda_ferry.gateways import (
+    GatewayError,
     GatewayOptions,
     IntegrityError,
     LockHeld,
@@ -469,6 +470,42 @@ def test_local_writes_unnamed_files_or_temps(tmp_path: Path, unnamed: bool) -> N
                 gateway._write(name, chunks(), durable=False)
         assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["f.conda"]
         assert (tmp_path / "d/f.conda").read_bytes() == b"two, longer"
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_local_write_many_replaces_files_whole(
+    tmp_path: Path, unnamed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many files, each directory opened once: new directories made, files replaced
+    whole, servable under any umask, no temp left, no descriptor left open, and a
+    failure names its file."""
+    from conda_ferry.gateways import localfs
+
+    monkeypatch.setattr(localfs, "_UMASK_KEEPS_644", False)
+    old_umask = os.umask(0o077)
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        with open_gateway(str(tmp_path)) as gateway:
+            assert isinstance(gateway, LocalGateway)
+            gateway._unnamed = gateway._unnamed and unnamed
+            for content in (b"one", b"two, longer"):
+                files = [(f"d{i % 2}/s/{i}.zst", content + bytes([i])) for i in range(6)]
+                assert gateway.write_many(iter(files)) == [path for path, _ in files]
+                for path, data in files:
+                    assert (tmp_path / path).read_bytes() == data
+                    assert (tmp_path / path).stat().st_mode & 0o777 == 0o644
+            assert sorted(p.name for p in (tmp_path / "d0/s").iterdir()) == [
+                "0.zst",
+                "2.zst",
+                "4.zst",
+            ]
+            (tmp_path / "file").write_bytes(b"")
+            with pytest.raises(GatewayError, match=r"file/x\.zst"):
+                gateway.write_many([("d0/s/ok.zst", b"x"), ("file/x.zst", b"y")])
+            assert (tmp_path / "d0/s/ok.zst").read_bytes() == b"x"
+    finally:
+        os.umask(old_umask)
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 @pytest.mark.parametrize("openssh", [True, False])
