@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions, LockInfo, is_temp, option
-from .copy import Copied, Expected, copy_file, copy_stream, matches
+from .copy import Copied, Expected, copy_file, copy_prefetched, copy_stream, matches
 from .errors import (
     CredentialsError,
     GatewayError,
@@ -120,6 +120,7 @@ __all__ = [
     "adapter",
     "clean_relative",
     "copy_file",
+    "copy_prefetched",
     "copy_stream",
     "copy_url",
     "expansion_limit",

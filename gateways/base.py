@@ -288,6 +288,13 @@ class Gateway(abc.ABC):
         whose transfers progress together start them now, so that their answers come
         in while earlier files are written."""
 
+    def read_prefetched(self, path: str) -> bytes | None:
+        """The whole of ``path``, :meth:`prefetch`-ed, once it has arrived plainly as
+        stored and small enough to hold; None (here, always) where it is to be read
+        through :meth:`open_read`, which has the retries and the words for what went
+        wrong."""
+        return None
+
     def open_read(self, path: str, offset: int = 0) -> BinaryIO:
         """A stream from ``offset``; transient breaks resume transparently."""
         self._rel(path)

@@ -8,6 +8,7 @@ promised in one place.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .errors import GatewayError, IntegrityError
 from .streams import CHUNK, VerifyingReader
 
 log = logging.getLogger("ferry.gateways")
+SMALL = 1 << 20  # bytes: a file at most this large may be copied by copy_prefetched
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,37 @@ def copy_file(
     """:func:`copy_stream` from a file of ``source``; ``kw`` as there."""
     opener = functools.partial(source.open_read, source_path)
     return copy_stream(opener, source.display(source_path), target, path, expect, **kw)
+
+
+def copy_prefetched(
+    source: Gateway,
+    source_path: str,
+    target: Gateway,
+    path: str,
+    expect: Expected,
+    durable: bool = True,
+) -> Copied | None:
+    """:func:`copy_file`'s short way for a small file whose bytes have all arrived (a
+    prefetched HTTP answer): checked and written in one call each, without the
+    layers of a stream that may break, resume or run to gigabytes (measured: half
+    the Python of a 20 kB package). None where there is no such answer, or it fails
+    its check: :func:`copy_file` then copies it, with its retries and messages.
+    A larger file is streamed as it comes (it is written, and its progress told, as
+    it arrives; its bytes cost far more than the layers)."""
+    if expect.size is None or expect.size > SMALL:
+        return None
+    data = source.read_prefetched(source_path)
+    if data is None:
+        return None
+    what = source.display(source_path)
+    reader = VerifyingReader(io.BytesIO(data), what, expect.size, expect.sha256, expect.md5)
+    try:
+        reader.read(len(data))
+        reader.read(1)  # the end: size and digests checked
+    except IntegrityError as exc:
+        log.debug("%s; fetching it again", exc)
+        return None
+    return Copied(target.write_bytes(path, data, durable), len(data), reader.sha256.hexdigest())
 
 
 def matches(gateway: Gateway, path: str, expect: Expected) -> bool:

@@ -305,6 +305,31 @@ class CurlPool:
                 driver.early.pop(next(iter(driver.early))).close()
             driver.early[key] = self._send(driver, method, url, headers)
 
+    def take_whole(self, method: str, url: str, headers: dict[str, str]) -> bytes | None:
+        """The body of a request :meth:`send_ahead` started, once it has ended with a
+        200 and at most :data:`AHEAD` bytes (all of it held here). None otherwise:
+        one that answered anything else is left for :meth:`open`, whose caller has
+        the words for it; one that failed or fell silent is dropped, and :meth:`open`
+        asks again."""
+        driver = self._driver()
+        key = _key(method, url, headers)
+        response = driver.early.get(key)
+        if response is None:
+            return None
+        try:
+            response._pump(lambda: response._paused)  # paused: more than AHEAD bytes
+        except (OSError, EOFError):
+            del driver.early[key]
+            response.close()
+            return None
+        response._read_head()
+        if not response._ended or response.status != 200:
+            return None
+        del driver.early[key]
+        body = b"".join(response._chunks)
+        response.close()
+        return body
+
     def _send(
         self, driver: _Driver, method: str, url: str, headers: dict[str, str]
     ) -> CurlResponse:

@@ -262,6 +262,12 @@ class HTTPGateway(Gateway):
             with self._errors(path):
                 self._pool.send_ahead("GET", self._url(path), self._get(path))
 
+    def read_prefetched(self, path: str) -> bytes | None:
+        if not path.endswith(COMPRESSED_SUFFIXES):  # an encoding might be to undo
+            return None
+        with self._errors(path):
+            return self._pool.take_whole("GET", self._url(path), self._get(path))
+
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         response = self._request("GET", path, self._get(path, offset, version), retry=False)
         served = response.headers.get("etag")

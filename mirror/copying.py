@@ -22,7 +22,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from conda_ferry.gateways import Copied, Expected, Gateway, GatewayError, copy_file
+from conda_ferry.gateways import (
+    Copied,
+    Expected,
+    Gateway,
+    GatewayError,
+    copy_file,
+    copy_prefetched,
+)
 
 from .progress import Progress
 
@@ -73,17 +80,26 @@ def copy_all(
     def copy(filename: str, record: Mapping[str, Any]) -> None:
         if stop.is_set():
             raise _Cancelled
+        source_path, path, expect = (
+            f"{route.source_dir}{filename}",
+            f"{route.subdir}/{filename}",
+            expected(record),
+        )
         try:
-            copied = copy_file(
-                source,
-                f"{route.source_dir}{filename}",
-                target,
-                f"{route.subdir}/{filename}",
-                expected(record),
-                durable=False,  # the caller flushes once, before publishing
-                attempts=INTEGRITY_ATTEMPTS,
-                progress=advance,
-            )
+            copied = copy_prefetched(source, source_path, target, path, expect, durable=False)
+            if copied is not None:
+                advance(copied.size)
+            else:
+                copied = copy_file(
+                    source,
+                    source_path,
+                    target,
+                    path,
+                    expect,
+                    durable=False,  # the caller flushes once, before publishing
+                    attempts=INTEGRITY_ATTEMPTS,
+                    progress=advance,
+                )
         except GatewayError as exc:
             failed(filename, str(exc))
         else:

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conda_ferry.gateways import is_temp, open_gateway
+from conda_ferry.gateways.copy import SMALL
 from conda_ferry.mirror import copiers, copying
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
@@ -93,14 +94,17 @@ def test_a_worker_that_dies_costs_time_not_files(
     """A forked worker dies (as if out of memory) when it reaches one file: what it
     had not reported is copied by the others or the main process."""
     parent = os.getpid()
-    copy_file = copying.copy_file
 
-    def dying(source: Any, path: str, *args: Any, **kw: Any) -> Any:
-        if os.getpid() != parent and path.endswith("zlib-1.3.1-h0_0.conda"):
-            os._exit(9)
-        return copy_file(source, path, *args, **kw)
+    def dying(copy: Callable[..., Any]) -> Callable[..., Any]:
+        def copy_or_die(source: Any, path: str, *args: Any, **kw: Any) -> Any:
+            if os.getpid() != parent and path.endswith("zlib-1.3.1-h0_0.conda"):
+                os._exit(9)
+            return copy(source, path, *args, **kw)
 
-    monkeypatch.setattr(copying, "copy_file", dying)
+        return copy_or_die
+
+    for name in ("copy_file", "copy_prefetched"):  # whichever way the file is copied
+        monkeypatch.setattr(copying, name, dying(getattr(copying, name)))
     mirror = tmp_path / "mirror"
     job = job_yaml(tmp_path / "job.yaml", upstream[1], str(mirror), "processes: 2\n")
     result = ferry("sync", str(job))
@@ -168,7 +172,8 @@ def test_workers_stop_with_the_run(nginx: Server, tmp_path: Path, how: signal.Si
     Either way their copies in flight are abandoned and their temp files removed."""
     root = nginx.root / f"slow-{tmp_path.name[-12:]}"
     for i in range(6):
-        spec = Spec(f"big{i}", files={"data.bin": os.urandom(400_000)})
+        # larger than what is held whole (copy_prefetched): written as it comes
+        spec = Spec(f"big{i}", files={"data.bin": os.urandom(SMALL + 100_000)})
         write_package(root, spec, ".conda")
     reindex(root)
     proxy = FaultProxy(nginx.port)

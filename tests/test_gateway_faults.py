@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conda_ferry.gateways import GatewayOptions, TransientError, open_gateway
+from conda_ferry.gateways import (
+    Expected,
+    GatewayOptions,
+    NotFound,
+    TransientError,
+    copy_file,
+    copy_prefetched,
+    open_gateway,
+)
 from conda_ferry.mirror.cli import main
 from tests.conftest import FAST_RETRY
 from tests.faultproxy import FaultProxy
@@ -58,6 +66,60 @@ def test_http_gives_up_after_bounded_attempts(http_proxy: FaultProxy) -> None:
     ):
         gw.read_bytes("pkg.tar.bz2")
     assert http_proxy.connections == FAST_RETRY["retries"]
+
+
+SMALL_DATA = os.urandom(300_000)
+
+
+@pytest.mark.parametrize(
+    ("fault", "short"),
+    [
+        ("pass", True),  # whole and right: written from what arrived
+        ("status:503", False),  # answered otherwise: copy_file's to retry
+        ("drop:60", False),  # cut inside the headers
+        ("drop:200000", False),  # cut inside the body
+        ("flip:100000", False),  # corrupted in transit
+        ("freeze:150000", False),  # silent past the timeout
+    ],
+)
+def test_http_small_prefetched_file_is_written_only_when_it_came_whole_and_right(
+    nginx: Server, tmp_path: Path, fault: str, short: bool
+) -> None:
+    """A prefetched small file that arrived whole with a 200 and the record's digest
+    is written as it is; anything else leaves it to copy_file, which gets it right."""
+    (nginx.root / "short").mkdir(exist_ok=True)
+    (nginx.root / "short" / "pkg.conda").write_bytes(SMALL_DATA)
+    expect = Expected(len(SMALL_DATA), hashlib.sha256(SMALL_DATA).hexdigest())
+    proxy = FaultProxy(nginx.port)
+    proxy.plan(fault)
+    options = GatewayOptions(**FAST_RETRY, timeout=1)
+    try:
+        with (
+            open_gateway(f"http://127.0.0.1:{proxy.port}/short", options) as source,
+            open_gateway(str(tmp_path)) as target,
+        ):
+            source.prefetch(["pkg.conda"])
+            copied = copy_prefetched(source, "pkg.conda", target, "pkg.conda", expect)
+            assert (copied is not None) == short
+            assert not list(tmp_path.iterdir()) or short
+            if copied is None:
+                copied = copy_file(source, "pkg.conda", target, "pkg.conda", expect, attempts=2)
+    finally:
+        proxy.close()
+    assert (tmp_path / "pkg.conda").read_bytes() == SMALL_DATA
+    assert copied.sha256 == expect.sha256 and copied.size == len(SMALL_DATA)
+
+
+def test_http_small_file_answered_404_fails_with_its_words(nginx: Server, tmp_path: Path) -> None:
+    with (
+        open_gateway(nginx.url, GatewayOptions(**FAST_RETRY)) as source,
+        open_gateway(str(tmp_path)) as target,
+    ):
+        source.prefetch(["missing.conda"])
+        assert copy_prefetched(source, "missing.conda", target, "x", Expected(5)) is None
+        with pytest.raises(NotFound, match=r"missing\.conda: HTTP 404"):
+            copy_file(source, "missing.conda", target, "x", Expected(5))
+    assert not list(tmp_path.iterdir())
 
 
 def test_s3_resumes_after_a_drop_mid_body(moto: Server) -> None:
