@@ -16,7 +16,14 @@ from conda_ferry.gateways import FileInfo, Gateway, GatewayError
 from . import channeldata, patches, repodata
 from .cache import Entry, IndexCache
 from .package import BadPackage, read_package
-from .publish import OutputOptions, Written, publish_subdir, write_if_changed
+from .publish import (
+    Aside,
+    OutputOptions,
+    Written,
+    publish_subdir,
+    when_asked,
+    write_if_changed,
+)
 from .records import EXTENSIONS, BadFilename, check_filename, package_key, record_from_package
 from .subdir import SubdirView
 
@@ -289,7 +296,11 @@ def build_subdir(
 
 
 def publish_built(
-    gateway: Gateway, view: SubdirView, options: IndexOptions, built: BuiltSubdir
+    gateway: Gateway,
+    view: SubdirView,
+    options: IndexOptions,
+    built: BuiltSubdir,
+    aside: Aside = when_asked,
 ) -> SubdirSummary:
     summary = built.summary
     written = publish_subdir(
@@ -300,6 +311,7 @@ def publish_built(
         built.extra_files,
         view.repodata_json,
         view.names,
+        aside,
     )
     summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
     return summary

@@ -1,25 +1,43 @@
 """Write one subdir's index outputs in the order that keeps every client consistent.
 
-Order: new shards, the shard index, repodata.json.zst (and .bz2), repodata.json,
-repodata.jlap; then auxiliary files; stale shards last. A kill at any instant
-leaves either the previous set or the new one readable: each file is replaced
-atomically, and nothing refers to a file that is not yet there.
+Order: new shards (durable) then the shard index, and meanwhile repodata.json.zst
+(and .bz2), repodata.json, repodata.jlap; then auxiliary files; stale shards last.
+A kill at any instant leaves each of these readable, the previous version or the
+new one: each file is replaced atomically, and nothing refers to a file that is not
+yet there.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 
 from . import jlap, repodata, shards
 from .outputs import OutputOptions
 
-__all__ = ["OutputOptions", "Written", "publish_subdir", "write_if_changed"]
+__all__ = ["Aside", "OutputOptions", "Written", "publish_subdir", "when_asked", "write_if_changed"]
 
 log = logging.getLogger("ferry.index")
+T = TypeVar("T")
+
+
+class Aside(Protocol):
+    """Starts ``job(gateway, *args)`` where it runs beside this process's own work (a
+    worker process of a sync), or nowhere yet; the callable returned gives its result."""
+
+    def __call__(
+        self, job: Callable[..., T], gateway: Gateway, /, *args: Any
+    ) -> Callable[[], T]: ...
+
+
+def when_asked(job: Callable[..., T], gateway: Gateway, *args: Any) -> Callable[[], T]:
+    """No other process: the job runs when its result is asked for."""
+    return functools.partial(job, gateway, *args)
 
 
 @dataclass
@@ -68,6 +86,33 @@ def _read_existing(gateway: Gateway, path: str) -> bytes | None:
         return None
 
 
+def write_shards(
+    gateway: Gateway, subdir: str, document: dict[str, Any] | None
+) -> tuple[bytes | None, list[str], list[str]]:
+    """The shards of ``document`` not there yet, written and durable: the shard
+    index's bytes, the paths written, and the shards no longer referenced (all of
+    them without a ``document``: shards switched off). Half a large subdir's
+    publication, which another process may do while this one writes the rest."""
+    have: set[str] = set()
+    for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
+        if is_temp(info.name):
+            gateway.delete(info.path)  # a killed run's half-written shard
+        elif info.name.endswith(".msgpack.zst"):
+            have.add(info.path.split("/", 1)[1])
+    if document is None:
+        return None, [], sorted(have)
+    index_bytes, shard_files = shards.build(document)
+    new = {shards.shard_path(h): data for h, data in shard_files.items()}
+    paths = gateway.write_many(
+        (f"{subdir}/{path}", data)
+        for path, data in new.items()
+        if path not in have  # content-addressed: present means identical
+    )
+    if paths:
+        gateway.flush()  # one flush for all shards, before the index names them
+    return index_bytes, paths, sorted(have - new.keys())
+
+
 def publish_subdir(
     gateway: Gateway,
     subdir: str,
@@ -76,34 +121,19 @@ def publish_subdir(
     extra_files: dict[str, bytes] | None = None,
     old_json: bytes | None = None,
     existing: set[str] | None = None,
+    aside: Aside = when_asked,
 ) -> Written:
     """Publish ``document`` as ``subdir``'s repodata and everything derived from it.
 
     ``old_json``: the repodata.json published now, as the caller read it;
     ``existing``: the names of the files in the subdir (outputs switched off since
-    are removed once the new repodata.json is out)."""
+    are removed once the new repodata.json is out); ``aside``: where the shards are
+    written while this process writes the rest."""
     written = Written()
     new_json = repodata.dumps(document)
-
-    referenced: set[str] = set()
-    if options.shards:
-        index_bytes, shard_files = shards.build(document)
-        referenced = {shards.shard_path(h) for h in shard_files}
-        have: set[str] = set()
-        for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
-            if is_temp(info.name):
-                gateway.delete(info.path)  # a killed run's half-written shard
-            else:
-                have.add(info.path.split("/", 1)[1])
-        new = {shards.shard_path(h): data for h, data in shard_files.items()}
-        written.paths = gateway.write_many(
-            (f"{subdir}/{path}", data)
-            for path, data in new.items()
-            if path not in have  # content-addressed: present means identical
-        )
-        if written.paths:
-            gateway.flush()  # one flush for all shards, before the index names them
-        write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", index_bytes, written)
+    sharding = None
+    if options.shards or shards.INDEX_NAME in (existing or ()):
+        sharding = aside(write_shards, gateway, subdir, document if options.shards else None)
 
     if options.zst:
         write_if_changed(
@@ -137,13 +167,13 @@ def publish_subdir(
     for path, data in (extra_files or {}).items():
         write_if_changed(gateway, f"{subdir}/{path}", data, written)
 
+    if sharding is not None:
+        index_bytes, paths, written.stale = sharding()
+        written.paths.extend(paths)
+        if index_bytes is not None:
+            write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", index_bytes, written)
     for key, name in OUTPUT_FILES.items():
         if not getattr(options, key) and name in (existing or ()):
             gateway.delete(f"{subdir}/{name}")
             written.deleted.append(f"{subdir}/{name}")
-    if options.shards or shards.INDEX_NAME in (existing or ()):
-        for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
-            rel = info.path.split("/", 1)[1]
-            if rel not in referenced and rel.endswith(".msgpack.zst"):
-                written.stale.append(rel)
     return written

@@ -10,14 +10,13 @@ deleted while a published record still names it.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from conda_ferry.gateways import Gateway, NotFound
 from conda_ferry.index.channel import (
@@ -27,6 +26,7 @@ from conda_ferry.index.channel import (
     build_subdir,
     publish_built,
 )
+from conda_ferry.index.publish import Aside, when_asked
 from conda_ferry.index.subdir import SubdirView
 
 from . import snapstore
@@ -86,18 +86,6 @@ class Commit:
         return (self.managed - self.known.keys()) | self.hidden
 
 
-class Aside(Protocol):
-    """Starts ``job(target, *args)`` where it runs beside this process's own work (a
-    worker process), or nowhere yet; the callable returned gives its result."""
-
-    def __call__(self, job: Callable[..., T], target: Gateway, *args: Any) -> Callable[[], T]: ...
-
-
-def when_asked(job: Callable[..., T], target: Gateway, *args: Any) -> Callable[[], T]:
-    """No other process: the job runs when its result is asked for."""
-    return functools.partial(job, target, *args)
-
-
 def commit_subdir(
     target: Gateway,
     view: SubdirView,
@@ -106,13 +94,18 @@ def commit_subdir(
     options: IndexOptions,
     aside: Aside = when_asked,
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
-    """``aside``: where the package pages of a local target are written while the
-    repodata is published (each is half of a large commit's work, and creating files
-    in two directories goes twice as fast from two processes as from one)."""
+    """``aside``: where the package pages and the shards of a local target are
+    written while the rest of the repodata is published (with it, each is a third of
+    a large commit's work, and creating files in three directories goes faster from
+    several processes than from one)."""
     target.flush()  # every package durable before any repodata names it
     built = build_subdir(target, view, options, commit.known, commit.skip, commit.extras)
+    if target.scheme != "file" or len(built.entries) > ASIDE_AT_MOST:
+        # a remote target's writes overlap already (write_many), and a worker would
+        # open one more connection to it
+        aside = when_asked
     pages = _pages(target, view, built.entries, state, options, aside)
-    summary = publish_built(target, view, options, built)
+    summary = publish_built(target, view, options, built, aside)
     pages()
     gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
     state.upstream_files = sorted(commit.managed - gone)
@@ -146,10 +139,6 @@ def _pages(
             state.pages = {}
 
         return remove
-    if target.scheme != "file" or len(entries) > ASIDE_AT_MOST:
-        # a remote target's page writes overlap already (write_many), and a worker
-        # would open one more connection to it
-        aside = when_asked
     package_pages = aside(
         write_package_pages, target, view.subdir, entries, state.pages, view.names, options.jobs
     )

@@ -145,7 +145,7 @@ class Helpers:
         does again here if the worker dies on it."""
         worker = next((w for w in self._workers or () if w.alive and not w.busy), None)
         if worker is None:
-            return functools.partial(job, target, *args)  # as commit.when_asked
+            return functools.partial(job, target, *args)  # as index.publish.when_asked
         worker.busy = True
         worker.send("call", job, target.url, target.options, args)
 

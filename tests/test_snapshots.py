@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 import rattler
+import rattler.exceptions
 
 from conda_ferry.gateways import GatewayOptions, open_gateway
 from tests.helpers import ferry, load, records
