@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import html.parser
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -78,18 +77,20 @@ def _accept(path: str, wanted: str) -> str:
     return "identity" if path.endswith(COMPRESSED_SUFFIXES) else wanted
 
 
-class _Links(html.parser.HTMLParser):
+def _hrefs(page: str) -> list[str]:
     """Hrefs of an autoindex page (nginx, Apache, S3-style HTML listings)."""
+    import html.parser  # listings only: not loaded on every start
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
+    hrefs: list[str] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            href = dict(attrs).get("href")
+    class Links(html.parser.HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            href = dict(attrs).get("href") if tag == "a" else None
             if href:
-                self.hrefs.append(href)
+                hrefs.append(href)
+
+    Links().feed(page)
+    return hrefs
 
 
 class HTTPGateway(Gateway):
@@ -224,10 +225,8 @@ class HTTPGateway(Gateway):
                 raise ProtocolError(self.display(path), "the server gives no directory listing")
             with self._body(response, path) as body:
                 page = body.read()
-        parser = _Links()
-        parser.feed(page.decode("utf-8", "replace"))
         out: list[FileInfo] = []
-        for href in parser.hrefs:
+        for href in _hrefs(page.decode("utf-8", "replace")):
             name = unquote(href.split("?", 1)[0])
             if "://" in name or name.startswith(("/", "..", "#")) or name in ("", "./"):
                 continue

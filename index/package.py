@@ -11,7 +11,6 @@ import bz2
 import hashlib
 import io
 import struct
-import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -130,6 +129,8 @@ def _safe_member(name: str) -> None:
 
 def _collect(tar_stream: BinaryIO, found: dict[str, bytes], stop_after_info: bool) -> None:
     """Pull the wanted members out of a tar stream, checking every member's name."""
+    import tarfile  # read packages only: not loaded for a mirror's upstream records
+
     seen_info = False
     try:
         with tarfile.open(fileobj=tar_stream, mode="r|") as tar:

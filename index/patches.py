@@ -7,7 +7,6 @@ A ``null`` value removes the key from the record.
 from __future__ import annotations
 
 import copy
-import tarfile
 from typing import Any, BinaryIO
 
 import orjson
@@ -91,6 +90,7 @@ def instructions_from_package(stream: BinaryIO, source: str) -> dict[str, dict[s
     Such a package carries ``<subdir>/patch_instructions.json`` files in its payload.
     """
     import bz2
+    import tarfile
 
     found: dict[str, dict[str, Any]] = {}
     if not source.endswith(".tar.bz2"):

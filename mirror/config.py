@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -170,6 +169,8 @@ def _subdirs(top: Reader) -> tuple[str, ...]:
         if not is_subdir_name(subdir):
             top.note("subdirs", f"'{subdir}' is not a subdir name", "e.g. linux-64, noarch")
         elif subdir not in KNOWN_SUBDIRS:
+            import difflib  # a mistake's suggestion: not loaded on every start
+
             close = difflib.get_close_matches(subdir, sorted(KNOWN_SUBDIRS), n=1, cutoff=0.8)
             if close:
                 top.note(

@@ -7,7 +7,6 @@ The person reading the error is looking at a cron mail, not a debugger: one line
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import os
 import re
 from dataclasses import fields
@@ -143,6 +142,8 @@ class Reader:
         self.data, self.src, self.where = data, src, where
         for key in data:
             if key not in allowed:
+                import difflib  # a mistake's suggestion: not loaded on every start
+
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 fix = (
                     f"did you mean '{close[0]}'?"
