@@ -249,6 +249,17 @@ class CurlResponse(RawStream):
         if self._ended and self._error is not None and not self._chunks:
             raise self._error
 
+    def whole(self) -> bytes | None:
+        """The body, once the transfer has ended well with a 200 and all of it is held
+        here; None if it answered otherwise, broke after some bytes (a reader resumes
+        from them) or holds more than :data:`AHEAD` bytes. Raises as :meth:`read` would
+        where it failed before any byte, or fell silent."""
+        self._pump(lambda: self._paused)  # paused: more than AHEAD bytes held
+        self._read_head()
+        if not self._ended or self._error is not None or self.status != 200:
+            return None
+        return b"".join(self._chunks)
+
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             return self.readall()
@@ -306,27 +317,22 @@ class CurlPool:
             driver.early[key] = self._send(driver, method, url, headers)
 
     def take_whole(self, method: str, url: str, headers: dict[str, str]) -> bytes | None:
-        """The body of a request :meth:`send_ahead` started, once it has ended with a
-        200 and at most :data:`AHEAD` bytes (all of it held here). None otherwise:
-        one that answered anything else is left for :meth:`open`, whose caller has
-        the words for it; one that failed or fell silent is dropped, and :meth:`open`
-        asks again."""
+        """The body of a request :meth:`send_ahead` started, once it has come whole
+        (:meth:`CurlResponse.whole`); None otherwise: one that answered anything else
+        is left for :meth:`open`, whose caller has the words for it; one that failed
+        or fell silent is dropped, and :meth:`open` asks again."""
         driver = self._driver()
         key = _key(method, url, headers)
         response = driver.early.get(key)
         if response is None:
             return None
         try:
-            response._pump(lambda: response._paused)  # paused: more than AHEAD bytes
+            body = response.whole()
+            if body is None:
+                return None  # left for open()
         except (OSError, EOFError):
-            del driver.early[key]
-            response.close()
-            return None
-        response._read_head()
-        if not response._ended or response.status != 200:
-            return None
+            body = None
         del driver.early[key]
-        body = b"".join(response._chunks)
         response.close()
         return body
 

@@ -71,10 +71,15 @@ def _explicit(text: str, lockfile: str) -> list[Locked]:
 
 def _conda_lock(data: dict[str, Any], lockfile: str) -> list[Locked]:
     found = []
-    for package in data.get("package") or []:
+    packages = data.get("package") or []
+    if not isinstance(packages, list):
+        raise LockfileError("'package' is not a list of packages")
+    for package in packages:
         if not isinstance(package, dict) or package.get("manager", "conda") != "conda":
             continue  # pip packages are not the channel's
         hashes = package.get("hash") or {}
+        if not isinstance(hashes, dict):
+            raise LockfileError(f"the 'hash' of {str(package.get('url'))[:200]!r} is not a mapping")
         found.append(
             _split(str(package.get("url", "")), lockfile, hashes.get("sha256"), hashes.get("md5"))
         )

@@ -14,6 +14,7 @@ import yaml
 
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.publish import OutputOptions, publish_subdir
+from conda_ferry.mirror.lockfiles import LockfileError, read_lockfile
 from tests.helpers import ferry, load, records
 from tests.servers import Server
 from tests.upstream import build_upstream, job_yaml
@@ -155,3 +156,21 @@ def test_an_unreadable_lockfile_is_one_line_naming_it(tmp_path: Path) -> None:
     assert f"{lock}: neither @EXPLICIT nor YAML" in result.output
     assert "missing.lock: no such file" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("package: zlib", "'package' is not a list"),
+        ("package: [{url: 'https://c/linux-64/z-1-0.conda', hash: x}]", "is not a mapping"),
+    ],
+)
+def test_a_conda_lock_of_the_wrong_shape_is_refused_by_name(
+    tmp_path: Path, body: str, why: str
+) -> None:
+    """Found by the lockfiles fuzzer: a conda-lock.yml whose parts are of the wrong
+    type is a LockfileError, never a traceback."""
+    lock = tmp_path / "conda-lock.yml"
+    lock.write_text(f"metadata: {{}}\n{body}\n")
+    with pytest.raises(LockfileError, match=why):
+        read_lockfile(lock)
