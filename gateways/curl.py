@@ -31,6 +31,9 @@ from .streams import RawStream
 
 # Body bytes libcurl may buffer ahead of the reader before it is paused.
 AHEAD = 4 << 20
+# seconds a request sent ahead may take to come whole for CurlPool.take_whole; a
+# slower one is read as a stream, under the reader's min_rate
+WHOLE_WITHIN = 5.0
 MAX_AHEAD = 64  # requests sent ahead of being opened, per thread
 _REDIRECTS = 10
 _WEB = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
@@ -174,7 +177,7 @@ class CurlResponse(RawStream):
         self._error: BaseException | None = None
         self._chunks: deque[bytes] = deque()
         self._ahead = 0
-        self._heard = time.monotonic()
+        self._heard = self._sent = time.monotonic()
         curl.setopt(pycurl.WRITEFUNCTION, self._body)
         curl.setopt(pycurl.HEADERFUNCTION, self._lines.append)
 
@@ -252,9 +255,12 @@ class CurlResponse(RawStream):
     def whole(self) -> bytes | None:
         """The body, once the transfer has ended well with a 200 and all of it is held
         here; None if it answered otherwise, broke after some bytes (a reader resumes
-        from them) or holds more than :data:`AHEAD` bytes. Raises as :meth:`read` would
-        where it failed before any byte, or fell silent."""
-        self._pump(lambda: self._paused)  # paused: more than AHEAD bytes held
+        from them), holds more than :data:`AHEAD` bytes or is still coming
+        :data:`WHOLE_WITHIN` seconds after it was asked for (a trickle is a reader's
+        to judge). Raises as :meth:`read` would where it failed before any byte, or
+        fell silent."""
+        late = self._sent + WHOLE_WITHIN
+        self._pump(lambda: self._paused or time.monotonic() > late)
         self._read_head()
         if not self._ended or self._error is not None or self.status != 200:
             return None

@@ -265,7 +265,10 @@ class HTTPGateway(Gateway):
         if not path.endswith(COMPRESSED_SUFFIXES):  # an encoding might be to undo
             return None
         with self._errors(path):
-            return self._pool.take_whole("GET", self._url(path), self._get(path))
+            body = self._pool.take_whole("GET", self._url(path), self._get(path))
+        if body is not None and self._cap is not None:
+            self._cap.take(len(body))  # max_rate counts these bytes as a reader would
+        return body
 
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         response = self._request("GET", path, self._get(path, offset, version), retry=False)

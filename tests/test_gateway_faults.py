@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from conda_ferry.gateways import (
     copy_prefetched,
     open_gateway,
 )
+from conda_ferry.gateways.errors import TooSlow
 from conda_ferry.mirror.cli import main
 from tests.conftest import FAST_RETRY
 from tests.faultproxy import FaultProxy
@@ -108,6 +110,49 @@ def test_http_small_prefetched_file_is_written_only_when_it_came_whole_and_right
         proxy.close()
     assert (tmp_path / "pkg.conda").read_bytes() == SMALL_DATA
     assert copied.sha256 == expect.sha256 and copied.size == len(SMALL_DATA)
+
+
+def test_http_small_file_trickling_in_is_judged_by_min_rate(
+    nginx: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small answer still coming after a while is left to the stream reader, whose
+    min_rate ends it: the short way never waits on a trickle for long."""
+    from conda_ferry.gateways import curl
+
+    monkeypatch.setattr(curl, "WHOLE_WITHIN", 0.3)
+    (nginx.root / "short").mkdir(exist_ok=True)
+    (nginx.root / "short" / "slow.conda").write_bytes(SMALL_DATA[:20_000])
+    proxy = FaultProxy(nginx.port)
+    proxy.default = "trickle:400"  # 50 s for the whole file
+    options = GatewayOptions(retries=1, timeout=1, min_rate=1024)
+    try:
+        with (
+            open_gateway(f"http://127.0.0.1:{proxy.port}/short", options) as source,
+            open_gateway(str(tmp_path)) as target,
+        ):
+            source.prefetch(["slow.conda"])
+            assert copy_prefetched(source, "slow.conda", target, "x", Expected(20_000)) is None
+            with pytest.raises(TooSlow, match="below min_rate"):
+                copy_file(source, "slow.conda", target, "x", Expected(20_000))
+    finally:
+        proxy.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_http_small_file_taken_whole_counts_against_max_rate(nginx: Server, tmp_path: Path) -> None:
+    """Bytes taken whole are charged to the gateway's max_rate as a reader's are, so
+    the transfers after them wait their turn."""
+    (nginx.root / "short").mkdir(exist_ok=True)
+    (nginx.root / "short" / "capped.conda").write_bytes(SMALL_DATA)
+    expect = Expected(len(SMALL_DATA), hashlib.sha256(SMALL_DATA).hexdigest())
+    with (
+        open_gateway(f"{nginx.url}/short", GatewayOptions(max_rate=1000)) as source,
+        open_gateway(str(tmp_path)) as target,
+    ):
+        source.prefetch(["capped.conda"])
+        assert copy_prefetched(source, "capped.conda", target, "c", expect) is not None
+        cap = source._cap  # type: ignore[attr-defined]
+        assert cap._free_at - time.monotonic() > len(SMALL_DATA) / 1000 - 60
 
 
 def test_http_small_file_answered_404_fails_with_its_words(nginx: Server, tmp_path: Path) -> None:
