@@ -80,15 +80,12 @@ def copy_all(
     def copy(filename: str, record: Mapping[str, Any]) -> None:
         if stop.is_set():
             raise _Cancelled
-        source_path, path, expect = (
-            f"{route.source_dir}{filename}",
-            f"{route.subdir}/{filename}",
-            expected(record),
-        )
+        source_path = f"{route.source_dir}{filename}"
+        path, expect = f"{route.subdir}/{filename}", expected(record)
         try:
             copied = copy_prefetched(source, source_path, target, path, expect, durable=False)
             if copied is not None:
-                advance(copied.size)
+                progress.advance(copied.size)  # landed: reported even if stopping now
             else:
                 copied = copy_file(
                     source,
