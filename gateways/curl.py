@@ -261,7 +261,6 @@ class CurlResponse(RawStream):
         fell silent."""
         late = self._sent + WHOLE_WITHIN
         self._pump(lambda: self._paused or time.monotonic() > late)
-        self._read_head()
         if not self._ended or self._error is not None or self.status != 200:
             return None
         return b"".join(self._chunks)

@@ -228,10 +228,10 @@ class LocalGateway(Gateway):
     @staticmethod
     def _open_directory(path: str) -> int:
         try:
-            return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            return _open_dir(path)
         except FileNotFoundError:
             os.makedirs(path, exist_ok=True)  # the first file of a new directory
-            return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            return _open_dir(path)
 
     def free_space(self, path: str = "") -> int | None:
         where = self._abs(path)
@@ -283,7 +283,7 @@ class LocalGateway(Gateway):
             try:
                 _write_all(fd, data)
                 os.fsync(fd)
-                directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+                directory = _open_dir(parent)
                 try:
                     _link_at(fd, directory, target.name)
                 finally:
@@ -296,19 +296,31 @@ class LocalGateway(Gateway):
         return True
 
 
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
 def _link_into_place(fd: int, parent: str, name: str) -> str:
     """Give the unnamed file ``fd`` its name in ``parent``; where that name is taken,
     a temp name instead, returned, for the caller to rename over it."""
-    directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    directory = _open_dir(parent)
+    try:
+        tmp = _link_or_temp(fd, directory, name)
+    finally:
+        os.close(directory)
+    return f"{parent}/{tmp}" if tmp else ""
+
+
+def _link_or_temp(fd: int, directory: int, name: str) -> str:
+    """Link the unnamed file ``fd`` as ``name`` in the open ``directory``; where that
+    name is taken, as a temp name instead, returned for the caller to rename."""
     try:
         _link_at(fd, directory, name)
         return ""
     except FileExistsError:
         tmp = temp_name(name)
         _link_at(fd, directory, tmp)
-        return f"{parent}/{tmp}"
-    finally:
-        os.close(directory)
+        return tmp
 
 
 def _link_at(fd: int, directory: int, name: str) -> None:
@@ -330,20 +342,16 @@ def _write_unnamed_at(directory: int, name: str, data: bytes) -> bool:
         _write_all(fd, data)
         if not _UMASK_KEEPS_644:
             os.fchmod(fd, 0o644)  # servable whatever the umask
-        try:
-            _link_at(fd, directory, name)
-            return True
-        except FileExistsError:
-            tmp = temp_name(name)
-            _link_at(fd, directory, tmp)
+        tmp = _link_or_temp(fd, directory, name)
     finally:
         os.close(fd)
-    try:
-        os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=directory)
-        raise
+    if tmp:
+        try:
+            os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=directory)
+            raise
     return True
 
 

@@ -38,7 +38,6 @@ from .upstream import Descriptions
 log = logging.getLogger("ferry.commit")
 Record = Mapping[str, Any]  # a dict, or a record read compactly (index.compact)
 R = TypeVar("R", bound=Mapping[str, Any])
-T = TypeVar("T")
 DEFAULT_GRACE = 7 * 86400.0  # CEP 16 asks servers to keep stale shards about a week
 # records sent to another process for the pages, at most: beyond, their copy through a
 # pipe costs more memory than a run of a channel that size may have to spare
