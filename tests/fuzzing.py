@@ -476,6 +476,87 @@ def fuzz_sftp(seconds: float, seed: int) -> int:
     return count
 
 
+def _lying_answer(rng: random.Random, body: bytes) -> bytes:
+    """An HTTP answer to a GET of ``body``: often right, else a wrong status, damaged
+    or longer bytes, a Content-Length that lies, an encoding, a redirect to nowhere,
+    or a cut anywhere."""
+    status = rng.choice([b"200 OK"] * 6 + [b"404 No", b"503 Busy", b"206 Part", b"302 Go", b"99"])
+    data = body
+    if rng.random() < 0.2:
+        data = _mutate(rng, body)
+    elif rng.random() < 0.1:
+        data = body + rng.randbytes(rng.randint(1, 5000))
+    length = len(data)
+    if rng.random() < 0.2:
+        length = rng.choice([0, len(body), len(data) + 10, len(data) // 2])
+    head = [b"HTTP/1.1 " + status, b"Content-Length: %d" % length, b"Connection: close"]
+    if rng.random() < 0.1:
+        head.append(b"Content-Encoding: gzip")
+    if rng.random() < 0.1:
+        head.append(b"Location: http://127.0.0.1:1/gone")
+    answer = b"\r\n".join(head) + b"\r\n\r\n" + data
+    return answer[: rng.randrange(len(answer))] if rng.random() < 0.15 else answer
+
+
+def fuzz_answers(seconds: float, seed: int) -> int:
+    """Lying HTTP answers to package downloads, from a real socket through libcurl:
+    the short way for small files (copy_prefetched) writes a file only with exactly
+    the record's bytes, else leaves it to copy_file, which ends right or with a
+    GatewayError; nothing else escapes, nothing wrong is ever named."""
+    import socket
+    import threading
+
+    from conda_ferry.gateways import Expected, copy_file, copy_prefetched
+
+    rng = random.Random(seed)
+    body = rng.randbytes(30_000)
+    expect = Expected(len(body), hashlib.sha256(body).hexdigest())
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    answers = random.Random(seed + 1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(2)
+                request = b""
+                while b"\r\n\r\n" not in request and (more := conn.recv(4096)):
+                    request += more
+                conn.sendall(_lying_answer(answers, body))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    options = GatewayOptions(timeout=1, retries=2, retry_delay=0, min_rate=0)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    count = 0
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            open_gateway(url, options) as source,
+            open_gateway(tmp) as target,
+        ):
+            for count in _deadline(seconds):
+                path = f"p{count}.conda"
+                source.prefetch(["pkg.conda"])
+                copied = copy_prefetched(source, "pkg.conda", target, path, expect, False)
+                if copied is None:
+                    with contextlib.suppress(GatewayError):
+                        copied = copy_file(source, "pkg.conda", target, path, expect)
+                written = Path(tmp) / path
+                assert not written.exists() or written.read_bytes() == body
+                assert copied is None or (written.exists() and copied.sha256 == expect.sha256)
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    return count
+
+
 def _inside(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
     return parts[0] in ("b", "mirror", "targets")
@@ -489,6 +570,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "shards": fuzz_shards,
     "bodies": fuzz_bodies,
     "sftp": fuzz_sftp,
+    "answers": fuzz_answers,
 }
 
 if __name__ == "__main__":
