@@ -231,7 +231,7 @@ def write_package_pages(
             if previous.get(path) != result.digests[path] or path not in result.have:
                 yield f"{subdir}/{path}", package_page(subdir, package)
 
-    result.written = gateway.write_many(changed(), jobs)  # rendered as others are written
+    result.written = gateway.write_many(changed(), jobs)
     if result.written:
         gateway.flush()  # the package pages are durable before a listing links them
     result.listings = list(listing_pages(subdir, packages))

@@ -489,16 +489,15 @@ def test_local_write_many_replaces_files_whole(
             assert isinstance(gateway, LocalGateway)
             gateway._unnamed = gateway._unnamed and unnamed
             for content in (b"one", b"two, longer"):
-                files = [(f"d{i % 2}/s/{i}.zst", content + bytes([i])) for i in range(6)]
+                # more than one run of files taken before any is written
+                files = [(f"d{i % 2}/s/{i}.zst", content + bytes([i])) for i in range(150)]
                 assert gateway.write_many(iter(files)) == [path for path, _ in files]
                 for path, data in files:
                     assert (tmp_path / path).read_bytes() == data
                     assert (tmp_path / path).stat().st_mode & 0o777 == 0o644
-            assert sorted(p.name for p in (tmp_path / "d0/s").iterdir()) == [
-                "0.zst",
-                "2.zst",
-                "4.zst",
-            ]
+            assert sorted(p.name for p in (tmp_path / "d0/s").iterdir()) == sorted(
+                f"{i}.zst" for i in range(0, 150, 2)
+            )
             (tmp_path / "file").write_bytes(b"")
             with pytest.raises(GatewayError, match=r"file/x\.zst"):
                 gateway.write_many([("d0/s/ok.zst", b"x"), ("file/x.zst", b"y")])
