@@ -275,6 +275,15 @@ class CurlResponse(RawStream):
         if len(chunk) > size:
             chunk, rest = chunk[:size], chunk[size:]
             self._chunks.appendleft(rest)
+        elif self._chunks and len(chunk) + len(self._chunks[0]) <= size:
+            # libcurl hands a body over 16 kB at a time: what is held is read at once,
+            # or a large file costs every layer above a call per 16 kB
+            parts = [chunk]
+            held = len(chunk)
+            while self._chunks and held + len(self._chunks[0]) <= size:
+                parts.append(self._chunks.popleft())
+                held += len(parts[-1])
+            chunk = b"".join(parts)
         self._ahead -= len(chunk)
         return chunk
 
