@@ -130,10 +130,10 @@ def publish_subdir(
     are removed once the new repodata.json is out); ``aside``: where the shards are
     written while this process writes the rest."""
     written = Written()
-    new_json = repodata.dumps(document)
-    sharding = None
+    sharding = None  # started first: it is the longer half
     if options.shards or shards.INDEX_NAME in (existing or ()):
         sharding = aside(write_shards, gateway, subdir, document if options.shards else None)
+    new_json = repodata.dumps(document)
 
     if options.zst:
         write_if_changed(
