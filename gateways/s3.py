@@ -221,13 +221,24 @@ class S3Gateway(Gateway):
         if len(first) < PART_SIZE:
             self._call(path, "put_object", Key=key, Body=first)
             return self.info(path)
-        upload = self._call(path, "create_multipart_upload", Key=key)["UploadId"]
+        checksum = self._part_checksum()
+        upload = self._call(path, "create_multipart_upload", Key=key, **checksum)["UploadId"]
+        member = f"Checksum{checksum['ChecksumAlgorithm']}" if checksum else ""
 
         def part(number: int, body: bytes) -> dict[str, Any]:
             answer = self._call(
-                path, "upload_part", Key=key, UploadId=upload, PartNumber=number, Body=body
+                path,
+                "upload_part",
+                Key=key,
+                UploadId=upload,
+                PartNumber=number,
+                Body=body,
+                **checksum,
             )
-            return {"ETag": answer["ETag"], "PartNumber": number}
+            done = {"ETag": answer["ETag"], "PartNumber": number}
+            if member in answer:
+                done[member] = answer[member]
+            return done
 
         # Parts go up in parallel while the stream is read in order (its digests are
         # checked at its end): a few parts in flight bound the memory.
@@ -256,6 +267,16 @@ class S3Gateway(Gateway):
             raise
         pool.shutdown()
         return self.info(path)
+
+    def _part_checksum(self) -> dict[str, str]:
+        """The checksum each part carries, declared when the upload is created, as
+        boto3's own transfers do: botocore adds a CRC32 to every part it sends unless
+        told otherwise, and S3 refuses a part whose checksum its upload did not
+        declare (or, declared, a completion without each part's)."""
+        config = self.client.meta.config
+        if getattr(config, "request_checksum_calculation", None) != "when_supported":
+            return {}  # botocore before 1.36, or checksums only where required
+        return {"ChecksumAlgorithm": "CRC32"}
 
     def delete(self, path: str) -> None:
         self._call(path, "delete_object", Key=self._key(path))

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,7 @@ from conda_ferry.gateways import (
     open_gateway,
 )
 from conda_ferry.gateways.localfs import LocalGateway
+from conda_ferry.gateways.s3 import S3Gateway
 from tests.conftest import FAST_RETRY, Area
 from tests.servers import Server
 
@@ -374,6 +376,36 @@ def test_s3_parallel_multipart_is_whole_or_nothing(moto: Server) -> None:
             gw.write_atomic("big.conda", bad.as_binary())
         assert client.get_object(Bucket="ferry", Key="parts/big.conda")["Body"].read() == big
     assert not client.list_multipart_uploads(Bucket="ferry", Prefix="parts/").get("Uploads")
+
+
+@pytest.mark.parametrize("calculation", ["when_supported", "when_required"])
+def test_s3_multipart_declares_the_checksum_its_parts_carry(
+    moto: Server, calculation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As boto3's own transfers: the upload declares CRC32 and the completion names
+    each part's (S3 refuses a part whose checksum the upload did not declare); where
+    botocore is told to send checksums only where required, none is declared."""
+    import boto3
+
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", calculation)
+    data = os.urandom(20 * 1024 * 1024)  # two parts
+    options = GatewayOptions(**FAST_RETRY, endpoint_url=moto.url)
+    completed: list[dict[str, Any]] = []
+    with open_gateway("s3://ferry/sums", options) as gw:
+        assert isinstance(gw, S3Gateway)
+        gw.client.meta.events.register(
+            "before-parameter-build.s3.CompleteMultipartUpload",
+            lambda params, **_: completed.append(params),
+        )
+        gw.write_atomic("big.conda", io.BytesIO(data))
+    (parts,) = [c["MultipartUpload"]["Parts"] for c in completed]
+    assert len(parts) == 2  # moto does not ask for them: real S3 does
+    assert all(("ChecksumCRC32" in p) == (calculation == "when_supported") for p in parts)
+    client = boto3.client("s3", endpoint_url=moto.url)
+    head = client.head_object(Bucket="ferry", Key="sums/big.conda", ChecksumMode="ENABLED")
+    assert head["ContentLength"] == len(data)
+    assert ("ChecksumCRC32" in head) == (calculation == "when_supported")
+    assert client.get_object(Bucket="ferry", Key="sums/big.conda")["Body"].read() == data
 
 
 def test_local_flush_waits_for_this_runs_files_only_when_they_are_few(
