@@ -271,8 +271,9 @@ class S3Gateway(Gateway):
     def _part_checksum(self) -> dict[str, str]:
         """The checksum each part carries, declared when the upload is created, as
         boto3's own transfers do: botocore adds a CRC32 to every part it sends unless
-        told otherwise, and S3 refuses a part whose checksum its upload did not
-        declare (or, declared, a completion without each part's)."""
+        told otherwise; S3 has refused such a part where the upload declared no
+        checksum ("Checksum Type mismatch"), and where it declared one, a completion
+        that does not name each part's."""
         config = self.client.meta.config
         if getattr(config, "request_checksum_calculation", None) != "when_supported":
             return {}  # botocore before 1.36, or checksums only where required
