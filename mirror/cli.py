@@ -1065,3 +1065,16 @@ def snapshot_release(target: str, subdirs: tuple[str, ...], options: GatewayOpti
         released = snapshots.release(gateway, subdirs or None)
     say(f"released {', '.join(released)}" if released else "no subdir was held")
     report_result({"released": released})
+
+
+def console() -> None:
+    """The ``ferry`` command: :func:`main`, then the process ends. What is left then
+    is the operating system's to free; frozen, it is skipped by the collections the
+    interpreter runs as it shuts down (measured: 50-60 ms of a 0.3 s re-sync). Not
+    done by :func:`main` itself, which tests call many times in one process."""
+    try:
+        main()
+    finally:
+        import gc
+
+        gc.freeze()
