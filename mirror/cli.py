@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import os
@@ -1075,6 +1076,4 @@ def console() -> None:
     try:
         main()
     finally:
-        import gc
-
         gc.freeze()
