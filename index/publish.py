@@ -130,9 +130,10 @@ def publish_subdir(
     are removed once the new repodata.json is out); ``aside``: where the shards are
     written while this process writes the rest."""
     written = Written()
-    sharding = None  # started first: it is the longer half
+    sharding = None  # started first: it is the longer half, and links nothing yet
     if options.shards or shards.INDEX_NAME in (existing or ()):
         sharding = aside(write_shards, gateway, subdir, document if options.shards else None)
+    gateway.flush()  # every package written so far durable before any repodata names it
     new_json = repodata.dumps(document)
 
     if options.zst:

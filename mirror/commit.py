@@ -1,9 +1,10 @@
 """Publish one subdir, the same crash-safe way for every writer.
 
 Sync, bundle import, ``ferry publish`` and ``ferry index`` all end here, under the
-subdir's lock, once their package files are on the target: flush the packages,
-index (records known to the writer taken verbatim, other package files read),
-publish the repodata, delete what left, save the state. The order is what makes a
+subdir's lock, once their package files are on the target: index (records known to
+the writer taken verbatim, other package files read), publish (the shards and package
+pages, which nothing links yet, started first; the packages made durable before any
+repodata names them), delete what left, save the state. The order is what makes a
 kill at any instant harmless: nothing is named before it is durable, nothing is
 deleted while a published record still names it.
 """
@@ -97,7 +98,6 @@ def commit_subdir(
     written while the rest of the repodata is published (with it, each is a third of
     a large commit's work, and creating files in three directories goes faster from
     several processes than from one)."""
-    target.flush()  # every package durable before any repodata names it
     built = build_subdir(target, view, options, commit.known, commit.skip, commit.extras)
     if target.scheme != "file" or len(built.entries) > ASIDE_AT_MOST:
         # a remote target's writes overlap already (write_many), and a worker would

@@ -552,8 +552,12 @@ class SyncRun:
                 journal.landed,
                 self.helpers,
             )
+        except BaseException:
+            journal.save()  # interrupted: what landed is kept for the next run
+            raise
+        # finished: the commit below flushes and saves the state (a run killed before
+        # it re-reads the files of its last seconds, not in the journal, next time)
         finally:
-            journal.save()  # interrupted or not, what landed is kept for the next run
             if packages is not source:
                 packages.close()
         for info in result.done.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -412,3 +413,37 @@ def test_sync_verify_repairs_what_it_can_and_withdraws_what_it_cannot(
     assert assert_consistent(mirror) > 0
     repaired = {n for s in load(tmp_path / "r.json")["subdirs"] for n in s["files"]["repaired"]}
     assert repaired == {deleted.name, corrupt.name}
+
+
+def test_packages_are_durable_before_any_repodata_names_them(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every package written is flushed before its subdir's repodata is written (the
+    shards and pages, which nothing links yet, may be started before the flush)."""
+    from conda_ferry.gateways.localfs import LocalGateway
+
+    events: list[tuple[str, str]] = []
+    write, flush = LocalGateway._write, LocalGateway.flush
+
+    def recording_write(self: LocalGateway, path: str, *args: Any) -> Any:
+        events.append(("write", path))
+        return write(self, path, *args)
+
+    def recording_flush(self: LocalGateway) -> None:
+        events.append(("flush", ""))
+        flush(self)
+
+    monkeypatch.setattr(LocalGateway, "_write", recording_write)
+    monkeypatch.setattr(LocalGateway, "flush", recording_flush)
+    _, url = upstream
+    job = job_yaml(tmp_path / "job.yaml", url, str(tmp_path / "mirror"), "processes: 1\n")
+    assert ferry("sync", str(job)).exit_code == 0
+    for subdir in ("linux-64", "noarch"):
+        written = [
+            (i, path)
+            for i, (kind, path) in enumerate(events)
+            if kind == "write" and path.startswith(f"{subdir}/")
+        ]
+        last_package = max(i for i, path in written if path.endswith((".conda", ".tar.bz2")))
+        first_repodata = min(i for i, path in written if "/repodata" in path)
+        assert ("flush", "") in events[last_package:first_repodata]
