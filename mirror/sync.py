@@ -555,11 +555,11 @@ class SyncRun:
         except BaseException:
             journal.save()  # interrupted: what landed is kept for the next run
             raise
-        # finished: the commit below flushes and saves the state (a run killed before
-        # it re-reads the files of its last seconds, not in the journal, next time)
         finally:
             if packages is not source:
                 packages.close()
+        # finished: the commit below flushes and saves the state (a run killed before
+        # it re-reads the files of its last seconds, not in the journal, next time)
         for info in result.done.values():
             view.landed(info)
         unchanged = plan.desired.keys() - set(fetch)
