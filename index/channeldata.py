@@ -17,6 +17,7 @@ FLAGS = (
     "binary_prefix",
     "text_prefix",
 )
+NO_FLAGS = dict.fromkeys(FLAGS, False)
 
 
 def run_exports_document(subdir: str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -47,13 +48,16 @@ def channeldata(
     parsed: dict[str, Version] = {}
     for subdir, _, record, extras in records:
         name = record["name"]
-        entry = packages.setdefault(
-            name, {**{flag: False for flag in FLAGS}, "run_exports": {}, "subdirs": []}
-        )
+        entry = packages.get(name)
+        if entry is None:
+            entry = packages[name] = {**NO_FLAGS, "run_exports": {}, "subdirs": []}
         if subdir not in entry["subdirs"]:
             entry["subdirs"].append(subdir)
-        for flag in FLAGS:
-            entry[flag] = entry[flag] or bool(extras.get("features", {}).get(flag))
+        features = extras.get("features")
+        if features:  # most packages have none: one look, not one per flag
+            for flag in FLAGS:
+                if features.get(flag):
+                    entry[flag] = True
         if extras.get("run_exports"):
             entry["run_exports"][record["version"]] = extras["run_exports"]
         stamp = int(record.get("timestamp", 0) or 0)

@@ -358,6 +358,20 @@ def test_channeldata_and_run_exports(tmp_path: Path) -> None:
     }
 
 
+def test_channeldata_flags_are_true_when_any_build_has_them(tmp_path: Path) -> None:
+    """A script or an activation file in one build marks its name, whichever build
+    is newest; names without any keep every flag false."""
+    ch = tmp_path / "ch"
+    write_package(ch, Spec("hooked", "1.0", files={"bin/.hooked-post-link.sh": b"true\n"}))
+    write_package(ch, Spec("hooked", "2.0", files={"etc/conda/activate.d/x.sh": b"true\n"}))
+    write_package(ch, Spec("plain", "1.0", files={"lib/plain.txt": b"x"}))
+    assert ferry("index", str(ch)).exit_code == 0
+    packages = load(ch / "channeldata.json")["packages"]
+    flags = ("activate.d", "deactivate.d", "post_link", "pre_link", "pre_unlink")
+    assert {f for f in flags if packages["hooked"][f]} == {"post_link", "activate.d"}
+    assert not any(packages["plain"][f] for f in (*flags, "binary_prefix", "text_prefix"))
+
+
 def test_bad_package_raises_clear_reason() -> None:
     import io
 
