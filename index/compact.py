@@ -102,9 +102,17 @@ class RawRecord(Mapping[str, Any]):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes, str, int]]:
+        # its bytes, not its slots: half the time to send a subdir's records to a worker
+        return _unpickled, (bytes(self.raw), self.name, self.size)
+
     def plain(self) -> dict[str, Any]:
         value: dict[str, Any] = orjson.loads(memoryview(self.raw))
         return value
+
+
+def _unpickled(raw: bytes, name: str, size: int) -> RawRecord:
+    return RawRecord(Raw(raw), name, size)
 
 
 def plain(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ them, read back as the JSON says, and published verbatim. (The fuzzer in
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ def _read_back(data: bytes) -> int:
             for key in _every_key(expected):
                 assert record.get(key) == expected.get(key), key
                 assert (key in record) == (key in expected), key
+            sent = pickle.loads(pickle.dumps(record))  # as a worker receives it
+            assert isinstance(sent, compact.RawRecord) and sent == expected
+            assert (sent.name, sent.size) == (record.name, record.size)
     return fit
 
 
