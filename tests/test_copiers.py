@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from conda_ferry.gateways import is_temp, open_gateway
-from conda_ferry.gateways.copy import SMALL
+from conda_ferry.gateways.base import FileInfo
+from conda_ferry.gateways.copy import SMALL, Copied
 from conda_ferry.mirror import copiers, copying
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
@@ -270,3 +271,16 @@ def test_a_small_transfer_is_split_equally_and_every_worker_told_to_end(
         feed.top_up(worker)
     assert [len(w.queued) for w in workers] == split
     assert all(w.drained and w.said[-1] == ("drain",) for w in workers)
+
+
+@pytest.mark.parametrize("mtime, etag", [(1.7e9, '"abc"'), (None, None)])
+def test_a_landed_file_crosses_the_pipe_as_it_was(mtime: float | None, etag: str | None) -> None:
+    """What a worker reports of each file it lands is what the parent receives."""
+    read, write = os.pipe()
+    landed = [
+        ("a-1-0.conda", Copied(FileInfo("linux-64/a-1-0.conda", 7, mtime, etag), 7, "0" * 64))
+    ]
+    with os.fdopen(write, "wb") as out:
+        copiers.send(out, "landed", landed)
+    with os.fdopen(read, "rb") as inbox:
+        assert copiers.receive(inbox) == ("landed", landed)
