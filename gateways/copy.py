@@ -8,7 +8,6 @@ promised in one place.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, BinaryIO
 
 from .base import FileInfo, Gateway
 from .errors import GatewayError, IntegrityError
-from .streams import CHUNK, VerifyingReader
+from .streams import CHUNK, VerifyingReader, bytes_problem
 
 log = logging.getLogger("ferry.gateways")
 SMALL = 1 << 20  # bytes: a file at most this large may be copied by copy_prefetched
@@ -98,15 +97,11 @@ def copy_prefetched(
     data = source.read_prefetched(source_path)
     if data is None:
         return None
-    what = source.display(source_path)
-    reader = VerifyingReader(io.BytesIO(data), what, expect.size, expect.sha256, expect.md5)
-    try:
-        reader.read(len(data))
-        reader.read(1)  # the end: size and digests checked
-    except IntegrityError as exc:
-        log.debug("%s; fetching it again", exc)
+    problem, sha256 = bytes_problem(data, expect.size, expect.sha256, expect.md5)
+    if problem:
+        log.debug("%s: %s; fetching it again", source.display(source_path), problem)
         return None
-    return Copied(target.write_bytes(path, data, durable), len(data), reader.sha256.hexdigest())
+    return Copied(target.write_bytes(path, data, durable), len(data), sha256)
 
 
 def matches(gateway: Gateway, path: str, expect: Expected) -> bool:

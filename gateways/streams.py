@@ -204,6 +204,37 @@ class ResumingReader(RawStream):
         super().close()
 
 
+def bytes_problem(
+    data: bytes, size: int | None, sha256: str | None, md5: str | None
+) -> tuple[str | None, str]:
+    """What :class:`VerifyingReader` would find wrong with ``data`` at its end (None:
+    nothing), and its sha256: the same check for bytes already whole, without a stream
+    around them (a small package fetched ahead: a third of its check's time)."""
+    digest = hashlib.sha256(data).hexdigest()
+    md5_digest = hashlib.md5(data).hexdigest() if md5 and not sha256 else None
+    expect_sha256 = sha256.lower() if sha256 else None
+    expect_md5 = md5.lower() if md5 else None
+    return _problem(len(data), size, digest, expect_sha256, md5_digest, expect_md5), digest
+
+
+def _problem(
+    count: int,
+    size: int | None,
+    sha256: str,
+    expect_sha256: str | None,
+    md5: str | None,
+    expect_md5: str | None,
+) -> str | None:
+    """md5 is compared only where it was computed: where no sha256 is known."""
+    if size is not None and count != size:
+        return f"got {count} bytes, expected {size}"
+    if expect_sha256 and sha256 != expect_sha256:
+        return "sha256 does not match"
+    if md5 is not None and md5 != expect_md5:
+        return "md5 does not match"
+    return None
+
+
 class VerifyingReader(RawStream):
     """Passes bytes through and fails at end of stream if size or sha256 differ.
 
@@ -251,12 +282,17 @@ class VerifyingReader(RawStream):
         return b""
 
     def _check(self) -> None:
-        if self._size is not None and self.count != self._size:
-            raise IntegrityError(self._url, f"got {self.count} bytes, expected {self._size}")
-        if self._expect_sha256 and self.sha256.hexdigest() != self._expect_sha256:
-            raise IntegrityError(self._url, "sha256 does not match")
-        if self._md5 is not None and self._md5.hexdigest() != self._expect_md5:
-            raise IntegrityError(self._url, "md5 does not match")
+        md5 = self._md5.hexdigest() if self._md5 is not None else None
+        problem = _problem(
+            self.count,
+            self._size,
+            self.sha256.hexdigest(),
+            self._expect_sha256,
+            md5,
+            self._expect_md5,
+        )
+        if problem:
+            raise IntegrityError(self._url, problem)
 
     def close(self) -> None:
         self._stream.close()

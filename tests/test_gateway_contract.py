@@ -32,6 +32,7 @@ from conda_ferry.gateways import (
 )
 from conda_ferry.gateways.localfs import LocalGateway
 from conda_ferry.gateways.s3 import S3Gateway
+from conda_ferry.gateways.streams import bytes_problem
 from tests.conftest import FAST_RETRY, Area
 from tests.servers import Server
 
@@ -170,6 +171,40 @@ def test_failed_write_keeps_old_file(writable: Area) -> None:
             gw.write_atomic("pkg.conda", bad.as_binary())
         assert writable.peek("pkg.conda") == b"old"
         assert [f.path for f in gw.list("")] == ["pkg.conda"]
+
+
+_DATA = b"conda" * 1000
+_SHA256, _MD5 = hashlib.sha256(_DATA).hexdigest(), hashlib.md5(_DATA).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "size, sha256, md5",
+    [
+        (len(_DATA), _SHA256, _MD5),
+        (len(_DATA), _SHA256.upper(), None),
+        (len(_DATA) + 1, _SHA256, None),
+        (len(_DATA), "00" * 32, _MD5),
+        (None, None, _MD5),
+        (None, None, "00" * 16),
+        (len(_DATA), _SHA256, "00" * 16),  # md5 beside a matching sha256: not looked at
+        (None, None, None),
+    ],
+)
+def test_whole_bytes_are_checked_as_a_stream_is(
+    size: int | None, sha256: str | None, md5: str | None
+) -> None:
+    """A small package fetched ahead is checked whole (``bytes_problem``), a large
+    one as it streams (``VerifyingReader``): the two must find the same problems."""
+    problem, digest = bytes_problem(_DATA, size, sha256, md5)
+    assert digest == _SHA256
+    reader = VerifyingReader(io.BytesIO(_DATA), "src", size, sha256, md5)
+    try:
+        while reader.read(1000):
+            pass
+    except IntegrityError as exc:
+        assert problem == exc.message
+    else:
+        assert problem is None
 
 
 def test_delete(writable: Area) -> None:
