@@ -210,11 +210,19 @@ def bytes_problem(
     """What :class:`VerifyingReader` would find wrong with ``data`` at its end (None:
     nothing), and its sha256: the same check for bytes already whole, without a stream
     around them (a small package fetched ahead: a third of its check's time)."""
+    expect_sha256, expect_md5 = _expected(sha256, md5)
     digest = hashlib.sha256(data).hexdigest()
-    md5_digest = hashlib.md5(data).hexdigest() if md5 and not sha256 else None
-    expect_sha256 = sha256.lower() if sha256 else None
-    expect_md5 = md5.lower() if md5 else None
+    md5_digest = hashlib.md5(data).hexdigest() if expect_md5 else None
     return _problem(len(data), size, digest, expect_sha256, md5_digest, expect_md5), digest
+
+
+def _expected(sha256: str | None, md5: str | None) -> tuple[str | None, str | None]:
+    """The digests to compare, in lower case; md5 only where no sha256 is known, as
+    conda and rattler do: next to a matching sha256 it proves nothing more, and it
+    costs twice the CPU of sha256 per byte."""
+    if sha256:
+        return sha256.lower(), None
+    return None, md5.lower() if md5 else None
 
 
 def _problem(
@@ -225,12 +233,11 @@ def _problem(
     md5: str | None,
     expect_md5: str | None,
 ) -> str | None:
-    """md5 is compared only where it was computed: where no sha256 is known."""
     if size is not None and count != size:
         return f"got {count} bytes, expected {size}"
     if expect_sha256 and sha256 != expect_sha256:
         return "sha256 does not match"
-    if md5 is not None and md5 != expect_md5:
+    if expect_md5 and md5 != expect_md5:
         return "md5 does not match"
     return None
 
@@ -240,8 +247,7 @@ class VerifyingReader(RawStream):
 
     Because every ``write_atomic`` reads to the end before it publishes, a mismatch
     aborts the write and the destination keeps its old content. md5 is checked only
-    where no sha256 is known, as conda and rattler do: next to a matching sha256 it
-    proves nothing more, and it costs twice the CPU of sha256 per byte.
+    where no sha256 is known (:func:`_expected`).
     """
 
     def __init__(
@@ -258,10 +264,9 @@ class VerifyingReader(RawStream):
         self._progress = progress
         self._url = url
         self._size = size
-        self._expect_sha256 = sha256.lower() if sha256 else None
-        self._expect_md5 = md5.lower() if md5 else None
+        self._expect_sha256, self._expect_md5 = _expected(sha256, md5)
         self.sha256 = hashlib.sha256()
-        self._md5 = hashlib.md5() if self._expect_md5 and not self._expect_sha256 else None
+        self._md5 = hashlib.md5() if self._expect_md5 else None
         self.count = 0
 
     def read(self, size: int | None = -1) -> bytes:
