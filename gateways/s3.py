@@ -223,7 +223,7 @@ class S3Gateway(Gateway):
             return self.info(path)
         checksum = self._part_checksum()
         upload = self._call(path, "create_multipart_upload", Key=key, **checksum)["UploadId"]
-        member = f"Checksum{checksum['ChecksumAlgorithm']}" if checksum else ""
+        member = f"Checksum{checksum['ChecksumAlgorithm']}" if checksum else None
 
         def part(number: int, body: bytes) -> dict[str, Any]:
             answer = self._call(
@@ -236,7 +236,7 @@ class S3Gateway(Gateway):
                 **checksum,
             )
             done = {"ETag": answer["ETag"], "PartNumber": number}
-            if member in answer:
+            if member and member in answer:
                 done[member] = answer[member]
             return done
 
