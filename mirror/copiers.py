@@ -346,7 +346,7 @@ class _Worker:
         self.send(
             "route",
             *(route.source.url, options(route.source), route.source_dir),
-            *(route.target.url, options(route.target), route.subdir),
+            *(route.target.url, options(route.target), route.target_dir),
             jobs,
             logging.getLogger().getEffectiveLevel(),
         )
@@ -536,13 +536,13 @@ def _serve(parent: int, inbox: IO[bytes], stream: IO[bytes]) -> None:
                     to_parent("result", value)
                 continue
             _, source_url, source_options, source_dir, target_url, target_options = message[:6]
-            subdir, jobs, level = message[6:]
+            target_dir, jobs, level = message[6:]
             root.setLevel(level)
             route = Route(
                 gateway(source_url, source_options),
                 source_dir,
                 gateway(target_url, target_options),
-                subdir,
+                target_dir,
             )
             copy_all(route, files(), jobs, to_parent, to_parent.landed, to_parent.failed)
             to_parent("end")

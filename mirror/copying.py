@@ -54,7 +54,7 @@ class Route:
     source: Gateway
     source_dir: str  # prefix of a file's name upstream: "linux-64/", or "" for package_url
     target: Gateway
-    subdir: str
+    target_dir: str  # prefix of its name on the target: "linux-64/", or "" (names say it)
 
 
 Work = Iterable[tuple[str, Mapping[str, Any]]]  # file name and its upstream record
@@ -81,7 +81,7 @@ def copy_all(
         if stop.is_set():
             raise _Cancelled
         source_path = f"{route.source_dir}{filename}"
-        path, expect = f"{route.subdir}/{filename}", expected(record)
+        path, expect = f"{route.target_dir}{filename}", expected(record)
         try:
             copied = copy_prefetched(source, source_path, target, path, expect, durable=False)
             if copied is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from conda_ferry.gateways import (
     Copied,
+    FileInfo,
     Gateway,
     GatewayError,
     LockHeld,
@@ -189,6 +190,32 @@ class Journal:
         self._last = time.monotonic()
 
 
+@dataclass
+class _Staged:
+    """A subdir between its plan and its commit: locked, its files on their way."""
+
+    answer: upstream.Upstream
+    report: SubdirReport
+    state: SubdirState
+    view: SubdirView
+    plan: Plan
+    fetch: list[str]  # files to copy
+    need: int  # their bytes
+    adopted: set[str]
+    managed: set[str]
+    damaged: set[str]
+    package_url: str | None  # where the packages are, when not beside the repodata
+    journal: Journal
+    lock: contextlib.ExitStack[bool | None] = field(default_factory=contextlib.ExitStack)
+    done: dict[str, FileInfo] = field(default_factory=dict)  # copied: file name -> as written
+    failed: dict[str, str] = field(default_factory=dict)
+    bytes: int = 0
+
+    @property
+    def subdir(self) -> str:
+        return self.answer.subdir
+
+
 class SyncRun:
     def __init__(
         self,
@@ -285,22 +312,12 @@ class SyncRun:
             if descriptions is not None:
                 remember_channel(target, source.display(), job.public_url)
             entries: list[ChannelEntry] = []
-            for subdir in job.subdirs:
-                if subdir in self.broken:  # upstream's document itself is unusable
-                    self.report.subdirs.append(
-                        SubdirReport(subdir, Status.FAILED, message=self.broken[subdir])
-                    )
-                    with contextlib.suppress(LockHeld), subdir_lock(target, subdir):
-                        self._failed(target, SubdirState.load(target, subdir), self.broken[subdir])
-                    continue
-                report = self._subdir(
-                    source, target, fetched[subdir], selection, states[subdir], descriptions
-                )
-                if refused.get(subdir):
-                    report.failures.update(refused[subdir])
+            self._subdirs(source, target, fetched, selection, states, descriptions)
+            for report in self.report.subdirs:
+                if refused.get(report.subdir):
+                    report.failures.update(refused[report.subdir])
                     if report.status in (Status.SYNCED, Status.UP_TO_DATE):
                         report.status = Status.PARTIAL
-                self.report.subdirs.append(report)
             if descriptions is not None and not any(
                 s.status in (Status.FAILED, Status.LOCKED) for s in self.report.subdirs
             ):
@@ -424,41 +441,91 @@ class SyncRun:
             for s, i in read.items()
         }
 
-    def _subdir(
+    def _subdirs(
+        self,
+        source: Gateway,
+        target: Gateway,
+        fetched: dict[str, upstream.Upstream],
+        selection: Selection,
+        states: dict[str, SubdirState],
+        descriptions: upstream.Descriptions | None,
+    ) -> None:
+        """Each subdir locked and planned, then all their files in one transfer, then
+        each committed in turn, its lock let go as soon as it is."""
+        with contextlib.ExitStack() as held:  # the staged subdirs' locks, should it stop
+            staged: list[_Staged] = []
+            for subdir in self.job.subdirs:
+                if subdir in self.broken:
+                    self.report.subdirs.append(self._broken(target, subdir))
+                    continue
+                report = SubdirReport(subdir, status=Status.SYNCED)
+                self.report.subdirs.append(report)
+                pending = sum(s.need for s in staged)
+                one = self._stage(
+                    source, target, fetched[subdir], selection, states[subdir], report, pending
+                )
+                if one is not None:
+                    held.enter_context(one.lock)
+                    staged.append(one)
+            self._transfer(source, target, staged)
+            for one in staged:
+                with one.lock:
+                    if one.report.status is Status.SYNCED:  # not failed in the transfer
+                        assert descriptions is not None  # a dry run stages nothing
+                        self._finish(target, one, descriptions)
+
+    def _broken(self, target: Gateway, subdir: str) -> SubdirReport:
+        """A subdir whose upstream document is unusable: failed, and so noted."""
+        with contextlib.suppress(LockHeld), subdir_lock(target, subdir):
+            self._failed(target, SubdirState.load(target, subdir), self.broken[subdir])
+        return SubdirReport(subdir, Status.FAILED, message=self.broken[subdir])
+
+    def _stage(
         self,
         source: Gateway,
         target: Gateway,
         answer: upstream.Upstream,
         selection: Selection,
         state: SubdirState,
-        descriptions: upstream.Descriptions | None,
-    ) -> SubdirReport:
+        report: SubdirReport,
+        pending: int,
+    ) -> _Staged | None:
+        """The subdir locked and planned, ready for its files (``pending``: bytes the
+        subdirs staged before it will add); None where nothing more is to be done (a
+        dry run, whose plan is reported, or a failure, reported)."""
         subdir = answer.subdir
-        report = SubdirReport(subdir, status=Status.SYNCED)
         report.repodata = {"via": answer.variant, "bytes": answer.bytes_read}
-        try:
-            if self.dry_run:
-                plan = self._plan(SubdirView.read(target, subdir), selection, state)
-                report.status, report.plan = Status.PLANNED, plan.as_dict()
-                report.added, report.updated = len(plan.add), len(plan.update)
-                report.removed, report.bytes = len(plan.remove), plan.add_bytes
-                return report
-            assert descriptions is not None
-            with subdir_lock(target, subdir):
+        with contextlib.ExitStack() as lock:
+            try:
+                if self.dry_run:
+                    plan = self._plan(SubdirView.read(target, subdir), selection, state)
+                    report.status, report.plan = Status.PLANNED, plan.as_dict()
+                    report.added, report.updated = len(plan.add), len(plan.update)
+                    report.removed, report.bytes = len(plan.remove), plan.add_bytes
+                    return None
+                lock.enter_context(subdir_lock(target, subdir))
                 state = SubdirState.load(target, subdir)
                 try:
-                    self._apply(source, target, answer, selection, state, report, descriptions)
+                    staged = self._prepare(
+                        source, target, answer, selection, state, report, pending
+                    )
                 except (GatewayError, errors.FerryError) as exc:
                     self._failed(target, state, str(exc))
                     raise
-        except LockHeld as exc:
-            report.status, report.message = Status.LOCKED, str(exc)
-        except GatewayError as exc:
-            self._name_option(exc)
-            report.status, report.message = Status.FAILED, str(exc)
-        except errors.FerryError as exc:
-            report.status, report.message = Status.FAILED, str(exc)
-        return report
+            except (GatewayError, errors.FerryError) as exc:
+                self._fails(report, exc)
+                return None
+            staged.lock = lock.pop_all()  # held until the subdir is committed
+            return staged
+
+    def _fails(self, report: SubdirReport, exc: GatewayError | errors.FerryError) -> None:
+        if isinstance(exc, LockHeld):
+            report.status = Status.LOCKED
+        else:
+            if isinstance(exc, GatewayError):
+                self._name_option(exc)
+            report.status = Status.FAILED
+        report.message = str(exc)
 
     def _failed(self, target: Gateway, state: SubdirState, message: str) -> None:
         """Keep a failed run in the state, for `ferry status` and the channel page."""
@@ -504,7 +571,7 @@ class SyncRun:
             )
         return plan
 
-    def _apply(
+    def _prepare(
         self,
         source: Gateway,
         target: Gateway,
@@ -512,8 +579,8 @@ class SyncRun:
         selection: Selection,
         state: SubdirState,
         report: SubdirReport,
-        descriptions: upstream.Descriptions,
-    ) -> None:
+        pending: int,
+    ) -> _Staged:
         subdir = answer.subdir
         view = SubdirView.read(target, subdir)
         damaged = self._damaged(target, view, state) if self.verify else set()
@@ -526,46 +593,118 @@ class SyncRun:
                 adopted.add(filename)
             else:
                 fetch.append(filename)
-        self._check_space(target, subdir, sum(int(plan.desired[f]["size"]) for f in fetch))
+        need = sum(int(plan.desired[f]["size"]) for f in fetch)
+        self._check_space(target, subdir, pending + need)
         managed = set(state.upstream_files) | set(fetch) | adopted
         state.upstream_files, state.complete = sorted(managed), False
         if fetch:
             state.save(target)  # names in flight are ours, even if this run dies
-        options = IndexOptions(channeldata=False, jobs=self.job.jobs, outputs=self.job.outputs)
         withdraw = set(plan.replaced) & set(fetch)
         if withdraw:  # no record may name a file while its bytes change
             keep = {f: r for f, r in view.published.items() if f in view.present}
             for filename in withdraw:
                 keep.pop(filename, None)
-            commit_subdir(target, view, Commit(keep, managed), state, options)
+            commit_subdir(target, view, Commit(keep, managed), state, self._index_options())
             view = SubdirView.read(target, subdir)
-        journal = Journal(target, state)
-        packages, prefix = source, f"{subdir}/"
+        return _Staged(
+            answer,
+            report,
+            state,
+            view,
+            plan,
+            fetch,
+            need,
+            adopted,
+            managed,
+            damaged,
+            package_url,
+            Journal(target, state),
+        )
+
+    def _index_options(self) -> IndexOptions:
+        job = self.job
+        return IndexOptions(channeldata=False, jobs=job.jobs, outputs=job.outputs)
+
+    def _transfer(self, source: Gateway, target: Gateway, staged: list[_Staged]) -> None:
+        """The staged subdirs' files: one transfer for all those beside their repodata
+        (the workers go on from one subdir's files to the next instead of waiting for
+        the last of each, and a few large files are shared out evenly: 9 + 3 packages
+        of 20 MB took 0.83 s as one transfer, 0.92 s as two), one for each subdir whose
+        packages are elsewhere (``info.base_url``)."""
+        together = [s for s in staged if s.fetch and s.package_url is None]
+        groups: list[tuple[str | None, list[_Staged]]] = [(None, together)] if together else []
+        groups += [(s.package_url, [s]) for s in staged if s.fetch and s.package_url]
+        for package_url, group in groups:
+            try:
+                if package_url is None:
+                    self._copy(Route(source, "", target, ""), group, by_subdir=True)
+                    continue
+                with open_gateway(package_url, self.job.source_options) as packages:
+                    self._copy(Route(packages, "", target, f"{group[0].subdir}/"), group)
+            except (GatewayError, errors.FerryError) as exc:
+                for one in group:
+                    self._failed(target, one.state, str(exc))
+                    self._fails(one.report, exc)
+
+    def _copy(self, route: Route, group: list[_Staged], by_subdir: bool = False) -> None:
+        """``group``'s files through ``route``: named by subdir and file (``by_subdir``)
+        or, for a group of one, by file."""
+        owners: dict[str, tuple[_Staged, str]] = {}
+        for one in group:
+            prefix = f"{one.subdir}/" if by_subdir else ""
+            owners.update((f"{prefix}{f}", (one, f)) for f in one.fetch)
+        lock = threading.Lock()  # files land from a pool's threads
+
+        def landed(name: str, copied: Copied) -> None:
+            one, filename = owners[name]
+            with lock:
+                one.bytes += copied.size
+            one.journal.landed(filename, copied)  # journaled the moment it is true
+
         try:
-            if package_url is not None:
-                packages, prefix = open_gateway(package_url, self.job.source_options), ""
             result = transfer(
-                Route(packages, prefix, target, subdir),
-                {fn: plan.desired[fn] for fn in fetch},
+                route,
+                {name: one.plan.desired[f] for name, (one, f) in owners.items()},
+                ", ".join(one.subdir for one in group),
                 self.job.jobs,
                 self.progress,
-                journal.landed,
+                landed,
                 self.helpers,
             )
         except BaseException:
-            journal.save()  # interrupted: what landed is kept for the next run
+            for one in group:
+                one.journal.save()  # interrupted: what landed is kept for the next run
             raise
-        finally:
-            if packages is not source:
-                packages.close()
+        for name, info in result.done.items():
+            one, filename = owners[name]
+            one.done[filename] = info
+        for name, why in result.failed.items():
+            one, filename = owners[name]
+            one.failed[filename] = why
+
+    def _finish(
+        self, target: Gateway, staged: _Staged, descriptions: upstream.Descriptions
+    ) -> None:
+        """The subdir's commit, once its files are in; a failure is reported."""
+        try:
+            self._commit(target, staged, descriptions)
+        except (GatewayError, errors.FerryError) as exc:
+            self._failed(target, staged.state, str(exc))
+            self._fails(staged.report, exc)
+
+    def _commit(
+        self, target: Gateway, staged: _Staged, descriptions: upstream.Descriptions
+    ) -> None:
+        state, report, view, plan = staged.state, staged.report, staged.view, staged.plan
+        subdir, answer, fetch, adopted = staged.subdir, staged.answer, staged.fetch, staged.adopted
         # finished: the commit below flushes and saves the state (a run killed before
         # it re-reads the files of its last seconds, not in the journal, next time)
-        for info in result.done.values():
+        for info in staged.done.values():
             view.landed(info)
         unchanged = plan.desired.keys() - set(fetch)
         known = choose_records(
             {**plan.desired, **plan.retained},
-            unchanged | result.done.keys() | plan.retained.keys(),
+            unchanged | staged.done.keys() | plan.retained.keys(),
             view.published,
             view.present,
         )
@@ -577,18 +716,18 @@ class SyncRun:
         kept = {f: REPLACED for f in plan.replaced if f not in fetch}
         # a refused record or a kept file is looked at again on the next run, not
         # hidden behind a 304
-        state.complete = not result.failed and not self.refused.get(subdir) and not kept
+        state.complete = not staged.failed and not self.refused.get(subdir) and not kept
         report.added, report.updated, report.removed = (
-            len(result.done) + len(adopted),
+            len(staged.done) + len(adopted),
             len(plan.update),
             len(plan.remove),
         )
-        report.bytes, report.failures = result.bytes, {**result.failed, **kept}
+        report.bytes, report.failures = staged.bytes, {**staged.failed, **kept}
         report.files = {
-            "added": sorted(result.done.keys() | adopted - damaged),
+            "added": sorted(staged.done.keys() | adopted - staged.damaged),
             "updated": plan.update,
             "removed": plan.remove,
-            "repaired": sorted(damaged & result.done.keys()),
+            "repaired": sorted(staged.damaged & staged.done.keys()),
         }
         report.status = Status.PARTIAL if report.failures else Status.SYNCED
         state.last_run = {
@@ -603,9 +742,15 @@ class SyncRun:
         _, report.entries = commit_subdir(
             target,
             view,
-            Commit(known, managed, plan.remove, descriptions.extras(subdir, known), self.job.grace),
+            Commit(
+                known,
+                staged.managed,
+                plan.remove,
+                descriptions.extras(subdir, known),
+                self.job.grace,
+            ),
             state,
-            options,
+            self._index_options(),
             self.helpers.aside if self.helpers else when_asked,
         )
 

@@ -1,4 +1,4 @@
-"""A subdir's transfer: copied here, or shared with worker processes, one per core,
+"""A transfer: copied here, or shared with worker processes, one per core,
 when it is large enough to be worth them (copiers.py)."""
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ def usable_cores() -> int:
 def transfer(
     route: Route,
     items: Mapping[str, Mapping[str, Any]],
+    what: str,
     jobs: int,
     progress: Progress,
     landed: Landed = lambda name, copied: None,
     helpers: Helpers | None = None,
 ) -> TransferResult:
-    """Copy ``items``; ``landed`` hears of each verified file as it arrives.
+    """Copy ``items`` (``what`` they are, for the progress shown); ``landed`` hears of
+    each verified file as it arrives.
 
     ``helpers`` copy a transfer worth their start. Interrupted (Ctrl-C, SIGTERM),
     the copies in flight are abandoned at their next chunk, their temp files
@@ -60,7 +62,7 @@ def transfer(
         progress.file_done(filename, False)
 
     total = sum(int(r.get("size") or 0) for r in items.values())
-    progress.start(route.subdir, len(items), total)
+    progress.start(what, len(items), total)
     work = sorted(items.items())
     if helpers is not None and helpers.worth(len(items), total):
         helpers.share(route, work, jobs, progress, arrived, failed)

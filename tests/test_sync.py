@@ -263,6 +263,10 @@ def test_second_run_on_a_locked_target_exits_75(upstream: tuple[Path, str], tmp_
         result = ferry("sync", str(job))
     assert result.exit_code == 75
     assert "held by pid" in result.output
+    # the other subdir is synced, and its lock let go
+    assert load(mirror / "noarch" / "repodata.json")["packages.conda"]
+    assert not (mirror / "linux-64" / "repodata.json").exists()
+    assert not list(mirror.glob("*/.ferry.lock"))
 
 
 def test_prune_beyond_fraction_refuses_without_force(
