@@ -63,7 +63,9 @@ def transfer(
 
     total = sum(int(r.get("size") or 0) for r in items.values())
     progress.start(what, len(items), total)
-    work = sorted(items.items())
+    # the largest first: a large file left to the end keeps one worker busy while the
+    # others have nothing left to take
+    work = sorted(items.items(), key=lambda item: (-int(item[1].get("size") or 0), item[0]))
     if helpers is not None and helpers.worth(len(items), total):
         helpers.share(route, work, jobs, progress, arrived, failed)
     else:

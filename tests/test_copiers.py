@@ -21,6 +21,8 @@ from conda_ferry.gateways import is_temp, open_gateway
 from conda_ferry.gateways.base import FileInfo
 from conda_ferry.gateways.copy import SMALL, Copied
 from conda_ferry.mirror import copiers, copying
+from conda_ferry.mirror.progress import Progress
+from conda_ferry.mirror.transfer import transfer
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
@@ -285,3 +287,24 @@ def test_a_landed_file_crosses_the_pipe_as_it_was(mtime: float | None, etag: str
         copiers.send(out, "landed", landed)
     with os.fdopen(read, "rb") as inbox:
         assert copiers.receive(inbox) == ("landed", landed)
+
+
+def test_the_largest_files_are_copied_first(tmp_path: Path) -> None:
+    """A large file left to the end would keep one worker busy while the others had
+    nothing left to take."""
+    sizes = {"a-1-0.conda": 10, "b-1-0.conda": 3000, "c-1-0.conda": 200, "d-1-0.conda": 200}
+    for name, size in sizes.items():
+        (tmp_path / "up" / "noarch").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "up" / "noarch" / name).write_bytes(b"x" * size)
+    landed: list[str] = []
+    with open_gateway(str(tmp_path / "up")) as up, open_gateway(str(tmp_path / "m")) as down:
+        result = transfer(
+            copying.Route(up, "noarch/", down, "noarch/"),
+            {name: {"size": size} for name, size in sizes.items()},
+            "noarch",
+            1,  # one copy at a time: they land in the order they were taken
+            Progress(),
+            lambda name, copied: landed.append(name),
+        )
+    assert not result.failed
+    assert landed == ["b-1-0.conda", "c-1-0.conda", "d-1-0.conda", "a-1-0.conda"]
