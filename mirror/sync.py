@@ -468,6 +468,8 @@ class SyncRun:
                     held.enter_context(one.lock)
                     staged.append(one)
             self._transfer(source, target, staged)
+            for one in staged:  # a run killed while it commits the first subdirs: the
+                one.journal.save()  # files of the others are adopted, not read again
             for one in staged:
                 with one.lock:
                     if one.report.status is Status.SYNCED:  # not failed in the transfer

@@ -9,15 +9,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from conda_ferry.mirror import sync
 from tests.faultproxy import FaultProxy
-from tests.helpers import ferry
+from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
 from tests.pkgmaker import Spec, write_package
 from tests.servers import Server
-from tests.upstream import reindex
+from tests.upstream import job_yaml, reindex
 
 COUNT = 40
 
@@ -89,3 +91,26 @@ def test_an_interrupted_sync_resumes_where_it_stopped(
     print(f"interrupted at {COUNT - missing}/{COUNT}: the rerun fetched {gets} packages")
     assert gets <= missing + math.ceil(COUNT * 0.05), (gets, missing)
     assert assert_consistent(mirror) == COUNT
+
+
+def test_a_run_stopped_while_committing_keeps_the_other_subdirs_files(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every subdir's files come in one transfer, then each subdir is committed in
+    turn: stopped in the first commit, the run has journaled the others' files, and
+    the rerun adopts them instead of reading them again."""
+    root, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+
+    def stopped(*args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sync, "commit_subdir", stopped)
+        assert ferry("sync", str(job)).exit_code == 130
+    noarch = {p.name for p in (root / "noarch").iterdir() if p.name.endswith(".conda")}
+    assert noarch and set(load(mirror / ".ferry" / "noarch.json")["verified"]) == noarch
+    rerun = ferry("sync", str(job))
+    assert rerun.exit_code == 0, rerun.output
+    assert assert_consistent(mirror) == 8
