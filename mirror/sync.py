@@ -630,8 +630,8 @@ class SyncRun:
     def _transfer(self, source: Gateway, target: Gateway, staged: list[_Staged]) -> None:
         """The staged subdirs' files: one transfer for all those beside their repodata
         (the workers go on from one subdir's files to the next instead of waiting for
-        the last of each, and a few large files are shared out evenly: 9 + 3 packages
-        of 20 MB took 0.83 s as one transfer, 0.92 s as two), one for each subdir whose
+        the last of each, and a few large files are shared out evenly: a cold sync of
+        9 + 3 packages of 20 MB took 0.85 s instead of 0.94), one for each subdir whose
         packages are elsewhere (``info.base_url``)."""
         together = [s for s in staged if s.fetch and s.package_url is None]
         groups: list[tuple[str | None, list[_Staged]]] = [(None, together)] if together else []
@@ -655,12 +655,9 @@ class SyncRun:
         for one in group:
             prefix = f"{one.subdir}/" if by_subdir else ""
             owners.update((f"{prefix}{f}", (one, f)) for f in one.fetch)
-        lock = threading.Lock()  # files land from a pool's threads
 
         def landed(name: str, copied: Copied) -> None:
             one, filename = owners[name]
-            with lock:
-                one.bytes += copied.size
             one.journal.landed(filename, copied)  # journaled the moment it is true
 
         try:
@@ -677,9 +674,10 @@ class SyncRun:
             for one in group:
                 one.journal.save()  # interrupted: what landed is kept for the next run
             raise
-        for name, info in result.done.items():
+        for name, copied in result.done.items():
             one, filename = owners[name]
-            one.done[filename] = info
+            one.done[filename] = copied.info
+            one.bytes += copied.size
         for name, why in result.failed.items():
             one, filename = owners[name]
             one.failed[filename] = why

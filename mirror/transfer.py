@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Copied, FileInfo
+from conda_ferry.gateways import Copied
 
 from .copiers import Helpers
 from .copying import Landed, Route, copy_all
@@ -18,9 +18,8 @@ from .progress import Progress
 
 @dataclass
 class TransferResult:
-    done: dict[str, FileInfo] = field(default_factory=dict)  # file name -> as written
+    done: dict[str, Copied] = field(default_factory=dict)  # file name -> as written
     failed: dict[str, str] = field(default_factory=dict)
-    bytes: int = 0
 
 
 def usable_cores() -> int:
@@ -51,8 +50,7 @@ def transfer(
 
     def arrived(filename: str, copied: Copied) -> None:
         with lock:
-            result.done[filename] = copied.info
-            result.bytes += copied.size
+            result.done[filename] = copied
         landed(filename, copied)  # journaled the moment it is true
         progress.file_done(filename, True)
 
