@@ -1,5 +1,8 @@
 """One sync run: upstream repodata -> filters -> plan -> transfer -> publish -> state.
 
+Every subdir is locked and planned, then all their files come in one transfer, then
+each subdir is published in turn (and its lock let go).
+
 Publication order is what makes a kill harmless: packages first (each verified
 and atomic), then repodata through the indexer, then deletions, then state.
 At every instant each published record points at a present, correct file.
