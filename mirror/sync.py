@@ -654,20 +654,31 @@ class SyncRun:
     def _copy(self, route: Route, group: list[_Staged], by_subdir: bool = False) -> None:
         """``group``'s files through ``route``: named by subdir and file (``by_subdir``)
         or, for a group of one, by file."""
-        owners: dict[str, tuple[_Staged, str]] = {}
-        for one in group:
-            prefix = f"{one.subdir}/" if by_subdir else ""
-            owners.update((f"{prefix}{f}", (one, f)) for f in one.fetch)
+        subdirs = {one.subdir: one for one in group}
+
+        def owner(name: str) -> tuple[_Staged, str]:
+            if not by_subdir:
+                return group[0], name
+            subdir, _, filename = name.partition("/")  # neither part has a "/"
+            return subdirs[subdir], filename
+
+        lock = threading.Lock()  # files land from a pool's threads
 
         def landed(name: str, copied: Copied) -> None:
-            one, filename = owners[name]
+            one, filename = owner(name)
+            with lock:
+                one.bytes += copied.size
             one.journal.landed(filename, copied)  # journaled the moment it is true
 
         try:
             result = transfer(
                 route,
-                {name: one.plan.desired[f] for name, (one, f) in owners.items()},
-                ", ".join(one.subdir for one in group),
+                {
+                    f"{one.subdir}/{f}" if by_subdir else f: one.plan.desired[f]
+                    for one in group
+                    for f in one.fetch
+                },
+                ", ".join(subdirs),
                 self.job.jobs,
                 self.progress,
                 landed,
@@ -677,12 +688,11 @@ class SyncRun:
             for one in group:
                 one.journal.save()  # interrupted: what landed is kept for the next run
             raise
-        for name, copied in result.done.items():
-            one, filename = owners[name]
-            one.done[filename] = copied.info
-            one.bytes += copied.size
+        for name, info in result.done.items():
+            one, filename = owner(name)
+            one.done[filename] = info
         for name, why in result.failed.items():
-            one, filename = owners[name]
+            one, filename = owner(name)
             one.failed[filename] = why
 
     def _finish(

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conda_ferry.gateways import Copied
+from conda_ferry.gateways import Copied, FileInfo
 
 from .copiers import Helpers
 from .copying import Landed, Route, copy_all
@@ -18,7 +18,7 @@ from .progress import Progress
 
 @dataclass
 class TransferResult:
-    done: dict[str, Copied] = field(default_factory=dict)  # file name -> as written
+    done: dict[str, FileInfo] = field(default_factory=dict)  # file name -> as written
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,7 +50,7 @@ def transfer(
 
     def arrived(filename: str, copied: Copied) -> None:
         with lock:
-            result.done[filename] = copied
+            result.done[filename] = copied.info
         landed(filename, copied)  # journaled the moment it is true
         progress.file_done(filename, True)
 
