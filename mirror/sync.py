@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -472,12 +474,13 @@ class SyncRun:
                     staged.append(one)
             self._transfer(source, target, staged)
             for one in staged:  # a run killed while it commits the first subdirs: the
-                one.journal.save()  # files of the others are adopted, not read again
+                self._guarded(target, one, one.journal.save)  # others' files are adopted
             for one in staged:
                 with one.lock:
-                    if one.report.status is Status.SYNCED:  # not failed in the transfer
+                    if one.report.status is Status.SYNCED:  # nothing failed it yet
                         assert descriptions is not None  # a dry run stages nothing
-                        self._finish(target, one, descriptions)
+                        commit = functools.partial(self._commit, target, one, descriptions)
+                        self._guarded(target, one, commit)
 
     def _broken(self, target: Gateway, subdir: str) -> SubdirReport:
         """A subdir whose upstream document is unusable: failed, and so noted."""
@@ -524,6 +527,7 @@ class SyncRun:
             return staged
 
     def _fails(self, report: SubdirReport, exc: GatewayError | errors.FerryError) -> None:
+        """What a subdir's report (and so the run's exit code) says of its failure."""
         if isinstance(exc, LockHeld):
             report.status = Status.LOCKED
         else:
@@ -695,12 +699,10 @@ class SyncRun:
             one, filename = owner(name)
             one.failed[filename] = why
 
-    def _finish(
-        self, target: Gateway, staged: _Staged, descriptions: upstream.Descriptions
-    ) -> None:
-        """The subdir's commit, once its files are in; a failure is reported."""
+    def _guarded(self, target: Gateway, staged: _Staged, step: Callable[[], None]) -> None:
+        """One step of a staged subdir; its failure fails that subdir only."""
         try:
-            self._commit(target, staged, descriptions)
+            step()
         except (GatewayError, errors.FerryError) as exc:
             self._failed(target, staged.state, str(exc))
             self._fails(staged.report, exc)

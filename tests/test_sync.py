@@ -13,6 +13,8 @@ import rattler
 import requests
 
 from conda_ferry.gateways import open_gateway
+from conda_ferry.mirror import sync
+from conda_ferry.mirror.errors import FerryError
 from tests.clientread import read_msgpack_zst
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
@@ -266,6 +268,34 @@ def test_second_run_on_a_locked_target_exits_75(upstream: tuple[Path, str], tmp_
     # the other subdir is synced, and its lock let go
     assert load(mirror / "noarch" / "repodata.json")["packages.conda"]
     assert not (mirror / "linux-64" / "repodata.json").exists()
+    assert not list(mirror.glob("*/.ferry.lock"))
+
+
+def test_a_subdir_that_fails_to_commit_fails_alone(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subdirs share one transfer, then each is committed on its own: one whose
+    commit fails is reported and noted in its state; the other is published."""
+    _, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    commit = sync.commit_subdir
+
+    def failing(target: Any, view: Any, *args: Any, **kw: Any) -> Any:
+        if view.subdir == "linux-64":
+            raise FerryError("linux-64: the disk said no")
+        return commit(target, view, *args, **kw)
+
+    monkeypatch.setattr(sync, "commit_subdir", failing)
+    result = ferry("sync", str(job), "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 1, result.output
+    report = {s["subdir"]: s for s in load(tmp_path / "r.json")["subdirs"]}
+    assert report["linux-64"]["status"] == "failed"
+    assert "the disk said no" in report["linux-64"]["message"]
+    assert report["noarch"]["status"] == "synced"
+    assert load(mirror / "noarch" / "repodata.json")["packages.conda"]
+    assert not (mirror / "linux-64" / "repodata.json").exists()
+    assert load(mirror / ".ferry" / "linux-64.json")["last_run"]["result"] == "failed"
     assert not list(mirror.glob("*/.ferry.lock"))
 
 
