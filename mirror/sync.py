@@ -474,13 +474,13 @@ class SyncRun:
                     staged.append(one)
             self._transfer(source, target, staged)
             for one in staged:  # a run killed while it commits the first subdirs: the
-                self._guarded(target, one, one.journal.save)  # others' files are adopted
+                self._guarded(target, [one], one.journal.save)  # others' files adopted
             for one in staged:
                 with one.lock:
                     if one.report.status is Status.SYNCED:  # nothing failed it yet
                         assert descriptions is not None  # a dry run stages nothing
                         commit = functools.partial(self._commit, target, one, descriptions)
-                        self._guarded(target, one, commit)
+                        self._guarded(target, [one], commit)
 
     def _broken(self, target: Gateway, subdir: str) -> SubdirReport:
         """A subdir whose upstream document is unusable: failed, and so noted."""
@@ -641,30 +641,26 @@ class SyncRun:
         9 + 3 packages of 20 MB took 0.85 s instead of 0.94), one for each subdir whose
         packages are elsewhere (``info.base_url``)."""
         together = [s for s in staged if s.fetch and s.package_url is None]
-        groups: list[tuple[str | None, list[_Staged]]] = [(None, together)] if together else []
-        groups += [(s.package_url, [s]) for s in staged if s.fetch and s.package_url]
-        for package_url, group in groups:
-            try:
-                if package_url is None:
-                    self._copy(Route(source, "", target, ""), group, by_subdir=True)
-                    continue
-                with open_gateway(package_url, self.job.source_options) as packages:
-                    self._copy(Route(packages, "", target, f"{group[0].subdir}/"), group)
-            except (GatewayError, errors.FerryError) as exc:
-                for one in group:
-                    self._failed(target, one.state, str(exc))
-                    self._fails(one.report, exc)
+        if together:
+            copy = functools.partial(self._copy, Route(source, "", target, ""), together)
+            self._guarded(target, together, copy)
+        for one in staged:
+            if one.fetch and one.package_url is not None:
+                elsewhere = functools.partial(self._copy_elsewhere, one.package_url, target, one)
+                self._guarded(target, [one], elsewhere)
 
-    def _copy(self, route: Route, group: list[_Staged], by_subdir: bool = False) -> None:
-        """``group``'s files through ``route``: named by subdir and file (``by_subdir``)
-        or, for a group of one, by file."""
+    def _copy_elsewhere(self, package_url: str, target: Gateway, staged: _Staged) -> None:
+        with open_gateway(package_url, self.job.source_options) as packages:
+            self._copy(Route(packages, "", target, f"{staged.subdir}/"), [staged])
+
+    def _copy(self, route: Route, group: list[_Staged]) -> None:
+        """``group``'s files through ``route``; each is named by its path on the target
+        below the route's ``target_dir`` (``linux-64/x.conda``, or ``x.conda``)."""
         subdirs = {one.subdir: one for one in group}
 
         def owner(name: str) -> tuple[_Staged, str]:
-            if not by_subdir:
-                return group[0], name
-            subdir, _, filename = name.partition("/")  # neither part has a "/"
-            return subdirs[subdir], filename
+            subdir, _, filename = f"{route.target_dir}{name}".partition("/")
+            return subdirs[subdir], filename  # neither part has a "/"
 
         lock = threading.Lock()  # files land from a pool's threads
 
@@ -674,11 +670,12 @@ class SyncRun:
                 one.bytes += copied.size
             one.journal.landed(filename, copied)  # journaled the moment it is true
 
+        below = len(route.target_dir)
         try:
             result = transfer(
                 route,
                 {
-                    f"{one.subdir}/{f}" if by_subdir else f: one.plan.desired[f]
+                    f"{one.subdir}/{f}"[below:]: one.plan.desired[f]
                     for one in group
                     for f in one.fetch
                 },
@@ -699,13 +696,14 @@ class SyncRun:
             one, filename = owner(name)
             one.failed[filename] = why
 
-    def _guarded(self, target: Gateway, staged: _Staged, step: Callable[[], None]) -> None:
-        """One step of a staged subdir; its failure fails that subdir only."""
+    def _guarded(self, target: Gateway, group: list[_Staged], step: Callable[[], None]) -> None:
+        """One step of staged subdirs; its failure fails them, and only them."""
         try:
             step()
         except (GatewayError, errors.FerryError) as exc:
-            self._failed(target, staged.state, str(exc))
-            self._fails(staged.report, exc)
+            for one in group:
+                self._failed(target, one.state, str(exc))
+                self._fails(one.report, exc)
 
     def _commit(
         self, target: Gateway, staged: _Staged, descriptions: upstream.Descriptions
