@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, BinaryIO
+
+import msgspec
 
 from .base import FileInfo, Gateway
 from .errors import GatewayError, IntegrityError
@@ -21,8 +22,7 @@ log = logging.getLogger("ferry.gateways")
 SMALL = 1 << 20  # bytes: a file at most this large may be copied by copy_prefetched
 
 
-@dataclass(frozen=True)
-class Expected:
+class Expected(msgspec.Struct, frozen=True, gc=False):
     """What the bytes must be; a field left None is not checked."""
 
     size: int | None = None
@@ -30,8 +30,7 @@ class Expected:
     md5: str | None = None
 
 
-@dataclass(frozen=True)
-class Copied:
+class Copied(msgspec.Struct, frozen=True, gc=False):
     info: FileInfo  # the written file as the target reports it
     size: int
     sha256: str

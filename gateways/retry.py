@@ -6,8 +6,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
+
+import msgspec
 
 from .errors import TransientError
 
@@ -15,8 +16,7 @@ log = logging.getLogger("ferry.gateways")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True, gc=False):
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0

@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO, cast
+
+import msgspec
 
 from .errors import IntegrityError, TooSlow, TransientError
 from .retry import RetryPolicy
@@ -86,8 +87,7 @@ class GuardedStream(RawStream):
         super().close()
 
 
-@dataclass(frozen=True)
-class Pace:
+class Pace(msgspec.Struct, frozen=True, gc=False):
     """The slowest a transfer may go: an idle timeout alone lets a server that sends
     one byte a second hold a run, and its lock, for ever."""
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import msgspec
 
 from .errors import UsageError
 from .registry import SCHEMES
@@ -18,8 +19,7 @@ _SECRET_QUERY = re.compile(
 _PATH_TOKEN = re.compile(r"/t/[^/]+/")
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(msgspec.Struct, frozen=True, gc=False):
     """A URL split into the parts adapters need; ``path`` is always unquoted."""
 
     scheme: str

@@ -11,15 +11,14 @@ import hashlib
 import os
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     record: Mapping[str, Any]  # a dict, or a record read compactly (index.compact)
     extras: dict[str, Any]
 

@@ -7,9 +7,10 @@ import os
 import time
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import msgspec
 
 from conda_ferry.gateways import FileInfo, Gateway, GatewayError
 
@@ -50,10 +51,9 @@ KNOWN_SUBDIRS = {
 }
 
 
-@dataclass
-class IndexOptions:
+class IndexOptions(msgspec.Struct):
     subdirs: list[str] | None = None
-    outputs: OutputOptions = field(default_factory=OutputOptions)
+    outputs: OutputOptions = msgspec.field(default_factory=OutputOptions)
     patch_instructions: dict[str, dict[str, Any]] | None = None  # subdir ("*": all) -> patch
     jobs: int = os.cpu_count() or 2
     cache_dir: Path | None = None
@@ -61,24 +61,22 @@ class IndexOptions:
     run_exports: bool = True
 
 
-@dataclass
-class SubdirSummary:
+class SubdirSummary(msgspec.Struct):
     subdir: str
     packages: int = 0
     read: int = 0
     cached: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)  # shards, relative to the subdir
-    published: set[str] = field(default_factory=set)  # file names repodata.json now lists
+    skipped: list[tuple[str, str]] = []
+    written: list[str] = []
+    deleted: list[str] = []
+    stale: list[str] = []  # shards, relative to the subdir
+    published: set[str] = set()  # file names repodata.json now lists
 
 
-@dataclass
-class IndexSummary:
+class IndexSummary(msgspec.Struct):
     url: str
-    subdirs: list[SubdirSummary] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)
+    subdirs: list[SubdirSummary] = []
+    written: list[str] = []
     seconds: float = 0.0
 
     @property
@@ -234,8 +232,7 @@ class ChannelEntry(NamedTuple):
     extras: dict[str, Any]  # about, run_exports, features
 
 
-@dataclass
-class BuiltSubdir:
+class BuiltSubdir(msgspec.Struct):
     """A subdir's repodata, made and not yet published; ``entries``: its records."""
 
     summary: SubdirSummary

@@ -8,7 +8,6 @@ footer's offset asks only for what follows it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -101,12 +100,11 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     return ops
 
 
-@dataclass
-class Jlap:
+class Jlap(msgspec.Struct):
     """A parsed, verified log: its first line and its patch lines, byte for byte."""
 
     iv: str = ZERO_IV
-    patches: list[bytes] = field(default_factory=list)
+    patches: list[bytes] = []
     latest: str = ""  # the footer's: the hash of the repodata.json the log leads to
 
     @classmethod

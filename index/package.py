@@ -12,10 +12,10 @@ import hashlib
 import io
 import struct
 import zlib
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
+import msgspec
 import orjson
 import zstandard
 
@@ -38,8 +38,7 @@ class BadPackage(Exception):
     """The file cannot be indexed; ``str()`` says why in a few words."""
 
 
-@dataclass
-class PackageMeta:
+class PackageMeta(msgspec.Struct):
     """What an index needs from one package file."""
 
     filename: str
@@ -47,9 +46,9 @@ class PackageMeta:
     md5: str
     sha256: str
     index: dict[str, Any]
-    about: dict[str, Any] = field(default_factory=dict)
-    run_exports: dict[str, Any] = field(default_factory=dict)
-    features: dict[str, bool] = field(default_factory=dict)  # channeldata flags
+    about: dict[str, Any] = {}
+    run_exports: dict[str, Any] = {}
+    features: dict[str, bool] = {}  # channeldata flags
 
 
 class _Hashing(io.RawIOBase):

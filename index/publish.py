@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import msgspec
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 
@@ -40,13 +41,12 @@ def when_asked(job: Callable[..., T], gateway: Gateway, *args: Any) -> Callable[
     return functools.partial(job, gateway, *args)
 
 
-@dataclass
-class Written:
-    paths: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
+class Written(msgspec.Struct):
+    paths: list[str] = []
+    deleted: list[str] = []
     # shards no published index names any more: a client holding yesterday's index
     # may still ask for them, so the caller decides when they go
-    stale: list[str] = field(default_factory=list)
+    stale: list[str] = []
 
 
 # What each output writes, so that one switched off is removed, not left stale.

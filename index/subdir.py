@@ -8,8 +8,9 @@ listing is hundreds of requests, so reading it twice is a cost worth avoiding.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from conda_ferry.gateways import FileInfo, Gateway, NotFound, is_temp
 
@@ -17,15 +18,14 @@ from . import compact
 from .records import EXTENSIONS
 
 
-@dataclass
-class SubdirView:
+class SubdirView(msgspec.Struct):
     subdir: str
-    packages: dict[str, FileInfo] = field(default_factory=dict)  # package files by name
-    temps: list[FileInfo] = field(default_factory=list)  # a killed run's atomic writes
+    packages: dict[str, FileInfo] = {}  # package files by name
+    temps: list[FileInfo] = []  # a killed run's atomic writes
     repodata_json: bytes | None = None  # the published repodata.json, as served
-    published: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # its records
+    published: dict[str, Mapping[str, Any]] = {}  # its records
     unreadable: bool = False  # repodata.json is there but not a repodata document
-    names: set[str] = field(default_factory=set)  # every other file directly in the subdir
+    names: set[str] = set()  # every other file directly in the subdir
 
     @classmethod
     def read(cls, gateway: Gateway, subdir: str) -> SubdirView:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import msgspec
 
 from conda_ferry import __version__
 from conda_ferry.gateways import (
@@ -1054,7 +1055,9 @@ def snapshot_restore(
         say(f"{item.subdir}: restored {name} ({item.before} -> {plural(item.records, 'record')})")
     if hold:
         say(f"held: ferry sync refuses {', '.join(d.subdir for d in done)} until released")
-    report_result({"snapshot": name, "hold": hold, "subdirs": [d.__dict__ for d in done]})
+    report_result(
+        {"snapshot": name, "hold": hold, "subdirs": [msgspec.structs.asdict(d) for d in done]}
+    )
 
 
 @snapshot_group.command("release")

@@ -16,8 +16,9 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import msgspec
 
 from conda_ferry.gateways import Gateway, NotFound
 from conda_ferry.index.channel import (
@@ -68,16 +69,15 @@ def choose_records(
     return chosen
 
 
-@dataclass
-class Commit:
+class Commit(msgspec.Struct):
     """What a writer hands over once its package files are in place."""
 
     known: Mapping[str, Record]  # records published verbatim (their files are ready)
     managed: set[str]  # files the mirror owns from upstream (the state's list)
-    remove: list[str] = field(default_factory=list)  # unpublished; deleted after the grace
-    extras: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # channeldata input
+    remove: list[str] = []  # unpublished; deleted after the grace
+    extras: Mapping[str, dict[str, Any]] = {}  # channeldata input
     grace: float = DEFAULT_GRACE  # seconds a file stays after repodata stops naming it
-    hidden: set[str] = field(default_factory=set)  # present, not published, not owned
+    hidden: set[str] = set()  # present, not published, not owned
 
     @property
     def skip(self) -> set[str]:

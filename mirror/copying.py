@@ -19,8 +19,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from conda_ferry.gateways import (
     Copied,
@@ -47,8 +48,7 @@ def expected(record: Mapping[str, Any]) -> Expected:
     )
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(msgspec.Struct, frozen=True):
     """Where a transfer's files come from and go to."""
 
     source: Gateway

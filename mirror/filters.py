@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+import msgspec
 import rattler
 
 from .lockfiles import Locked, LockfileError, belongs_to, read_lockfile
@@ -308,13 +309,12 @@ class Filters:
         return next((r for r in self.rules if isinstance(r, kind)), None)
 
 
-@dataclass
-class Selection:
+class Selection(msgspec.Struct):
     kept: dict[str, dict[str, Record]]
-    reasons: dict[Key, str] = field(default_factory=dict)
-    dropped_dependencies: list[str] = field(default_factory=list)
-    unmatched: list[str] = field(default_factory=list)  # include specs no record matched
-    locked_problems: list[str] = field(default_factory=list)  # locked, but not to be had
+    reasons: dict[Key, str] = {}
+    dropped_dependencies: list[str] = []
+    unmatched: list[str] = []  # include specs no record matched
+    locked_problems: list[str] = []  # locked, but not to be had
     otherwise: str = ""  # the reason of a record ``reasons`` does not name
 
     def explain(self, name: str, records: Mapping[str, Mapping[str, Record]]) -> list[str]:

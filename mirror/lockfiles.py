@@ -10,10 +10,10 @@ decided by the sync (:func:`belongs_to`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 HEX = re.compile(r"[0-9a-f]+")
@@ -23,8 +23,7 @@ class LockfileError(ValueError):
     """A lockfile that cannot be read; its text says why."""
 
 
-@dataclass(frozen=True)
-class Locked:
+class Locked(msgspec.Struct, frozen=True):
     channel: str  # the channel URL as the lockfile has it
     subdir: str
     filename: str

@@ -15,11 +15,11 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import orjson
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
@@ -47,13 +47,12 @@ TEMPLATES = hashlib.blake2b(
 ).digest()
 
 
-@dataclass
-class Package:
+class Package(msgspec.Struct, dict=True):
     """One package name of a subdir: its builds, newest first."""
 
     name: str
-    builds: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)  # file, record
-    about: dict[str, Any] = field(default_factory=dict)
+    builds: list[tuple[str, Mapping[str, Any]]] = []  # file, record
+    about: dict[str, Any] = {}
 
     @functools.cached_property
     def newest(self) -> Mapping[str, Any]:
@@ -181,14 +180,13 @@ def listing_pages(subdir: str, packages: list[Package]) -> Iterator[tuple[str, b
         yield names[i], page(subdir, nav, body, search=True)
 
 
-@dataclass
-class PageWrite:
-    written: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
+class PageWrite(msgspec.Struct):
+    written: list[str] = []
+    deleted: list[str] = []
     # page -> digest: of its inputs (package pages), of its bytes (listings)
-    digests: dict[str, str] = field(default_factory=dict)
-    have: set[str] = field(default_factory=set)  # the pages there before
-    listings: list[tuple[str, bytes]] = field(default_factory=list)  # not written yet
+    digests: dict[str, str] = {}
+    have: set[str] = set()  # the pages there before
+    listings: list[tuple[str, bytes]] = []  # not written yet
 
 
 def _inputs(package: Package) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 Record = Mapping[str, Any]  # a dict, or upstream JSON read compactly (index.compact)
 
@@ -19,20 +20,19 @@ def same_file(a: Record | None, b: Record | None) -> bool:
     return bool(a.get("md5")) and a.get("md5") == b.get("md5")
 
 
-@dataclass
-class Plan:
+class Plan(msgspec.Struct, dict=True):
     subdir: str
     desired: dict[str, Record]
-    add: list[str] = field(default_factory=list)
-    update: list[str] = field(default_factory=list)
-    remove: list[str] = field(default_factory=list)
-    retained: dict[str, Record] = field(default_factory=dict)  # no longer wanted, not pruned
+    add: list[str] = []
+    update: list[str] = []
+    remove: list[str] = []
+    retained: dict[str, Record] = {}  # no longer wanted, not pruned
     # published files whose upstream record now describes other bytes, same name
-    replaced: list[str] = field(default_factory=list)
+    replaced: list[str] = []
     # on the target, unpublished, of the record's size: a killed run's work, taken as
     # it is when the journal vouches for it (adopt) or once it is re-read (check)
-    adopt: list[str] = field(default_factory=list)
-    check: list[str] = field(default_factory=list)
+    adopt: list[str] = []
+    check: list[str] = []
 
     @functools.cached_property
     def add_bytes(self) -> int:

@@ -20,10 +20,10 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import msgspec
 import zstandard
 
 from conda_ferry.gateways import Gateway, GatewayOptions, NotFound, is_temp, open_gateway
@@ -42,8 +42,7 @@ CACHE_DIR = f"{STATE_DIR}/shard-cache"
 Record = Mapping[str, Any]  # a dict, or upstream JSON read compactly (index.compact)
 
 
-@dataclass
-class ShardIndex:
+class ShardIndex(msgspec.Struct):
     subdir: str
     info: dict[str, Any]
     shards: dict[str, str]  # package name -> hex sha256 of its shard
@@ -52,14 +51,13 @@ class ShardIndex:
     size: int  # bytes of the index as served
 
 
-@dataclass
-class Closure:
+class Closure(msgspec.Struct):
     """What the sharded path read: documents in repodata.json form, and its cost."""
 
     documents: dict[str, dict[str, Any]]
-    bytes: dict[str, int] = field(default_factory=dict)  # subdir -> repodata bytes read
-    shards: dict[str, int] = field(default_factory=dict)  # subdir -> shards used
-    used: set[str] = field(default_factory=set)  # digests of every shard used
+    bytes: dict[str, int] = {}  # subdir -> repodata bytes read
+    shards: dict[str, int] = {}  # subdir -> shards used
+    used: set[str] = set()  # digests of every shard used
 
 
 def _unpack(data: bytes, where: str) -> Any:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from conda_ferry.gateways import Gateway
 from conda_ferry.index import repodata, shards
@@ -179,8 +180,7 @@ def set_pin(gateway: Gateway, name: str, pin: bool) -> None:
         snapstore.save_pins(gateway, pins | {name} if pin else pins - {name})
 
 
-@dataclass
-class Restored:
+class Restored(msgspec.Struct):
     subdir: str
     records: int
     before: int

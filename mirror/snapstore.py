@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from conda_ferry.gateways import Gateway, NotFound
 from conda_ferry.index import repodata
@@ -46,12 +47,11 @@ def subdir_path(name: str, subdir: str, file: str = "") -> str:
     return f"{SNAPSHOTS_DIR}/{name}/{subdir}" + (f"/{file}" if file else "")
 
 
-@dataclass
-class Snapshot:
+class Snapshot(msgspec.Struct):
     name: str
     created: str = ""
     by: str = "manual"  # "sync" when a job took it; only those are retired by `keep`
-    subdirs: dict[str, dict[str, Any]] = field(default_factory=dict)  # subdir -> figures
+    subdirs: dict[str, dict[str, Any]] = {}  # subdir -> figures
     complete: bool = True  # False: a killed create or delete left it; delete it
 
     def to_bytes(self) -> bytes:

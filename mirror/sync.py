@@ -18,8 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from conda_ferry.gateways import (
     Copied,
@@ -77,40 +78,39 @@ class Status(str, enum.Enum):
         return self in (Status.PARTIAL, Status.FAILED, Status.LOCKED)
 
 
-@dataclass
-class SubdirReport:
+class SubdirReport(msgspec.Struct):
     subdir: str
     status: Status = Status.UP_TO_DATE
     added: int = 0
     updated: int = 0
     removed: int = 0
     bytes: int = 0
-    failures: dict[str, str] = field(default_factory=dict)
-    files: dict[str, list[str]] = field(default_factory=dict)  # added/updated/removed names
+    failures: dict[str, str] = {}
+    files: dict[str, list[str]] = {}  # added/updated/removed names
     published: int | None = None  # records repodata.json lists after the run
     upstream_modified: float | None = None  # upstream's Last-Modified, as a timestamp
     message: str = ""
     plan: dict[str, Any] | None = None
     repodata: dict[str, Any] | None = None  # which upstream file was read, and its bytes
-    entries: list[ChannelEntry] = field(default_factory=list, repr=False)  # channeldata input
+    entries: list[ChannelEntry] = []  # channeldata input
 
     def as_dict(self) -> dict[str, Any]:
-        fields = {k: v for k, v in self.__dict__.items() if k != "entries"}
+        fields = msgspec.structs.asdict(self)
+        del fields["entries"]
         return {**fields, "status": self.status.value}
 
 
-@dataclass
-class SyncReport:
+class SyncReport(msgspec.Struct):
     job: str
     source: str
     target: str
-    subdirs: list[SubdirReport] = field(default_factory=list)
-    dropped_dependencies: list[str] = field(default_factory=list)
-    unmatched_includes: list[str] = field(default_factory=list)
-    locked_problems: list[str] = field(default_factory=list)  # locked, not to be had
+    subdirs: list[SubdirReport] = []
+    dropped_dependencies: list[str] = []
+    unmatched_includes: list[str] = []
+    locked_problems: list[str] = []  # locked, not to be had
     seconds: float = 0.0
     dry_run: bool = False
-    snapshots: list[str] = field(default_factory=list)  # what the job's snapshots: did
+    snapshots: list[str] = []  # what the job's snapshots: did
 
     @property
     def exit_code(self) -> int:
@@ -195,8 +195,7 @@ class Journal:
         self._last = time.monotonic()
 
 
-@dataclass
-class _Staged:
+class _Staged(msgspec.Struct):
     """A subdir between its plan and its commit: locked, its files on their way."""
 
     answer: upstream.Upstream
@@ -211,9 +210,9 @@ class _Staged:
     damaged: set[str]
     package_url: str | None  # where the packages are, when not beside the repodata
     journal: Journal
-    lock: contextlib.ExitStack[bool | None] = field(default_factory=contextlib.ExitStack)
-    done: dict[str, FileInfo] = field(default_factory=dict)  # copied: file name -> as written
-    failed: dict[str, str] = field(default_factory=dict)
+    lock: contextlib.ExitStack[bool | None] = msgspec.field(default_factory=contextlib.ExitStack)
+    done: dict[str, FileInfo] = {}  # copied: file name -> as written
+    failed: dict[str, str] = {}
     bytes: int = 0
 
     @property

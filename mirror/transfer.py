@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from conda_ferry.gateways import Copied, FileInfo
 
@@ -16,10 +17,9 @@ from .copying import Landed, Route, copy_all
 from .progress import Progress
 
 
-@dataclass
-class TransferResult:
-    done: dict[str, FileInfo] = field(default_factory=dict)  # file name -> as written
-    failed: dict[str, str] = field(default_factory=dict)
+class TransferResult(msgspec.Struct):
+    done: dict[str, FileInfo] = {}  # file name -> as written
+    failed: dict[str, str] = {}
 
 
 def usable_cores() -> int:

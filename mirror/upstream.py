@@ -6,10 +6,10 @@ import logging
 import os
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import orjson
 import zstandard
 
@@ -23,8 +23,7 @@ log = logging.getLogger("ferry.upstream")
 VARIANTS = ("repodata.json.zst", "repodata.json")
 
 
-@dataclass
-class Upstream:
+class Upstream(msgspec.Struct):
     subdir: str
     document: dict[str, Any] | None  # None: not modified since the validators
     etag: str | None

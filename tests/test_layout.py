@@ -153,3 +153,28 @@ def test_the_sftp_gateway_loads_paramiko_without_invoke() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_struct_defaults_are_values_not_dataclass_fields() -> None:
+    """A ``dataclasses.field(...)`` left in a msgspec Struct would be every
+    instance's default value itself; nothing else notices."""
+    import importlib
+    import pkgutil
+
+    import msgspec
+
+    import conda_ferry
+
+    bad = []
+    for module in pkgutil.walk_packages(conda_ferry.__path__, "conda_ferry."):
+        if module.name.endswith("__main__"):
+            continue  # runs the command line
+        mod = importlib.import_module(module.name)
+        for name, value in vars(mod).items():
+            if isinstance(value, type) and issubclass(value, msgspec.Struct):
+                bad += [
+                    f"{module.name}.{name}.{f.name}"
+                    for f in msgspec.structs.fields(value)
+                    if isinstance(f.default, dataclasses.Field)
+                ]
+    assert bad == []
