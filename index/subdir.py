@@ -31,12 +31,13 @@ class SubdirView(msgspec.Struct):
     def read(cls, gateway: Gateway, subdir: str) -> SubdirView:
         view = cls(subdir)
         for info in gateway.files(subdir):
-            if is_temp(info.name):
+            name = info.name  # derived from the path each time: once a file
+            if is_temp(name):
                 view.temps.append(info)
-            elif info.name.endswith(EXTENSIONS) and not info.name.startswith("."):
-                view.packages[info.name] = info
+            elif name.endswith(EXTENSIONS) and not name.startswith("."):
+                view.packages[name] = info
             else:
-                view.names.add(info.name)
+                view.names.add(name)
         try:
             view.repodata_json = gateway.read_bytes(f"{subdir}/repodata.json")
             view.published = compact.published(view.repodata_json)
