@@ -14,7 +14,10 @@ import zstandard
 from .compact import own
 from .repodata import SECTIONS
 
-ZSTD_LEVEL = 10  # level 19 costs 5x the time for 0.4% smaller shards (digests dominate)
+# Digests dominate a shard and do not compress: on a real subdir (r, linux-64: 393
+# shards) level 6 builds them in 30 ms against level 10's 38 ms, at the same size
+# (455 kB); level 3 is 3% larger, level 19 0.6% smaller for 12x the time.
+ZSTD_LEVEL = 6
 INDEX_NAME = "repodata_shards.msgpack.zst"
 SHARDS_DIR = "shards"
 
