@@ -258,7 +258,7 @@ class FTPGateway(Gateway):
         return self._do(path, unix_list)
 
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
-        conn = self._acquire()
+        conn = self._acquire(retry=False)  # the reader around this retries (see open_read)
         try:
             sock = conn.transfercmd(f"RETR {self._abs(path)}", rest=offset or None)
         except BaseException as exc:

@@ -24,7 +24,7 @@ from .errors import (
     UsageError,
 )
 from .streams import CHUNK, GuardedStream
-from .urls import parse
+from .urls import parse, redact
 
 PART_SIZE = 16 * CHUNK  # parts in flight per upload; bounds memory, not file size
 PARTS_IN_FLIGHT = 4
@@ -69,20 +69,33 @@ class S3Gateway(Gateway):
         verify: bool | str = opts.ca_bundle or opts.verify_tls
         with self._errors(""):
             session = boto3.session.Session(profile_name=opts.profile)
-        self.client = session.client(
-            "s3",
-            endpoint_url=opts.endpoint_url
+        endpoint = (
+            opts.endpoint_url
             or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL"),
-            region_name=opts.region,
-            verify=verify,
-            config=Config(
-                connect_timeout=opts.timeout,
-                read_timeout=opts.timeout,
-                retries={"max_attempts": 1, "mode": "standard"},  # ours retry, with resume
-                max_pool_connections=32,
-            ),
+            or os.environ.get("AWS_ENDPOINT_URL")
         )
+        if endpoint and not endpoint.lower().startswith(("http://", "https://")):
+            raise UsageError(
+                self.display(),
+                f"endpoint_url {redact(endpoint)} is not an http(s) URL",
+                "write e.g. https://s3.example.com or http://127.0.0.1:9000",
+            )
+        try:
+            self.client = session.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=opts.region,
+                verify=verify,
+                config=Config(
+                    connect_timeout=opts.timeout,
+                    read_timeout=opts.timeout,
+                    # one attempt: ours retry, with resume ("max_attempts" would count retries)
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    max_pool_connections=32,
+                ),
+            )
+        except ValueError as exc:  # botocore's word on an endpoint it cannot use
+            raise UsageError(self.display(), f"endpoint_url: {exc}") from None
 
     def _key(self, path: str) -> str:
         rel = self._rel(path)

@@ -28,6 +28,7 @@ from .errors import (
     PermissionDenied,
     ProtocolError,
     TransientError,
+    UsageError,
     network_problem,
 )
 from .sftpreads import PipelinedReads, read_size
@@ -288,6 +289,12 @@ class SFTPGateway(Gateway):
                 client.load_system_host_keys()
         except OSError as exc:
             raise ProtocolError(where, f"cannot read known_hosts: {exc.strerror}") from None
+        except (UnicodeDecodeError, paramiko.SSHException) as exc:
+            raise UsageError(
+                where,
+                f"known_hosts is not a known_hosts file ({type(exc).__name__})",
+                "give the file ssh keeps host keys in, e.g. ~/.ssh/known_hosts",
+            ) from None
         if self.options.insecure_host_key:
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         else:
@@ -418,7 +425,7 @@ class SFTPGateway(Gateway):
 
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         with self._errors(path):
-            sftp = self._sftp()
+            sftp = self._sftp(retry=False)  # the reader around this retries (see open_read)
             if isinstance(sftp.sock, _Pipe):
                 return self._open_pipelined(path, offset, sftp, sftp.sock.socket), None
             handle = sftp.open(self._abs(path), "rb", bufsize=CHUNK)

@@ -215,6 +215,34 @@ def test_sftp_resumes_from_the_last_byte(sshd: Server, fault: str, options: dict
         proxy.close()
 
 
+@pytest.mark.parametrize("kind", ["http", "s3", "sftp", "ftp"])
+def test_a_server_that_hangs_up_costs_the_retries_once(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A reader's connection, not just its body, fails within ``retries`` attempts:
+    an adapter that connected with retries of its own under the reader's retries made
+    a dead server cost their product (25 connections and 35 s at the defaults)."""
+    server: Server = request.getfixturevalue(
+        {"http": "nginx", "s3": "moto", "sftp": "sshd"}.get(kind, "ftpd")
+    )
+    proxy = FaultProxy(server.port)
+    proxy.default = "drop:0"
+    try:
+        if kind == "sftp":
+            url, options = _sftp_through(proxy, server)
+        elif kind == "s3":
+            url = "s3://ferry/faults"
+            options = GatewayOptions(**FAST_RETRY, endpoint_url=f"http://127.0.0.1:{proxy.port}")
+        else:
+            url = server.url.replace(f":{server.port}", f":{proxy.port}")
+            options = GatewayOptions(**FAST_RETRY)
+        with open_gateway(url, options) as gw, pytest.raises(TransientError):
+            gw.open_read("pkg.conda")
+        assert proxy.connections == FAST_RETRY["retries"]
+    finally:
+        proxy.close()
+
+
 def test_ftp_resumes_with_rest(ftpd: Server) -> None:
     (ftpd.root / "faults").mkdir(exist_ok=True)
     (ftpd.root / "faults" / "pkg.conda").write_bytes(DATA)
