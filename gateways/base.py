@@ -97,7 +97,7 @@ class GatewayOptions:
     """Knobs every adapter understands; each ignores those its protocol lacks."""
 
     timeout: float = option(
-        30.0, "Seconds before a silent connection counts as failed.", minimum=0.001
+        30.0, "Seconds before a silent connection counts as failed.", minimum=0.001, maximum=86400
     )
     retries: int = option(
         5, "Attempts at a failing request or transfer before giving up.", minimum=1

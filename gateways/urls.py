@@ -35,9 +35,14 @@ def parse(url: str) -> Location:
     """Split ``url``; a bare path is a ``file`` location."""
     if not url:
         raise UsageError("''", "empty URL")
+    if "\x00" in url:  # no file system or server takes one; os calls raise ValueError
+        raise UsageError(repr(redact(url)), "holds a NUL character", "give the path or URL again")
     if "://" not in url:
         return Location("file", "", None, None, None, url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 host, a bad character
+        raise UsageError(redact(url), f"not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise UsageError(
@@ -96,8 +101,8 @@ def redact(url: str) -> str:
     url = _PATH_TOKEN.sub("/t/***/", _mask_userinfo(url))
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
+    except ValueError:  # e.g. an unclosed [: shown up to any query or fragment
+        return re.split(r"[?#]", url, maxsplit=1)[0]
     netloc = parts.netloc
     if "@" in netloc and ":" in netloc.rpartition("@")[0]:
         userinfo, _, hostport = netloc.rpartition("@")

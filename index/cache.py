@@ -17,6 +17,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from conda_ferry.gateways import UsageError
+
 
 class Entry(msgspec.Struct, frozen=True):
     record: Mapping[str, Any]  # a dict, or a record read compactly (index.compact)
@@ -31,14 +33,21 @@ def default_dir() -> Path:
 class IndexCache:
     def __init__(self, channel_url: str, directory: Path | None = None) -> None:
         directory = directory or default_dir()
-        directory.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha256(channel_url.encode()).hexdigest()[:20]
         self.path = directory / f"{key}.sqlite"
         try:
-            self._db = self._open()
-        except sqlite3.DatabaseError:
-            self.path.unlink(missing_ok=True)  # a damaged cache is just a cold cache
-            self._db = self._open()
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError:
+                self.path.unlink(missing_ok=True)  # a damaged cache is just a cold cache
+                self._db = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            raise UsageError(
+                str(directory),
+                f"cannot keep the index cache here: {getattr(exc, 'strerror', None) or exc}",
+                "give --cache-dir a writable directory, or set XDG_CACHE_HOME",
+            ) from None
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None)

@@ -286,8 +286,11 @@ def export_bundle(
     sign_key: str | None,
 ) -> Manifest:
     out_root = Path(bundle_dir)
-    if out_root.exists() and any(out_root.iterdir()):
-        raise FerryError(f"{bundle_dir}: not empty (export into a new directory)", 2)
+    try:
+        if out_root.exists() and any(out_root.iterdir()):
+            raise FerryError(f"{bundle_dir}: not empty (export into a new directory)", 2)
+    except OSError as exc:
+        raise FerryError(f"{bundle_dir}: {exc.strerror} (export into a new directory)", 2) from None
     history = _read_json(mirror, EXPORTS, {"exports": []})
     exports: list[dict[str, Any]] = history.get("exports", [])
     base: dict[str, Any] | None = None

@@ -10,6 +10,7 @@ import functools
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -122,7 +123,7 @@ def _write_out(option: str, path: str, text: str) -> None:
         with open_gateway(directory) as gateway:
             gateway.write_bytes(name, text.encode())
     except (GatewayError, OSError) as exc:
-        click.echo(f"ferry: error: {option} {path}: cannot write: {exc}", err=True)
+        click.echo(redact_text(f"ferry: error: {option} {path}: cannot write: {exc}"), err=True)
 
 
 def _write_json(ctx: click.Context, started: float, code: int) -> None:
@@ -140,8 +141,20 @@ def _write_json(ctx: click.Context, started: float, code: int) -> None:
         "version": __version__,
         "host": socket.gethostname(),
     }
-    text = json.dumps({**_result(ctx), **envelope}, indent=2, sort_keys=True)
+    text = json.dumps(_redacted({**_result(ctx), **envelope}), indent=2, sort_keys=True)
     _write_out("--json", path, text + "\n")
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every URL in its strings redacted: a report quotes what the user
+    gave (a job path, a target), which may carry a password."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _write_metrics(ctx: click.Context, started: float, code: int) -> None:
@@ -247,8 +260,24 @@ def main(verbose: int, quiet: bool) -> None:
     _stop_on(signal.SIGHUP, errors.HANGUP, "stopped by SIGHUP")
 
 
+def _subdir_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from conda_ferry.index.records import is_subdir_name
+
+    for name in value:
+        if not is_subdir_name(name):
+            raise click.BadParameter(
+                f"'{redact_text(name)}' is not a subdir name (e.g. linux-64, noarch)"
+            )
+    return value
+
+
 subdirs_option = click.option(
-    "--subdir", "subdirs", multiple=True, metavar="SUBDIR", help="Only this subdir (repeatable)."
+    "--subdir",
+    "subdirs",
+    multiple=True,
+    metavar="SUBDIR",
+    callback=_subdir_names,
+    help="Only this subdir (repeatable).",
 )
 
 
@@ -275,6 +304,16 @@ def json_option(fn: F) -> F:
 _FILE = click.Path(exists=True, dir_okay=False)
 
 
+class _FiniteFloat(click.FloatRange):
+    """A bounded float that is a number: nan passes every comparison with a bound."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def _click_option(spec: dataclasses.Field[Any]) -> Callable[[F], F]:
     """The command-line form of one declared option field."""
     flag = f"--{spec.name.replace('_', '-')}"
@@ -287,7 +326,7 @@ def _click_option(spec: dataclasses.Field[Any]) -> Callable[[F], F]:
             return click.option(f"{flag}/--no-{flag[2:]}", spec.name, default=True, help=help_text)
         return click.option(flag, spec.name, is_flag=True, help=help_text)
     if isinstance(default, (int, float)):
-        kind = click.IntRange if isinstance(default, int) else click.FloatRange
+        kind = click.IntRange if isinstance(default, int) else _FiniteFloat
         bounds = kind(meta.get("minimum"), meta.get("maximum"))
         return click.option(
             flag,
@@ -822,7 +861,7 @@ def import_command(
     """Verify a bundle completely, then apply it: packages, repodata, removals."""
     from .bundle import ImportStatus, import_bundle
 
-    with open_gateway(bundle_dir) as bundle, open_gateway(target, options) as gateway:
+    with open_gateway(bundle_dir, options) as bundle, open_gateway(target, options) as gateway:
         result = import_bundle(bundle, gateway, verify_key, allow_gap, allow_rollback)
     if result.status is ImportStatus.ALREADY_APPLIED:
         say(f"bundle {result.id} was applied already; nothing to do")
@@ -842,11 +881,12 @@ def import_command(
 @main.command("bundle-info")
 @click.argument("bundle_dir")
 @json_option
-def bundle_info_command(bundle_dir: str) -> None:
+@gateway_options
+def bundle_info_command(bundle_dir: str, options: GatewayOptions) -> None:
     """Print what a bundle holds and its place in the sequence, without importing it."""
     from .bundle import describe, read_manifest
 
-    with open_gateway(bundle_dir) as bundle:
+    with open_gateway(bundle_dir, options) as bundle:
         manifest, signed = read_manifest(bundle, None)
     for line in describe(manifest, signed):
         say(line)
@@ -862,6 +902,10 @@ def keygen_command(key_path: str) -> None:
 
     from .signing import keygen
 
+    if "://" in key_path:
+        raise errors.FerryError(
+            f"{key_path}: keygen writes local files (give a path, not a URL)", errors.USAGE
+        )
     public = keygen(Path(key_path))
     say(f"private key: {key_path} (keep it outside)")
     say(f"public key:  {public} (give it to the inside's 'ferry import --verify-key')")

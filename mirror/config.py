@@ -84,8 +84,12 @@ def load_job(path: str) -> Job:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (give the path of a job YAML)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read: {exc.strerror} (give the path of a job YAML)"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (save the job YAML as UTF-8)") from None
     return parse_job(path, text)
 
 
@@ -96,7 +100,7 @@ def _names(cls: type) -> set[str]:
 def parse_job(path: str, text: str) -> Job:
     """The job, or one ConfigError listing every mistake of the file in line order."""
     src = Source(path, text)
-    data = load(text)
+    data = load(path, text)
     if not isinstance(data, dict):
         raise src.fail((), "a job is a mapping of keys", "start with 'source:' and 'target:'")
     top = Reader(data, src, (), TOP_KEYS)

@@ -9,15 +9,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import FerryError
+from .errors import USAGE, FerryError
 
 
 def keygen(path: Path) -> Path:
-    """Write a private key to ``path`` (mode 0600) and its public key beside it."""
-    if path.exists():
-        raise FerryError(
-            f"{path}: exists already (choose another name; keys are never overwritten)", 2
-        )
+    """Write a private key to ``path`` (mode 0600) and its public key beside it.
+
+    Each lands whole or not at all (written under a temporary name, then linked into
+    place, which also refuses to replace a file that appeared meanwhile)."""
+    if not path.name:
+        raise FerryError(f"'{path}': not a file name (give the path of the key to make)", USAGE)
+    public_path = path.with_name(path.name + ".pub")
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -25,12 +27,39 @@ def keygen(path: Path) -> Path:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(private)
-    public_path = path.with_name(path.name + ".pub")
-    public_path.write_bytes(public)
+    try:
+        for target in (path, public_path):
+            if target.exists() or target.is_symlink():
+                raise FerryError(
+                    f"{target}: exists already (choose another name; keys are never overwritten)",
+                    USAGE,
+                )
+        _write_new(path, private, 0o600)
+        try:
+            _write_new(public_path, public, 0o644)
+        except BaseException:
+            path.unlink()  # no private key whose public half is missing
+            raise
+    except OSError as exc:
+        raise FerryError(
+            f"{path}: cannot write the key: {exc.strerror} (give a path in a writable "
+            "directory that exists)",
+            USAGE,
+        ) from None
     return public_path
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(temp, path)  # refuses an existing file, unlike a rename
+    finally:
+        temp.unlink()
 
 
 def _load(path: str, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
@@ -44,6 +73,8 @@ def _load(path: str, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
         )
     except FileNotFoundError:
         raise FerryError(f"{path}: no such key file", 2) from None
+    except OSError as exc:
+        raise FerryError(f"{path}: cannot read the key: {exc.strerror}", 2) from None
     except (ValueError, TypeError):
         raise FerryError(
             f"{path}: not an unencrypted PEM {what} key (make one with 'ferry keygen')", 2

@@ -7,6 +7,7 @@ The person reading the error is looking at a cron mail, not a debugger: one line
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 from dataclasses import fields
@@ -33,8 +34,20 @@ Loader.yaml_implicit_resolvers = {
 }
 
 
-def load(text: str) -> Any:
-    return yaml.load(text, Loader=Loader)
+def load(path: str, text: str) -> Any:
+    """The document of ``text`` (already composed by :class:`Source`, so what fails
+    here is building values: an unknown tag, a key that cannot be one)."""
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+
+
+def _yaml_error(path: str, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark else path
+    problem = getattr(exc, "problem", None) or "not valid YAML"
+    return ConfigError(f"{where}: {problem} (fix the YAML syntax)")
 
 
 class Source:
@@ -48,10 +61,7 @@ class Source:
         try:
             node = yaml.compose(text, Loader=Loader)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else path
-            problem = getattr(exc, "problem", None) or "not valid YAML"
-            raise ConfigError(f"{where}: {problem} (fix the YAML syntax)") from None
+            raise _yaml_error(path, exc) from None
         if node is not None:
             self._walk(node, ())
 
@@ -206,6 +216,7 @@ class Reader:
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float) if kind is float else int)
+            or (isinstance(value, float) and not math.isfinite(value))
             or (minimum is not None and value < minimum)
             or (maximum is not None and value > maximum)
         ):

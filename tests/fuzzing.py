@@ -1,6 +1,6 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests, lockfiles, sharded repodata, HTTP and SFTP answers. Each runs for a
-time budget and reports how many inputs it tried.
+bundle manifests, lockfiles, sharded repodata, HTTP and SFTP answers, the command line
+and job files. Each runs for a time budget and reports how many inputs it tried.
 
 Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
 than a bound" fails as loudly as a wrong exception type:
@@ -557,6 +557,198 @@ def fuzz_answers(seconds: float, seed: int) -> int:
     return count
 
 
+# -- the command line: every command, hostile arguments and job files -----------------
+# Places are all inside the fuzzer's directory (its working directory while it runs), or
+# refuse at once: nothing here may write elsewhere, delete, or reach beyond loopback.
+_LOCAL = [
+    "up",
+    "mirror",
+    "bundle",
+    "pkg.conda",
+    "binary",
+    "empty",
+    "fresh",
+    "fresh/deeper/x",
+    "binary/child",
+    "/proc/ferry-nope",
+    "",
+    "-",
+    "x" * 300,
+    "é" * 10,
+    ".",
+    "mirror/",
+]
+_PLACES = [
+    *_LOCAL,
+    "file://",
+    "file:///proc/ferry-nope",
+    "http://127.0.0.1:1/x",
+    "https://[",
+    "http://%zz/",
+    "ftp://[::1",
+    "ftp://u:Leak@127.0.0.1:1/x",
+    "sftp://",
+    "sftp://127.0.0.1:1/x",
+    "s3://",
+    "s3:///x",
+    "s3://b/x?y#z",
+    "gopher://127.0.0.1/x",
+    "http://127.0.0.1:99999/x",
+]
+_WORDS = ["", "a", "fz", "live", "../x", "a/b", "-x", "é" * 300, "linux-64", "noarch"]
+_NUMBERS = ["-1", "0", "1", "0.5", "1e400", "nan", "abc", "", "99999999999999999999", "4GB"]
+_JOB_VALUES: dict[str, list[Any]] = {
+    "filters": [
+        {"include": ["pngtool >=2"]},
+        {"latest": 1, "dependencies": True},
+        {"licenses": {"allow": ["MIT"], "deny": ["GPL*"]}, "exclude": ["*-dbg"]},
+        {"after": "2020-01-01", "max_size": "1MB"},
+        {"lockfiles": ["binary", "up"]},
+    ],
+    "prune": [True],
+    "max_prune_fraction": [0, 0.5, 1.5],
+    "jobs": [1, 8],
+    "processes": [1, 2],
+    "allow_hosts": [["127.0.0.1"]],
+    "grace": ["0s", "1d", "forever"],
+    "strict": [True],
+    "public_url": ["http://127.0.0.1/x", "ftp://x"],
+    "snapshots": [{"keep": 2}, {}],
+    "outputs": [{"html": False, "shards": False}, {"jlap": True, "bz2": True, "zst_level": 22}],
+    "target_options": [{"retries": 1, "min_rate": 0}, {"openssh": False}],
+    "subdirs": [["linux-64"], ["noarch", "noarch"], ["linux-6"], ["../x"]],
+}
+
+
+def _job_text(rng: random.Random) -> bytes:
+    """A job for the upstream ``up``: valid, its keys given weird or plausible values,
+    then perhaps its bytes damaged."""
+    job: dict[str, Any] = {
+        "source": "up",
+        "target": f"t{rng.randrange(4)}",
+        "subdirs": ["linux-64", "noarch"],
+        "source_options": {"retries": 1, "retry_delay": 0, "timeout": 2},
+    }
+    for _ in range(rng.randint(0, 4)):
+        key = rng.choice([*_JOB_VALUES, "source", "target", "source_options", "nonsense"])
+        roll = rng.random()
+        if roll < 0.15:
+            job.pop(key, None)
+        elif roll < 0.6 and key in _JOB_VALUES:
+            job[key] = copy.deepcopy(rng.choice(_JOB_VALUES[key]))
+        else:  # a NUL comes only this way: a command line cannot hold one
+            job[key] = rng.choice([*_PLACES, "a\x00b"]) if rng.random() < 0.4 else _weird(rng)
+    import yaml
+
+    text = yaml.safe_dump(job, allow_unicode=True).encode()
+    return _mutate(rng, text) if rng.random() < 0.25 else text
+
+
+def _command_line(rng: random.Random, path: list[str], command: Any) -> list[str]:
+    """``path`` and arguments for ``command``'s parameters: hostile places and names,
+    and now and then options, most of them plausible (else click refuses nearly every
+    line before the command runs)."""
+    import click
+
+    args, wild = list(path), rng.random() < 0.3
+    for param in command.params:
+        if isinstance(param, click.Argument):
+            for _ in range(rng.randint(1, 3) if param.nargs == -1 else 1):
+                if param.name == "job_file":
+                    args.append("job.yaml" if rng.random() < 0.8 else rng.choice(_PLACES))
+                else:
+                    args.append(rng.choice(_WORDS if param.name in ("name", "a", "b") else _PLACES))
+        elif param.name == "retries":
+            args += ["--retries", "1", "--retry-delay", "0"]  # refusals fail fast
+        elif isinstance(param, click.Option) and rng.random() < (0.3 if wild else 0.05):
+            name = rng.choice(param.opts + param.secondary_opts)
+            if param.is_flag:
+                args.append(name)
+            elif param.name in ("json", "metrics"):  # written with default retries: local
+                args += [name, rng.choice([*_LOCAL, "ftp://u:Leak@127.0.0.1:99999/x"])]
+            elif isinstance(param.type, click.types._NumberParamTypeBase):
+                args += [name, rng.choice(_NUMBERS if wild else ["1", "2", "0.5"])]
+            else:
+                args += [name, rng.choice(rng.choice([_PLACES, _WORDS, _NUMBERS]))]
+    return args
+
+
+def _commands() -> list[tuple[list[str], Any]]:
+    import click
+
+    from conda_ferry.mirror.cli import main
+
+    found: list[tuple[list[str], Any]] = []
+    for name, command in main.commands.items():
+        if isinstance(command, click.Group):
+            found += [([name, sub], c) for sub, c in command.commands.items()]
+        else:
+            found.append(([name], command))
+    return found
+
+
+def _command_fixture(root: Path) -> None:
+    """An upstream, its mirror with a snapshot, a bundle of it, and files of the wrong
+    kind, made afresh now and then (the commands change them)."""
+    import shutil
+
+    from tests.upstream import build_upstream
+
+    for child in root.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    build_upstream(root / "up")
+    shutil.copytree(root / "up", root / "mirror")
+    with open_gateway(str(root / "mirror")) as mirror:
+        snapshots.create(mirror, "fz")
+        bundle.export_bundle(mirror, str(root / "bundle"), None, True, None, 1 << 20, None)
+    (root / "pkg.conda").write_bytes(package_bytes(DEMO[0][0]))
+    (root / "binary").write_bytes(b"\x00\xff\xfe" * 100)
+    (root / "empty").write_bytes(b"")
+
+
+def fuzz_commands(seconds: float, seed: int) -> int:
+    """Every command with hostile arguments, and sync with hostile job files: an exit
+    code from the table, never an internal error or a traceback, and at most one
+    error line (plus one for a report file that could not be written)."""
+    import os
+
+    from click.testing import CliRunner
+
+    from conda_ferry.mirror.cli import main
+
+    rng = random.Random(seed)
+    commands = _commands()
+    codes = {errors.OK, errors.FAILED, errors.USAGE, errors.PARTIAL, errors.LOCKED}
+    os.environ.update(AWS_ENDPOINT_URL="http://127.0.0.1:1", AWS_ACCESS_KEY_ID="fz")
+    os.environ.update(AWS_SECRET_ACCESS_KEY="fz", AWS_MAX_ATTEMPTS="1")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        root = Path(tmp)
+        count = 0
+        for count in _deadline(seconds):
+            if count % 40 == 1:
+                _command_fixture(root)
+            (root / "job.yaml").write_bytes(_job_text(rng))
+            path, command = rng.choice(commands)
+            if rng.random() < 0.3:
+                path, command = ["sync"], main.commands["sync"]
+            args = _command_line(rng, path, command)
+            result = CliRunner().invoke(main, args)
+            said = result.output  # stdout and stderr as a terminal shows them
+            assert result.exit_code in codes, (args, result.exit_code, said)
+            assert result.exception is None or isinstance(result.exception, SystemExit), (
+                args,
+                result.exc_info,
+            )
+            assert "internal error" not in said and "Traceback" not in said, (args, said)
+            ours = [line for line in said.splitlines() if not line.startswith("Error: ")]
+            assert not any("Leak" in line for line in ours), (args, said)  # click's own
+            # usage errors (Error: ...) repeat a wrong argument as it was given
+            said_errors = [line for line in said.splitlines() if line.startswith("ferry: error")]
+            reports = [line.split()[2] for line in said_errors[1:]]  # a report file not written
+            assert set(reports) <= {"--json", "--metrics"}, (args, said)
+    return count
+
+
 def _inside(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
     return parts[0] in ("b", "mirror", "targets")
@@ -571,6 +763,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "bodies": fuzz_bodies,
     "sftp": fuzz_sftp,
     "answers": fuzz_answers,
+    "commands": fuzz_commands,
 }
 
 if __name__ == "__main__":

@@ -152,6 +152,53 @@ def test_verify_of_a_published_channel_counts_packages_only(tmp_path: Path) -> N
     assert "verified 1 package in 2 subdirs: 0 missing, 0 corrupt, 0 extra" in result.output
 
 
+def test_every_command_that_opens_urls_takes_the_gateway_options() -> None:
+    """A bundle on sftp:// needs --key-file as much as a target does; only keygen
+    (local files) and sync (its job file holds the options) go without."""
+    lacking = [n for n, c in commands() if "retries" not in {p.name for p in c.params}]
+    assert lacking == ["keygen", "sync"]
+
+
+@pytest.mark.parametrize("command", [["bundle-info"], ["import", "--to", "T"]])
+def test_a_bundle_is_read_with_the_gateway_options_given(
+    command: list[str], tmp_path: Path
+) -> None:
+    proxy = FaultProxy(free_port())
+    proxy.default = "drop:0"  # every connection hangs up at once
+    try:
+        url = f"http://127.0.0.1:{proxy.port}/bundle"
+        args = [command[0], url, *command[1:], "--retries", "2", "--retry-delay", "0"]
+        result = CliRunner().invoke(main, [a.replace("T", str(tmp_path / "t")) for a in args])
+        assert result.exit_code == errors.FAILED, result.output
+        assert proxy.connections == 2
+    finally:
+        proxy.close()
+
+
+def test_reports_and_their_errors_never_carry_a_password(tmp_path: Path) -> None:
+    """The report quotes what the user gave, which may be a URL with a password."""
+    secret_url = "ftp://u:Hush@127.0.0.1:99999/x"
+    result = CliRunner().invoke(main, ["sync", secret_url, "--json", "-", "--json", secret_url])
+    assert result.exit_code == errors.USAGE
+    assert "Hush" not in result.output
+    assert "--json ftp://u:***@127.0.0.1:99999/x: cannot write" in result.output
+
+
+def test_keygen_writes_both_halves_or_neither(tmp_path: Path) -> None:
+    (tmp_path / "k.pub").write_text("someone else's")
+    taken = CliRunner().invoke(main, ["keygen", str(tmp_path / "k")])
+    assert taken.exit_code == errors.USAGE and "exists already" in taken.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pub"]
+    for bad in ("sftp://h/k", str(tmp_path / ("x" * 300)), str(tmp_path / "no" / "k")):
+        result = CliRunner().invoke(main, ["keygen", bad])
+        assert result.exit_code == errors.USAGE, result.output
+        assert result.output.startswith("ferry: error: ") and "internal" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pub"]
+    assert ferry("keygen", str(tmp_path / "new")).exit_code == 0
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pub", "new", "new.pub"]
+
+
 @pytest.fixture
 def no_aws_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
