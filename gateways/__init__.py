@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Fetched, FileInfo, Gateway, GatewayOptions, LockInfo, is_temp, option
+from .base import (
+    Fetched,
+    FileInfo,
+    Gateway,
+    GatewayOptions,
+    LockInfo,
+    is_temp,
+    option,
+    temp_name,
+)
 from .copy import Copied, Expected, copy_file, copy_prefetched, copy_stream, matches
 from .errors import (
     CredentialsError,
@@ -134,4 +143,5 @@ __all__ = [
     "redact",
     "redact_text",
     "split_url",
+    "temp_name",
 ]

@@ -67,8 +67,16 @@ class _Errors:
             raise PermissionDenied(where, "permission denied") from None
         if isinstance(exc, NotADirectoryError):
             raise NotFound(where, "a parent is not a directory") from None
-        hint = "free some space" if exc.errno == errno.ENOSPC else None
+        hint = _HINTS.get(exc.errno or 0, "check the path and its file system")
         raise ProtocolError(where, exc.strerror or str(exc), hint) from None
+
+
+_HINTS = {
+    errno.ENOSPC: "free some space",
+    errno.EISDIR: "a directory is in the way: give a file's path",
+    errno.ENAMETOOLONG: "give a shorter path",
+    errno.EROFS: "the file system is mounted read-only",
+}
 
 
 class LocalGateway(Gateway):

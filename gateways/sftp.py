@@ -289,7 +289,7 @@ class SFTPGateway(Gateway):
                 client.load_system_host_keys()
         except OSError as exc:
             raise ProtocolError(where, f"cannot read known_hosts: {exc.strerror}") from None
-        except (UnicodeDecodeError, paramiko.SSHException) as exc:
+        except (UnicodeDecodeError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey) as exc:
             raise UsageError(
                 where,
                 f"known_hosts is not a known_hosts file ({type(exc).__name__})",

@@ -9,6 +9,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from conda_ferry.gateways import temp_name
+
 from .errors import USAGE, FerryError
 
 
@@ -50,7 +52,7 @@ def keygen(path: Path) -> Path:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = Path(temp_name(str(path)))
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as out:

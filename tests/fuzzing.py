@@ -35,6 +35,7 @@ from conda_ferry.gateways import (
     GatewayOptions,
     ProtocolError,
     expansion_limit,
+    is_temp,
     open_gateway,
 )
 from conda_ferry.gateways.curl import parse_head
@@ -743,6 +744,8 @@ def fuzz_commands(seconds: float, seed: int) -> int:
             ours = [line for line in said.splitlines() if not line.startswith("Error: ")]
             assert not any("Leak" in line for line in ours), (args, said)  # click's own
             # usage errors (Error: ...) repeat a wrong argument as it was given
+            left = [p for p in root.rglob("*") if is_temp(p.name)]
+            assert not left, (args, left)  # whole files or none, whatever went wrong
             said_errors = [line for line in said.splitlines() if line.startswith("ferry: error")]
             reports = [line.split()[2] for line in said_errors[1:]]  # a report file not written
             assert set(reports) <= {"--json", "--metrics"}, (args, said)
