@@ -261,7 +261,10 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _subdir_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from conda_ferry.index.records import is_subdir_name
+    """``--subdir`` values that can only name a subdir, never a path elsewhere."""
+    if not value:
+        return value
+    from conda_ferry.index.records import is_subdir_name  # rattler comes with it
 
     for name in value:
         if not is_subdir_name(name):
