@@ -27,6 +27,7 @@ from typing import Any
 
 import pycurl
 
+from .errors import ProxyNotFound
 from .streams import RawStream
 
 # Body bytes libcurl may buffer ahead of the reader before it is paused.
@@ -53,7 +54,7 @@ def _failure(code: int, message: str) -> BaseException:
     kinds: dict[int, type[BaseException]] = {
         pycurl.E_COULDNT_CONNECT: ConnectionRefusedError,
         pycurl.E_COULDNT_RESOLVE_HOST: socket.gaierror,
-        pycurl.E_COULDNT_RESOLVE_PROXY: socket.gaierror,
+        pycurl.E_COULDNT_RESOLVE_PROXY: ProxyNotFound,
         pycurl.E_OPERATION_TIMEDOUT: TimeoutError,
         pycurl.E_RECV_ERROR: ConnectionResetError,
         pycurl.E_SEND_ERROR: ConnectionResetError,

@@ -130,9 +130,14 @@ def network_problem(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class ProxyNotFound(socket.gaierror):
+    """The proxy the environment names does not resolve: the server's own name may."""
+
+
 _PROBLEMS: list[tuple[type[BaseException], str]] = [
     (ConnectionRefusedError, "connection refused"),
     (ConnectionResetError, "connection reset"),
+    (ProxyNotFound, "the proxy's host name (http_proxy, https_proxy) not found"),
     (socket.gaierror, "host name not found"),
     (TimeoutError, "timed out"),
     (EOFError, "connection closed"),

@@ -133,11 +133,18 @@ class S3Gateway(Gateway):
                 option="profile",
             ) from None
         except botocore.exceptions.ProfileNotFound:
+            profile = self.options.profile or os.environ.get("AWS_PROFILE")
             raise CredentialsError(
                 where,
-                f"AWS profile '{self.options.profile}' not found",
-                "name a profile of ~/.aws/config in {option}",
+                f"AWS profile '{profile}' not found",
+                "name a profile of ~/.aws/config in {option} or AWS_PROFILE",
                 option="profile",
+            ) from None
+        except botocore.exceptions.ConfigParseError as exc:
+            raise CredentialsError(
+                where,
+                f"cannot read the AWS configuration: {exc}",
+                "fix that file, or name another in AWS_CONFIG_FILE",
             ) from None
         except _NETWORK as exc:
             raise TransientError(

@@ -226,6 +226,25 @@ def test_missing_credentials_are_a_configuration_error_naming_the_fix(
     assert "source_options.profile" in sync.output and "--profile" not in sync.output
 
 
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"AWS_PROFILE": "nope"}, "AWS profile 'nope' not found"),
+        ({"AWS_CONFIG_FILE": "CONFIG"}, "cannot read the AWS configuration"),
+    ],
+)
+def test_a_broken_aws_setup_is_a_configuration_error(
+    env: dict[str, str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config").write_text("[profile x\ngarbage")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("CONFIG", str(tmp_path / "config")))
+    url = "http://127.0.0.1:1"  # never reached: the setup fails first
+    result = CliRunner().invoke(main, ["ls", "s3://ferry/x", "--endpoint-url", url])
+    assert result.exit_code == errors.USAGE, result.output
+    assert said in result.output and result.output.count("\n") == 1
+
+
 def test_the_demo_mirror_describes_its_packages(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "configs" / "demo-channel", tmp_path / "up")
     job = job_yaml(tmp_path / "job.yaml", str(tmp_path / "up"), str(tmp_path / "mirror"))

@@ -314,6 +314,19 @@ def test_unreachable_host_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "cannot reach" in lines[0]
 
 
+def test_a_proxy_that_does_not_resolve_is_named_as_the_proxy() -> None:
+    """Not "host name not found" for a mirror whose own name resolves (libcurl's
+    code, without a lookup beyond loopback)."""
+    import pycurl
+
+    from conda_ferry.gateways.curl import _failure
+    from conda_ferry.gateways.errors import network_problem
+
+    words = network_problem(_failure(pycurl.E_COULDNT_RESOLVE_PROXY, "no proxy"))
+    assert words.startswith("the proxy's host name")
+    assert network_problem(_failure(pycurl.E_COULDNT_RESOLVE_HOST, "no")) == "host name not found"
+
+
 def test_http_goes_through_the_proxy_the_environment_names(
     http_proxy: FaultProxy, nginx: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
