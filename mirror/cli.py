@@ -76,7 +76,11 @@ class FerryGroup(click.Group):
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+        except SystemExit as exc:
+            if not exc.code:
+                _output_lost(ctx)
+            raise
         except LockHeld as exc:
             _fail(str(exc), errors.LOCKED)
         except (UsageError, CredentialsError) as exc:
@@ -98,6 +102,16 @@ class FerryGroup(click.Group):
                 "(a bug in ferry; run with -v for the traceback and report it)",
                 errors.FAILED,
             )
+        _output_lost(ctx)
+        return result
+
+
+def _output_lost(ctx: click.Context) -> None:
+    """A run whose own work went well fails still if its output could not be written:
+    a cron log on a full disk must not read as a quiet success."""
+    lost = ctx.meta.get("ferry.output_lost")
+    if lost:
+        _fail(f"standard output: cannot write: {lost} (the work itself is done)", errors.FAILED)
 
 
 def _fail(message: str, code: int) -> None:
@@ -218,10 +232,13 @@ def out(text: str) -> None:
     stop the work: the rest of the output goes nowhere, the run goes on."""
     try:
         click.echo(text)
-    except BrokenPipeError:
+    except OSError as exc:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # also silences the flush at exit
         os.close(devnull)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and not isinstance(exc, BrokenPipeError):  # a full disk
+            ctx.meta.setdefault("ferry.output_lost", exc.strerror or str(exc))
 
 
 def say(text: str = "") -> None:
@@ -1127,7 +1144,24 @@ def console() -> None:
     is the operating system's to free; frozen, it is skipped by the collections the
     interpreter runs as it shuts down (measured: 50-60 ms of a 0.3 s re-sync). Not
     done by :func:`main` itself, which tests call many times in one process."""
+    _open_standard_streams()
     try:
         main()
     finally:
         gc.freeze()
+
+
+def _open_standard_streams() -> None:
+    """Started with stdin, stdout or stderr closed (cron's ``>&-``), a process hands
+    their numbers to the next files it opens, and a print or a worker's pipe would
+    land in the wrong one: each closed one is /dev/null instead."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:  # what Python makes of a closed one at start
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115

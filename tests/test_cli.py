@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -243,6 +244,46 @@ def test_a_broken_aws_setup_is_a_configuration_error(
     result = CliRunner().invoke(main, ["ls", "s3://ferry/x", "--endpoint-url", url])
     assert result.exit_code == errors.USAGE, result.output
     assert said in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("closed", [(1,), (2,), (0, 1, 2)], ids=["stdout", "stderr", "all"])
+def test_a_sync_started_with_standard_streams_closed_runs_as_usual(
+    closed: tuple[int, ...], tmp_path: Path
+) -> None:
+    """cron's ``>&-``: the numbers of closed streams must not go to a worker's pipe."""
+    job = _sync_job(tmp_path)
+    job.write_text(job.read_text() + "processes: 2\n")  # workers even for a few files
+
+    def close_them() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    with open(tmp_path / "err", "wb") as err:
+        run = subprocess.run(
+            [sys.executable, "-m", "conda_ferry", "sync", str(job)],
+            stderr=err if 2 not in closed else None,
+            preexec_fn=close_them,
+            timeout=120,
+        )
+    assert run.returncode == 0
+    assert "Traceback" not in (tmp_path / "err").read_text()
+    assert (tmp_path / "mirror" / "noarch" / "repodata.json").is_file()
+
+
+def test_output_that_cannot_be_written_fails_the_run_after_its_work(tmp_path: Path) -> None:
+    job = _sync_job(tmp_path)
+    with open("/dev/full", "wb") as full:
+        run = subprocess.run(
+            [sys.executable, "-m", "conda_ferry", "sync", str(job)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == errors.FAILED, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ferry: error: standard output: cannot write: No space left")
+    assert (tmp_path / "mirror" / "noarch" / "repodata.json").is_file()
 
 
 def test_the_demo_mirror_describes_its_packages(tmp_path: Path) -> None:
