@@ -16,7 +16,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -25,10 +27,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import msgpack
 import msgspec
 import orjson
+import yaml
 import zstandard
+from click.testing import CliRunner
 
 from conda_ferry.gateways import (
     GatewayError,
@@ -46,6 +51,7 @@ from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.publish import OutputOptions, publish_subdir
 from conda_ferry.index.records import record_from_package, record_problem
 from conda_ferry.mirror import bundle, errors, lockfiles, sharded, snapshots, sync, upstream
+from conda_ferry.mirror.cli import main
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
 from tests.pkgmaker import DEMO, Spec, package_bytes
@@ -639,8 +645,6 @@ def _job_text(rng: random.Random) -> bytes:
             job[key] = copy.deepcopy(rng.choice(_JOB_VALUES[key]))
         else:  # a NUL comes only this way: a command line cannot hold one
             job[key] = rng.choice([*_PLACES, "a\x00b"]) if rng.random() < 0.4 else _weird(rng)
-    import yaml
-
     text = yaml.safe_dump(job, allow_unicode=True).encode()
     return _mutate(rng, text) if rng.random() < 0.25 else text
 
@@ -649,8 +653,6 @@ def _command_line(rng: random.Random, path: list[str], command: Any) -> list[str
     """``path`` and arguments for ``command``'s parameters: hostile places and names,
     and now and then options, most of them plausible (else click refuses nearly every
     line before the command runs)."""
-    import click
-
     args, wild = list(path), rng.random() < 0.3
     for param in command.params:
         if isinstance(param, click.Argument):
@@ -675,10 +677,6 @@ def _command_line(rng: random.Random, path: list[str], command: Any) -> list[str
 
 
 def _commands() -> list[tuple[list[str], Any]]:
-    import click
-
-    from conda_ferry.mirror.cli import main
-
     found: list[tuple[list[str], Any]] = []
     for name, command in main.commands.items():
         if isinstance(command, click.Group):
@@ -691,8 +689,6 @@ def _commands() -> list[tuple[list[str], Any]]:
 def _command_fixture(root: Path) -> None:
     """An upstream, its mirror with a snapshot, a bundle of it, and files of the wrong
     kind, made afresh now and then (the commands change them)."""
-    import shutil
-
     from tests.upstream import build_upstream
 
     for child in root.iterdir():
@@ -709,19 +705,14 @@ def _command_fixture(root: Path) -> None:
 
 def fuzz_commands(seconds: float, seed: int) -> int:
     """Every command with hostile arguments, and sync with hostile job files: an exit
-    code from the table, never an internal error or a traceback, and at most one
-    error line (plus one for a report file that could not be written)."""
-    import os
-
-    from click.testing import CliRunner
-
-    from conda_ferry.mirror.cli import main
-
+    code from the table, no internal error, traceback, password or temp file left,
+    and one error line (and one more for each report file that could not be written)."""
     rng = random.Random(seed)
     commands = _commands()
     codes = {errors.OK, errors.FAILED, errors.USAGE, errors.PARTIAL, errors.LOCKED}
-    os.environ.update(AWS_ENDPOINT_URL="http://127.0.0.1:1", AWS_ACCESS_KEY_ID="fz")
-    os.environ.update(AWS_SECRET_ACCESS_KEY="fz", AWS_MAX_ATTEMPTS="1")
+    os.environ.update(
+        AWS_ENDPOINT_URL="http://127.0.0.1:1", AWS_ACCESS_KEY_ID="fz", AWS_SECRET_ACCESS_KEY="fz"
+    )
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         root = Path(tmp)
         count = 0
@@ -741,9 +732,9 @@ def fuzz_commands(seconds: float, seed: int) -> int:
                 result.exc_info,
             )
             assert "internal error" not in said and "Traceback" not in said, (args, said)
+            # click's usage errors ("Error: ...") repeat a wrong argument as it was given
             ours = [line for line in said.splitlines() if not line.startswith("Error: ")]
-            assert not any("Leak" in line for line in ours), (args, said)  # click's own
-            # usage errors (Error: ...) repeat a wrong argument as it was given
+            assert not any("Leak" in line for line in ours), (args, said)
             left = [p for p in root.rglob("*") if is_temp(p.name)]
             assert not left, (args, left)  # whole files or none, whatever went wrong
             said_errors = [line for line in said.splitlines() if line.startswith("ferry: error")]
