@@ -33,7 +33,7 @@ def _read(path: Path) -> Series:
     series: Series = {}
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError, ValueError):  # none yet, or not ours to read
+    except (OSError, UnicodeDecodeError):
         return series
     for line in text.splitlines():
         match = _SAMPLE.match(line.strip())

@@ -272,18 +272,23 @@ def _manifest_mutant(rng: random.Random, manifest: dict[str, Any]) -> dict[str, 
     return mutant
 
 
+def _mirror_and_bundle(mirror_dir: Path, bundle_dir: Path) -> None:
+    """A small mirror with a snapshot (a manifest carries it), and a full bundle of it."""
+    from tests.upstream import build_upstream
+
+    build_upstream(mirror_dir)
+    with open_gateway(str(mirror_dir)) as mirror:
+        snapshots.create(mirror, "fz")
+        bundle.export_bundle(mirror, str(bundle_dir), None, True, None, 1 << 20, None)
+
+
 def fuzz_manifests(seconds: float, seed: int) -> int:
     """Generated manifests through bundle import: FerryError or GatewayError only,
     and nothing written outside the target."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        from tests.upstream import build_upstream
-
-        build_upstream(root / "mirror")
-        with open_gateway(str(root / "mirror")) as mirror:
-            snapshots.create(mirror, "fz")  # the manifest carries one, to be mutated too
-            bundle.export_bundle(mirror, str(root / "b"), None, True, None, 1 << 20, None)
+        _mirror_and_bundle(root / "mirror", root / "b")
         original = json.loads((root / "b" / bundle.MANIFEST).read_bytes())
         count = 0
         for count in _deadline(seconds):
@@ -689,15 +694,11 @@ def _commands() -> list[tuple[list[str], Any]]:
 def _command_fixture(root: Path) -> None:
     """An upstream, its mirror with a snapshot, a bundle of it, and files of the wrong
     kind, made afresh now and then (the commands change them)."""
-    from tests.upstream import build_upstream
-
     for child in root.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
-    build_upstream(root / "up")
-    shutil.copytree(root / "up", root / "mirror")
-    with open_gateway(str(root / "mirror")) as mirror:
-        snapshots.create(mirror, "fz")
-        bundle.export_bundle(mirror, str(root / "bundle"), None, True, None, 1 << 20, None)
+    _mirror_and_bundle(root / "mirror", root / "bundle")
+    its_own = shutil.ignore_patterns("snapshots", ".ferry")  # what only a mirror has
+    shutil.copytree(root / "mirror", root / "up", ignore=its_own)
     (root / "pkg.conda").write_bytes(package_bytes(DEMO[0][0]))
     (root / "binary").write_bytes(b"\x00\xff\xfe" * 100)
     (root / "empty").write_bytes(b"")
