@@ -59,6 +59,7 @@ class IndexOptions(msgspec.Struct):
     cache_dir: Path | None = None
     channeldata: bool = True
     run_exports: bool = True
+    reread: bool = False  # files trusted by their names (shards) read back: a repair
 
 
 class SubdirSummary(msgspec.Struct):
@@ -309,6 +310,7 @@ def publish_built(
         view.repodata_json,
         view.names,
         aside,
+        options.reread,
     )
     summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
     return summary

@@ -8,16 +8,21 @@ footer's offset asks only for what follows it.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import msgspec
 import orjson
 
+from .compact import utf8_problem
 from .outputs import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
 from .repodata import SECTIONS
 
 ZERO_IV = "0" * 64
 MAX_PATCH_STEPS = 8192
+
+
+_HEX32 = re.compile(rb"[0-9a-f]{64}")  # an initialization vector: the key of the chain
 
 
 class BadJlap(ValueError):
@@ -60,6 +65,8 @@ _raw_values = msgspec.json.Decoder(dict[str, msgspec.Raw])
 def sectioned(data: bytes) -> dict[str, Any] | None:
     """A repodata.json whose records stay raw JSON, so two of 600,000 records are
     compared without decoding either; None if it is no repodata."""
+    if utf8_problem(data):  # else a record could fail to decode only once it differs
+        return None
     try:
         return {
             key: _raw_values.decode(raw) if key in SECTIONS else msgspec.json.decode(raw)
@@ -112,11 +119,10 @@ class Jlap(msgspec.Struct):
         lines = data.split(b"\n")
         if len(lines) < 3:
             raise BadJlap("too few lines")
-        iv, body, footer, checksum = lines[0].decode(), lines[1:-2], lines[-2], lines[-1]
-        try:
-            bytes.fromhex(iv)
-        except ValueError:
-            raise BadJlap("first line is not hex") from None
+        body, footer, checksum = lines[1:-2], lines[-2], lines[-1]
+        if not _HEX32.fullmatch(lines[0]):
+            raise BadJlap("first line is not 64 lower-case hex digits")
+        iv = lines[0].decode()
         running = iv
         for line in (*body, footer):
             running = _chain(running, line)

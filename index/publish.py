@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from conda_ferry.gateways import Gateway, NotFound, is_temp
+from conda_ferry.gateways import Gateway, GatewayError, NotFound, is_temp
 
 from . import jlap, repodata, shards
 from .outputs import OutputOptions
@@ -86,13 +86,27 @@ def _read_existing(gateway: Gateway, path: str) -> bytes | None:
         return None
 
 
+def _intact(gateway: Gateway, path: str, data: bytes) -> bool:
+    try:
+        if gateway.read_bytes(path) == data:
+            return True
+        why = "damaged"
+    except GatewayError as exc:
+        why = exc.message
+    log.warning("%s: %s; writing it again", gateway.display(path), why)
+    return False
+
+
 def write_shards(
-    gateway: Gateway, subdir: str, document: dict[str, Any] | None
+    gateway: Gateway, subdir: str, document: dict[str, Any] | None, reread: bool = False
 ) -> tuple[bytes | None, list[str], list[str]]:
     """The shards of ``document`` not there yet, written and durable: the shard
     index's bytes, the paths written, and the shards no longer referenced (all of
     them without a ``document``: shards switched off). Half a large subdir's
-    publication, which another process may do while this one writes the rest."""
+    publication, which another process may do while this one writes the rest.
+
+    A shard present is trusted by its name (its content's hash) unless ``reread``:
+    then it is read back, and written again if damaged."""
     have: set[str] = set()
     for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
         if is_temp(info.name):
@@ -103,6 +117,8 @@ def write_shards(
         return None, [], sorted(have)
     index_bytes, shard_files = shards.build(document)
     new = {shards.shard_path(h): data for h, data in shard_files.items()}
+    if reread:
+        have -= {p for p in have & new.keys() if not _intact(gateway, f"{subdir}/{p}", new[p])}
     paths = gateway.write_many(
         (f"{subdir}/{path}", data)
         for path, data in new.items()
@@ -122,17 +138,20 @@ def publish_subdir(
     old_json: bytes | None = None,
     existing: set[str] | None = None,
     aside: Aside = when_asked,
+    reread: bool = False,
 ) -> Written:
     """Publish ``document`` as ``subdir``'s repodata and everything derived from it.
 
     ``old_json``: the repodata.json published now, as the caller read it;
     ``existing``: the names of the files in the subdir (outputs switched off since
     are removed once the new repodata.json is out); ``aside``: where the shards are
-    written while this process writes the rest."""
+    written while this process writes the rest; ``reread``: shards present read back
+    (see :func:`write_shards`)."""
     written = Written()
     sharding = None  # started first: it is the longer half, and links nothing yet
     if options.shards or shards.INDEX_NAME in (existing or ()):
-        sharding = aside(write_shards, gateway, subdir, document if options.shards else None)
+        document_or_none = document if options.shards else None
+        sharding = aside(write_shards, gateway, subdir, document_or_none, reread)
     gateway.flush()  # every package written so far durable before any repodata names it
     new_json = repodata.dumps(document)
 

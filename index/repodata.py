@@ -58,9 +58,25 @@ def dumps(document: dict[str, Any]) -> bytes:
 
 
 def loads(data: bytes) -> dict[str, Any]:
+    """A repodata document whose every record names its package and size, as writers
+    build on (a file on a target may have been damaged since it was written);
+    :class:`ValueError` says why not."""
     value = orjson.loads(data)
     if not isinstance(value, dict):
         raise ValueError("repodata is not a JSON object")
+    for section in SECTIONS:
+        items = value.get(section)
+        if items is None:
+            continue
+        if not isinstance(items, dict):
+            raise ValueError(f"'{section}' is not a JSON object")
+        for filename, record in items.items():
+            if not (
+                isinstance(record, dict)
+                and isinstance(record.get("name"), str)
+                and type(record.get("size")) is int
+            ):
+                raise ValueError(f"the record of {filename[:200]!r} names no package or size")
     return value
 
 

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
+
 from conda_ferry.gateways import (
     Expected,
     Gateway,
@@ -215,11 +217,51 @@ def _new_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
-def _read_json(gateway: Gateway, path: str, default: Any) -> Any:
+class _Exported(msgspec.Struct):
+    """One export, as the history keeps it: ``snapshot``, what each subdir published
+    then (file name -> digest), is the next export's baseline."""
+
+    id: str
+    snapshot: dict[str, dict[str, str]]
+    follows: str | None = None
+    full: bool = False
+    created: str = ""
+    snapshots: list[str] = []  # the snapshots carried so far
+
+
+class _Exports(msgspec.Struct):
+    exports: list[_Exported] = []
+
+
+def _export_history(mirror: Gateway) -> list[_Exported]:
+    """The exports so far; none where the history is missing or damaged (the next
+    export is then a full one)."""
     try:
-        return json.loads(gateway.read_bytes(path))
-    except (NotFound, ValueError):
-        return default
+        return msgspec.json.decode(mirror.read_bytes(EXPORTS), type=_Exports).exports
+    except NotFound:
+        return []
+    except msgspec.MsgspecError as exc:
+        log.warning("%s: unreadable (%s); this export is a full one", mirror.display(EXPORTS), exc)
+        return []
+
+
+class _Imports(msgspec.Struct):
+    imported: list[str] = []  # bundle ids, oldest first
+    created: str | None = None  # the newest bundle's creation time
+
+
+def _import_history(target: Gateway) -> _Imports:
+    """The bundles imported so far; none where the history is missing or damaged
+    (bundles then need --allow-gap, or a full one)."""
+    try:
+        return msgspec.json.decode(target.read_bytes(IMPORTS), type=_Imports)
+    except NotFound:
+        return _Imports()
+    except msgspec.MsgspecError as exc:
+        log.warning(
+            "%s: unreadable (%s); no bundle counts as imported", target.display(IMPORTS), exc
+        )
+        return _Imports()
 
 
 # -- export ------------------------------------------------------------------------------
@@ -291,13 +333,12 @@ def export_bundle(
             raise FerryError(f"{bundle_dir}: not empty (export into a new directory)", 2)
     except OSError as exc:
         raise FerryError(f"{bundle_dir}: {exc.strerror} (export into a new directory)", 2) from None
-    history = _read_json(mirror, EXPORTS, {"exports": []})
-    exports: list[dict[str, Any]] = history.get("exports", [])
-    base: dict[str, Any] | None = None
+    exports = _export_history(mirror)
+    base: _Exported | None = None
     if since:
-        base = next((e for e in exports if e["id"] == since), None)
+        base = next((e for e in exports if e.id == since), None)
         if base is None:
-            known = ", ".join(e["id"] for e in exports[-3:]) or "none"
+            known = ", ".join(e.id for e in exports[-3:]) or "none"
             raise FerryError(
                 f"{mirror.display(EXPORTS)}: no export {since} in the history "
                 f"(recent: {known}; or use --full)",
@@ -306,11 +347,11 @@ def export_bundle(
     elif not full and exports:
         base = exports[-1]
     full = full or base is None
-    baseline: dict[str, dict[str, str]] = {} if full or base is None else base["snapshot"]
+    baseline: dict[str, dict[str, str]] = {} if full or base is None else base.snapshot
     chosen = subdirs or published_subdirs(mirror)
     manifest = Manifest(
         _new_id(),
-        base["id"] if base and not full else (exports[-1]["id"] if exports else None),
+        base.id if base and not full else (exports[-1].id if exports else None),
         full,
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         mirror.display(),
@@ -323,8 +364,9 @@ def export_bundle(
     with open_gateway(str(out_root)) as out, subdir_locks(mirror, chosen):
         packer = _Packer(out, volume_size)
         for subdir in sorted(chosen):
-            data = mirror.read_bytes(f"{subdir}/repodata.json")
-            records = repodata.records(repodata.loads(data))
+            path = f"{subdir}/repodata.json"
+            data = mirror.read_bytes(path)
+            records = repodata.records(snapstore.document(mirror, path, data))
             snapshot[subdir] = {
                 fn: str(r.get("sha256") or r.get("md5")) for fn, r in records.items()
             }
@@ -340,7 +382,7 @@ def export_bundle(
             gone = sorted(set(before) - set(records))
             if gone:
                 manifest.removals[subdir] = gone
-        exported = {n for e in exports for n in e.get("snapshots", [])}
+        exported = {n for e in exports for n in e.snapshots}
         for held in snapstore.all_snapshots(mirror):
             if held.complete and (full or held.name not in exported):
                 _carry_snapshot(mirror, packer, manifest, held, inside)
@@ -349,17 +391,17 @@ def export_bundle(
             out.write_bytes(SIGNATURE, signing.sign(body, sign_key))
         out.write_bytes(MANIFEST, body)  # last: a bundle without it is incomplete
         exports.append(
-            {
-                "id": manifest.id,
-                "follows": manifest.follows,
-                "full": manifest.full,
-                "created": manifest.created,
-                "snapshot": snapshot,
-                "snapshots": sorted(exported | {s.name for s in manifest.snapshots}),
-            }
+            _Exported(
+                manifest.id,
+                snapshot,
+                manifest.follows,
+                manifest.full,
+                manifest.created,
+                sorted(exported | {s.name for s in manifest.snapshots}),
+            )
         )
         sweep_temps(mirror, STATE_DIR, ".exports.json.")
-        mirror.write_bytes(EXPORTS, json.dumps({"exports": exports[-KEEP_EXPORTS:]}).encode())
+        mirror.write_bytes(EXPORTS, msgspec.json.encode(_Exports(exports[-KEEP_EXPORTS:])))
     return manifest
 
 
@@ -390,7 +432,7 @@ def _carry_snapshot(
     for subdir in sorted(held.subdirs.keys() & inside.keys()):
         path = subdir_path(held.name, subdir, "repodata.json")
         data = mirror.read_bytes(path)
-        records = repodata.records(repodata.loads(data))
+        records = repodata.records(snapstore.document(mirror, path, data))
         for filename in sorted(records.keys() - inside[subdir]):
             manifest.files.append(_pack_package(mirror, packer, subdir, filename, records))
             inside[subdir].add(filename)
@@ -505,14 +547,12 @@ def import_bundle(
     allow_rollback: bool = False,
 ) -> ImportReport:
     manifest, _ = read_manifest(bundle, verify_key)
-    history = _read_json(target, IMPORTS, {})
-    imported = history.get("imported", []) if isinstance(history, dict) else []
-    imported = [i for i in imported if isinstance(i, str)]
+    history = _import_history(target)
+    imported, newest = history.imported, history.created
     if manifest.id in imported:  # a run killed after recording it may not have finished
         _finish_import(target)
         return ImportReport(manifest.id, ImportStatus.ALREADY_APPLIED)
-    newest = history.get("created") if isinstance(history, dict) else None
-    if isinstance(newest, str) and manifest.created < newest and not allow_rollback:
+    if newest is not None and manifest.created < newest and not allow_rollback:
         raise FerryError(
             f"{bundle.display(MANIFEST)}: bundle {manifest.id} was created {manifest.created}, "
             f"before the last one imported into {target.display()} ({newest}): a replay "
@@ -555,10 +595,9 @@ def import_bundle(
                 snapshots.write_meta(target, meta)
                 report.snapshots.append(carried.name)
         imported.append(manifest.id)
-        created = max(manifest.created, newest) if isinstance(newest, str) else manifest.created
-        document = {"imported": imported[-1000:], "created": created}
+        created = max(manifest.created, newest or "")
         sweep_temps(target, STATE_DIR, ".imports.json.")
-        target.write_bytes(IMPORTS, json.dumps(document).encode())
+        target.write_bytes(IMPORTS, msgspec.json.encode(_Imports(imported[-1000:], created)))
     _finish_import(target)
     return report
 
@@ -715,7 +754,8 @@ def _apply_subdir(
                 )
             log.warning("snapshot %s: %s lacks %s; not recreated", name, subdir, lacking[0])
             continue
-        figures = snapshots.write_subdir(target, name, subdir, data)  # counted here, not trusted
+        document = repodata.loads(data)  # checked as the bundle was read
+        figures = snapshots.write_subdir(target, name, subdir, data, document)  # counted here
         made.setdefault(name, {})[subdir] = figures
     known = choose_records(records, ready, view.published, view.packages)
     only_held = arriving - records.keys()  # pruned outside, carried for a snapshot

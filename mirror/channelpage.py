@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+
+import msgspec
 
 from conda_ferry.gateways import Gateway, NotFound, redact
 from conda_ferry.index.channel import discover_subdirs
@@ -45,12 +46,17 @@ def remember_channel(target: Gateway, source: str, public_url: str | None) -> No
     write_if_changed(target, CHANNEL_FILE, data.encode(), Written())
 
 
-def _channel(target: Gateway) -> dict[str, Any]:
+class _Channel(msgspec.Struct):
+    source: str | None = None
+    public_url: str | None = None
+
+
+def _channel(target: Gateway) -> _Channel:
+    """What the last sync remembered; nothing, where that file is gone or damaged."""
     try:
-        data = json.loads(target.read_bytes(CHANNEL_FILE))
-    except (NotFound, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return msgspec.json.decode(target.read_bytes(CHANNEL_FILE), type=_Channel)
+    except (NotFound, msgspec.MsgspecError):
+        return _Channel()
 
 
 def _rows(states: list[SubdirState]) -> Iterator[str]:
@@ -93,10 +99,10 @@ def _snapshots(target: Gateway, url: str) -> list[str]:
 def channel_page(target: Gateway, subdirs: list[str]) -> bytes:
     states = [SubdirState.load(target, s) for s in subdirs]
     channel = _channel(target)
-    public = channel.get("public_url")
+    public = channel.public_url
     url = esc(str(public).rstrip("/")) if public else PLACEHOLDER
     name = (public or target.url).rstrip("/").rsplit("/", 1)[-1] or "channel"
-    source = channel.get("source")
+    source = channel.source
     packages = sum(s.counts.get("packages", 0) for s in states)
     records = sum(s.counts.get("records", 0) for s in states)
     size = human_size(sum(s.counts.get("bytes", 0) for s in states))

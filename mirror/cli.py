@@ -646,7 +646,8 @@ def verify_command(
     jobs: int,
     options: GatewayOptions,
 ) -> None:
-    """Re-read every package the repodata lists: report missing, extra and corrupt files."""
+    """Re-read every package the repodata lists, and every shard: report missing, extra
+    and corrupt files."""
     from .verify import verify_channel
 
     with open_gateway(target, options) as gateway:
@@ -657,8 +658,9 @@ def verify_command(
     for subdir in findings["unindexed"]:
         click.echo(f"no repodata: {subdir}/repodata.json is missing", err=True)
     snaps = len(findings["snapshots"])
+    checked_shards = f" and {plural(findings['shards'], 'shard')}" if findings["shards"] else ""
     say(
-        f"verified {plural(findings['checked'], 'package')} in "
+        f"verified {plural(findings['checked'], 'package')}{checked_shards} in "
         f"{plural(len(findings['subdirs']), 'subdir')}"
         + (f" and {plural(snaps, 'snapshot')}" if snaps else "")
         + f": {len(findings['missing'])} missing, "

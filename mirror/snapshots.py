@@ -78,16 +78,19 @@ def create(
             )
         snapshot = Snapshot(name, utc(time.time()), by)
         for subdir in chosen:
-            live = gateway.read_bytes(f"{subdir}/repodata.json")
-            snapshot.subdirs[subdir] = write_subdir(gateway, name, subdir, live)
+            path = f"{subdir}/repodata.json"
+            live = gateway.read_bytes(path)
+            document = snapstore.document(gateway, path, live)
+            snapshot.subdirs[subdir] = write_subdir(gateway, name, subdir, live, document)
         write_meta(gateway, snapshot)
     return snapshot
 
 
-def write_subdir(gateway: Gateway, name: str, subdir: str, live: bytes) -> dict[str, Any]:
+def write_subdir(
+    gateway: Gateway, name: str, subdir: str, live: bytes, document: dict[str, Any]
+) -> dict[str, Any]:
     """A snapshot's index of ``subdir`` made from ``live``, the repodata.json it
-    preserves; returns the snapshot's figures of it."""
-    document = repodata.loads(live)
+    preserves, read as ``document``; returns the snapshot's figures of it."""
     document["info"] = {
         **(document.get("info") or {}),
         "subdir": subdir,

@@ -17,6 +17,7 @@ import msgspec
 
 from conda_ferry.gateways import Gateway, NotFound
 from conda_ferry.index import repodata
+from conda_ferry.index.records import is_subdir_name
 
 from .errors import FerryError
 from .state import STATE_DIR
@@ -68,15 +69,28 @@ def names(gateway: Gateway) -> list[str]:
     return sorted(e.name for e in entries if e.is_dir and NAME.fullmatch(e.name))
 
 
+class _Meta(msgspec.Struct):
+    """snapshot.json as read back: each field checked (a file on a target may have been
+    damaged since it was written)."""
+
+    created: str
+    subdirs: dict[str, dict[str, int | str]]
+    by: str = "manual"
+
+
+_meta = msgspec.json.Decoder(_Meta)
+
+
 def load(gateway: Gateway, name: str) -> Snapshot | None:
     """The snapshot called ``name``, or None when no file of it is left (a deleted
     snapshot may leave empty directories behind)."""
     try:
-        raw = json.loads(gateway.read_bytes(meta_path(name)))
-        return Snapshot(name, str(raw["created"]), str(raw.get("by", "manual")), raw["subdirs"])
+        meta = _meta.decode(gateway.read_bytes(meta_path(name)))
+        if all(is_subdir_name(s) for s in meta.subdirs):
+            return Snapshot(name, meta.created, meta.by, dict(meta.subdirs))
     except NotFound:
         pass
-    except (ValueError, KeyError, TypeError):
+    except msgspec.MsgspecError:
         pass  # unreadable: as good as incomplete
     left: dict[str, dict[str, Any]] = {
         f.path.split("/")[2]: {}
@@ -107,12 +121,22 @@ def records(gateway: Gateway, name: str, subdir: str) -> dict[str, dict[str, Any
         data = gateway.read_bytes(path)
     except NotFound:
         return None
+    return repodata.records(document(gateway, path, data))
+
+
+def document(gateway: Gateway, path: str, data: bytes) -> dict[str, Any]:
+    """``data``, the repodata.json at ``path`` (live or a snapshot's), as a document;
+    damaged, it is a :class:`FerryError` that says how to mend it."""
     try:
-        return repodata.records(repodata.loads(data))
-    except ValueError:
+        return repodata.loads(data)
+    except ValueError as exc:
+        mend = (
+            "files it may name are kept (repair or delete the snapshot)"
+            if path.startswith(f"{SNAPSHOTS_DIR}/")
+            else "a sync with --verify, or ferry index, writes it anew"
+        )
         raise FerryError(
-            f"{gateway.display(path)}: not a repodata document; files it may name are kept "
-            "(repair or delete the snapshot)"
+            f"{gateway.display(path)}: not a repodata document ({exc}); {mend}"
         ) from None
 
 

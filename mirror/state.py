@@ -8,16 +8,18 @@ full comparison, never correctness.
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from conda_ferry.gateways import Gateway, LockInfo, NotFound, is_temp
 
 STATE_DIR = ".ferry"
+log = logging.getLogger("ferry.state")
 
 
 def subdir_lock(gateway: Gateway, subdir: str) -> contextlib.AbstractContextManager[LockInfo]:
@@ -65,14 +67,22 @@ class SubdirState:
 
     @classmethod
     def load(cls, gateway: Gateway, subdir: str) -> SubdirState:
+        """The state saved, or a fresh one where none was or it is damaged (each of
+        its fields checked: a state file is rewritten by hand or by a disk, too)."""
         try:
             data = gateway.read_bytes(cls.path(subdir))
-            raw = json.loads(data)
-        except (NotFound, ValueError):
+            state = msgspec.json.decode(data, type=cls)
+        except NotFound:
             return cls(subdir)
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k[0] != "_"}
-        known["subdir"] = subdir
-        return cls(**known, _saved=data)
+        except msgspec.MsgspecError as exc:
+            log.warning(
+                "%s: unreadable (%s); starting afresh: the next run compares every file",
+                gateway.display(cls.path(subdir)),
+                exc,
+            )
+            return cls(subdir)
+        state.subdir, state._saved, state._swept = subdir, data, False
+        return state
 
     def _bytes(self) -> bytes:
         # saved every few seconds during a transfer, with a name per file: no deep copy

@@ -631,7 +631,9 @@ class SyncRun:
 
     def _index_options(self) -> IndexOptions:
         job = self.job
-        return IndexOptions(channeldata=False, jobs=job.jobs, outputs=job.outputs)
+        return IndexOptions(
+            channeldata=False, jobs=job.jobs, outputs=job.outputs, reread=self.verify
+        )
 
     def _transfer(self, source: Gateway, target: Gateway, staged: list[_Staged]) -> None:
         """The staged subdirs' files: one transfer for all those beside their repodata

@@ -1,6 +1,6 @@
 """Check a channel against its repodata, and its snapshots against theirs: every
 listed file present and intact. A file named by the live index and by snapshots is
-read once."""
+read once. The live subdirs' shards are read too: a sharded client reads only them."""
 
 from __future__ import annotations
 
@@ -8,20 +8,26 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from conda_ferry.gateways import Gateway, GatewayError
+from conda_ferry.gateways import Gateway, GatewayError, NotFound
+from conda_ferry.index import shards
 from conda_ferry.index.channel import discover_subdirs
 from conda_ferry.index.subdir import SubdirView
 
-from . import snapstore
+from . import sharded, snapstore
 from .errors import FerryError
 from .state import SubdirState
 
 Record = Mapping[str, Any]
 
 
+_MISSING = "missing"
+
+
 def _checksum(gateway: Gateway, path: str) -> tuple[int, str] | str:
     try:
         return gateway.checksum(path)
+    except NotFound:
+        return _MISSING
     except GatewayError as exc:
         return exc.message
 
@@ -29,6 +35,7 @@ def _checksum(gateway: Gateway, path: str) -> tuple[int, str] | str:
 def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> dict[str, Any]:
     findings: dict[str, Any] = {
         "checked": 0,
+        "shards": 0,
         "subdirs": [],
         "snapshots": [],
         "missing": [],
@@ -38,6 +45,7 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
     }
     views: dict[str, SubdirView] = {}
     claims: list[tuple[str, str, Record]] = []  # (who names it, subdir/file, its record)
+    shard_digests: dict[str, str] = {}  # subdir/shards/file -> the sha256 it is named by
     for subdir in subdirs or discover_subdirs(gateway):
         view = views[subdir] = SubdirView.read(gateway, subdir)
         if view.repodata_json is None:
@@ -53,6 +61,7 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
             f"{subdir}/{n}" for n in sorted(view.packages.keys() - view.published.keys() - retiring)
         )
         claims.extend(("", f"{subdir}/{n}", r) for n, r in sorted(view.published.items()))
+        shard_digests.update(_shards(gateway, subdir, findings))
     for snapshot in snapstore.all_snapshots(gateway):
         findings["snapshots"].append(snapshot.name)
         for subdir in sorted(snapshot.subdirs.keys() & views.keys()):
@@ -66,7 +75,7 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
     present = {
         f"{s}/{name}" for s, view in views.items() for name in view.packages
     }  # what the listings saw
-    paths = sorted({path for _, path, _ in claims if path in present})
+    paths = sorted({path for _, path, _ in claims if path in present} | shard_digests.keys())
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         sums = dict(zip(paths, pool.map(lambda p: _checksum(gateway, p), paths), strict=True))
     for who, path, record in claims:
@@ -80,4 +89,25 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
             record.get("sha256") and found[1] != record["sha256"]
         ):
             findings["corrupt"].append(f"{path}{who}: size or sha256 differs from its record")
+    for path, digest in sorted(shard_digests.items()):
+        findings["shards"] += 1
+        found = sums[path]
+        if isinstance(found, str):
+            findings["missing" if found == _MISSING else "corrupt"].append(
+                path if found == _MISSING else f"{path}: {found}"
+            )
+        elif found[1] != digest:
+            findings["corrupt"].append(f"{path}: its sha256 is not the one it is named by")
     return findings
+
+
+def _shards(gateway: Gateway, subdir: str, findings: dict[str, Any]) -> dict[str, str]:
+    """The shards ``subdir``'s shard index names, by path; none without an index."""
+    try:
+        index = sharded.read_index(gateway, subdir)
+    except NotFound:
+        return {}
+    except (FerryError, GatewayError) as exc:
+        findings["corrupt"].append(str(exc))
+        return {}
+    return {f"{subdir}/{shards.shard_path(d)}": d for d in index.shards.values()}

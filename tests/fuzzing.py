@@ -246,8 +246,9 @@ def fuzz_records(seconds: float, seed: int) -> int:
     return count
 
 
-def _manifest_mutant(rng: random.Random, manifest: dict[str, Any]) -> dict[str, Any]:
-    mutant = copy.deepcopy(manifest)
+def _json_mutant(rng: random.Random, document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with a few values deleted, turned into paths that leave, or weird."""
+    mutant = copy.deepcopy(document)
     for _ in range(rng.randint(1, 3)):
         target: Any = mutant
         path: list[Any] = []
@@ -292,7 +293,7 @@ def fuzz_manifests(seconds: float, seed: int) -> int:
         original = json.loads((root / "b" / bundle.MANIFEST).read_bytes())
         count = 0
         for count in _deadline(seconds):
-            mutant = _manifest_mutant(rng, original)
+            mutant = _json_mutant(rng, original)
             (root / "b" / bundle.MANIFEST).write_text(json.dumps(mutant))
             target = root / "targets" / str(count)
             try:
@@ -339,13 +340,13 @@ def fuzz_shards(seconds: float, seed: int) -> int:
             if choice < 0.3:
                 index_path.write_bytes(_mutate(rng, pristine[index_path]))
             elif choice < 0.6:
-                packed = _packed(_manifest_mutant(rng, index))
+                packed = _packed(_json_mutant(rng, index))
                 if packed is not None:
                     index_path.write_bytes(packed)
             else:
                 name = rng.choice(sorted(index["shards"]))
                 old = root / "linux-64" / shards.shard_path(index["shards"][name].hex())
-                shard = _manifest_mutant(rng, msgpack.unpackb(repodata.unzst(old.read_bytes())))
+                shard = _json_mutant(rng, msgpack.unpackb(repodata.unzst(old.read_bytes())))
                 packed = _packed(shard)
                 if packed is not None:
                     digest = hashlib.sha256(packed).digest()
@@ -744,6 +745,138 @@ def fuzz_commands(seconds: float, seed: int) -> int:
     return count
 
 
+# -- a mirror damaged behind ferry's back: its own files, then the next sync -----------
+def _damage(rng: random.Random, path: Path) -> str:
+    """One file of the mirror's own changed as a disk, a crash or a hand may change it;
+    says how."""
+    roll = rng.random()
+    if roll < 0.3 and path.suffix in (".json", ".jsonl"):
+        with contextlib.suppress(ValueError):
+            document = json.loads(path.read_bytes().splitlines()[0])
+            if isinstance(document, dict):
+                path.write_text(json.dumps(_json_mutant(rng, document)))
+                return "rewritten"
+    if roll < 0.5:
+        path.write_bytes(_mutate(rng, path.read_bytes()))
+        return "mutated"
+    if roll < 0.7:
+        path.write_bytes(path.read_bytes()[: rng.randrange(max(1, path.stat().st_size))])
+        return "truncated"
+    if roll < 0.8:
+        path.write_bytes(rng.choice([b"", b"{}", b"[]", b"null", rng.randbytes(64)]))
+        return "replaced"
+    path.unlink()
+    if roll < 0.9:
+        return "deleted"
+    path.mkdir()
+    return "made a directory"
+
+
+def _own_files(mirror: Path) -> list[Path]:
+    """What ferry wrote beside the packages: indexes, logs, shards, pages, its state."""
+    return sorted(
+        p for p in mirror.rglob("*") if p.is_file() and not p.name.endswith((".conda", ".tar.bz2"))
+    )
+
+
+def fuzz_mirrors(seconds: float, seed: int) -> int:
+    """A mirror with some of its own files damaged, then synced (now and then with
+    ``--verify``) from an upstream that changed or not: an exit code from the table,
+    no internal error or temp file left; a sync that succeeds leaves what a client
+    reads consistent (every record's package present and whole, the log a verified
+    chain to the repodata.json served), and a ``--verify`` one every shard too."""
+    from tests.mirrorcheck import assert_converged, check_subdir
+    from tests.upstream import build_upstream, edit_repodata, job_yaml
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        build_upstream(root / "up")
+        shutil.copytree(root / "up", root / "changed")
+        extra = Spec("fzextra", "1.0", "0", subdir="linux-64")
+        build_upstream(root / "changed", [(extra, ".conda")])
+        edit_repodata(root / "changed", "noarch", _hot_fix)
+        outputs = "outputs: {jlap: true, bz2: true, current_repodata: true}\n"
+        snapshots_on = "snapshots: {keep: 3}\n"
+        pristine = root / "pristine"
+        job = job_yaml(root / "job.yaml", str(root / "up"), str(pristine), outputs + snapshots_on)
+        assert CliRunner().invoke(main, ["-q", "sync", str(job)]).exit_code == 0
+        snapshot = next((pristine / "snapshots").iterdir()).name
+        for args in (
+            ["export", str(pristine), str(root / "bundles" / "first")],  # an export history
+            ["snapshot", "pin", str(pristine), snapshot],
+        ):
+            assert CliRunner().invoke(main, ["-q", *args]).exit_code == 0, args
+        count = 0
+        for count in _deadline(seconds):
+            mirror = root / f"m{count}"
+            shutil.copytree(pristine, mirror, symlinks=True)
+            own = _own_files(mirror)
+            damage = {
+                str(path.relative_to(mirror)): _damage(rng, path)
+                for path in rng.sample(own, rng.randint(1, 3))
+            }
+            if rng.random() < 0.5:
+                args = _reader_command(rng, mirror, root)
+                result = CliRunner().invoke(main, args)
+                _check_run(result, mirror, (args, damage, result.output))
+            source = root / rng.choice(["up", "changed"])
+            job_yaml(root / "job.yaml", str(source), str(mirror), outputs + snapshots_on)
+            verify = rng.random() < 0.3
+            args = ["-q", "sync", str(root / "job.yaml"), *(["--verify"] if verify else [])]
+            result = CliRunner().invoke(main, args)
+            context = (source.name, args, damage, result.output)
+            _check_run(result, mirror, context)
+            # A quiet night (upstream unchanged) rewrites nothing, damaged or not, and a
+            # shard is trusted by its name: --verify re-reads all. Snapshots stay as they are.
+            if result.exit_code == errors.OK and (verify or source.name == "changed"):
+                try:
+                    with open_gateway(str(mirror)) as gateway:
+                        for subdir in ("linux-64", "noarch"):
+                            check_subdir(gateway, subdir, with_shards=verify)
+                        assert_converged(gateway)
+                except Exception as exc:
+                    raise AssertionError(context) from exc
+            shutil.rmtree(mirror)
+    return count
+
+
+def _reader_command(rng: random.Random, mirror: Path, root: Path) -> list[str]:
+    """A command other than sync that reads what the mirror keeps."""
+    snapshot = next((p.name for p in (mirror / "snapshots").glob("2*")), "none")
+    return rng.choice(
+        [
+            ["verify", str(mirror)],
+            ["status", str(mirror)],
+            ["gc", str(mirror), "--now"],
+            ["export", str(mirror), str(root / "bundles" / mirror.name)],
+            ["snapshot", "list", str(mirror)],
+            ["snapshot", "show", str(mirror), snapshot],
+            ["snapshot", "create", str(mirror)],
+            ["snapshot", "diff", str(mirror), snapshot, "live"],
+            ["snapshot", "restore", str(mirror), snapshot],
+        ]
+    )
+
+
+def _check_run(result: Any, mirror: Path, context: Any) -> None:
+    """An exit code from the table, no internal error, no temp file left."""
+    codes = {errors.OK, errors.FAILED, errors.USAGE, errors.PARTIAL}
+    assert result.exit_code in codes, (result.exit_code, context)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        result.exc_info,
+        context,
+    )
+    said = result.output
+    assert "internal error" not in said and "Traceback" not in said, context
+    assert not [p for p in mirror.rglob("*") if is_temp(p.name)], context
+
+
+def _hot_fix(document: dict[str, Any]) -> None:
+    for record in document.get("packages.conda", {}).values():
+        record["depends"] = [*record.get("depends", []), "fzfix"]
+
+
 def _inside(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
     return parts[0] in ("b", "mirror", "targets")
@@ -759,6 +892,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "sftp": fuzz_sftp,
     "answers": fuzz_answers,
     "commands": fuzz_commands,
+    "mirrors": fuzz_mirrors,
 }
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def _names(document: dict[str, Any]) -> set[str]:
     return {*document.get("packages", {}), *document.get("packages.conda", {})}
 
 
-def check_subdir(gateway: Gateway, subdir: str, files: str | None = None) -> int:
+def check_subdir(
+    gateway: Gateway, subdir: str, files: str | None = None, with_shards: bool = True
+) -> int:
     """Checks one subdir (a snapshot's: ``files`` is where its packages are); returns
     how many records repodata.json names."""
     data = _optional(gateway, f"{subdir}/repodata.json")
@@ -42,7 +44,8 @@ def check_subdir(gateway: Gateway, subdir: str, files: str | None = None) -> int
     if (zst := _optional(gateway, f"{subdir}/repodata.json.zst")) is not None:
         missing = _names(json.loads(repodata.unzst(zst))) - present.keys()
         assert not missing, f"{subdir}/repodata.json.zst names missing {missing}"
-    if (index := _optional(gateway, f"{subdir}/{shards.INDEX_NAME}")) is not None:
+    index = _optional(gateway, f"{subdir}/{shards.INDEX_NAME}") if with_shards else None
+    if index is not None:
         for digest in read_msgpack_zst(index)["shards"].values():
             shard = read_msgpack_zst(
                 gateway.read_bytes(f"{subdir}/{shards.shard_path(digest.hex())}")

@@ -208,6 +208,28 @@ def test_gap_needs_allow_gap_or_a_full_bundle(outside: dict[str, Path], tmp_path
     assert snapshot(other) == snapshot(outside["mirror"])
 
 
+def test_damaged_histories_cost_a_full_bundle_or_an_allowed_gap(
+    outside: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each side keeps a history of bundles; damaged, it is read as empty, and said."""
+    mirror, inside = outside["mirror"], tmp_path / "inside"
+    ok = ferry(
+        "import", str(outside["b1"]), "--to", str(inside), "--verify-key", str(outside["pub"])
+    )
+    assert ok.exit_code == 0, ok.output
+    (inside / ".ferry/imports.json").write_bytes(b'{"imported": [5]}')
+    gap = ferry(
+        "import", str(outside["b2"]), "--to", str(inside), "--verify-key", str(outside["pub"])
+    )
+    assert gap.exit_code == 1 and "imports.json: unreadable" in gap.stderr
+    assert "--allow-gap" in gap.stderr.splitlines()[-1]
+
+    (mirror / ".ferry/exports.json").write_bytes(b'{"exports": {"id": "x"}}')
+    again = ferry("export", str(mirror), str(tmp_path / "b3"))
+    assert again.exit_code == 0, again.output
+    assert "exports.json: unreadable" in again.stderr and "full" in again.stdout
+
+
 def test_big_packages_are_split_across_volumes(tmp_path: Path) -> None:
     channel = tmp_path / "custom"
     big = write_package(

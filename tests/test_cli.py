@@ -143,14 +143,16 @@ def test_import_of_a_missing_directory_says_so(tmp_path: Path) -> None:
     assert "no such directory" in result.output
 
 
-def test_verify_of_a_published_channel_counts_packages_only(tmp_path: Path) -> None:
+def test_verify_of_a_published_channel_counts_its_packages_and_shards(tmp_path: Path) -> None:
     small_channel(tmp_path / "pkgs")
     package = next((tmp_path / "pkgs" / "linux-64").glob("*.conda"))
     assert ferry("publish", str(package), "--to", str(tmp_path / "ch")).exit_code == 0
     assert (tmp_path / "ch" / "noarch" / "repodata.json").is_file()  # clients need it
     result = CliRunner().invoke(main, ["verify", str(tmp_path / "ch")])
     assert result.exit_code == 0, result.output
-    assert "verified 1 package in 2 subdirs: 0 missing, 0 corrupt, 0 extra" in result.output
+    assert "verified 1 package and 1 shard in 2 subdirs: 0 missing, 0 corrupt, 0 extra" in (
+        result.output
+    )
 
 
 def test_every_command_that_opens_urls_takes_the_gateway_options() -> None:

@@ -73,6 +73,9 @@ def test_a_missing_field_is_a_key_error(tmp_path: Path) -> None:
         (b"[]", "repodata is not a JSON object"),
         (b'{"packages": []}', "'packages' is not a JSON object"),
         (b'{"packages.conda": 3}', "'packages.conda' is not a JSON object"),
+        # a bad byte in a field the checks do not read: clients refuse the document whole
+        (b'{"packages": {"a-1-0.tar.bz2": {"summary": "\xff"}}}', "not UTF-8 at byte 44"),
+        (b'{"info": {"x": "\xed\xa0\x80"}}', "not UTF-8 at byte 16"),
     ],
 )
 def test_a_document_that_is_no_repodata_says_why(data: bytes, problem: str) -> None:

@@ -413,6 +413,15 @@ def test_a_log_left_behind_by_a_killed_run_restarts_instead_of_lying() -> None:
     assert [(s["from"], s["to"]) for s in steps] == [(jlap.blake(raw[2]), jlap.blake(raw[3]))]
 
 
+@pytest.mark.parametrize(
+    "damaged", [b"\xff\xfe\n{}\nx", b"a" * 200 + b"\n{}\nx", b"", b"0" * 64 + b"\n\xff\n\xff"]
+)
+def test_a_damaged_log_on_the_target_starts_afresh(damaged: bytes) -> None:
+    new = repodata.dumps(repodata.build("noarch", {}, {"a": {"name": "a", "size": 1}}))
+    log = jlap.Jlap.parse(jlap.update(damaged, b"{}", new))
+    assert log.iv == jlap.ZERO_IV and log.latest == jlap.blake(new)
+
+
 def test_outputs_switched_off_are_removed_after_the_new_repodata(tmp_path: Path) -> None:
     small_channel(tmp_path / "ch")
     assert ferry("index", str(tmp_path / "ch"), "--bz2", "--current-repodata").exit_code == 0

@@ -246,3 +246,21 @@ def test_a_damaged_snapshot_holds_everything_until_it_is_deleted(tmp_path: Path)
     assert "snapshots/damaged/linux-64/repodata.json" in refused(1, "verify", str(mirror))
     ok("snapshot", "delete", str(mirror), "damaged")
     assert f"linux-64/{GONE}" in ok("gc", str(mirror), "--now")
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [b'{"created": "x", "subdirs": [1, 2]}', b'{"created": "x", "subdirs": {"../x": {}}}', b"null"],
+)
+def test_a_damaged_snapshot_record_is_an_incomplete_snapshot(
+    synced: tuple[Path, Path, Path], meta: bytes
+) -> None:
+    _, mirror, job = synced
+    ok("snapshot", "create", str(mirror), "s1")
+    (mirror / "snapshots/s1/snapshot.json").write_bytes(meta)
+    listed = ok("snapshot", "list", str(mirror))
+    assert "s1" in listed and "incomplete" in listed
+    ok("sync", str(job))
+    ok("gc", str(mirror), "--now")
+    assert (mirror / "snapshots/s1/linux-64/repodata.json").exists()  # still held
+    ok("snapshot", "delete", str(mirror), "s1")

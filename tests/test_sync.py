@@ -449,6 +449,49 @@ def test_sync_verify_repairs_what_it_can_and_withdraws_what_it_cannot(
     assert repaired == {deleted.name, corrupt.name}
 
 
+def test_a_mirror_damaged_behind_its_back_is_reported_and_mended(
+    synced: tuple[Path, Path, Path],
+) -> None:
+    """Shards are trusted by their names on a normal night; verify reads them and
+    sync --verify writes the damaged ones again. A damaged state file or log costs a
+    full comparison or a fresh log, never the run."""
+    _, mirror, job = synced
+    corrupt, lost = sorted((mirror / "linux-64/shards").iterdir())[:2]
+    corrupt.write_bytes(corrupt.read_bytes()[:-3])
+    lost.unlink()
+    (mirror / ".ferry/noarch.json").write_bytes(b"null")
+    (mirror / "noarch/repodata.jlap").write_bytes(b"\xff" * 200)
+
+    found = ferry("verify", str(mirror))
+    assert found.exit_code == 1
+    assert f"corrupt: linux-64/shards/{corrupt.name}: its sha256 is not" in found.stderr
+    assert f"missing: linux-64/shards/{lost.name}" in found.stderr
+
+    result = ferry("sync", str(job), "--verify")
+    assert result.exit_code == 0, result.stderr
+    assert ".ferry/noarch.json: unreadable" in result.stderr
+    assert f"linux-64/shards/{corrupt.name}: damaged; writing it again" in result.stderr
+    again = ferry("verify", str(mirror))
+    assert again.exit_code == 0, again.stderr
+    assert "shards in 2 subdirs: 0 missing, 0 corrupt, 0 extra" in again.output
+    assert assert_consistent(mirror) > 0
+
+
+def test_a_damaged_index_stops_snapshot_and_export_with_its_fix(
+    synced: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, mirror, _ = synced
+    (mirror / "linux-64/repodata.json").write_bytes(b'{"packages": {"a.tar.bz2": []}}')
+    for args in (["snapshot", "create", str(mirror)], ["export", str(mirror), str(tmp_path / "b")]):
+        result = ferry(*args)
+        assert result.exit_code == 1, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"ferry: error: {mirror}/linux-64/repodata.json: not a repodata document (the "
+            "record of 'a.tar.bz2' names no package or size); a sync with --verify, or ferry "
+            "index, writes it anew"
+        ]
+
+
 def test_packages_are_durable_before_any_repodata_names_them(
     upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
