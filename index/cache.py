@@ -2,15 +2,18 @@
 
 Keyed by file name, size and the storage's validator (ETag, or mtime), so that a
 re-index reads only new or changed packages. It is only ever a shortcut: delete it
-and the next run reads every package again and writes the same bytes.
+and the next run reads every package again and writes the same bytes; so a damaged
+one (a row that is no record, a page the database cannot read) is dropped, not
+trusted and never fatal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ import msgspec
 import orjson
 
 from conda_ferry.gateways import UsageError
+
+from .records import record_problem
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -40,8 +45,7 @@ class IndexCache:
             try:
                 self._db = self._open()
             except sqlite3.DatabaseError:
-                self.path.unlink(missing_ok=True)  # a damaged cache is just a cold cache
-                self._db = self._open()
+                self._db = self._cold()
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(
                 str(directory),
@@ -51,26 +55,59 @@ class IndexCache:
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS packages (subdir TEXT, filename TEXT, size INTEGER,"
-            " stamp TEXT, record BLOB, extras BLOB, PRIMARY KEY (subdir, filename))"
-        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS packages (subdir TEXT, filename TEXT, size INTEGER,"
+                " stamp TEXT, record BLOB, extras BLOB, PRIMARY KEY (subdir, filename))"
+            )
+        except BaseException:
+            db.close()
+            raise
         return db
 
+    def _cold(self) -> sqlite3.Connection:
+        """A damaged cache is just a cold cache (its log goes with it)."""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        return self._open()
+
+    @contextlib.contextmanager
+    def _or_cold(self) -> Iterator[None]:
+        """A damaged database found in use: dropped, and the run goes on without it."""
+        try:
+            yield
+        except sqlite3.DatabaseError:
+            self._db.close()
+            self._db = self._cold()
+
     def load(self, subdir: str) -> dict[str, tuple[int, str, Entry]]:
-        rows = self._db.execute(
-            "SELECT filename, size, stamp, record, extras FROM packages WHERE subdir = ?",
-            (subdir,),
-        )
-        return {
-            name: (size, stamp, Entry(orjson.loads(record), orjson.loads(extras)))
-            for name, size, stamp, record, extras in rows
-        }
+        """What the subdir's packages yielded; a row that does not read back as a
+        record (a damaged cache) is left out, and its package read again."""
+        rows = []
+        with self._or_cold():
+            rows = self._db.execute(
+                "SELECT filename, size, stamp, record, extras FROM packages WHERE subdir = ?",
+                (subdir,),
+            ).fetchall()
+        found: dict[str, tuple[int, str, Entry]] = {}
+        for name, size, stamp, record, extras in rows:
+            try:
+                entry = Entry(orjson.loads(record), orjson.loads(extras))
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+            if (
+                isinstance(size, int)
+                and isinstance(stamp, str)
+                and isinstance(entry.extras, dict)
+                and record_problem(entry.record) is None
+            ):
+                found[name] = (size, stamp, entry)
+        return found
 
     def store(self, subdir: str, items: list[tuple[str, int, str, Entry]]) -> None:
-        with self._db:
+        with self._or_cold(), self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO packages VALUES (?, ?, ?, ?, ?, ?)",
@@ -81,7 +118,7 @@ class IndexCache:
             )
 
     def forget(self, subdir: str, names: list[str]) -> None:
-        with self._db:
+        with self._or_cold(), self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "DELETE FROM packages WHERE subdir = ? AND filename = ?",

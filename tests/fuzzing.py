@@ -780,65 +780,105 @@ def _own_files(mirror: Path) -> list[Path]:
 
 
 def fuzz_mirrors(seconds: float, seed: int) -> int:
-    """A mirror with some of its own files damaged, then synced (now and then with
-    ``--verify``) from an upstream that changed or not: an exit code from the table,
-    no internal error or temp file left; a sync that succeeds leaves what a client
-    reads consistent (every record's package present and whole, the log a verified
-    chain to the repodata.json served), and a ``--verify`` one every shard too."""
-    from tests.mirrorcheck import assert_converged, check_subdir
+    """A mirror, or a custom channel, with some of its own files damaged (and the
+    index cache too), then synced (now and then with ``--verify``) from an upstream
+    that changed or not, or re-indexed or published to: an exit code from the table,
+    no internal error or temp file left; a run that rewrites the index leaves what a
+    client reads consistent (every record's package present and whole, the log a
+    verified chain to the repodata.json served), and a ``--verify`` one every shard."""
     from tests.upstream import build_upstream, edit_repodata, job_yaml
 
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        os.environ["XDG_CACHE_HOME"] = str(root / "cache")  # publish's index cache
         build_upstream(root / "up")
         shutil.copytree(root / "up", root / "changed")
         extra = Spec("fzextra", "1.0", "0", subdir="linux-64")
         build_upstream(root / "changed", [(extra, ".conda")])
         edit_repodata(root / "changed", "noarch", _hot_fix)
-        outputs = "outputs: {jlap: true, bz2: true, current_repodata: true}\n"
-        snapshots_on = "snapshots: {keep: 3}\n"
-        pristine = root / "pristine"
-        job = job_yaml(root / "job.yaml", str(root / "up"), str(pristine), outputs + snapshots_on)
-        assert CliRunner().invoke(main, ["-q", "sync", str(job)]).exit_code == 0
-        snapshot = next((pristine / "snapshots").iterdir()).name
+        packages = sorted(str(p) for p in (root / "up").rglob("*") if p.suffix in _PACKAGES)
+        pristine, custom = root / "pristine", root / "custom"
+        job_yaml(root / "job.yaml", str(root / "up"), str(pristine), _MIRROR_JOB)
+        assert CliRunner().invoke(main, ["-q", "sync", str(root / "job.yaml")]).exit_code == 0
         for args in (
             ["export", str(pristine), str(root / "bundles" / "first")],  # an export history
-            ["snapshot", "pin", str(pristine), snapshot],
+            ["snapshot", "pin", str(pristine), next((pristine / "snapshots").iterdir()).name],
+            ["publish", *packages[1:], "--to", str(custom)],
         ):
             assert CliRunner().invoke(main, ["-q", *args]).exit_code == 0, args
         count = 0
         for count in _deadline(seconds):
-            mirror = root / f"m{count}"
-            shutil.copytree(pristine, mirror, symlinks=True)
-            own = _own_files(mirror)
+            work = root / f"m{count}"
+            damaged_custom = rng.random() < 0.3
+            shutil.copytree(custom if damaged_custom else pristine, work, symlinks=True)
+            own = _own_files(work)
             damage = {
-                str(path.relative_to(mirror)): _damage(rng, path)
+                str(path.relative_to(work)): _damage(rng, path)
                 for path in rng.sample(own, rng.randint(1, 3))
             }
             if rng.random() < 0.5:
-                args = _reader_command(rng, mirror, root)
+                args = _reader_command(rng, work, root)
                 result = CliRunner().invoke(main, args)
-                _check_run(result, mirror, (args, damage, result.output))
-            source = root / rng.choice(["up", "changed"])
-            job_yaml(root / "job.yaml", str(source), str(mirror), outputs + snapshots_on)
-            verify = rng.random() < 0.3
-            args = ["-q", "sync", str(root / "job.yaml"), *(["--verify"] if verify else [])]
-            result = CliRunner().invoke(main, args)
-            context = (source.name, args, damage, result.output)
-            _check_run(result, mirror, context)
-            # A quiet night (upstream unchanged) rewrites nothing, damaged or not, and a
-            # shard is trusted by its name: --verify re-reads all. Snapshots stay as they are.
-            if result.exit_code == errors.OK and (verify or source.name == "changed"):
-                try:
-                    with open_gateway(str(mirror)) as gateway:
-                        for subdir in ("linux-64", "noarch"):
-                            check_subdir(gateway, subdir, with_shards=verify)
-                        assert_converged(gateway)
-                except Exception as exc:
-                    raise AssertionError(context) from exc
-            shutil.rmtree(mirror)
+                _check_run(result, work, (args, damage, result.output))
+            if damaged_custom:
+                _index_damaged(rng, root, work, packages[0], damage)
+            else:
+                _sync_damaged(rng, root, work, damage)
+            shutil.rmtree(work)
     return count
+
+
+_PACKAGES = (".conda", ".bz2")
+_MIRROR_JOB = "outputs: {jlap: true, bz2: true, current_repodata: true}\nsnapshots: {keep: 3}\n"
+
+
+def _sync_damaged(rng: random.Random, root: Path, mirror: Path, damage: Any) -> None:
+    from tests.upstream import job_yaml
+
+    source = root / rng.choice(["up", "changed"])
+    job_yaml(root / "job.yaml", str(source), str(mirror), _MIRROR_JOB)
+    verify = rng.random() < 0.3
+    args = ["-q", "sync", str(root / "job.yaml"), *(["--verify"] if verify else [])]
+    result = CliRunner().invoke(main, args)
+    context = (source.name, args, damage, result.output)
+    _check_run(result, mirror, context)
+    # A quiet night (upstream unchanged) rewrites nothing, damaged or not, and a shard
+    # is trusted by its name: --verify re-reads all. Snapshots stay as they are.
+    if result.exit_code == errors.OK and (verify or source.name == "changed"):
+        _check_published(mirror, verify, context)
+
+
+def _index_damaged(
+    rng: random.Random, root: Path, channel: Path, package: str, damage: Any
+) -> None:
+    """Re-index or publish to a damaged custom channel, its index cache damaged too
+    now and then (the channel's path, so its cache, is the same every round)."""
+    stable = root / "custom-work"
+    shutil.rmtree(stable, ignore_errors=True)
+    channel.rename(stable)
+    cache = [p for p in (root / "cache").rglob("*") if p.is_file()]
+    for path in rng.sample(cache, min(len(cache), rng.randint(0, 2))):
+        damage[f"cache/{path.name}"] = _damage(rng, path)
+    args = rng.choice([["index", str(stable)], ["publish", package, "--to", str(stable)]])
+    result = CliRunner().invoke(main, ["-q", *args])
+    context = (args, damage, result.output)
+    _check_run(result, stable, context)
+    if result.exit_code == errors.OK:
+        _check_published(stable, False, context)
+    stable.rename(channel)
+
+
+def _check_published(channel: Path, with_shards: bool, context: Any) -> None:
+    from tests.mirrorcheck import assert_converged, check_subdir
+
+    try:
+        with open_gateway(str(channel)) as gateway:
+            for subdir in ("linux-64", "noarch"):
+                check_subdir(gateway, subdir, with_shards=with_shards)
+            assert_converged(gateway)
+    except Exception as exc:
+        raise AssertionError(context) from exc
 
 
 def _reader_command(rng: random.Random, mirror: Path, root: Path) -> list[str]:

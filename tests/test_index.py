@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,32 @@ def test_a_lost_cache_changes_nothing(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "cache")
     result = ferry("index", str(tmp_path / "ch"))
     assert "0 files written" in result.output
+    assert (tmp_path / "ch/linux-64/repodata.json").read_bytes() == first
+
+
+@pytest.mark.parametrize("record", [b"xx", b"5", b'{"name": 5}', None, "pages"])
+def test_a_damaged_cache_changes_nothing(tmp_path: Path, record: bytes | str | None) -> None:
+    """Rows that do not read back as records, or a database whose pages are damaged:
+    the packages are read again and the same bytes written."""
+    small_channel(tmp_path / "ch")
+    ferry("index", str(tmp_path / "ch"))
+    first = (tmp_path / "ch/linux-64/repodata.json").read_bytes()
+    (database,) = (tmp_path / "cache").rglob("*.sqlite")
+    with sqlite3.connect(database) as db:
+        if record == "pages":  # found by the first query, not by opening the file
+            db.execute("PRAGMA journal_mode=DELETE")
+            size = database.stat().st_size
+        else:
+            db.execute("UPDATE packages SET record = ?", (record,))
+    db.close()
+    if record == "pages":
+        data = bytearray(database.read_bytes())
+        data[size // 2 :] = bytes(len(data) - size // 2)
+        database.write_bytes(bytes(data))
+    (tmp_path / "ch/linux-64/repodata.json").unlink()
+    result = ferry("index", str(tmp_path / "ch"))
+    assert result.exit_code == 0, result.output
+    assert "0 from cache" in result.output
     assert (tmp_path / "ch/linux-64/repodata.json").read_bytes() == first
 
 
