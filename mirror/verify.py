@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import zstandard
+
 from conda_ferry.gateways import Gateway, GatewayError, NotFound
-from conda_ferry.index import shards
+from conda_ferry.index import jlap, repodata, shards
 from conda_ferry.index.channel import discover_subdirs
 from conda_ferry.index.subdir import SubdirView
 
@@ -61,6 +63,7 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
             f"{subdir}/{n}" for n in sorted(view.packages.keys() - view.published.keys() - retiring)
         )
         claims.extend(("", f"{subdir}/{n}", r) for n, r in sorted(view.published.items()))
+        findings["corrupt"].extend(_derived_problems(gateway, subdir, view.repodata_json))
         shard_digests.update(_shards(gateway, subdir, findings))
     for snapshot in snapstore.all_snapshots(gateway):
         findings["snapshots"].append(snapshot.name)
@@ -99,6 +102,39 @@ def verify_channel(gateway: Gateway, subdirs: list[str] | None, jobs: int) -> di
         elif found[1] != digest:
             findings["corrupt"].append(f"{path}: its sha256 is not the one it is named by")
     return findings
+
+
+def _optional(gateway: Gateway, path: str) -> bytes | None:
+    try:
+        return gateway.read_bytes(path)
+    except NotFound:
+        return None
+
+
+def _derived_problems(gateway: Gateway, subdir: str, data: bytes) -> list[str]:
+    """What is wrong with the files clients read instead of repodata.json: the .zst
+    most fetch first, and the log old clients patch their copy with. Nothing while a
+    writer is republishing the subdir (its repodata.json changed meanwhile)."""
+    problems = []
+    zst = _optional(gateway, f"{subdir}/repodata.json.zst")
+    if zst is not None:
+        try:
+            same = repodata.unzst(zst) == data
+        except zstandard.ZstdError:
+            same = False
+        if not same:
+            problems.append(f"{subdir}/repodata.json.zst: does not hold repodata.json")
+    log = _optional(gateway, f"{subdir}/repodata.jlap")
+    if log is not None:
+        try:
+            leads_here = jlap.Jlap.parse(log).latest == jlap.blake(data)
+        except jlap.BadJlap:
+            leads_here = False
+        if not leads_here:
+            problems.append(f"{subdir}/repodata.jlap: not a verified log leading to repodata.json")
+    if problems and _optional(gateway, f"{subdir}/repodata.json") != data:
+        return []
+    return problems
 
 
 def _shards(gateway: Gateway, subdir: str, findings: dict[str, Any]) -> dict[str, str]:

@@ -461,11 +461,15 @@ def test_a_mirror_damaged_behind_its_back_is_reported_and_mended(
     lost.unlink()
     (mirror / ".ferry/noarch.json").write_bytes(b"null")
     (mirror / "noarch/repodata.jlap").write_bytes(b"\xff" * 200)
+    zst = mirror / "linux-64/repodata.json.zst"
+    zst.write_bytes(zst.read_bytes()[:-10])
 
     found = ferry("verify", str(mirror))
     assert found.exit_code == 1
     assert f"corrupt: linux-64/shards/{corrupt.name}: its sha256 is not" in found.stderr
     assert f"missing: linux-64/shards/{lost.name}" in found.stderr
+    assert "corrupt: linux-64/repodata.json.zst: does not hold repodata.json" in found.stderr
+    assert "corrupt: noarch/repodata.jlap: not a verified log leading to" in found.stderr
 
     result = ferry("sync", str(job), "--verify")
     assert result.exit_code == 0, result.stderr
