@@ -492,6 +492,12 @@ class Gateway(abc.ABC):
         self.close()
 
 
+def listable(name: str, size: int) -> bool:
+    """What a directory listing from a server may hold: a name that is not a path
+    ('../x', 'a/b': no honest server lists one) and a size a file can have."""
+    return "/" not in name and name not in ("", ".", "..") and 0 <= size < 1 << 63
+
+
 def temp_name(path: str) -> str:
     """The sibling an atomic write fills before renaming it over ``path``.
 

@@ -17,7 +17,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NoReturn, TypeVar
 
-from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
+from .base import (
+    FileInfo,
+    Gateway,
+    GatewayOptions,
+    listable,
+    make_dirs,
+    stat_etag,
+    temp_name,
+)
 from .errors import (
     CredentialsError,
     NotFound,
@@ -30,8 +38,15 @@ from .streams import CHUNK, GuardedStream
 from .urls import parse
 
 _NETWORK = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply)
+# an answer that is no FTP: a reply without a code (error_proto), bytes that are not
+# UTF-8, a size or listing that does not parse (ValueError); ftplib lets them through
+_NOT_FTP = (ftplib.error_proto, ValueError)
 T = TypeVar("T")
 Entry = tuple[str, int, "float | None", bool]
+
+
+def _not_ftp(where: str, exc: BaseException) -> ProtocolError:
+    return ProtocolError(where, f"an answer that is not FTP ({type(exc).__name__}: {exc!s:.60})")
 
 
 def _mdtm(value: str) -> float | None:
@@ -120,6 +135,8 @@ class FTPGateway(Gateway):
                 f"cannot connect: {network_problem(exc)}",
                 "check the host name, port and network",
             ) from None
+        except _NOT_FTP as exc:
+            raise _not_ftp(where, exc) from None
 
     def _acquire(self, retry: bool = True) -> ftplib.FTP:
         """A live connection; ``retry``: connect with retries, unless the caller
@@ -132,7 +149,7 @@ class FTPGateway(Gateway):
             try:
                 conn.voidcmd("TYPE I")  # a liveness check, and LIST/MLSD leave ASCII mode on
                 return conn
-            except _NETWORK:
+            except (*_NETWORK, *_NOT_FTP, ftplib.error_perm):  # not fit for use: a new one
                 with contextlib.suppress(Exception):
                     conn.close()
 
@@ -164,6 +181,8 @@ class FTPGateway(Gateway):
             conn.close()
         if isinstance(exc, _NETWORK):
             raise TransientError(self.display(path), f"connection broke: {type(exc).__name__}")
+        if isinstance(exc, _NOT_FTP):
+            raise _not_ftp(self.display(path), exc) from None
         raise exc
 
     def _do(self, path: str, fn: Callable[[ftplib.FTP], T]) -> T:
@@ -214,6 +233,7 @@ class FTPGateway(Gateway):
         return [
             FileInfo(f"{rel}/{name}" if rel else name, size, mtime, stat_etag(size, mtime), is_dir)
             for name, size, mtime, is_dir in self._entries(path, self._abs(path))
+            if listable(name, size)
         ]
 
     def _entries(self, path: str, target: str) -> builtins.list[Entry]:
@@ -221,7 +241,7 @@ class FTPGateway(Gateway):
             out: builtins.list[Entry] = []
             for name, facts in conn.mlsd(target, facts=["type", "size", "modify"]):
                 kind = facts.get("type", "file")
-                if kind in ("cdir", "pdir") or name in (".", ".."):
+                if kind in ("cdir", "pdir"):
                     continue
                 out.append(
                     (name, int(facts.get("size", 0)), _mdtm(facts.get("modify", "")), kind == "dir")
@@ -234,7 +254,7 @@ class FTPGateway(Gateway):
             out: builtins.list[Entry] = []
             for line in lines:
                 fields = line.split(None, 8)
-                if len(fields) < 9 or fields[8] in (".", ".."):
+                if len(fields) < 9:
                     continue
                 out.append(
                     (
@@ -264,7 +284,10 @@ class FTPGateway(Gateway):
         except BaseException as exc:
             self._fail(conn, path, exc)
         transfer = _Transfer(self, conn, sock)
-        stream = GuardedStream(transfer.read, transfer.close, self.display(path), _NETWORK)
+        # a final answer other than 226 leaves the bytes unconfirmed: resumed as a
+        # broken connection is (what arrived is verified against its record anyway)
+        broken = (*_NETWORK, *_NOT_FTP, ftplib.error_perm)
+        stream = GuardedStream(transfer.read, transfer.close, self.display(path), broken)
         return stream.as_binary(), None
 
     # -- writing -----------------------------------------------------------------

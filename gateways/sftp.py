@@ -21,7 +21,15 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar, cast
 
-from .base import FileInfo, Gateway, GatewayOptions, make_dirs, stat_etag, temp_name
+from .base import (
+    FileInfo,
+    Gateway,
+    GatewayOptions,
+    listable,
+    make_dirs,
+    stat_etag,
+    temp_name,
+)
 from .errors import (
     CredentialsError,
     NotFound,
@@ -421,7 +429,11 @@ class SFTPGateway(Gateway):
     def _listdir(self, path: str) -> list[FileInfo]:
         rel = self._rel(path)
         entries = self._do(path, lambda s: s.listdir_attr(self._abs(path)))
-        return [self._info(f"{rel}/{a.filename}" if rel else a.filename, a) for a in entries]
+        return [
+            self._info(f"{rel}/{a.filename}" if rel else a.filename, a)
+            for a in entries
+            if listable(a.filename, a.st_size or 0)
+        ]
 
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         with self._errors(path):

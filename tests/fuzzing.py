@@ -1,6 +1,7 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests, lockfiles, sharded repodata, HTTP and SFTP answers, the command line
-and job files. Each runs for a time budget and reports how many inputs it tried.
+bundle manifests, lockfiles, sharded repodata, HTTP, SFTP and FTP answers, the command
+line and job files, and what ferry reads back of its own (a mirror damaged behind its
+back). Each runs for a time budget and reports how many inputs it tried.
 
 Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
 than a bound" fails as loudly as a wrong exception type:
@@ -570,6 +571,165 @@ def fuzz_answers(seconds: float, seed: int) -> int:
     return count
 
 
+# -- a lying FTP server: control answers, listings and bodies ---------------------------
+_FTP_LISTINGS = [
+    b"type=file;size=30000;modify=20240101000000; pkg.conda",
+    b"type=dir;modify=20240101000000; sub",
+    b"type=cdir; .",
+    b"-rw-r--r--   1 u g   30000 Jan  1 00:00 pkg.conda",
+    b"drwxr-xr-x   2 u g    4096 Jan  1 00:00 sub",
+    b"type=file;size=1; ../evil.conda",
+    b"type=file;size=-5; a/b.conda",
+    b"-rw-r--r--   1 u g   1 Jan  1 00:00 ../x.conda",
+    b"type=file;size=99999999999999999999999; big.conda",
+]
+
+
+def _ftp_reply(rng: random.Random, right: bytes) -> bytes:
+    """The right answer mostly, else another code, garbage, bytes that are not UTF-8,
+    a line too long, or a multi-line answer that never ends."""
+    roll = rng.random()
+    if roll < 0.75:
+        return right
+    return rng.choice(
+        [
+            b"550 no",
+            b"421 closing",
+            b"999 what",
+            b"abc",
+            b"",
+            b"213 \xff\xfe",
+            b"213 " + b"9" * 5000,
+            b"213-more\r\n213-",
+            right[:3] + b" " + rng.randbytes(8),
+            b"227 Entering Passive Mode (1,2,3)",
+        ]
+    )
+
+
+def _ftp_peer(rng: random.Random, conn: Any, body: bytes) -> None:
+    """One control connection, answered as a lying server would; data connections
+    through PASV, each carrying a listing or a body, right or not."""
+    import socket
+
+    data_server: socket.socket | None = None
+
+    def send(line: bytes) -> None:
+        conn.sendall(line + b"\r\n")
+
+    try:
+        send(_ftp_reply(rng, b"220 fz"))
+        reader = conn.makefile("rb")
+        while line := reader.readline(8192):
+            verb = line.split(b" ", 1)[0].strip().upper()
+            argument = line[len(verb) :].strip()
+            if verb == b"QUIT":
+                send(b"221 bye")
+                return
+            if verb in (b"PASV", b"EPSV"):
+                data_server = socket.create_server(("127.0.0.1", 0))
+                data_server.settimeout(2)
+                port = data_server.getsockname()[1]
+                right = b"227 Entering Passive Mode (127,0,0,1,%d,%d)" % (port >> 8, port & 255)
+                if verb == b"EPSV":
+                    right = b"229 Entering Extended Passive Mode (|||%d|)" % port
+                send(_ftp_reply(rng, right))
+            elif verb in (b"MLSD", b"LIST", b"RETR") and data_server is not None:
+                send(_ftp_reply(rng, b"150 here"))
+                with contextlib.suppress(OSError):
+                    data, _ = data_server.accept()
+                    with data:
+                        if verb == b"RETR":
+                            payload = body if rng.random() < 0.7 else _mutate(rng, body)
+                        else:
+                            lines = rng.sample(_FTP_LISTINGS, rng.randint(0, 4))
+                            payload = b"\r\n".join(
+                                _mutate(rng, x) if rng.random() < 0.3 else x for x in lines
+                            )
+                        data.sendall(payload)
+                data_server.close()
+                data_server = None
+                send(_ftp_reply(rng, b"226 done"))
+            else:
+                right = {
+                    b"USER": b"331 password",
+                    b"PASS": b"230 in",
+                    b"TYPE": b"200 ok",
+                    b"SIZE": b"213 %d" % len(body) if b"pkg" in argument else b"550 no",
+                    b"MDTM": b"213 20240101000000",
+                    b"CWD": b"250 ok" if b"pkg" not in argument else b"550 no",
+                    b"REST": b"350 ok",
+                }.get(verb, b"502 not here")
+                send(_ftp_reply(rng, right))
+    except OSError:
+        pass
+    finally:
+        if data_server is not None:
+            data_server.close()
+
+
+def fuzz_ftp(seconds: float, seed: int) -> int:
+    """A scripted FTP server that lies in its answers, listings and bodies, through the
+    FTP gateway's reads: each ends with a result or a GatewayError, nothing else, and
+    a copy verified against its record writes exactly the record's bytes or nothing."""
+    import socket
+    import threading
+
+    from conda_ferry.gateways import Expected, copy_file
+
+    rng = random.Random(seed)
+    body = rng.randbytes(30_000)
+    expect = Expected(len(body), hashlib.sha256(body).hexdigest())
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    answers = random.Random(seed + 1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                _ftp_peer(answers, conn, body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    options = GatewayOptions(timeout=0.3, retries=2, retry_delay=0, min_rate=0)
+    url = f"ftp://127.0.0.1:{server.getsockname()[1]}/root"
+    count = 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp, open_gateway(tmp) as target:
+            for count in _deadline(seconds):
+                with open_gateway(url, options) as source:
+                    what = rng.choice(["list", "files", "info", "read", "copy"])
+                    try:
+                        if what in ("list", "files"):
+                            where = "sub" if what == "list" else ""
+                            for entry in getattr(source, what)(where):
+                                name = entry.path.removeprefix("sub/")
+                                assert "/" not in name and name not in ("", ".", ".."), entry
+                                assert 0 <= entry.size < 1 << 63, entry
+                        elif what == "info":
+                            source.info(rng.choice(["pkg.conda", "sub"]))
+                        elif what == "read":
+                            source.read_bytes("pkg.conda")
+                        else:
+                            path = f"p{count}.conda"
+                            copy_file(source, "pkg.conda", target, path, expect)
+                            assert (Path(tmp) / path).read_bytes() == body
+                    except GatewayError:
+                        pass
+                assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    return count
+
+
 # -- the command line: every command, hostile arguments and job files -----------------
 # Places are all inside the fuzzer's directory (its working directory while it runs), or
 # refuse at once: nothing here may write elsewhere, delete, or reach beyond loopback.
@@ -931,6 +1091,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "bodies": fuzz_bodies,
     "sftp": fuzz_sftp,
     "answers": fuzz_answers,
+    "ftp": fuzz_ftp,
     "commands": fuzz_commands,
     "mirrors": fuzz_mirrors,
 }
