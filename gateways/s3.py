@@ -14,7 +14,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from .base import Fetched, FileInfo, Gateway, GatewayOptions
+from .base import Fetched, FileInfo, Gateway, GatewayOptions, listable
 from .errors import (
     CredentialsError,
     NotFound,
@@ -47,6 +47,14 @@ _NETWORK = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def _below(prefix: str, key: Any, size: Any) -> bool:
+    """An object a listing of ``prefix`` may hold: below it, each level a name (a key
+    may hold '..' or '//', and a server may answer anything), a size a file can have."""
+    if not isinstance(key, str) or not key.startswith(prefix) or not isinstance(size, int):
+        return False
+    return all(listable(part, size) for part in key[len(prefix) :].split("/"))
 
 
 class S3Gateway(Gateway):
@@ -171,25 +179,29 @@ class S3Gateway(Gateway):
         prefix = f"{base}/" if base else ""
         out: list[FileInfo] = []
         token: dict[str, str] = {}
+        seen: set[str] = set()
         while True:
             kwargs: dict[str, Any] = {"Prefix": prefix, **token}
             if not recursive:
                 kwargs["Delimiter"] = "/"
             page = self._call(path, "list_objects_v2", **kwargs)
             for obj in page.get("Contents", []):
-                out.append(
-                    FileInfo(
-                        self._strip(obj["Key"]),
-                        obj["Size"],
-                        obj["LastModified"].timestamp(),
-                        obj.get("ETag"),
-                    )
-                )
+                key, size = obj.get("Key", ""), obj.get("Size", -1)
+                if _below(prefix, key, size):
+                    when = obj.get("LastModified")
+                    mtime = when.timestamp() if when is not None else None
+                    out.append(FileInfo(self._strip(key), size, mtime, obj.get("ETag")))
             for common in page.get("CommonPrefixes", []):
-                out.append(FileInfo(self._strip(common["Prefix"].rstrip("/")), 0, is_dir=True))
+                key = common.get("Prefix", "").rstrip("/")
+                if _below(prefix, key, 0):
+                    out.append(FileInfo(self._strip(key), 0, is_dir=True))
             if not page.get("IsTruncated"):
                 break
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+            following = page.get("NextContinuationToken")
+            if not isinstance(following, str) or following in seen:
+                raise ProtocolError(self.display(path), "a listing that never ends")
+            seen.add(following)
+            token = {"ContinuationToken": following}
         if not out and path:
             raise NotFound(self.display(path), "no such prefix")
         return out

@@ -395,6 +395,25 @@ def test_s3_unfinished_uploads_of_a_killed_run_are_aborted(moto: Server) -> None
     assert not uploads.get("Uploads")
 
 
+def test_s3_keys_that_are_no_file_names_are_not_listed(moto: Server) -> None:
+    """A bucket may hold keys no file system could: '..', an empty level, a folder
+    marker. None of them may reach a writer as a file of the subdir."""
+    import boto3
+
+    options = GatewayOptions(**FAST_RETRY, endpoint_url=moto.url)
+    client = boto3.client("s3", endpoint_url=moto.url)
+    for key in (
+        "odd/linux-64/",
+        "odd/linux-64//x.conda",
+        "odd/linux-64/../y.conda",
+        "odd/linux-64/ok",
+    ):
+        client.put_object(Bucket="ferry", Key=key, Body=b"x")
+    with open_gateway("s3://ferry/odd", options) as gw:
+        assert [f.path for f in gw.files("linux-64")] == ["linux-64/ok"]
+        assert [f.path for f in gw.list("", recursive=True)] == ["linux-64/ok"]
+
+
 def test_s3_parallel_multipart_is_whole_or_nothing(moto: Server) -> None:
     import boto3
 
