@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import certifi
 import pycurl
 
-from .base import Fetched, FileInfo, Gateway, GatewayOptions
+from .base import Fetched, FileInfo, Gateway, GatewayOptions, listable
 from .curl import BAD_URL, TLS_FAILURES, CurlError, CurlPool, CurlResponse
 from .errors import (
     CredentialsError,
@@ -228,9 +228,10 @@ class HTTPGateway(Gateway):
         out: list[FileInfo] = []
         for href in _hrefs(page.decode("utf-8", "replace")):
             name = unquote(href.split("?", 1)[0])
-            if "://" in name or name.startswith(("/", "..", "#")) or name in ("", "./"):
+            bare = name.removesuffix("/")
+            if name.startswith("#") or not listable(bare, 0):  # another page's, or a path
                 continue
-            child = f"{rel}/{name.rstrip('/')}" if rel else name.rstrip("/")
+            child = f"{rel}/{bare}" if rel else bare
             is_dir = name.endswith("/")
             out.append(FileInfo(child, 0 if is_dir else -1, is_dir=is_dir))
         return out

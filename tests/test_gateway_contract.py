@@ -314,6 +314,19 @@ def test_http_read_hands_over_what_is_held_at_once(nginx: Server) -> None:
     assert len(sizes) < len(data) // (16 << 10)
 
 
+def test_http_listing_links_that_are_no_file_names_are_not_listed(nginx: Server) -> None:
+    """A listing page is any HTML the server sends: only names of the directory's own
+    entries are listed, never a path out of it or into another."""
+    page = nginx.root / "links" / "index.html"  # served for links/ as its listing
+    page.parent.mkdir()
+    hrefs = ["../up/", "a/b.conda", "%2e%2e/x.conda", "/abs.conda", "http://x/y.conda"]
+    hrefs += ["#top", "?C=N;O=D", "./", "sub/", "x.conda", "sub//"]
+    page.write_text("".join(f'<a href="{h}">{h}</a>\n' for h in hrefs))
+    with open_gateway(nginx.url) as gw:
+        listed = [(f.path, f.is_dir) for f in gw.list("links")]
+    assert listed == [("links/sub", True), ("links/x.conda", False)]
+
+
 def test_http_is_read_only(nginx: Server) -> None:
     with open_gateway(nginx.url) as gw:
         with pytest.raises(ReadOnlyError):
