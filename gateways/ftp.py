@@ -17,15 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NoReturn, TypeVar
 
-from .base import (
-    FileInfo,
-    Gateway,
-    GatewayOptions,
-    listable,
-    make_dirs,
-    stat_etag,
-    temp_name,
-)
+from .base import FileInfo, Gateway, GatewayOptions, listable, make_dirs, stat_etag, temp_name
 from .errors import (
     CredentialsError,
     NotFound,

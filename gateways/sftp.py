@@ -21,15 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar, cast
 
-from .base import (
-    FileInfo,
-    Gateway,
-    GatewayOptions,
-    listable,
-    make_dirs,
-    stat_etag,
-    temp_name,
-)
+from .base import FileInfo, Gateway, GatewayOptions, listable, make_dirs, stat_etag, temp_name
 from .errors import (
     CredentialsError,
     NotFound,

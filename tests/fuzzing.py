@@ -517,17 +517,48 @@ def fuzz_answers(seconds: float, seed: int) -> int:
     the short way for small files (copy_prefetched) writes a file only with exactly
     the record's bytes, else leaves it to copy_file, which ends right or with a
     GatewayError; nothing else escapes, nothing wrong is ever named."""
-    import socket
-    import threading
-
     from conda_ferry.gateways import Expected, copy_file, copy_prefetched
 
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
     expect = Expected(len(body), hashlib.sha256(body).hexdigest())
+    answers = random.Random(seed + 1)
+
+    def answer(conn: Any) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request and (more := conn.recv(4096)):
+            request += more
+        conn.sendall(_lying_answer(answers, body))
+
+    options = GatewayOptions(timeout=1, retries=2, retry_delay=0, min_rate=0)
+    count = 0
+    with (
+        _scripted_server(answer) as port,
+        tempfile.TemporaryDirectory() as tmp,
+        open_gateway(f"http://127.0.0.1:{port}", options) as source,
+        open_gateway(tmp) as target,
+    ):
+        for count in _deadline(seconds):
+            path = f"p{count}.conda"
+            source.prefetch(["pkg.conda"])
+            copied = copy_prefetched(source, "pkg.conda", target, path, expect, False)
+            if copied is None:
+                with contextlib.suppress(GatewayError):
+                    copied = copy_file(source, "pkg.conda", target, path, expect)
+            written = Path(tmp) / path
+            assert not written.exists() or written.read_bytes() == body
+            assert copied is None or (written.exists() and copied.sha256 == expect.sha256)
+    return count
+
+
+@contextlib.contextmanager
+def _scripted_server(answer: Callable[[Any], None]) -> Iterator[int]:
+    """A server on loopback that hands each connection to ``answer``; yields its port."""
+    import socket
+    import threading
+
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
-    answers = random.Random(seed + 1)
     stop = threading.Event()
 
     def serve() -> None:
@@ -538,37 +569,16 @@ def fuzz_answers(seconds: float, seed: int) -> int:
                 continue
             with conn, contextlib.suppress(OSError):
                 conn.settimeout(2)
-                request = b""
-                while b"\r\n\r\n" not in request and (more := conn.recv(4096)):
-                    request += more
-                conn.sendall(_lying_answer(answers, body))
+                answer(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    options = GatewayOptions(timeout=1, retries=2, retry_delay=0, min_rate=0)
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    count = 0
     try:
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            open_gateway(url, options) as source,
-            open_gateway(tmp) as target,
-        ):
-            for count in _deadline(seconds):
-                path = f"p{count}.conda"
-                source.prefetch(["pkg.conda"])
-                copied = copy_prefetched(source, "pkg.conda", target, path, expect, False)
-                if copied is None:
-                    with contextlib.suppress(GatewayError):
-                        copied = copy_file(source, "pkg.conda", target, path, expect)
-                written = Path(tmp) / path
-                assert not written.exists() or written.read_bytes() == body
-                assert copied is None or (written.exists() and copied.sha256 == expect.sha256)
+        yield server.getsockname()[1]
     finally:
         stop.set()
         thread.join()
         server.close()
-    return count
 
 
 # -- a lying FTP server: control answers, listings and bodies ---------------------------
@@ -661,8 +671,6 @@ def _ftp_peer(rng: random.Random, conn: Any, body: bytes) -> None:
                     b"REST": b"350 ok",
                 }.get(verb, b"502 not here")
                 send(_ftp_reply(rng, right))
-    except OSError:
-        pass
     finally:
         if data_server is not None:
             data_server.close()
@@ -672,61 +680,40 @@ def fuzz_ftp(seconds: float, seed: int) -> int:
     """A scripted FTP server that lies in its answers, listings and bodies, through the
     FTP gateway's reads: each ends with a result or a GatewayError, nothing else, and
     a copy verified against its record writes exactly the record's bytes or nothing."""
-    import socket
-    import threading
-
     from conda_ferry.gateways import Expected, copy_file
 
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
     expect = Expected(len(body), hashlib.sha256(body).hexdigest())
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
     answers = random.Random(seed + 1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                _ftp_peer(answers, conn, body)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     options = GatewayOptions(timeout=0.3, retries=2, retry_delay=0, min_rate=0)
-    url = f"ftp://127.0.0.1:{server.getsockname()[1]}/root"
     count = 0
-    try:
-        with tempfile.TemporaryDirectory() as tmp, open_gateway(tmp) as target:
-            for count in _deadline(seconds):
-                with open_gateway(url, options) as source:
-                    what = rng.choice(["list", "files", "info", "read", "copy"])
-                    try:
-                        if what in ("list", "files"):
-                            where = "sub" if what == "list" else ""
-                            for entry in getattr(source, what)(where):
-                                name = entry.path.removeprefix("sub/")
-                                assert "/" not in name and name not in ("", ".", ".."), entry
-                                assert 0 <= entry.size < 1 << 63, entry
-                        elif what == "info":
-                            source.info(rng.choice(["pkg.conda", "sub"]))
-                        elif what == "read":
-                            source.read_bytes("pkg.conda")
-                        else:
-                            path = f"p{count}.conda"
-                            copy_file(source, "pkg.conda", target, path, expect)
-                            assert (Path(tmp) / path).read_bytes() == body
-                    except GatewayError:
-                        pass
-                assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
+    with (
+        _scripted_server(lambda conn: _ftp_peer(answers, conn, body)) as port,
+        tempfile.TemporaryDirectory() as tmp,
+        open_gateway(tmp) as target,
+    ):
+        for count in _deadline(seconds):
+            with open_gateway(f"ftp://127.0.0.1:{port}/root", options) as source:
+                what = rng.choice(["list", "files", "info", "read", "copy"])
+                try:
+                    if what in ("list", "files"):
+                        where = "sub" if what == "list" else ""
+                        for entry in getattr(source, what)(where):
+                            name = entry.path.removeprefix("sub/")
+                            assert "/" not in name and name not in ("", ".", ".."), entry
+                            assert 0 <= entry.size < 1 << 63, entry
+                    elif what == "info":
+                        source.info(rng.choice(["pkg.conda", "sub"]))
+                    elif what == "read":
+                        source.read_bytes("pkg.conda")
+                    else:
+                        path = f"p{count}.conda"
+                        copy_file(source, "pkg.conda", target, path, expect)
+                        assert (Path(tmp) / path).read_bytes() == body
+                except GatewayError:
+                    pass
+            assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
     return count
 
 
