@@ -647,7 +647,7 @@ def _check_records(where: str, records: dict[str, dict[str, Any]], items: list[B
             )
 
 
-Held = list[tuple[str, bytes, dict[str, dict[str, Any]]]]  # (snapshot, index, records)
+Held = list[tuple[str, bytes, dict[str, Any]]]  # (snapshot, its repodata.json, read)
 
 
 def _carried_snapshots(
@@ -666,13 +666,13 @@ def _carried_snapshots(
             try:
                 with _Joined(bundle, item.pieces) as stream:
                     data = stream.read()
-                records = repodata.records(repodata.loads(data))
+                document = repodata.loads(data)
             except ValueError as exc:
                 raise FerryError(
                     f"{where}: not repodata ({exc}); refused, nothing was written"
                 ) from None
-            _check_records(where, records, by_subdir.get(subdir, []))
-            out.setdefault(subdir, []).append((carried.name, data, records))
+            _check_records(where, repodata.records(document), by_subdir.get(subdir, []))
+            out.setdefault(subdir, []).append((carried.name, data, document))
     return out
 
 
@@ -739,10 +739,10 @@ def _apply_subdir(
             why = "the bundle's record does not match the file the target holds"
             log.error("%s: not published: %s", target.display(f"{subdir}/{name}"), why)
             report.refused[f"{subdir}/{name}"] = why
-    for name, data, snapshot_records in held:  # their files are all here now
+    for name, data, document in held:  # their files are all here now
         lacking = [
             f
-            for f, record in sorted(snapshot_records.items())
+            for f, record in sorted(repodata.records(document).items())
             if f not in arriving and not _present(target, view, subdir, f, record)
         ]
         if lacking:
@@ -754,7 +754,6 @@ def _apply_subdir(
                 )
             log.warning("snapshot %s: %s lacks %s; not recreated", name, subdir, lacking[0])
             continue
-        document = repodata.loads(data)  # checked as the bundle was read
         figures = snapshots.write_subdir(target, name, subdir, data, document)  # counted here
         made.setdefault(name, {})[subdir] = figures
     known = choose_records(records, ready, view.published, view.packages)
