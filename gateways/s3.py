@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import os
 import time
@@ -12,11 +13,13 @@ from typing import Any, BinaryIO
 
 import boto3
 import botocore.exceptions
+import botocore.parsers
 from botocore.config import Config
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions, listable
 from .errors import (
     CredentialsError,
+    IntegrityError,
     NotFound,
     PermissionDenied,
     ProtocolError,
@@ -47,6 +50,8 @@ _NETWORK = (
     ConnectionError,
     TimeoutError,
 )
+
+_CHECKSUM = (botocore.exceptions.ChecksumError, botocore.exceptions.FlexibleChecksumError)
 
 
 def _below(prefix: str, key: Any, size: Any) -> bool:
@@ -160,6 +165,15 @@ class S3Gateway(Gateway):
             ) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise ProtocolError(where, type(exc).__name__) from None
+        except (ValueError, botocore.parsers.ResponseParserError) as exc:
+            # botocore's parsers on an answer no S3 would give
+            raise ProtocolError(where, f"an answer S3 would not give ({exc})"[:200]) from None
+        except (TypeError, AttributeError, KeyError) as exc:
+            # botocore's own code tripping over such an answer (an error status that
+            # carries a checksum header, for one)
+            raise ProtocolError(
+                where, f"an answer botocore cannot read ({type(exc).__name__})"
+            ) from None
 
     def _call(self, path: str, method: str, **kwargs: Any) -> Any:
         def attempt() -> Any:
@@ -169,10 +183,16 @@ class S3Gateway(Gateway):
         return self._retry(path, attempt)
 
     def info(self, path: str) -> FileInfo:
-        head = self._call(path, "head_object", Key=self._key(path))
-        return FileInfo(
-            self._rel(path), head["ContentLength"], head["LastModified"].timestamp(), head["ETag"]
-        )
+        return self._described(path, self._call(path, "head_object", Key=self._key(path)))
+
+    def _described(self, path: str, answer: dict[str, Any]) -> FileInfo:
+        """An object as a HEAD or GET describes it: a size it must give; a date and an
+        ETag a lying server may leave out (then nothing is compared against them)."""
+        size, when, etag = (answer.get(k) for k in ("ContentLength", "LastModified", "ETag"))
+        if not isinstance(size, int) or size < 0:
+            raise ProtocolError(self.display(path), "an answer without the object's size")
+        mtime = when.timestamp() if isinstance(when, datetime.datetime) else None
+        return FileInfo(self._rel(path), size, mtime, etag if isinstance(etag, str) else None)
 
     def _listing(self, path: str, recursive: bool) -> list[FileInfo]:
         base = self._key(path)
@@ -223,8 +243,17 @@ class S3Gateway(Gateway):
         return self._body(response, path), response.get("ETag")
 
     def _body(self, response: Any, path: str) -> BinaryIO:
-        body = response["Body"]
-        return GuardedStream(body.read, body.close, self.display(path), _NETWORK).as_binary()
+        body, where = response["Body"], self.display(path)
+
+        def read(size: int) -> bytes:
+            try:
+                return body.read(size)
+            except _CHECKSUM:
+                raise IntegrityError(
+                    where, "the body does not match the checksum sent with it"
+                ) from None
+
+        return GuardedStream(read, body.close, where, _NETWORK).as_binary()
 
     def fetch_if_changed(
         self, path: str, etag: str | None = None, last_modified: str | None = None
@@ -238,14 +267,9 @@ class S3Gateway(Gateway):
             if exc.code in ("304", "NotModified"):
                 return None
             raise
-        info = FileInfo(
-            self._rel(path),
-            response["ContentLength"],
-            response["LastModified"].timestamp(),
-            response["ETag"],
-        )
+        info = self._described(path, response)
         first = self._body(response, path)
-        return Fetched(info, self._resuming(path, 0, first, response["ETag"]))
+        return Fetched(info, self._resuming(path, 0, first, info.etag))
 
     def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         key = self._key(path)
@@ -330,10 +354,14 @@ class S3Gateway(Gateway):
         page = self._call(path, "list_multipart_uploads", Prefix=prefix)
         aborted = 0
         for upload in page.get("Uploads", []):
-            if upload["Initiated"].timestamp() < cutoff:
-                self._call(
-                    path, "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
-                )
+            when, key, upload_id = (upload.get(k) for k in ("Initiated", "Key", "UploadId"))
+            if (
+                isinstance(when, datetime.datetime)
+                and when.timestamp() < cutoff
+                and key
+                and upload_id
+            ):
+                self._call(path, "abort_multipart_upload", Key=key, UploadId=upload_id)
                 aborted += 1
         return aborted
 

@@ -1,5 +1,5 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests, lockfiles, sharded repodata, HTTP, SFTP and FTP answers, the command
+bundle manifests, lockfiles, sharded repodata, HTTP, SFTP, FTP and S3 answers, the command
 line and job files, and what ferry reads back of its own (a mirror damaged behind its
 back). Each runs for a time budget and reports how many inputs it tried.
 
@@ -717,6 +717,237 @@ def fuzz_ftp(seconds: float, seed: int) -> int:
     return count
 
 
+# -- a lying S3 server: listings, heads, bodies, errors -----------------------------
+_S3_KEYS = {"p/pkg.conda": b"", "p/sub/a.conda": b"tiny"}  # pkg.conda's body set per run
+_S3_WEIRD = [b"-1", b"abc", b"1e400", b"99999999999999999999999", b"", b"\xff", b"../x", b"a//b"]
+
+
+def _s3_request(conn: Any) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
+    """One request off the socket: method, target and headers; its body read past."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            return None
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    method, target = lines[0].split(b" ")[:2]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get(b"content-length", b"0") or 0)
+    if headers.get(b"expect") == b"100-continue":
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    while len(rest) < length and (more := conn.recv(65536)):
+        rest += more
+    return method, target, headers
+
+
+def _s3_listing(rng: random.Random, query: dict[str, str], keys: dict[str, bytes]) -> bytes:
+    prefix, delimiter = query.get("prefix", ""), query.get("delimiter")
+    contents, commons = [], set()
+    for key, body in keys.items():
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix) :]
+        if delimiter and delimiter in rest:
+            commons.add(prefix + rest.split(delimiter)[0] + delimiter)
+            continue
+        size = str(len(body)).encode()
+        name = key.encode()
+        if rng.random() < 0.2:
+            size = rng.choice(_S3_WEIRD)
+        if rng.random() < 0.1:
+            name = prefix.encode() + rng.choice(_S3_WEIRD)
+        contents.append(
+            b"<Contents><Key>%s</Key><LastModified>%s</LastModified><ETag>&quot;e1&quot;</ETag>"
+            b"<Size>%s</Size><StorageClass>STANDARD</StorageClass></Contents>"
+            % (name, rng.choice([b"2024-01-01T00:00:00.000Z"] * 5 + [b"never"]), size)
+        )
+    truncated = rng.random() < 0.15
+    token = b"<NextContinuationToken>%s</NextContinuationToken>" % rng.choice([b"t1", b"t2", b""])
+    return (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<Name>b</Name><Prefix>%s</Prefix><KeyCount>%d</KeyCount><MaxKeys>1000</MaxKeys>"
+        b"<IsTruncated>%s</IsTruncated>%s%s%s</ListBucketResult>"
+        % (
+            prefix.encode(),
+            len(contents),
+            b"true" if truncated else rng.choice([b"false", b"false", b"maybe"]),
+            token if truncated and rng.random() < 0.8 else b"",
+            b"".join(contents),
+            b"".join(
+                b"<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes>" % c.encode()
+                for c in sorted(commons)
+            ),
+        )
+    )
+
+
+def _s3_error(code: bytes, status: bytes) -> tuple[bytes, list[bytes], bytes]:
+    body = b"<Error><Code>%s</Code><Message>no</Message></Error>" % code
+    return status, [b"Content-Type: application/xml"], body
+
+
+def _s3_answer(
+    rng: random.Random,
+    method: bytes,
+    target: bytes,
+    headers: dict[bytes, bytes],
+    keys: dict[str, bytes],
+) -> bytes:
+    """The answer S3 would give, then lied about: another status, headers dropped or
+    garbled, a damaged or cut body, a checksum that does not match."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    url = urlsplit(target.decode("latin-1"))
+    query = dict(parse_qsl(url.query, keep_blank_values=True))
+    key = unquote(url.path).removeprefix("/b/")
+    body = keys.get(key)
+    extra: list[bytes] = []
+    if "list-type" in query:
+        status, extra, data = (
+            b"200 OK",
+            [b"Content-Type: application/xml"],
+            _s3_listing(rng, query, keys),
+        )
+    elif "uploads" in query:
+        status, data = (
+            b"200 OK",
+            (
+                b"<ListMultipartUploadsResult><Bucket>b</Bucket>"
+                b"<Upload><Key>p/x</Key><UploadId>u1</UploadId><Initiated>%s</Initiated></Upload>"
+                b"</ListMultipartUploadsResult>"
+                % rng.choice([b"2020-01-01T00:00:00.000Z", b"soon"])
+            ),
+        )
+    elif method == b"DELETE":
+        status, data = b"204 No Content", b""
+    elif method == b"PUT":
+        if headers.get(b"if-none-match") == b"*" and body is not None:
+            status, extra, data = _s3_error(b"PreconditionFailed", b"412 Precondition Failed")
+        else:
+            status, extra, data = b"200 OK", [b'ETag: "e2"'], b""
+    elif body is None:
+        status, extra, data = _s3_error(b"NoSuchKey", b"404 Not Found")
+    elif headers.get(b"if-none-match") == b'"e1"':
+        status, data = b"304 Not Modified", b""
+    else:
+        status, data = b"200 OK", body
+        ranged = headers.get(b"range", b"").removeprefix(b"bytes=").rstrip(b"-")
+        if ranged.isdigit():
+            start = int(ranged)
+            status, data = b"206 Partial Content", body[start:]
+            extra.append(b"Content-Range: bytes %d-%d/%d" % (start, len(body) - 1, len(body)))
+        extra += [b'ETag: "e1"', b"Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT"]
+    if rng.random() < 0.15:
+        status = rng.choice(
+            [
+                b"200 OK",
+                b"206 Partial Content",
+                b"304 Not Modified",
+                b"400 Bad",
+                b"403 Forbidden",
+                b"404 Not Found",
+                b"412 Failed",
+                b"500 Oops",
+                b"503 Slow Down",
+                b"307 Go",
+                b"999 What",
+            ]
+        )
+    if rng.random() < 0.2:
+        extra = [h for h in extra if rng.random() < 0.5]
+    if rng.random() < 0.1:
+        extra.append(
+            rng.choice(
+                [
+                    b"Last-Modified: yesterday",
+                    b"ETag: ",
+                    b"Content-Range: bytes x",
+                    b"x-amz-checksum-crc32: AAAAAA==",
+                    b"Content-Encoding: gzip",
+                    b"Location: http://127.0.0.1:1/gone",
+                ]
+            )
+        )
+    if data and rng.random() < 0.15:
+        data = _mutate(rng, data)
+    length = b"%d" % len(data)
+    if rng.random() < 0.1:
+        length = rng.choice([*_S3_WEIRD[:4], b"%d" % (len(data) + 9), b"%d" % (len(data) // 2)])
+    head = [b"HTTP/1.1 " + status, b"Content-Length: " + length, b"Connection: close", *extra]
+    answer = b"\r\n".join(head) + b"\r\n\r\n" + (b"" if method == b"HEAD" else data)
+    return answer[: rng.randrange(len(answer))] if rng.random() < 0.1 else answer
+
+
+def fuzz_s3(seconds: float, seed: int) -> int:
+    """A scripted S3 endpoint that lies in its listings, heads, bodies and errors,
+    through the S3 gateway (boto3 parses, ferry decides): each call ends with a result
+    or a GatewayError, a listing names only entries below its prefix, and a copy
+    verified against its record writes exactly the record's bytes or nothing."""
+    from conda_ferry.gateways import Expected, copy_file
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "fz"), ("AWS_SECRET_ACCESS_KEY", "fz-secret")):
+        os.environ.setdefault(name, value)
+    rng = random.Random(seed)
+    body = rng.randbytes(30_000)
+    keys = {**_S3_KEYS, "p/pkg.conda": body}
+    expect = Expected(len(body), hashlib.sha256(body).hexdigest())
+    answers = random.Random(seed + 1)
+
+    def answer(conn: Any) -> None:
+        if (request := _s3_request(conn)) is not None:
+            conn.sendall(_s3_answer(answers, *request, keys))
+
+    count = 0
+    with _scripted_server(answer) as port, tempfile.TemporaryDirectory() as tmp:
+        options = GatewayOptions(
+            timeout=0.5,
+            retries=2,
+            retry_delay=0,
+            min_rate=0,
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region="us-east-1",
+        )
+        with open_gateway("s3://b/p", options) as source, open_gateway(tmp) as target:
+            for count in _deadline(seconds):
+                what = rng.choice(
+                    ["listdir", "walk", "sub", "info", "read", "copy", "fetch", "abort", "write"]
+                )
+                try:
+                    if what in ("listdir", "walk", "sub"):
+                        where = "sub" if what == "sub" else ""
+                        for entry in source.list(where, recursive=what == "walk"):
+                            parts = entry.path.split("/")
+                            assert all(p not in ("", ".", "..") for p in parts), entry
+                            assert 0 <= entry.size < 1 << 63, entry
+                    elif what == "info":
+                        source.info(rng.choice(["pkg.conda", "sub/a.conda", "none"]))
+                    elif what == "read":
+                        source.read_bytes("pkg.conda")
+                    elif what == "fetch":
+                        fetched = source.fetch_if_changed("pkg.conda", rng.choice([None, '"e1"']))
+                        if fetched is not None:
+                            with fetched.stream as stream:
+                                stream.read()
+                    elif what == "abort":
+                        source.abort_incomplete("")
+                    elif what == "write":
+                        source.write_atomic("new.conda", io.BytesIO(b"new"))
+                    else:
+                        path = f"p{count}.conda"
+                        copy_file(source, "pkg.conda", target, path, expect)
+                        assert (Path(tmp) / path).read_bytes() == body
+                except GatewayError:
+                    pass
+                assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
+    return count
+
+
 # -- the command line: every command, hostile arguments and job files -----------------
 # Places are all inside the fuzzer's directory (its working directory while it runs), or
 # refuse at once: nothing here may write elsewhere, delete, or reach beyond loopback.
@@ -1079,6 +1310,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "sftp": fuzz_sftp,
     "answers": fuzz_answers,
     "ftp": fuzz_ftp,
+    "s3": fuzz_s3,
     "commands": fuzz_commands,
     "mirrors": fuzz_mirrors,
 }
