@@ -55,7 +55,7 @@ def case(name: str, work: Path) -> None:
     with open_gateway(str(work / "channel")) as gateway:
         present = {info.name for info in gateway.files("linux-64")}
         pages = write_package_pages(gateway, "linux-64", listed, digests, present, jobs=4)
-        result = write_listings(gateway, "linux-64", pages, digests)
+        result = write_listings(gateway, "linux-64", pages, digests, digests)
     seconds = time.perf_counter() - started
     (work / "digests.json").write_bytes(orjson.dumps(result.digests))
     report({"seconds": seconds, "written": len(result.written)})

@@ -59,7 +59,8 @@ class IndexOptions(msgspec.Struct):
     cache_dir: Path | None = None
     channeldata: bool = True
     run_exports: bool = True
-    reread: bool = False  # files trusted by their names (shards) read back: a repair
+    # a repair: shards (trusted by their names) read back, pages (by the state) rewritten
+    reread: bool = False
 
 
 class SubdirSummary(msgspec.Struct):

@@ -138,12 +138,14 @@ def _pages(
             state.pages = {}
 
         return remove
+    # a page is trusted by the digest the state keeps of it; a repair writes each anew
+    trusted = {} if options.reread else state.pages
     package_pages = aside(
-        write_package_pages, target, view.subdir, entries, state.pages, view.names, options.jobs
+        write_package_pages, target, view.subdir, entries, trusted, view.names, options.jobs
     )
 
     def finish() -> None:
-        written = write_listings(target, view.subdir, package_pages(), state.pages)
+        written = write_listings(target, view.subdir, package_pages(), state.pages, trusted)
         state.pages = written.digests
 
     return finish

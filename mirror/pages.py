@@ -237,12 +237,17 @@ def write_package_pages(
 
 
 def write_listings(
-    gateway: Gateway, subdir: str, result: PageWrite, previous: dict[str, str]
+    gateway: Gateway,
+    subdir: str,
+    result: PageWrite,
+    previous: dict[str, str],
+    trusted: dict[str, str],
 ) -> PageWrite:
-    """The listings that changed, then the removal of pages of names that left."""
+    """The listings that changed (against ``trusted``, the digests of pages believed
+    intact), then the removal of pages of names that left (all ``previous`` ones)."""
     for path, data in result.listings:
         result.digests[path] = digest(data)
-        if previous.get(path) != result.digests[path] or path not in result.have:
+        if trusted.get(path) != result.digests[path] or path not in result.have:
             gateway.write_bytes(f"{subdir}/{path}", data)
             result.written.append(f"{subdir}/{path}")
     result.listings = []

@@ -452,8 +452,9 @@ def test_sync_verify_repairs_what_it_can_and_withdraws_what_it_cannot(
 def test_a_mirror_damaged_behind_its_back_is_reported_and_mended(
     synced: tuple[Path, Path, Path],
 ) -> None:
-    """Shards are trusted by their names on a normal night; verify reads them and
-    sync --verify writes the damaged ones again. A damaged state file or log costs a
+    """Shards are trusted by their names on a normal night, pages by the digests the
+    state keeps; verify reads the shards, and sync --verify writes damaged shards and
+    every page again. A damaged state file or log costs a
     full comparison or a fresh log, never the run."""
     _, mirror, job = synced
     corrupt, lost = sorted((mirror / "linux-64/shards").iterdir())[:2]
@@ -463,6 +464,10 @@ def test_a_mirror_damaged_behind_its_back_is_reported_and_mended(
     (mirror / "noarch/repodata.jlap").write_bytes(b"\xff" * 200)
     zst = mirror / "linux-64/repodata.json.zst"
     zst.write_bytes(zst.read_bytes()[:-10])
+    pages = [mirror / "linux-64/index.html", next((mirror / "linux-64/pages").iterdir())]
+    intact = [page.read_bytes() for page in pages]
+    for page in pages:
+        page.write_bytes(b"damaged")
 
     found = ferry("verify", str(mirror))
     assert found.exit_code == 1
@@ -475,6 +480,7 @@ def test_a_mirror_damaged_behind_its_back_is_reported_and_mended(
     assert result.exit_code == 0, result.stderr
     assert ".ferry/noarch.json: unreadable" in result.stderr
     assert f"linux-64/shards/{corrupt.name}: damaged; writing it again" in result.stderr
+    assert [page.read_bytes() for page in pages] == intact  # pages are written anew
     again = ferry("verify", str(mirror))
     assert again.exit_code == 0, again.stderr
     assert "shards in 2 subdirs: 0 missing, 0 corrupt, 0 extra" in again.output
