@@ -39,7 +39,15 @@ class GatewayError(Exception):
     def __str__(self) -> str:
         text = f"{self.url}: {self.message}"
         hint = self.hint.replace("{option}", self.option_as)
-        return f"{text} ({hint})" if hint else text
+        return _one_line(f"{text} ({hint})" if hint else text)
+
+
+def _one_line(text: str) -> str:
+    """Words a server chose (an FTP reply, an SFTP status, a reason phrase) may hold a
+    line break or a terminal's escape sequence: shown escaped, never acted on."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class NotFound(GatewayError):

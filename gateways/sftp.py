@@ -47,6 +47,8 @@ finally:
     if _HELD:
         del sys.modules["invoke"]
 
+from .sftpcheck import StrictSFTPClient  # noqa: E402 - subclasses paramiko's, loaded as above
+
 log = logging.getLogger("ferry.gateways")
 _NETWORK = (paramiko.SSHException, EOFError, OSError)
 T = TypeVar("T")
@@ -128,7 +130,7 @@ class _OpenSSH:
             finally:
                 theirs.close()
             try:
-                client = paramiko.SFTPClient(_Pipe(mine))  # type: ignore[arg-type]
+                client = StrictSFTPClient(_Pipe(mine))  # type: ignore[arg-type]
             except (paramiko.SSHException, EOFError, OSError):
                 mine.close()
                 proc.wait()
@@ -222,7 +224,10 @@ class _Paramiko:
         return transport is not None and transport.is_active()
 
     def open_sftp(self) -> paramiko.SFTPClient:
-        sftp = self._client.open_sftp()
+        transport = self._client.get_transport()
+        sftp = StrictSFTPClient.from_transport(transport) if transport is not None else None
+        if sftp is None:
+            raise paramiko.SSHException("the connection closed")
         channel = sftp.get_channel()
         if channel is not None:  # silence this long is a failure, as over ssh
             channel.settimeout(self._timeout)
@@ -380,16 +385,32 @@ class SFTPGateway(Gateway):
             if isinstance(exc, (ConnectionError, TimeoutError, EOFError)) or (
                 exc.errno is None and "Socket" in str(exc)
             ):
-                self._local.sftp = None
+                self._drop_session()
                 if isinstance(exc, TimeoutError):
                     self._silent()
                 raise TransientError(self.display(path), f"connection broke: {exc}") from None
-            raise ProtocolError(self.display(path), f"SFTP: {exc.strerror or exc}") from None
+            said = exc.strerror or str(exc) or "a failure, in no words"
+            raise ProtocolError(self.display(path), f"SFTP: {said}") from None
         except (paramiko.SSHException, EOFError) as exc:
-            self._local.sftp = None
+            self._drop_session()
             raise TransientError(
                 self.display(path), f"connection broke: {type(exc).__name__}"
             ) from None
+        except (paramiko.SFTPError, UnicodeError) as exc:
+            # an answer no SFTP server may give (a packet paramiko calls garbage, a name
+            # that is not UTF-8): the session may be out of step, so it goes
+            self._drop_session()
+            raise ProtocolError(
+                self.display(path), f"SFTP: an answer out of protocol ({type(exc).__name__})"
+            ) from None
+
+    def _drop_session(self) -> None:
+        """This thread's session, broken or out of step: closed, and the next call
+        opens another."""
+        sftp, self._local.sftp = getattr(self._local, "sftp", None), None
+        if sftp is not None:
+            with contextlib.suppress(Exception):
+                sftp.close()
 
     def _silent(self) -> None:
         """A session silent past the timeout. Over paramiko's own transport all share

@@ -82,9 +82,12 @@ class GuardedStream(RawStream):
             raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
 
     def close(self) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             self._close()
-        super().close()
+        finally:
+            super().close()  # once only, even if closing failed: the source is gone
 
 
 class Pace(msgspec.Struct, frozen=True, gc=False):

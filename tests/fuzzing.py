@@ -1,7 +1,8 @@
 """Fuzzers for everything ferry reads from outside: packages, upstream repodata,
-bundle manifests, lockfiles, sharded repodata, HTTP, SFTP, FTP and S3 answers, the command
-line and job files, and what ferry reads back of its own (a mirror damaged behind its
-back). Each runs for a time budget and reports how many inputs it tried.
+bundle manifests, lockfiles, sharded repodata, HTTP, SFTP (reads, and a whole lying
+server), FTP and S3 answers, the command line and job files, and what ferry reads
+back of its own (a mirror damaged behind its back). Each runs for a time budget
+and reports how many inputs it tried.
 
 Run in a child process with a memory ceiling (see test_fuzz.py), so "allocates more
 than a bound" fails as loudly as a wrong exception type:
@@ -604,6 +605,7 @@ def _ftp_reply(rng: random.Random, right: bytes) -> bytes:
     return rng.choice(
         [
             b"550 no",
+            b"550 \x1b[2Jred",
             b"421 closing",
             b"999 what",
             b"abc",
@@ -711,9 +713,60 @@ def fuzz_ftp(seconds: float, seed: int) -> int:
                         path = f"p{count}.conda"
                         copy_file(source, "pkg.conda", target, path, expect)
                         assert (Path(tmp) / path).read_bytes() == body
-                except GatewayError:
-                    pass
+                except GatewayError as exc:
+                    assert str(exc).isprintable(), exc  # one line, nothing a terminal acts on
             assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
+    return count
+
+
+def fuzz_sftpserver(seconds: float, seed: int) -> int:
+    """A lying SFTP server (``tests/sftpliar.py``, started as ``ssh`` is) through the
+    SFTP gateway: listings, attributes, handles, statuses and bodies, right or not.
+    Each call ends with a result or a GatewayError, a listing names only the
+    directory's own entries, and a verified copy writes exactly the record's bytes or
+    nothing."""
+    from conda_ferry.gateways import Expected, copy_file
+
+    rng = random.Random(seed)
+    body = rng.randbytes(30_000)
+    expect = Expected(len(body), hashlib.sha256(body).hexdigest())
+    options = GatewayOptions(timeout=0.5, retries=2, retry_delay=0, min_rate=0)
+    count = 0
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as bin_dir:
+        liar = Path(__file__).with_name("sftpliar.py")
+        ssh = Path(bin_dir) / "ssh"
+        ssh.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{liar}"\n')
+        ssh.chmod(0o755)
+        (Path(bin_dir) / "body").write_bytes(body)
+        os.environ.update(
+            PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            FERRY_LIAR_DIR=bin_dir,
+            FERRY_LIAR_SEED=str(seed),
+        )
+        target_dir = Path(tmp)
+        with open_gateway(tmp) as target:
+            source = open_gateway("sftp://u@fz/root", options)
+            for count in _deadline(seconds):
+                what = rng.choice(["list", "files", "info", "read", "copy"])
+                try:
+                    if what in ("list", "files"):
+                        where = rng.choice(["", "sub"])
+                        for entry in getattr(source, what)(where):
+                            name = entry.path.removeprefix("sub/")
+                            assert "/" not in name and name not in ("", ".", ".."), entry
+                            assert 0 <= entry.size < 1 << 63, entry
+                    elif what == "info":
+                        source.info(rng.choice(["pkg.conda", "sub", "none"]))
+                    elif what == "read":
+                        source.read_bytes("pkg.conda")
+                    else:
+                        path = f"p{count}.conda"
+                        copy_file(source, "pkg.conda", target, path, expect)
+                        assert (target_dir / path).read_bytes() == body
+                except GatewayError as exc:
+                    assert str(exc).isprintable(), exc  # one line, nothing a terminal acts on
+                assert not [p for p in target_dir.iterdir() if is_temp(p.name)]
+            source.close()
     return count
 
 
@@ -942,8 +995,8 @@ def fuzz_s3(seconds: float, seed: int) -> int:
                         path = f"p{count}.conda"
                         copy_file(source, "pkg.conda", target, path, expect)
                         assert (Path(tmp) / path).read_bytes() == body
-                except GatewayError:
-                    pass
+                except GatewayError as exc:
+                    assert str(exc).isprintable(), exc  # one line, nothing a terminal acts on
                 assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
     return count
 
@@ -1311,6 +1364,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "answers": fuzz_answers,
     "ftp": fuzz_ftp,
     "s3": fuzz_s3,
+    "sftpserver": fuzz_sftpserver,
     "commands": fuzz_commands,
     "mirrors": fuzz_mirrors,
 }
