@@ -678,15 +678,49 @@ def _ftp_peer(rng: random.Random, conn: Any, body: bytes) -> None:
             data_server.close()
 
 
-def fuzz_ftp(seconds: float, seed: int) -> int:
-    """A scripted FTP server that lies in its answers, listings and bodies, through the
-    FTP gateway's reads: each ends with a result or a GatewayError, nothing else, and
-    a copy verified against its record writes exactly the record's bytes or nothing."""
+def _lied_to(
+    rng: random.Random,
+    source: Any,
+    target: Any,
+    body: bytes,
+    count: int,
+    more: dict[str, Callable[[], Any]] | None = None,
+) -> None:
+    """One call on a gateway whose server lies (a listing, a stat, a read, a verified
+    copy, or one of ``more``): it ends with a result or a GatewayError whose line is
+    printable, a listing names only entries below where it looked, and a copy writes
+    exactly the record's bytes or nothing, never a temp file left."""
     from conda_ferry.gateways import Expected, copy_file
 
+    more = more or {}
+    what = rng.choice(["list", "files", "info", "read", "copy", *more])
+    tmp = Path(target.root)
+    try:
+        if what in more:
+            more[what]()
+        elif what in ("list", "files"):
+            for entry in getattr(source, what)(rng.choice(["", "sub"])):
+                assert all(p not in ("", ".", "..") for p in entry.path.split("/")), entry
+                assert 0 <= entry.size < 1 << 63, entry
+        elif what == "info":
+            source.info(rng.choice(["pkg.conda", "sub", "none"]))
+        elif what == "read":
+            source.read_bytes("pkg.conda")
+        else:
+            path = f"p{count}.conda"
+            expect = Expected(len(body), hashlib.sha256(body).hexdigest())
+            copy_file(source, "pkg.conda", target, path, expect)
+            assert (tmp / path).read_bytes() == body
+    except GatewayError as exc:
+        assert str(exc).isprintable(), exc  # one line, nothing a terminal acts on
+    assert not [p for p in tmp.iterdir() if is_temp(p.name)]
+
+
+def fuzz_ftp(seconds: float, seed: int) -> int:
+    """A scripted FTP server that lies in its answers, listings and bodies, through the
+    FTP gateway's reads (see :func:`_lied_to`)."""
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
-    expect = Expected(len(body), hashlib.sha256(body).hexdigest())
     answers = random.Random(seed + 1)
     options = GatewayOptions(timeout=0.3, retries=2, retry_delay=0, min_rate=0)
     count = 0
@@ -697,39 +731,16 @@ def fuzz_ftp(seconds: float, seed: int) -> int:
     ):
         for count in _deadline(seconds):
             with open_gateway(f"ftp://127.0.0.1:{port}/root", options) as source:
-                what = rng.choice(["list", "files", "info", "read", "copy"])
-                try:
-                    if what in ("list", "files"):
-                        where = "sub" if what == "list" else ""
-                        for entry in getattr(source, what)(where):
-                            name = entry.path.removeprefix("sub/")
-                            assert "/" not in name and name not in ("", ".", ".."), entry
-                            assert 0 <= entry.size < 1 << 63, entry
-                    elif what == "info":
-                        source.info(rng.choice(["pkg.conda", "sub"]))
-                    elif what == "read":
-                        source.read_bytes("pkg.conda")
-                    else:
-                        path = f"p{count}.conda"
-                        copy_file(source, "pkg.conda", target, path, expect)
-                        assert (Path(tmp) / path).read_bytes() == body
-                except GatewayError as exc:
-                    assert str(exc).isprintable(), exc  # one line, nothing a terminal acts on
-            assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
+                _lied_to(rng, source, target, body, count)
     return count
 
 
 def fuzz_sftpserver(seconds: float, seed: int) -> int:
     """A lying SFTP server (``tests/sftpliar.py``, started as ``ssh`` is) through the
-    SFTP gateway: listings, attributes, handles, statuses and bodies, right or not.
-    Each call ends with a result or a GatewayError, a listing names only the
-    directory's own entries, and a verified copy writes exactly the record's bytes or
-    nothing."""
-    from conda_ferry.gateways import Expected, copy_file
-
+    SFTP gateway: listings, attributes, handles, statuses and bodies, right or not
+    (see :func:`_lied_to`)."""
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
-    expect = Expected(len(body), hashlib.sha256(body).hexdigest())
     options = GatewayOptions(timeout=0.5, retries=2, retry_delay=0, min_rate=0)
     count = 0
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as bin_dir:
@@ -743,30 +754,9 @@ def fuzz_sftpserver(seconds: float, seed: int) -> int:
             FERRY_LIAR_DIR=bin_dir,
             FERRY_LIAR_SEED=str(seed),
         )
-        target_dir = Path(tmp)
-        with open_gateway(tmp) as target:
-            source = open_gateway("sftp://u@fz/root", options)
+        with open_gateway(tmp) as target, open_gateway("sftp://u@fz/root", options) as source:
             for count in _deadline(seconds):
-                what = rng.choice(["list", "files", "info", "read", "copy"])
-                try:
-                    if what in ("list", "files"):
-                        where = rng.choice(["", "sub"])
-                        for entry in getattr(source, what)(where):
-                            name = entry.path.removeprefix("sub/")
-                            assert "/" not in name and name not in ("", ".", ".."), entry
-                            assert 0 <= entry.size < 1 << 63, entry
-                    elif what == "info":
-                        source.info(rng.choice(["pkg.conda", "sub", "none"]))
-                    elif what == "read":
-                        source.read_bytes("pkg.conda")
-                    else:
-                        path = f"p{count}.conda"
-                        copy_file(source, "pkg.conda", target, path, expect)
-                        assert (target_dir / path).read_bytes() == body
-                except GatewayError as exc:
-                    assert str(exc).isprintable(), exc  # one line, nothing a terminal acts on
-                assert not [p for p in target_dir.iterdir() if is_temp(p.name)]
-            source.close()
+                _lied_to(rng, source, target, body, count)
     return count
 
 
@@ -939,17 +929,12 @@ def _s3_answer(
 
 def fuzz_s3(seconds: float, seed: int) -> int:
     """A scripted S3 endpoint that lies in its listings, heads, bodies and errors,
-    through the S3 gateway (boto3 parses, ferry decides): each call ends with a result
-    or a GatewayError, a listing names only entries below its prefix, and a copy
-    verified against its record writes exactly the record's bytes or nothing."""
-    from conda_ferry.gateways import Expected, copy_file
-
+    through the S3 gateway (boto3 parses, ferry decides; see :func:`_lied_to`)."""
     for name, value in (("AWS_ACCESS_KEY_ID", "fz"), ("AWS_SECRET_ACCESS_KEY", "fz-secret")):
         os.environ.setdefault(name, value)
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
     keys = {**_S3_KEYS, "p/pkg.conda": body}
-    expect = Expected(len(body), hashlib.sha256(body).hexdigest())
     answers = random.Random(seed + 1)
 
     def answer(conn: Any) -> None:
@@ -967,37 +952,20 @@ def fuzz_s3(seconds: float, seed: int) -> int:
             region="us-east-1",
         )
         with open_gateway("s3://b/p", options) as source, open_gateway(tmp) as target:
+
+            def fetch() -> None:
+                fetched = source.fetch_if_changed("pkg.conda", rng.choice([None, '"e1"']))
+                if fetched is not None:
+                    with fetched.stream as stream:
+                        stream.read()
+
+            more = {
+                "fetch": fetch,
+                "abort": lambda: source.abort_incomplete(""),
+                "write": lambda: source.write_atomic("new.conda", io.BytesIO(b"new")),
+            }
             for count in _deadline(seconds):
-                what = rng.choice(
-                    ["listdir", "walk", "sub", "info", "read", "copy", "fetch", "abort", "write"]
-                )
-                try:
-                    if what in ("listdir", "walk", "sub"):
-                        where = "sub" if what == "sub" else ""
-                        for entry in source.list(where, recursive=what == "walk"):
-                            parts = entry.path.split("/")
-                            assert all(p not in ("", ".", "..") for p in parts), entry
-                            assert 0 <= entry.size < 1 << 63, entry
-                    elif what == "info":
-                        source.info(rng.choice(["pkg.conda", "sub/a.conda", "none"]))
-                    elif what == "read":
-                        source.read_bytes("pkg.conda")
-                    elif what == "fetch":
-                        fetched = source.fetch_if_changed("pkg.conda", rng.choice([None, '"e1"']))
-                        if fetched is not None:
-                            with fetched.stream as stream:
-                                stream.read()
-                    elif what == "abort":
-                        source.abort_incomplete("")
-                    elif what == "write":
-                        source.write_atomic("new.conda", io.BytesIO(b"new"))
-                    else:
-                        path = f"p{count}.conda"
-                        copy_file(source, "pkg.conda", target, path, expect)
-                        assert (Path(tmp) / path).read_bytes() == body
-                except GatewayError as exc:
-                    assert str(exc).isprintable(), exc  # one line, nothing a terminal acts on
-                assert not [p for p in Path(tmp).iterdir() if is_temp(p.name)]
+                _lied_to(rng, source, target, body, count, more)
     return count
 
 

@@ -94,11 +94,11 @@ class Liar:
             )
         if kind in (17, 7):  # STAT, LSTAT
             return self._stat(self._path(text(0)[0]))
-        if kind == 11:  # OPENDIR
+        if kind in (11, 3):  # OPENDIR, OPEN
             path = self._path(text(0)[0])
-            if path not in self.dirs:
+            if path not in (self.dirs if kind == 11 else self.files):
                 return self._status(2)
-            handle = b"d%d" % rid
+            handle = b"h%d" % rid
             self.handles[handle] = path
             return 102, _string(handle)
         if kind == 12:  # READDIR
@@ -109,13 +109,6 @@ class Liar:
                 return self._status(1)
             self.listed.add(handle)
             return self._names(self.handles[handle])
-        if kind == 3:  # OPEN
-            path = self._path(text(0)[0])
-            if path not in self.files:
-                return self._status(2)
-            handle = b"f%d" % rid
-            self.handles[handle] = path
-            return 102, _string(handle)
         if kind == 8:  # FSTAT
             handle = text(0)[0]
             return self._stat(self.handles.get(handle, ""))
