@@ -71,7 +71,10 @@ def _utf8(data: bytes) -> bool:
 
 def _status(data: bytes) -> bytes:
     """A status whose words are not UTF-8 keeps its code (a missing file stays one)."""
-    text_end = _string_end(data, 8)
+    try:
+        text_end = _string_end(data, 8)
+    except _Short:  # words left out, as some servers do: paramiko reads them as none
+        return data
     if _utf8(data[12:text_end]):
         return data
     words = data[12:text_end].decode(errors="replace").encode()

@@ -74,3 +74,8 @@ def test_a_status_keeps_its_code_when_its_words_are_not_utf8() -> None:
     assert (message.get_int(), message.get_int()) == (7, 2)
     assert message.get_text() == "no \ufffd file"
     assert message.get_text() == "en"
+
+
+def test_a_status_without_words_passes_as_servers_send_it() -> None:
+    data = RID + struct.pack(">I", 2)
+    assert checked(101, data) is data
