@@ -5,8 +5,8 @@ in a few bytes makes it build 2**31 empty entries (memory without bound), and
 attributes that claim 2**30 extended pairs spin it for minutes, since its reader
 pads a short answer with zeros. A server that lies must cost an error, not the
 run, so every NAME and ATTRS answer is walked here first, each count and length
-held against the bytes that are really there (SFTP v3,
-draft-ietf-secsh-filexfer-02).
+held against the bytes that are really there, and text paramiko would refuse
+(not UTF-8) is mended or left out (SFTP v3, draft-ietf-secsh-filexfer-02).
 """
 
 from __future__ import annotations
@@ -83,10 +83,10 @@ def _status(data: bytes) -> bytes:
 
 def checked(kind: int, data: bytes) -> bytes:
     """A STATUS, NAME or ATTRS answer (``data``: from its request id on) as paramiko
-    may parse it; other answers paramiko reads field by field, without counts. A name that is
-    not UTF-8 (a file no URL of ferry's can name) is left out of a listing, and a
-    long name that is not (``ls -l`` text, which nothing reads) is made empty, where
-    paramiko would fail the whole listing on it."""
+    may parse it; other answers paramiko reads field by field, without counts. A
+    name that is not UTF-8 (a file no URL of ferry's can name) is left out of a
+    listing, and a long name that is not (``ls -l`` text, which nothing reads) is
+    made empty, where paramiko would fail the whole listing on it."""
     try:
         if kind == _STATUS:
             return _status(data)
@@ -94,22 +94,22 @@ def checked(kind: int, data: bytes) -> bytes:
             _attrs_end(data, 4)
         elif kind == _NAME:
             names, at = _count(data, 4, _SMALLEST_NAME)
-            kept, changed = [], False
+            mended: list[tuple[int, int, bytes]] = []  # an entry's span, and what replaces it
             for _ in range(names):
                 name_end = _string_end(data, at)
                 long_end = _string_end(data, name_end)
                 end = _attrs_end(data, long_end)
-                name, long_name = data[at:name_end], data[name_end:long_end]
-                if not _utf8(name[4:]):
-                    changed = True
-                elif not _utf8(long_name[4:]):
-                    kept.append(name + _U32.pack(0) + data[long_end:end])
-                    changed = True
-                else:
-                    kept.append(data[at:end])
+                if not _utf8(data[at + 4 : name_end]):
+                    mended.append((at, end, b""))
+                elif not _utf8(data[name_end + 4 : long_end]):
+                    mended.append((at, end, data[at:name_end] + _U32.pack(0) + data[long_end:end]))
                 at = end
-            if changed:
-                return data[:4] + _U32.pack(len(kept)) + b"".join(kept) + data[at:]
+            if mended:  # rare: the common listing passes without a copy
+                parts, start = [data[:4], _U32.pack(names - sum(not m[2] for m in mended))], 8
+                for begin, end, replacement in mended:
+                    parts += [data[start:begin], replacement]
+                    start = end
+                return b"".join([*parts, data[start:]])
     except _Short:
         what = "names" if kind == _NAME else "attributes"
         raise paramiko.SFTPError(f"an answer ({what}) that counts past its end") from None
