@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -207,6 +208,22 @@ def setup_logging(verbosity: int) -> None:
     for noisy in ("botocore", "boto3", "urllib3", "paramiko", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     threading.excepthook = _thread_ended
+    warnings.showwarning = _library_warned
+
+
+def _library_warned(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A library's warning (dateutil's on a date a server made up, a deprecation) is
+    one debug line: it is about the library's insides, not the run, and Python's own
+    two lines, source quoted, would land in a cron job's mail unredacted."""
+    text = " ".join(str(message).split())
+    log.debug("%s (%s:%d): %s", category.__name__, os.path.basename(filename), lineno, text)
 
 
 def _thread_ended(args: threading.ExceptHookArgs) -> None:

@@ -369,3 +369,21 @@ def test_a_failure_is_said_once_on_stderr(tmp_path: Path) -> None:
         result = ferry(*flags, "sync", str(job))
         assert result.exit_code == 1 and result.stdout == ""
         assert result.stderr.count("upstream serves no repodata for linux-64") == 1
+
+
+def test_a_library_warning_is_one_redacted_debug_line() -> None:
+    """dateutil warns on a date a lying server sends; cron's mail gets no source lines."""
+    script = (
+        "import warnings\n"
+        "from conda_ferry.mirror.cli import setup_logging\n"
+        "setup_logging(int(__import__('sys').argv[1]))\n"
+        "warnings.warn('tzname X for https://me:hunter2@host/x\\nnot understood')\n"
+    )
+    for verbosity, lines in ((0, 0), (1, 1)):
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(verbosity)], capture_output=True, text=True
+        )
+        assert run.returncode == 0 and run.stdout == "", run.stderr
+        assert len(run.stderr.splitlines()) == lines, run.stderr
+    assert "UserWarning" in run.stderr and "not understood" in run.stderr
+    assert "hunter2" not in run.stderr and "warnings.warn" not in run.stderr
