@@ -16,6 +16,7 @@ from conda_ferry.gateways import FileInfo, Gateway, GatewayError
 
 from . import channeldata, patches, repodata
 from .cache import Entry, IndexCache
+from .compact import bulk
 from .package import BadPackage, read_package
 from .publish import (
     Aside,
@@ -243,6 +244,7 @@ class BuiltSubdir(msgspec.Struct):
     entries: list[ChannelEntry]
 
 
+@bulk()  # a record, an entry and its extras for each of up to 600,000 packages
 def build_subdir(
     gateway: Gateway,
     view: SubdirView,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .compact import bulk, fields
 from .records import package_key
 
 ABOUT_KEYS = ("home", "license", "summary", "description", "dev_url", "doc_url", "source_url")
@@ -32,6 +33,7 @@ def run_exports_document(subdir: str, entries: dict[str, dict[str, Any]]) -> dic
     return doc
 
 
+@bulk()  # one entry per name, hundreds of thousands of records read
 def channeldata(
     subdirs: list[str],
     records: Iterable[tuple[str, str, Mapping[str, Any], dict[str, Any]]],
@@ -48,6 +50,7 @@ def channeldata(
     parsed: dict[str, Version] = {}
     for subdir, _, record, extras in records:
         name = record["name"]
+        version, stamp, license = fields(record, ("version", "timestamp", "license"))
         entry = packages.get(name)
         if entry is None:
             entry = packages[name] = {**NO_FLAGS, "run_exports": {}, "subdirs": []}
@@ -59,21 +62,21 @@ def channeldata(
                 if features.get(flag):
                     entry[flag] = True
         if extras.get("run_exports"):
-            entry["run_exports"][record["version"]] = extras["run_exports"]
-        stamp = int(record.get("timestamp", 0) or 0)
+            entry["run_exports"][version] = extras["run_exports"]
+        stamp = int(stamp or 0)
         stamp = stamp // 1000 if stamp > 1e11 else stamp
         entry["timestamp"] = max(entry.get("timestamp", 0), stamp)
-        text = str(record["version"])
-        version = parsed.get(text) or parsed.setdefault(text, Version(text))
-        if name not in newest or newest[name][0] < version:
-            newest[name] = (version, stamp)
-            entry["version"] = record["version"]
+        text = str(version)
+        order = parsed.get(text) or parsed.setdefault(text, Version(text))
+        if name not in newest or newest[name][0] < order:
+            newest[name] = (order, stamp)
+            entry["version"] = version
             about = extras.get("about", {})
             for key in ABOUT_KEYS:
                 if about.get(key):
                     entry[key] = about[key]
-                elif key == "license" and record.get("license"):
-                    entry[key] = record["license"]
+                elif key == "license" and license:
+                    entry[key] = license
     for entry in packages.values():
         entry["subdirs"].sort()
     return {

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from .compact import utf8_problem
+from .compact import bulk, utf8_problem
 from .outputs import DEFAULT_MAX_BYTES, DEFAULT_MAX_PATCH_BYTES
 from .repodata import SECTIONS
 
@@ -173,6 +173,7 @@ class Jlap(msgspec.Struct):
         self.iv = running
 
 
+@bulk()  # both documents' records, sectioned
 def update(
     previous_log: bytes | None,
     old_json: bytes | None,

@@ -24,7 +24,7 @@ import orjson
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry
-from conda_ferry.index.compact import as_fragment, plain
+from conda_ferry.index.compact import as_fragment, bulk, fields, plain
 
 from .html import GENERATOR, date, esc, page, search_box, table
 from .units import as_int, human_size, plural
@@ -35,6 +35,7 @@ SUMMARY_CHARS = 160  # of a summary in the listing; the package page has all of 
 NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*")  # a name safe as a file name of ours
 PLAIN = re.compile(r"[A-Za-z0-9_.+!-]+")  # a file name that is its own URL
 LINKABLE = re.compile(r"https?://", re.IGNORECASE)  # never a javascript: URL
+SORTED_BY = ("version", "build_number", "timestamp")  # builds of a name, newest first
 
 
 def digest(data: bytes) -> str:
@@ -73,6 +74,7 @@ class Package(msgspec.Struct, dict=True):
         return value if isinstance(value, str) else str(value)
 
 
+@bulk()  # a Package per name, a list entry per record
 def group(entries: Iterable[ChannelEntry]) -> list[Package]:
     """Records by name, builds in conda's order, newest first (rattler decides)."""
     from rattler import Version
@@ -88,14 +90,14 @@ def group(entries: Iterable[ChannelEntry]) -> list[Package]:
     parsed: dict[str, Any] = {}
 
     def order(item: tuple[str, Mapping[str, Any]]) -> tuple[Any, int, int]:
-        record = item[1]
-        text = str(record.get("version", ""))
+        version, build_number, timestamp = fields(item[1], SORTED_BY)
+        text = "" if version is None else str(version)
         if text not in parsed:
             try:
                 parsed[text] = Version(text)
             except InvalidVersionError:  # a record that got this far sorts last
                 parsed[text] = Version("0")
-        return parsed[text], as_int(record.get("build_number")), as_int(record.get("timestamp"))
+        return parsed[text], as_int(build_number), as_int(timestamp)
 
     for package in packages.values():
         if len(package.builds) > 1:

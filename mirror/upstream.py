@@ -96,6 +96,7 @@ class Descriptions:
             log.debug("%s: not used (%s)", self._source.display(path), exc)
             return None
 
+    @compact.bulk()  # an entry for each of hundreds of thousands of records
     def extras(
         self, subdir: str, records: Mapping[str, Mapping[str, Any]]
     ) -> dict[str, dict[str, Any]]:

@@ -210,8 +210,10 @@ def _agrees(record: Any) -> None:
     assert (problem is None) == (record_problem(record) is None), (record, problem)
     if fit is not None:
         assert fit == record and compact.plain(fit) == record
-        for key in {*record, *compact.FIELDS, "name", "size", "x"}:
+        keys = tuple({*record, *compact.FIELDS, "name", "size", "x"})
+        for key in keys:
             assert fit.get(key) == record.get(key), key
+        assert compact.fields(fit, keys) == tuple(record.get(k) for k in keys)
 
 
 def fuzz_records(seconds: float, seed: int) -> int:

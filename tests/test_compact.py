@@ -39,6 +39,8 @@ def _read_back(data: bytes) -> int:
             for key in _every_key(expected):
                 assert record.get(key) == expected.get(key), key
                 assert (key in record) == (key in expected), key
+            keys = tuple(sorted(_every_key(expected)))
+            assert compact.fields(record, keys) == tuple(expected.get(k) for k in keys)
             sent = pickle.loads(pickle.dumps(record))  # as a worker receives it
             assert isinstance(sent, compact.RawRecord) and sent == expected
             assert (sent.name, sent.size) == (record.name, record.size)

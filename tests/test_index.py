@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonpatch
 import pytest
+import zstandard
 
 from conda_ferry.index import jlap, repodata, shards
 from conda_ferry.index.package import BadPackage, read_package
@@ -229,6 +230,19 @@ def test_a_damaged_cache_changes_nothing(tmp_path: Path, record: bytes | str | N
     assert result.exit_code == 0, result.output
     assert "0 from cache" in result.output
     assert (tmp_path / "ch/linux-64/repodata.json").read_bytes() == first
+
+
+def test_a_large_repodata_compresses_the_same_on_any_machine() -> None:
+    """Past a few MB zstd works in threads: the bytes must not depend on how many
+    (a mirror rewrites only what changed, and two mirrors of one channel agree)."""
+    data = b"".join(
+        b'"p-%07d-1.0-h%08x_0.conda":{"depends":["python >=3.%d"],"size":%d},'
+        % (i, i * 7919, i % 13, i * 31)
+        for i in range(400_000)
+    )
+    packed = repodata.zst(data)
+    assert packed == zstandard.ZstdCompressor(level=repodata.ZSTD_LEVEL, threads=1).compress(data)
+    assert repodata.unzst(packed) == data
 
 
 def test_zst_and_shards_hold_the_same_records(tmp_path: Path) -> None:
