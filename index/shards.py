@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections import defaultdict
 from collections.abc import Mapping
@@ -11,7 +10,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-from .compact import own
+from .compact import bulk, own
 from .repodata import SECTIONS
 
 # Digests dominate a shard and do not compress: on a real subdir (r, linux-64: 393
@@ -27,8 +26,10 @@ def _binary_digests(record: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("md5", "sha256"):
         value = out.get(key)
         if isinstance(value, str):
-            with contextlib.suppress(ValueError):
+            try:  # noqa: SIM105 (a suppress() per digest: a fifth of the build)
                 out[key] = bytes.fromhex(value)
+            except ValueError:
+                pass
     return out
 
 
@@ -36,6 +37,7 @@ def _pack(value: Any, compressor: zstandard.ZstdCompressor) -> bytes:
     return compressor.compress(msgpack.packb(value, use_bin_type=True))
 
 
+@bulk()  # a dict for each of a subdir's records
 def build(repodata: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
     """The shard index bytes, and each shard file's bytes by its hex sha256."""
     by_name: dict[str, list[tuple[str, str]]] = defaultdict(list)
