@@ -74,6 +74,7 @@ class SubdirSummary(msgspec.Struct):
     deleted: list[str] = []
     stale: list[str] = []  # shards, relative to the subdir
     published: set[str] = set()  # file names repodata.json now lists
+    shard_keys: dict[str, str] = {}  # name -> "key sha256" of its shard
 
 
 class IndexSummary(msgspec.Struct):
@@ -302,7 +303,9 @@ def publish_built(
     options: IndexOptions,
     built: BuiltSubdir,
     aside: Aside = when_asked,
+    shard_keys: Mapping[str, str] | None = None,
 ) -> SubdirSummary:
+    """``shard_keys``: what the last publication's summary held (see write_shards)."""
     summary = built.summary
     written = publish_subdir(
         gateway,
@@ -314,8 +317,10 @@ def publish_built(
         view.names,
         aside,
         options.reread,
+        shard_keys,
     )
     summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
+    summary.shard_keys = written.shard_keys
     return summary
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -47,7 +48,10 @@ class Written(msgspec.Struct):
     # shards no published index names any more: a client holding yesterday's index
     # may still ask for them, so the caller decides when they go
     stale: list[str] = []
+    shard_keys: dict[str, str] = {}  # to pass next time (see write_shards)
 
+
+SHA256_HEX = re.compile("[0-9a-f]{64}")
 
 # What each output writes, so that one switched off is removed, not left stale.
 OUTPUT_FILES = {
@@ -97,16 +101,31 @@ def _intact(gateway: Gateway, path: str, data: bytes) -> bool:
     return False
 
 
+class Sharded(msgspec.Struct):
+    """What :func:`write_shards` did: the shard index's bytes (None: shards are off),
+    the paths written, the shards no longer named, and each name's shard key (see
+    :func:`shards.build`)."""
+
+    index: bytes | None
+    written: list[str]
+    stale: list[str]
+    keys: dict[str, str]
+
+
 def write_shards(
-    gateway: Gateway, subdir: str, document: dict[str, Any] | None, reread: bool = False
-) -> tuple[bytes | None, list[str], list[str]]:
-    """The shards of ``document`` not there yet, written and durable: the shard
-    index's bytes, the paths written, and the shards no longer referenced (all of
-    them without a ``document``: shards switched off). Half a large subdir's
-    publication, which another process may do while this one writes the rest.
+    gateway: Gateway,
+    subdir: str,
+    document: dict[str, Any] | None,
+    reread: bool = False,
+    known: Mapping[str, str] | None = None,
+) -> Sharded:
+    """The shards of ``document`` not there yet, written and durable. Half a large
+    subdir's publication, which another process may do while this one writes the
+    rest. Without a ``document`` (shards switched off), every shard is stale.
 
     A shard present is trusted by its name (its content's hash) unless ``reread``:
-    then it is read back, and written again if damaged."""
+    then it is read back, and written again if damaged; ``known``: the keys the last
+    publication returned, for names whose shard is still there."""
     have: set[str] = set()
     for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
         if is_temp(info.name):
@@ -114,8 +133,9 @@ def write_shards(
         elif info.name.endswith(".msgpack.zst"):
             have.add(info.path.split("/", 1)[1])
     if document is None:
-        return None, [], sorted(have)
-    index_bytes, shard_files = shards.build(document)
+        return Sharded(None, [], sorted(have), {})
+    trusted = {} if reread else _present(known or {}, have)
+    index_bytes, shard_files, keys = shards.build(document, trusted)
     new = {shards.shard_path(h): data for h, data in shard_files.items()}
     if reread:
         have -= {p for p in have & new.keys() if not _intact(gateway, f"{subdir}/{p}", new[p])}
@@ -126,7 +146,19 @@ def write_shards(
     )
     if paths:
         gateway.flush()  # one flush for all shards, before the index names them
-    return index_bytes, paths, sorted(have - new.keys())
+    named = {shards.shard_path(key.rpartition(" ")[2]) for key in keys.values()} | new.keys()
+    return Sharded(index_bytes, paths, sorted(have - named), keys)
+
+
+def _present(known: Mapping[str, str], have: set[str]) -> dict[str, str]:
+    """The keys whose shard is there (a state may name one since deleted, or be
+    damaged: a key that names no file is not taken)."""
+    taken = {}
+    for name, key in known.items():
+        sha256 = key.rpartition(" ")[2]
+        if SHA256_HEX.fullmatch(sha256) and shards.shard_path(sha256) in have:
+            taken[name] = key
+    return taken
 
 
 def publish_subdir(
@@ -139,19 +171,20 @@ def publish_subdir(
     existing: set[str] | None = None,
     aside: Aside = when_asked,
     reread: bool = False,
+    shard_keys: Mapping[str, str] | None = None,
 ) -> Written:
     """Publish ``document`` as ``subdir``'s repodata and everything derived from it.
 
     ``old_json``: the repodata.json published now, as the caller read it;
     ``existing``: the names of the files in the subdir (outputs switched off since
     are removed once the new repodata.json is out); ``aside``: where the shards are
-    written while this process writes the rest; ``reread``: shards present read back
-    (see :func:`write_shards`)."""
+    written while this process writes the rest; ``reread``: shards present read back,
+    ``shard_keys``: the last publication's (see :func:`write_shards`)."""
     written = Written()
     sharding = None  # started first: it is the longer half, and links nothing yet
     if options.shards or shards.INDEX_NAME in (existing or ()):
         document_or_none = document if options.shards else None
-        sharding = aside(write_shards, gateway, subdir, document_or_none, reread)
+        sharding = aside(write_shards, gateway, subdir, document_or_none, reread, shard_keys)
     gateway.flush()  # every package written so far durable before any repodata names it
     new_json = repodata.dumps(document)
 
@@ -188,10 +221,11 @@ def publish_subdir(
         write_if_changed(gateway, f"{subdir}/{path}", data, written)
 
     if sharding is not None:
-        index_bytes, paths, written.stale = sharding()
-        written.paths.extend(paths)
-        if index_bytes is not None:
-            write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", index_bytes, written)
+        sharded = sharding()
+        written.paths.extend(sharded.written)
+        written.stale, written.shard_keys = sharded.stale, sharded.keys
+        if sharded.index is not None:
+            write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", sharded.index, written)
     for key, name in OUTPUT_FILES.items():
         if not getattr(options, key) and name in (existing or ()):
             gateway.delete(f"{subdir}/{name}")

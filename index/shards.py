@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
+import orjson
 import zstandard
 
-from .compact import bulk, own
+from .compact import as_fragment, bulk, own
 from .repodata import SECTIONS
 
 # Digests dominate a shard and do not compress: on a real subdir (r, linux-64: 393
@@ -19,6 +20,7 @@ from .repodata import SECTIONS
 ZSTD_LEVEL = 6
 INDEX_NAME = "repodata_shards.msgpack.zst"
 SHARDS_DIR = "shards"
+PACKING = f"msgpack, binary digests, zstd {ZSTD_LEVEL}".encode()  # a new way: new keys
 
 
 def _binary_digests(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,28 +39,55 @@ def _pack(value: Any, compressor: zstandard.ZstdCompressor) -> bytes:
     return compressor.compress(msgpack.packb(value, use_bin_type=True))
 
 
+def _key(builds: list[tuple[str, str, Mapping[str, Any]]]) -> str | None:
+    """What a name's shard is made of, hashed: its records as they were read (an
+    upstream record's raw JSON), and how a shard is packed. None: not hashable here
+    (an integer past 64 bits), so built every time."""
+    try:
+        data = orjson.dumps(builds, default=as_fragment, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return None
+    return hashlib.blake2b(PACKING + data, digest_size=16).hexdigest()
+
+
 @bulk()  # a dict for each of a subdir's records
-def build(repodata: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
-    """The shard index bytes, and each shard file's bytes by its hex sha256."""
-    by_name: dict[str, list[tuple[str, str]]] = defaultdict(list)
+def build(
+    repodata: dict[str, Any], known: Mapping[str, str] | None = None
+) -> tuple[bytes, dict[str, bytes], dict[str, str]]:
+    """The shard index bytes, each new shard file's bytes by its hex sha256, and each
+    name's key and shard, "key sha256", to pass as ``known`` next time: a name whose
+    records are unchanged takes its shard from there, not built again (on a large
+    subdir, most names most nights)."""
+    by_name: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = defaultdict(list)
     for section in SECTIONS:
-        for filename in sorted(repodata.get(section, {})):
-            by_name[repodata[section][filename]["name"]].append((section, filename))
+        records = repodata.get(section, {})
+        for filename in sorted(records):
+            by_name[records[filename]["name"]].append((section, filename, records[filename]))
+    known = known or {}
     shard_files: dict[str, bytes] = {}
     index: dict[str, bytes] = {}
+    keys: dict[str, str] = {}
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # made once: setup dominates
     for name in sorted(by_name):  # one shard's records decoded at a time
-        shard: dict[str, Any] = {"packages": {}, "packages.conda": {}, "removed": []}
-        for section, filename in by_name[name]:
-            shard[section][filename] = _binary_digests(repodata[section][filename])
-        data = _pack(shard, compressor)
-        digest = hashlib.sha256(data).digest()
-        shard_files[digest.hex()] = data
-        index[name] = digest
+        builds = by_name[name]
+        key = _key(builds)
+        was = known.get(name, "").split(" ")
+        if key is not None and len(was) == 2 and was[0] == key:
+            index[name] = bytes.fromhex(was[1])
+        else:
+            shard: dict[str, Any] = {"packages": {}, "packages.conda": {}, "removed": []}
+            for section, filename, record in builds:
+                shard[section][filename] = _binary_digests(record)
+            data = _pack(shard, compressor)
+            index[name] = hashlib.sha256(data).digest()
+            shard_files[index[name].hex()] = data
+        if key is not None:
+            keys[name] = f"{key} {index[name].hex()}"
     info = dict(repodata.get("info", {}))
     info.setdefault("base_url", "")
     info["shards_base_url"] = f"./{SHARDS_DIR}/"
-    return _pack({"version": 1, "info": info, "shards": index}, compressor), shard_files
+    index_bytes = _pack({"version": 1, "info": info, "shards": index}, compressor)
+    return index_bytes, shard_files, keys
 
 
 def shard_path(digest_hex: str) -> str:

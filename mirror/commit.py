@@ -104,7 +104,8 @@ def commit_subdir(
         # open one more connection to it
         aside = when_asked
     pages = _pages(target, view, built.entries, state, options, aside)
-    summary = publish_built(target, view, options, built, aside)
+    summary = publish_built(target, view, options, built, aside, state.shards)
+    state.shards = summary.shard_keys
     pages()
     gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
     state.upstream_files = sorted(commit.managed - gone)

@@ -101,7 +101,7 @@ def write_subdir(
     _sweep(gateway, name, subdir)  # what a killed writer of this index left
     gateway.write_bytes(subdir_path(name, subdir, "repodata.json"), data)  # holds the files
     if gateway.exists(f"{subdir}/{shards.INDEX_NAME}"):
-        index_bytes, shard_files = shards.build(document)
+        index_bytes, shard_files, _ = shards.build(document)
         for digest, blob in shard_files.items():
             path = subdir_path(name, subdir, shards.shard_path(digest))
             gateway.write_bytes(path, blob, durable=False)

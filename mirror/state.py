@@ -56,6 +56,8 @@ class SubdirState:
     # what the subdir publishes, for the channel page: records, packages, bytes
     counts: dict[str, int] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)  # page -> digest of what is written
+    # name -> "key sha256" of its shard: a name whose records are unchanged keeps it
+    shards: dict[str, str] = field(default_factory=dict)
     # set by `ferry snapshot restore --hold`: sync refuses the subdir until released
     hold: dict[str, str] = field(default_factory=dict)
     _saved: bytes | None = field(default=None, repr=False, compare=False)

@@ -215,3 +215,66 @@ def test_a_shard_index_keyed_by_a_map_is_refused_in_one_line(tmp_path: Path) -> 
     with open_gateway(str(tmp_path)) as gateway, pytest.raises(errors.FerryError) as caught:
         sharded.fetch_index(gateway, "linux-64")
     assert "not a zstd-compressed msgpack document" in str(caught.value)
+
+
+def test_a_mirror_builds_again_only_the_shards_of_names_that_changed(tmp_path: Path) -> None:
+    """The state keeps each name's shard key: the next run takes the shards of
+    unchanged names from it (a conda-forge subdir's 30,000 builds, most nights), and
+    what it publishes is what building every shard gives. A shard deleted behind
+    its back, or a key that the state no longer holds right, is built again."""
+    upstream, mirror = tmp_path / "up", tmp_path / "mirror"
+    build_upstream(upstream)
+    job = job_yaml(tmp_path / "job.yaml", str(upstream), str(mirror))
+    subdir = mirror / "linux-64"
+
+    def hot_fix(filename: str) -> None:
+        document = load(upstream / "linux-64/repodata.json")
+        record = document["packages.conda"].get(filename) or document["packages"][filename]
+        record["depends"] = [*record.get("depends", []), "hot-fixed"]
+        with open_gateway(str(upstream)) as gateway:
+            publish_subdir(gateway, "linux-64", document, OutputOptions(jlap=False))
+
+    def index() -> dict[str, bytes]:
+        shard_index = msgpack.unpackb(_unzst((subdir / shards.INDEX_NAME).read_bytes()))
+        full, _, _ = shards.build(load(subdir / "repodata.json"))
+        assert shard_index["shards"] == msgpack.unpackb(_unzst(full))["shards"]
+        for digest in shard_index["shards"].values():
+            assert (subdir / shards.shard_path(digest.hex())).is_file()
+        return dict(shard_index["shards"])
+
+    assert ferry("sync", str(job)).exit_code == 0
+    before = index()
+    state = json.loads((mirror / ".ferry/linux-64.json").read_bytes())
+    assert set(state["shards"]) == set(before)
+    files = set(records(subdir / "repodata.json"))
+    libpng = next(f for f in files if f.startswith("libpng-"))
+    hot_fix(libpng)
+    written = {p.name for p in (subdir / "shards").iterdir()}
+    assert ferry("sync", str(job)).exit_code == 0
+    after = index()
+    assert {n for n in after if after[n] != before[n]} == {"libpng"}
+    assert {p.name for p in (subdir / "shards").iterdir()} - written == {
+        f"{after['libpng'].hex()}.msgpack.zst"
+    }
+
+    (subdir / shards.shard_path(after["zlib"].hex())).unlink()
+    state = json.loads((mirror / ".ferry/linux-64.json").read_bytes())
+    state["shards"]["pngtool"] = "not a key " + "0" * 64
+    (mirror / ".ferry/linux-64.json").write_text(json.dumps(state))
+    hot_fix(libpng)
+    assert ferry("sync", str(job)).exit_code == 0
+    assert index()["zlib"] == after["zlib"]
+
+
+def test_a_shard_is_built_again_only_when_its_records_changed() -> None:
+    document = {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": synthetic(200)}
+    index, built, keys = shards.build(document)
+    assert len(built) == len(keys) == 10
+    assert shards.build(document, keys) == (index, {}, keys)  # nothing built again
+    changed = next(iter(document["packages.conda"].values()))
+    changed["depends"] = ["hot-fixed"]
+    again, rebuilt, new_keys = shards.build(document, keys)
+    assert {n for n in keys if keys[n] != new_keys[n]} == {changed["name"]}
+    whole, every, whole_keys = shards.build(document)
+    assert (again, new_keys) == (whole, whole_keys)  # as if built whole
+    assert len(rebuilt) == 1 and rebuilt.items() <= every.items()
