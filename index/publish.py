@@ -146,7 +146,7 @@ def write_shards(
     )
     if paths:
         gateway.flush()  # one flush for all shards, before the index names them
-    named = {shards.shard_path(key.rpartition(" ")[2]) for key in keys.values()} | new.keys()
+    named = {shards.keyed_path(key) for key in keys.values()} | new.keys()
     return Sharded(index_bytes, paths, sorted(have - named), keys)
 
 
@@ -155,8 +155,7 @@ def _present(known: Mapping[str, str], have: set[str]) -> dict[str, str]:
     damaged: a key that names no file is not taken)."""
     taken = {}
     for name, key in known.items():
-        sha256 = key.rpartition(" ")[2]
-        if SHA256_HEX.fullmatch(sha256) and shards.shard_path(sha256) in have:
+        if SHA256_HEX.fullmatch(key.rpartition(" ")[2]) and shards.keyed_path(key) in have:
             taken[name] = key
     return taken
 

@@ -90,5 +90,10 @@ def build(
     return index_bytes, shard_files, keys
 
 
+def keyed_path(key: str) -> str:
+    """The shard a "key sha256" of :func:`build` names."""
+    return shard_path(key.rpartition(" ")[2])
+
+
 def shard_path(digest_hex: str) -> str:
     return f"{SHARDS_DIR}/{digest_hex}.msgpack.zst"
