@@ -24,6 +24,7 @@ from typing import BinaryIO, TypeVar, cast
 from .base import FileInfo, Gateway, GatewayOptions, listable, make_dirs, stat_etag, temp_name
 from .errors import (
     CredentialsError,
+    GatewayError,
     NotFound,
     PermissionDenied,
     ProtocolError,
@@ -48,6 +49,7 @@ finally:
         del sys.modules["invoke"]
 
 from .sftpcheck import StrictSFTPClient  # noqa: E402 - subclasses paramiko's, loaded as above
+from .sftpwrites import WriteRefused, write_all  # noqa: E402 - as above
 
 log = logging.getLogger("ferry.gateways")
 _NETWORK = (paramiko.SSHException, EOFError, OSError)
@@ -525,16 +527,25 @@ class SFTPGateway(Gateway):
             sftp = self._sftp()
             self._makedirs(sftp, parent)
             try:
-                with sftp.open(tmp, "wb", bufsize=CHUNK) as out:
-                    out.set_pipelined(True)
-                    while chunk := stream.read(CHUNK):
-                        out.write(chunk)
+                with sftp.open(tmp, "wb") as out:
+                    size = write_all(sftp, cast(bytes, out.handle), stream)
+                    attrs = out.stat()
+                if attrs.st_size != size:  # a server that said yes and kept less
+                    raise WriteRefused(f"the server kept {attrs.st_size} of {size} bytes")
                 sftp.posix_rename(tmp, target)
+            except WriteRefused as exc:
+                with contextlib.suppress(Exception):
+                    sftp.remove(tmp)
+                raise GatewayError(
+                    self.display(path),
+                    f"the server refused a write: {exc}",
+                    "is its disk or a quota full? nothing was published",
+                ) from None
             except BaseException:
                 with contextlib.suppress(Exception):
                     sftp.remove(tmp)
                 raise
-        return self.info(path)
+        return self._info(self._rel(path), attrs)
 
     def delete(self, path: str) -> None:
         with contextlib.suppress(NotFound):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import gc
 import gzip
 import hashlib
 import io
@@ -23,6 +24,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -56,6 +58,8 @@ from conda_ferry.mirror import bundle, errors, lockfiles, sharded, snapshots, sy
 from conda_ferry.mirror.cli import main
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
+from conda_ferry.mirror.state import sweep_temps
+from tests import sftpliar
 from tests.pkgmaker import DEMO, Spec, package_bytes
 from tests.sftppeer import Behaviour, Peer
 
@@ -740,25 +744,36 @@ def fuzz_ftp(seconds: float, seed: int) -> int:
 def fuzz_sftpserver(seconds: float, seed: int) -> int:
     """A lying SFTP server (``tests/sftpliar.py``, started as ``ssh`` is) through the
     SFTP gateway: listings, attributes, handles, statuses and bodies, right or not
-    (see :func:`_lied_to`)."""
+    (see :func:`_lied_to`); and writes, deletes, locks and sweeps of temp files, which
+    end with a result or a GatewayError and touch nothing outside the root."""
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
     options = GatewayOptions(timeout=0.5, retries=2, retry_delay=0, min_rate=0)
     count = 0
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as bin_dir:
-        liar = Path(__file__).with_name("sftpliar.py")
-        ssh = Path(bin_dir) / "ssh"
-        ssh.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{liar}"\n')
-        ssh.chmod(0o755)
-        (Path(bin_dir) / "body").write_bytes(body)
-        os.environ.update(
-            PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            FERRY_LIAR_DIR=bin_dir,
-            FERRY_LIAR_SEED=str(seed),
-        )
+        os.environ.update(sftpliar.install(Path(bin_dir), body, seed))
+        escapes = Path(bin_dir) / "escapes"
         with open_gateway(tmp) as target, open_gateway("sftp://u@fz/root", options) as source:
+
+            def write() -> None:
+                data = rng.randbytes(rng.choice([0, 10, 70_000]))
+                where = rng.choice(["new.conda", "sub/new.conda", f"d{count}/e/new.conda"])
+                written = source.write_atomic(where, io.BytesIO(data))
+                assert written.path == where, written
+
+            def lock() -> None:
+                with source.lock(rng.choice([".lock", "sub/.lock"]), ttl=60):
+                    pass
+
+            more = {
+                "write": write,
+                "delete": lambda: source.delete(rng.choice(["new.conda", "sub/a.conda", "x"])),
+                "lock": lock,
+                "sweep": lambda: sweep_temps(source, rng.choice(["", "sub"]), ""),
+            }
             for count in _deadline(seconds):
-                _lied_to(rng, source, target, body, count)
+                _lied_to(rng, source, target, body, count, more)
+                assert not escapes.exists(), escapes.read_text()
     return count
 
 
@@ -1339,7 +1354,28 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "mirrors": fuzz_mirrors,
 }
 
+
+def _unseen_errors() -> list[str]:
+    """Errors raised where nobody catches them (a thread's, a finalizer's): Python
+    prints them as tracebacks, which a run must never show. Collected, to fail the
+    fuzzer that caused them."""
+    seen: list[str] = []
+
+    def unraisable(info: Any) -> None:
+        seen.append(f"in {info.object!r}: {info.exc_type.__name__}: {info.exc_value}")
+
+    def in_thread(args: Any) -> None:
+        seen.append(f"in thread {args.thread}: {args.exc_type.__name__}: {args.exc_value}")
+
+    sys.unraisablehook, threading.excepthook = unraisable, in_thread
+    return seen
+
+
 if __name__ == "__main__":
     kind, budget = sys.argv[1], float(sys.argv[2])
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else random.randrange(1 << 30)
-    print(json.dumps({"fuzzer": kind, "inputs": FUZZERS[kind](budget, seed), "seed": seed}))
+    unseen = _unseen_errors()
+    inputs = FUZZERS[kind](budget, seed)
+    gc.collect()
+    assert not unseen, "\n".join(unseen)
+    print(json.dumps({"fuzzer": kind, "inputs": inputs, "seed": seed}))
