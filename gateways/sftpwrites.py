@@ -10,7 +10,7 @@ paramiko still frames the requests and matches each answer to its request.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import paramiko
 from paramiko.sftp import CMD_STATUS, CMD_WRITE, int64
@@ -31,9 +31,11 @@ class _Answers:
 
     def __init__(self, sftp: paramiko.SFTPClient) -> None:
         self._sftp = sftp
+        self.heard = 0
         self.error: BaseException | None = None
 
     def _async_response(self, kind: int, message: paramiko.Message, num: int) -> None:
+        self.heard += 1
         if self.error is not None:
             return
         if kind != CMD_STATUS:
@@ -50,13 +52,10 @@ def write_all(sftp: paramiko.SFTPClient, handle: bytes, stream: BinaryIO) -> int
     """Write ``stream`` to the open file ``handle`` from its start, many writes in
     flight; the count of bytes, once the server has accepted every one."""
     answers = _Answers(sftp)
-    expecting: dict[int, Any] = sftp._expecting  # type: ignore[attr-defined]
-
-    def due() -> int:
-        return sum(1 for owner in list(expecting.values()) if owner is answers)
+    sent = 0
 
     def hear(most: int) -> None:
-        while answers.error is None and due() > most:
+        while answers.error is None and sent - answers.heard > most:
             sftp._read_response()  # type: ignore[attr-defined]
         if answers.error is not None:
             raise answers.error
@@ -66,6 +65,7 @@ def write_all(sftp: paramiko.SFTPClient, handle: bytes, stream: BinaryIO) -> int
         for at in range(0, len(chunk), WRITE_SIZE):
             piece = chunk[at : at + WRITE_SIZE]
             sftp._async_request(answers, CMD_WRITE, handle, int64(offset), piece)  # type: ignore[attr-defined]
+            sent += 1
             offset += len(piece)
             hear(IN_FLIGHT)
     hear(0)
