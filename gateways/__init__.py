@@ -30,6 +30,7 @@ from .errors import (
     ReadOnlyError,
     TransientError,
     UsageError,
+    WriteRefused,
 )
 from .registry import ADAPTERS
 from .retry import RetryPolicy
@@ -126,6 +127,7 @@ __all__ = [
     "TransientError",
     "UsageError",
     "VerifyingReader",
+    "WriteRefused",
     "adapter",
     "clean_relative",
     "copy_file",

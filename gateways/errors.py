@@ -95,6 +95,13 @@ class IntegrityError(GatewayError):
     hint = "the source may be corrupt or changed during the copy; nothing was written"
 
 
+class WriteRefused(GatewayError):
+    """A write the server would not keep (SFTP's refusal, FTP's 452 or 552, a size
+    short of what was sent): its disk or a quota full, mostly."""
+
+    hint = "is its disk or a quota full? nothing was published"
+
+
 class TooSlow(GatewayError):
     hint = "the server sends too slowly; lower {option} if the link really is this slow"
 

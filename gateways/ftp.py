@@ -24,6 +24,7 @@ from .errors import (
     PermissionDenied,
     ProtocolError,
     TransientError,
+    WriteRefused,
     network_problem,
 )
 from .streams import CHUNK, GuardedStream
@@ -33,6 +34,7 @@ _NETWORK = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply)
 # an answer that is no FTP: a reply without a code (error_proto), bytes that are not
 # UTF-8, a size or listing that does not parse (ValueError); ftplib lets them through
 _NOT_FTP = (ftplib.error_proto, ValueError)
+_FULL = ("452", "552")  # a STOR refused for want of room: the disk, or a quota
 T = TypeVar("T")
 Entry = tuple[str, int, "float | None", bool]
 
@@ -301,16 +303,34 @@ class FTPGateway(Gateway):
         target = self._abs(path)
         parent = target.rpartition("/")[0]
         tmp = temp_name(target)
+        sent = 0
+
+        def count(block: bytes) -> None:
+            nonlocal sent
+            sent += len(block)
+
         with self._conn(path) as conn:
             self._makedirs(conn, parent)
             try:
-                conn.storbinary(f"STOR {tmp}", stream, CHUNK)
+                try:
+                    conn.storbinary(f"STOR {tmp}", stream, CHUNK, count)
+                except (ftplib.error_temp, ftplib.error_perm) as exc:
+                    if str(exc)[:3] not in _FULL:
+                        raise
+                    raise self._refused(path, f"FTP {str(exc)[:80]}") from None
+                kept = conn.size(tmp)  # a server that said yes and kept less
+                if kept != sent:
+                    raise self._refused(path, f"the server kept {kept} of {sent} bytes")
                 self._replace(conn, tmp, target)
             except BaseException:
                 with contextlib.suppress(Exception):
                     conn.delete(tmp)
                 raise
-        return self.info(path)
+            mtime = _mdtm(conn.sendcmd(f"MDTM {target}")[4:].strip())
+        return FileInfo(self._rel(path), sent, mtime, stat_etag(sent, mtime))
+
+    def _refused(self, path: str, why: str) -> WriteRefused:
+        return WriteRefused(self.display(path), f"the server refused a write: {why}")
 
     def _replace(self, conn: ftplib.FTP, src: str, dst: str) -> None:
         try:

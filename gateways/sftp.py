@@ -24,12 +24,12 @@ from typing import BinaryIO, TypeVar, cast
 from .base import FileInfo, Gateway, GatewayOptions, listable, make_dirs, stat_etag, temp_name
 from .errors import (
     CredentialsError,
-    GatewayError,
     NotFound,
     PermissionDenied,
     ProtocolError,
     TransientError,
     UsageError,
+    WriteRefused,
     network_problem,
 )
 from .sftpreads import PipelinedReads, read_size
@@ -49,7 +49,7 @@ finally:
         del sys.modules["invoke"]
 
 from .sftpcheck import StrictSFTPClient  # noqa: E402 - subclasses paramiko's, loaded as above
-from .sftpwrites import WriteRefused, write_all  # noqa: E402 - as above
+from .sftpwrites import Refusal, write_all  # noqa: E402 - as above
 
 log = logging.getLogger("ferry.gateways")
 _NETWORK = (paramiko.SSHException, EOFError, OSError)
@@ -531,16 +531,13 @@ class SFTPGateway(Gateway):
                     size = write_all(sftp, cast(bytes, out.handle), stream)
                     attrs = out.stat()
                 if attrs.st_size != size:  # a server that said yes and kept less
-                    raise WriteRefused(f"the server kept {attrs.st_size} of {size} bytes")
+                    raise Refusal(f"the server kept {attrs.st_size} of {size} bytes")
                 sftp.posix_rename(tmp, target)
-            except WriteRefused as exc:
+            except Refusal as exc:
                 with contextlib.suppress(Exception):
                     sftp.remove(tmp)
-                raise GatewayError(
-                    self.display(path),
-                    f"the server refused a write: {exc}",
-                    "is its disk or a quota full? nothing was published",
-                ) from None
+                said = f"the server refused a write: {exc}"
+                raise WriteRefused(self.display(path), said) from None
             except BaseException:
                 with contextlib.suppress(Exception):
                     sftp.remove(tmp)

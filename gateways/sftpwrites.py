@@ -21,7 +21,7 @@ WRITE_SIZE = 32768  # what every server takes (the draft's minimum packet size)
 IN_FLIGHT = 128  # writes sent and not yet answered: 4 MB, a fast link's round trip
 
 
-class WriteRefused(OSError):
+class Refusal(OSError):
     """A write the server answered with anything but success."""
 
 
@@ -45,7 +45,7 @@ class _Answers:
             self._sftp._convert_status(message)  # type: ignore[attr-defined]
         except (OSError, EOFError) as exc:  # a missing directory or a permission: as said
             said = str(exc) or "a failure, in no words"
-            self.error = exc if isinstance(exc, OSError) and exc.errno else WriteRefused(said)
+            self.error = exc if isinstance(exc, OSError) and exc.errno else Refusal(said)
 
 
 def write_all(sftp: paramiko.SFTPClient, handle: bytes, stream: BinaryIO) -> int:

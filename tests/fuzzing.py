@@ -625,12 +625,21 @@ def _ftp_reply(rng: random.Random, right: bytes) -> bytes:
     )
 
 
-def _ftp_peer(rng: random.Random, conn: Any, body: bytes) -> None:
+def _ftp_inside(path: bytes) -> bool:
+    """Whether a path a write names lies inside the fuzzed root ``/root``."""
+    return path.startswith(b"/root/") and not {b"", b".", b".."} & set(path[6:].split(b"/"))
+
+
+def _ftp_peer(rng: random.Random, conn: Any, body: bytes, escapes: list[bytes]) -> None:
     """One control connection, answered as a lying server would; data connections
-    through PASV, each carrying a listing or a body, right or not."""
+    through PASV, each carrying a listing or a body, or taking a STOR's bytes, right or
+    not. Each write (STOR, RNFR, RNTO, DELE, MKD) that names a path outside the root
+    is added to ``escapes``."""
     import socket
 
     data_server: socket.socket | None = None
+    sizes: dict[bytes, int] = {}  # what this connection stored, and renamed
+    renaming = b""
 
     def send(line: bytes) -> None:
         conn.sendall(line + b"\r\n")
@@ -652,6 +661,22 @@ def _ftp_peer(rng: random.Random, conn: Any, body: bytes) -> None:
                 if verb == b"EPSV":
                     right = b"229 Entering Extended Passive Mode (|||%d|)" % port
                 send(_ftp_reply(rng, right))
+            elif verb in (b"STOR", b"RNFR", b"RNTO", b"DELE", b"MKD") and not (
+                _ftp_inside(argument) or (verb == b"MKD" and argument == b"/root")
+            ):
+                escapes.append(line)
+                send(b"553 not there")
+            elif verb == b"STOR" and data_server is not None:
+                send(_ftp_reply(rng, b"150 send"))
+                with contextlib.suppress(OSError):
+                    data, _ = data_server.accept()
+                    with data:
+                        sizes[argument] = 0
+                        while more := data.recv(65536):
+                            sizes[argument] += len(more)
+                data_server.close()
+                data_server = None
+                send(_ftp_reply(rng, rng.choice([b"226 stored"] * 4 + [b"452 disk full"])))
             elif verb in (b"MLSD", b"LIST", b"RETR") and data_server is not None:
                 send(_ftp_reply(rng, b"150 here"))
                 with contextlib.suppress(OSError):
@@ -669,14 +694,23 @@ def _ftp_peer(rng: random.Random, conn: Any, body: bytes) -> None:
                 data_server = None
                 send(_ftp_reply(rng, b"226 done"))
             else:
+                if verb == b"RNFR":
+                    renaming = argument
+                elif verb == b"RNTO" and renaming in sizes:
+                    sizes[argument] = sizes.pop(renaming)
+                size = len(body) if b"pkg" in argument else sizes.get(argument)
                 right = {
                     b"USER": b"331 password",
                     b"PASS": b"230 in",
                     b"TYPE": b"200 ok",
-                    b"SIZE": b"213 %d" % len(body) if b"pkg" in argument else b"550 no",
+                    b"SIZE": b"550 no" if size is None else b"213 %d" % size,
                     b"MDTM": b"213 20240101000000",
                     b"CWD": b"250 ok" if b"pkg" not in argument else b"550 no",
                     b"REST": b"350 ok",
+                    b"RNFR": b"350 go on",
+                    b"RNTO": b"250 renamed",
+                    b"DELE": b"250 deleted",
+                    b"MKD": b'257 "%s" made' % argument,
                 }.get(verb, b"502 not here")
                 send(_ftp_reply(rng, right))
     finally:
@@ -724,28 +758,54 @@ def _lied_to(
 
 def fuzz_ftp(seconds: float, seed: int) -> int:
     """A scripted FTP server that lies in its answers, listings and bodies, through the
-    FTP gateway's reads (see :func:`_lied_to`)."""
+    FTP gateway (see :func:`_lied_to`), and takes writes, deletes, locks and sweeps of
+    temp files, none of which may reach outside the root."""
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
     answers = random.Random(seed + 1)
     options = GatewayOptions(timeout=0.3, retries=2, retry_delay=0, min_rate=0)
+    escapes: list[bytes] = []
     count = 0
     with (
-        _scripted_server(lambda conn: _ftp_peer(answers, conn, body)) as port,
+        _scripted_server(lambda conn: _ftp_peer(answers, conn, body, escapes)) as port,
         tempfile.TemporaryDirectory() as tmp,
         open_gateway(tmp) as target,
     ):
         for count in _deadline(seconds):
             with open_gateway(f"ftp://127.0.0.1:{port}/root", options) as source:
-                _lied_to(rng, source, target, body, count)
+                _lied_to(rng, source, target, body, count, _writes(rng, source, count))
+            assert not escapes, escapes
     return count
+
+
+def _writes(rng: random.Random, gateway: Any, count: int) -> dict[str, Callable[[], Any]]:
+    """The calls that change a lying server's files, for :func:`_lied_to`: a write (empty,
+    small or 70 kB, into new directories too), a delete, a lock taken and released, a
+    sweep of temp files."""
+
+    def write() -> None:
+        data = rng.randbytes(rng.choice([0, 10, 70_000]))
+        where = rng.choice(["new.conda", "sub/new.conda", f"d{count}/e/new.conda"])
+        written = gateway.write_atomic(where, io.BytesIO(data))
+        assert written.path == where, written
+
+    def lock() -> None:
+        with gateway.lock(rng.choice([".lock", "sub/.lock"]), ttl=60):
+            pass
+
+    return {
+        "write": write,
+        "delete": lambda: gateway.delete(rng.choice(["new.conda", "sub/a.conda", "x"])),
+        "lock": lock,
+        "sweep": lambda: sweep_temps(gateway, rng.choice(["", "sub"]), ""),
+    }
 
 
 def fuzz_sftpserver(seconds: float, seed: int) -> int:
     """A lying SFTP server (``tests/sftpliar.py``, started as ``ssh`` is) through the
     SFTP gateway: listings, attributes, handles, statuses and bodies, right or not
-    (see :func:`_lied_to`); and writes, deletes, locks and sweeps of temp files, which
-    end with a result or a GatewayError and touch nothing outside the root."""
+    (see :func:`_lied_to`); and writes, deletes, locks and sweeps of temp files (see
+    :func:`_writes`), none of which may reach outside the root."""
     rng = random.Random(seed)
     body = rng.randbytes(30_000)
     options = GatewayOptions(timeout=0.5, retries=2, retry_delay=0, min_rate=0)
@@ -754,25 +814,8 @@ def fuzz_sftpserver(seconds: float, seed: int) -> int:
         os.environ.update(sftpliar.install(Path(bin_dir), body, seed))
         escapes = Path(bin_dir) / "escapes"
         with open_gateway(tmp) as target, open_gateway("sftp://u@fz/root", options) as source:
-
-            def write() -> None:
-                data = rng.randbytes(rng.choice([0, 10, 70_000]))
-                where = rng.choice(["new.conda", "sub/new.conda", f"d{count}/e/new.conda"])
-                written = source.write_atomic(where, io.BytesIO(data))
-                assert written.path == where, written
-
-            def lock() -> None:
-                with source.lock(rng.choice([".lock", "sub/.lock"]), ttl=60):
-                    pass
-
-            more = {
-                "write": write,
-                "delete": lambda: source.delete(rng.choice(["new.conda", "sub/a.conda", "x"])),
-                "lock": lock,
-                "sweep": lambda: sweep_temps(source, rng.choice(["", "sub"]), ""),
-            }
             for count in _deadline(seconds):
-                _lied_to(rng, source, target, body, count, more)
+                _lied_to(rng, source, target, body, count, _writes(rng, source, count))
                 assert not escapes.exists(), escapes.read_text()
     return count
 
