@@ -17,11 +17,17 @@ Over nginx on loopback:
 
 Each case runs --rounds times, alternating ferry and curl; the best of each is
 compared (this machine's file creation times vary several-fold from minute to minute).
+ferry makes what it wrote durable (``syncfs``) before it publishes the repodata that
+names it, and curl does not: each case also times curl followed by ``sync -f`` on the
+same file system, the wire's limit for bytes that survive a power cut. ``--on DIR``
+writes the mirrors and curl's files under DIR (``/dev/shm``: tmpfs, where nothing
+waits for a disk) instead of the temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import shutil
@@ -67,8 +73,9 @@ def package_urls(root: Path, url: str) -> list[str]:
     )
 
 
-def curl_parallel(urls: list[str], out: Path) -> None:
-    """What the wire allows: curl, eight processes, no checks, no index."""
+def curl_parallel(urls: list[str], out: Path, durable: bool = False) -> None:
+    """What the wire allows: curl, eight processes, no checks, no index; ``durable``:
+    then ``sync -f``, the files on the disk as ferry leaves its own."""
     out.mkdir(parents=True)
     per = max(1, len(urls) // JOBS + 1)
     subprocess.run(
@@ -78,6 +85,20 @@ def curl_parallel(urls: list[str], out: Path) -> None:
         check=True,
         cwd=out,
     )
+    if durable:
+        subprocess.run(["sync", "-f", str(out)], check=True)
+
+
+def file_system(path: Path) -> str:
+    """The type of the file system ``path`` is on, as /proc/mounts names it."""
+    real, best, kind = str(path.resolve()), "", "unknown"
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            point, fs = line.split()[1:3]
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, kind = point, fs
+    return kind
 
 
 def conda_mirror() -> str | None:
@@ -111,9 +132,14 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=2000)
     parser.add_argument("--big", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--on", type=Path, help="write mirrors and curl's files here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryDirectory(dir=args.on) as out_tmp,
+    ):
+        work, out = Path(tmp), Path(out_tmp)
+        print(f"mirrors and curl's files on {file_system(out)} ({out})")
         nginx = servers.start_nginx(work / "nginx")
         # as a user runs it: with its modules' bytecode cached (some sandboxes set
         # PYTHONDONTWRITEBYTECODE, which makes every start compile them again)
@@ -142,17 +168,18 @@ def main() -> None:
 
                 def cold(job: Path = job, url: str = url, extra: str = "") -> None:
                     job.write_text(
-                        f"source: {url}\ntarget: {work / f'mirror-{next(fresh)}'}\n"
+                        f"source: {url}\ntarget: {out / f'mirror-{next(fresh)}'}\n"
                         f"subdirs: [linux-64, noarch]\njobs: {JOBS}\n{extra}"
                     )
                     subprocess.run([*ferry, str(job)], check=True, env=env)
 
                 urls = package_urls(nginx.root / kind, url)
-                ferry_s, one_s, curl_s = best(
+                ferry_s, one_s, curl_s, durable_s = best(
                     args.rounds,
                     cold,
                     lambda cold=cold: cold(extra="processes: 1\n"),
-                    lambda urls=urls: curl_parallel(urls, work / f"curl-{next(fresh)}"),
+                    lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}"),
+                    lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}", True),
                 )
                 label = f"{count} pkgs{of}, {sizes[kind] / 1e6:.0f} MB"
                 rows.append((f"ferry cold sync, {label}", f"{ferry_s:.2f}", "", ""))
@@ -172,6 +199,14 @@ def main() -> None:
                         aim,
                     )
                 )
+                rows.append(
+                    (
+                        f"  curl x{JOBS}, then sync -f (durable, as ferry's)",
+                        f"{durable_s:.2f}",
+                        f"ferry {ferry_s / durable_s:.2f}x",
+                        "",
+                    )
+                )
                 if kind == "small":
                     log = Path(nginx.extra["log"])
                     before = len(log.read_text().splitlines())
@@ -189,7 +224,7 @@ def main() -> None:
                     )
                     exe = conda_mirror()
                     if exe:
-                        cm = timed(lambda url=url, exe=exe: run_conda_mirror(exe, url, work))
+                        cm = timed(lambda url=url, exe=exe: run_conda_mirror(exe, url, out))
                         rows.append(
                             (
                                 "  conda-mirror 0.10, same upstream",
