@@ -25,6 +25,7 @@ from .errors import (
     ProtocolError,
     TransientError,
     UsageError,
+    WriteRefused,
 )
 from .streams import CHUNK, GuardedStream
 from .urls import parse, redact
@@ -276,7 +277,7 @@ class S3Gateway(Gateway):
         first = _read_full(stream, PART_SIZE)
         if len(first) < PART_SIZE:
             self._call(path, "put_object", Key=key, Body=first)
-            return self.info(path)
+            return self._stored(path, len(first))
         checksum = self._part_checksum()
         upload = self._call(path, "create_multipart_upload", Key=key, **checksum)["UploadId"]
         member = f"Checksum{checksum['ChecksumAlgorithm']}" if checksum else None
@@ -302,11 +303,12 @@ class S3Gateway(Gateway):
         try:
             pending: list[Future[dict[str, Any]]] = []
             parts: list[dict[str, Any]] = []
-            chunk, number = first, 1
+            chunk, number, sent = first, 1, 0
             while chunk:
                 if len(pending) >= PARTS_IN_FLIGHT:
                     parts.append(pending.pop(0).result())
                 pending.append(pool.submit(part, number, chunk))
+                sent += len(chunk)
                 chunk, number = _read_full(stream, PART_SIZE), number + 1
             parts.extend(f.result() for f in pending)
             self._call(
@@ -322,7 +324,21 @@ class S3Gateway(Gateway):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
             raise
         pool.shutdown()
-        return self.info(path)
+        return self._stored(path, sent)
+
+    def _stored(self, path: str, sent: int) -> FileInfo:
+        """The object just written, as a HEAD describes it: a size other than the
+        bytes sent is a write the store did not keep whole (S3 itself checks each
+        body against its signed digest; a store that claims to be S3 may not), and the
+        object is deleted again, as no rename would have published it elsewhere."""
+        info = self.info(path)
+        if info.size != sent:
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
+            raise WriteRefused(
+                self.display(path), f"the server stored {info.size} bytes of the {sent} sent"
+            )
+        return info
 
     def _part_checksum(self) -> dict[str, str]:
         """The checksum each part carries, declared when the upload is created, as

@@ -787,7 +787,7 @@ def _writes(rng: random.Random, gateway: Any, count: int) -> dict[str, Callable[
         data = rng.randbytes(rng.choice([0, 10, 70_000]))
         where = rng.choice(["new.conda", "sub/new.conda", f"d{count}/e/new.conda"])
         written = gateway.write_atomic(where, io.BytesIO(data))
-        assert written.path == where, written
+        assert (written.path, written.size) == (where, len(data)), written
 
     def lock() -> None:
         with gateway.lock(rng.choice([".lock", "sub/.lock"]), ttl=60):
@@ -825,8 +825,8 @@ _S3_KEYS = {"p/pkg.conda": b"", "p/sub/a.conda": b"tiny"}  # pkg.conda's body se
 _S3_WEIRD = [b"-1", b"abc", b"1e400", b"99999999999999999999999", b"", b"\xff", b"../x", b"a//b"]
 
 
-def _s3_request(conn: Any) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
-    """One request off the socket: method, target and headers; its body read past."""
+def _s3_request(conn: Any) -> tuple[bytes, bytes, dict[bytes, bytes], bytes] | None:
+    """One request off the socket: method, target, headers and body."""
     data = b""
     while b"\r\n\r\n" not in data:
         more = conn.recv(65536)
@@ -845,7 +845,7 @@ def _s3_request(conn: Any) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
         conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
     while len(rest) < length and (more := conn.recv(65536)):
         rest += more
-    return method, target, headers
+    return method, target, headers, rest[:length]
 
 
 def _s3_listing(rng: random.Random, query: dict[str, str], keys: dict[str, bytes]) -> bytes:
@@ -900,10 +900,12 @@ def _s3_answer(
     method: bytes,
     target: bytes,
     headers: dict[bytes, bytes],
+    sent: bytes,
     keys: dict[str, bytes],
 ) -> bytes:
     """The answer S3 would give, then lied about: another status, headers dropped or
-    garbled, a damaged or cut body, a checksum that does not match."""
+    garbled, a damaged or cut body, a checksum that does not match; what is PUT kept,
+    or less of it, what is DELETEd forgotten."""
     from urllib.parse import parse_qsl, unquote, urlsplit
 
     url = urlsplit(target.decode("latin-1"))
@@ -928,11 +930,13 @@ def _s3_answer(
             ),
         )
     elif method == b"DELETE":
+        keys.pop(key, None)
         status, data = b"204 No Content", b""
     elif method == b"PUT":
         if headers.get(b"if-none-match") == b"*" and body is not None:
             status, extra, data = _s3_error(b"PreconditionFailed", b"412 Precondition Failed")
         else:
+            keys[key] = sent[: rng.randrange(len(sent))] if sent and rng.random() < 0.1 else sent
             status, extra, data = b"200 OK", [b'ETag: "e2"'], b""
     elif body is None:
         status, extra, data = _s3_error(b"NoSuchKey", b"404 Not Found")
@@ -989,7 +993,8 @@ def _s3_answer(
 
 def fuzz_s3(seconds: float, seed: int) -> int:
     """A scripted S3 endpoint that lies in its listings, heads, bodies and errors,
-    through the S3 gateway (boto3 parses, ferry decides; see :func:`_lied_to`)."""
+    through the S3 gateway (boto3 parses, ferry decides; see :func:`_lied_to`), and
+    takes writes (sometimes keeping less than was sent), deletes, locks and sweeps."""
     for name, value in (("AWS_ACCESS_KEY_ID", "fz"), ("AWS_SECRET_ACCESS_KEY", "fz-secret")):
         os.environ.setdefault(name, value)
     rng = random.Random(seed)
@@ -1019,12 +1024,12 @@ def fuzz_s3(seconds: float, seed: int) -> int:
                     with fetched.stream as stream:
                         stream.read()
 
-            more = {
-                "fetch": fetch,
-                "abort": lambda: source.abort_incomplete(""),
-                "write": lambda: source.write_atomic("new.conda", io.BytesIO(b"new")),
-            }
             for count in _deadline(seconds):
+                more = {
+                    "fetch": fetch,
+                    "abort": lambda: source.abort_incomplete(""),
+                    **_writes(rng, source, count),
+                }
                 _lied_to(rng, source, target, body, count, more)
     return count
 
