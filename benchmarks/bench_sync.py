@@ -10,7 +10,8 @@ Over nginx on loopback:
 2. the same packages as ten builds each of a tenth as many names, as real channels
    have them (one shard and one page per name);
    each cold sync also runs in one process (``processes: 1``), without the
-   transfer workers, for what they bring;
+   transfer workers, for what they bring, and without pages and shards (a page and a
+   shard per name are two more files a package here, where curl writes one);
 3. --big packages of 20 MB (ferry hashes every byte, curl none);
 4. a re-sync with nothing to do: time and requests per subdir;
 5. ``ferry --version`` and ``ferry --help``: start-up.
@@ -44,6 +45,7 @@ from tests.pkgmaker import Spec, write_package
 from tests.upstream import reindex
 
 JOBS = 8
+BARE = "outputs:\n  html: false\n  shards: false\n"  # one file a package, as curl's
 
 
 def build_upstream(root: Path, count: int, size: int, names: int = 0) -> int:
@@ -174,10 +176,11 @@ def main() -> None:
                     subprocess.run([*ferry, str(job)], check=True, env=env)
 
                 urls = package_urls(nginx.root / kind, url)
-                ferry_s, one_s, curl_s, durable_s = best(
+                ferry_s, one_s, bare_s, curl_s, durable_s = best(
                     args.rounds,
                     cold,
                     lambda cold=cold: cold(extra="processes: 1\n"),
+                    lambda cold=cold: cold(extra=BARE),
                     lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}"),
                     lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}", True),
                 )
@@ -188,6 +191,14 @@ def main() -> None:
                         "  the same in one process (processes: 1)",
                         f"{one_s:.2f}",
                         f"{one_s / ferry_s:.2f}x",
+                        "",
+                    )
+                )
+                rows.append(
+                    (
+                        "  the same without pages and shards",
+                        f"{bare_s:.2f}",
+                        f"{bare_s / ferry_s:.2f}x",
                         "",
                     )
                 )
