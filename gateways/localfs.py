@@ -269,7 +269,8 @@ class LocalGateway(Gateway):
             _fsync_dir(directory)
 
     def note_written(self, paths: Iterable[str]) -> None:
-        self._unflushed.extend(str(self._abs(p)) for p in paths)
+        root = self._root  # a string joined, not a Path made: thousands a run
+        self._unflushed.extend(f"{root}/{self._rel(p)}" for p in paths)
 
     def close(self) -> None:
         if self._syncer is not None:
