@@ -276,8 +276,8 @@ class S3Gateway(Gateway):
         key = self._key(path)
         first = _read_full(stream, PART_SIZE)
         if len(first) < PART_SIZE:
-            self._call(path, "put_object", Key=key, Body=first)
-            return self._stored(path, len(first))
+            answer = self._call(path, "put_object", Key=key, Body=first)
+            return self._stored(path, len(first), answer.get("ETag"))
         checksum = self._part_checksum()
         upload = self._call(path, "create_multipart_upload", Key=key, **checksum)["UploadId"]
         member = f"Checksum{checksum['ChecksumAlgorithm']}" if checksum else None
@@ -311,7 +311,7 @@ class S3Gateway(Gateway):
                 sent += len(chunk)
                 chunk, number = _read_full(stream, PART_SIZE), number + 1
             parts.extend(f.result() for f in pending)
-            self._call(
+            completed = self._call(
                 path,
                 "complete_multipart_upload",
                 Key=key,
@@ -324,14 +324,18 @@ class S3Gateway(Gateway):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
             raise
         pool.shutdown()
-        return self._stored(path, sent)
+        return self._stored(path, sent, completed.get("ETag"))
 
-    def _stored(self, path: str, sent: int) -> FileInfo:
-        """The object just written, as a HEAD describes it: a size other than the
-        bytes sent is a write the store did not keep whole (S3 itself checks each
-        body against its signed digest; a store that claims to be S3 may not), and the
-        object is deleted again, as no rename would have published it elsewhere."""
+    def _stored(self, path: str, sent: int, etag: Any) -> FileInfo:
+        """The object just written, as a HEAD describes it. One of the ETag the write
+        was answered with but not of the size sent is a write the store did not keep
+        whole (S3 itself checks each body against its signed digest; a store that
+        claims to be S3 may not): it is deleted again, as no rename would have kept it
+        out of sight. A HEAD of another ETag describes another object (an older one,
+        from a store that is only eventually consistent) and is not taken for ours."""
         info = self.info(path)
+        if not isinstance(etag, str) or info.etag != etag:
+            return FileInfo(info.path, sent, None, None)
         if info.size != sent:
             with contextlib.suppress(Exception):
                 self.client.delete_object(Bucket=self.bucket, Key=self._key(path))

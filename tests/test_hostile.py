@@ -389,16 +389,11 @@ def test_a_password_in_the_source_url_is_nowhere_on_disk_or_screen(
     assert "Leak9" not in result.output + result.stderr
 
 
-def test_an_s3_store_that_keeps_less_than_was_sent_publishes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A store that answers S3's API but keeps a body one byte short (S3 checks each
-    body against its signed digest; a look-alike may not): the copy fails naming the
-    object, and the short object is deleted again."""
-    from tests.fuzzing import _s3_request, _scripted_server
-
-    stored: dict[str, bytes] = {}
-    seen: list[tuple[bytes, str]] = []
+def _s3_store(stored: dict[str, bytes], seen: list[tuple[bytes, str]], stale: bool) -> Any:
+    """A store that answers S3's API on loopback: it keeps each body one byte short,
+    or (``stale``) whole but then describes an older object, as a store that is only
+    eventually consistent may."""
+    from tests.fuzzing import _s3_request
 
     def answer(conn: Any) -> None:
         while (request := _s3_request(conn)) is not None:
@@ -407,11 +402,12 @@ def test_an_s3_store_that_keeps_less_than_was_sent_publishes_nothing(
             seen.append((method, key))
             head = b"HTTP/1.1 200 OK\r\n"
             if method == b"PUT":
-                stored[key] = body[:-1]
+                stored[key] = body if stale else body[:-1]
                 head += b'ETag: "e"\r\nContent-Length: 0\r\n'
             elif method == b"HEAD" and key in stored:
-                head += b'ETag: "e"\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n'
-                head += b"Content-Length: %d\r\n" % len(stored[key])
+                etag, size = (b'"old"', 3) if stale else (b'"e"', len(stored[key]))
+                head += b"ETag: %s\r\nContent-Length: %d\r\n" % (etag, size)
+                head += b"Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
             elif method == b"DELETE":
                 stored.pop(key, None)
                 head = b"HTTP/1.1 204 No Content\r\n"
@@ -419,26 +415,39 @@ def test_an_s3_store_that_keeps_less_than_was_sent_publishes_nothing(
                 head = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
             conn.sendall(head + b"\r\n")
 
+    return answer
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["short", "stale"])
+def test_an_s3_object_written_is_checked_against_the_bytes_sent(
+    stale: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object a HEAD describes with the write's own ETag must be the bytes sent
+    (S3 checks each body against its signed digest; a look-alike may not): short, the
+    copy fails naming it and the object is deleted again. A HEAD of another ETag (an
+    older object, from a store that is only eventually consistent) is no evidence
+    against the write, and nothing is deleted."""
+    from tests.fuzzing import _scripted_server
+
+    stored: dict[str, bytes] = {}
+    seen: list[tuple[bytes, str]] = []
     for name, value in (("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s3cret")):
         monkeypatch.setenv(name, value)
     source = tmp_path / "pkg.conda"
     source.write_bytes(os.urandom(5000))
-    with _scripted_server(answer) as port:
-        result = ferry(
-            "cp",
-            str(source),
-            "s3://bucket/ch/noarch/pkg.conda",
-            "--endpoint-url",
-            f"http://127.0.0.1:{port}",
-            "--region",
-            "us-east-1",
-            "--retries",
-            "1",
-        )
+    url = "s3://bucket/ch/noarch/pkg.conda"
+    with _scripted_server(_s3_store(stored, seen, stale)) as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        options = ["--endpoint-url", endpoint, "--region", "us-east-1", "--retries", "1"]
+        result = ferry("cp", str(source), url, *options)
+    key = "/bucket/ch/noarch/pkg.conda"
+    if stale:
+        assert result.exit_code == 0, result.stderr
+        assert stored[key] == source.read_bytes() and (b"DELETE", key) not in seen
+        return
     assert result.exit_code == 1
     said = result.stderr.strip().splitlines()
     assert len(said) == 1, result.stderr
-    url = "s3://bucket/ch/noarch/pkg.conda"
     assert said[0].startswith(f"ferry: error: {url}: the server stored 4999 bytes of the 5000")
     assert "disk or a quota" in said[0] and "s3cret" not in result.stderr
-    assert stored == {} and (b"DELETE", "/bucket/ch/noarch/pkg.conda") in seen
+    assert stored == {} and (b"DELETE", key) in seen
