@@ -101,6 +101,11 @@ class WriteRefused(GatewayError):
 
     hint = "is its disk or a quota full? nothing was published"
 
+    @classmethod
+    def short(cls, url: str, kept: object, sent: int) -> WriteRefused:
+        """A server that answered yes and kept fewer bytes than were sent."""
+        return cls(url, f"the server stored {kept} bytes of the {sent} sent")
+
 
 class TooSlow(GatewayError):
     hint = "the server sends too slowly; lower {option} if the link really is this slow"

@@ -320,7 +320,7 @@ class FTPGateway(Gateway):
                     raise self._refused(path, f"FTP {str(exc)[:80]}") from None
                 kept = conn.size(tmp)  # a server that said yes and kept less
                 if kept != sent:
-                    raise self._refused(path, f"the server kept {kept} of {sent} bytes")
+                    raise WriteRefused.short(self.display(path), kept, sent)
                 self._replace(conn, tmp, target)
             except BaseException:
                 with contextlib.suppress(Exception):

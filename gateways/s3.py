@@ -19,6 +19,7 @@ from botocore.config import Config
 from .base import Fetched, FileInfo, Gateway, GatewayOptions, listable
 from .errors import (
     CredentialsError,
+    GatewayError,
     IntegrityError,
     NotFound,
     PermissionDenied,
@@ -337,11 +338,9 @@ class S3Gateway(Gateway):
         if not isinstance(etag, str) or info.etag != etag:
             return FileInfo(info.path, sent, None, None)
         if info.size != sent:
-            with contextlib.suppress(Exception):
-                self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
-            raise WriteRefused(
-                self.display(path), f"the server stored {info.size} bytes of the {sent} sent"
-            )
+            with contextlib.suppress(GatewayError):
+                self.delete(path)
+            raise WriteRefused.short(self.display(path), info.size, sent)
         return info
 
     def _part_checksum(self) -> dict[str, str]:

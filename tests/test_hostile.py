@@ -26,6 +26,7 @@ import zstandard
 
 from conda_ferry.gateways import redact, redact_text
 from tests.faultproxy import FaultProxy
+from tests.fuzzing import _s3_request, _scripted_server
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
 from tests.pkgmaker import Spec, package_bytes, write_package
@@ -393,7 +394,6 @@ def _s3_store(stored: dict[str, bytes], seen: list[tuple[bytes, str]], stale: bo
     """A store that answers S3's API on loopback: it keeps each body one byte short,
     or (``stale``) whole but then describes an older object, as a store that is only
     eventually consistent may."""
-    from tests.fuzzing import _s3_request
 
     def answer(conn: Any) -> None:
         while (request := _s3_request(conn)) is not None:
@@ -427,8 +427,6 @@ def test_an_s3_object_written_is_checked_against_the_bytes_sent(
     copy fails naming it and the object is deleted again. A HEAD of another ETag (an
     older object, from a store that is only eventually consistent) is no evidence
     against the write, and nothing is deleted."""
-    from tests.fuzzing import _scripted_server
-
     stored: dict[str, bytes] = {}
     seen: list[tuple[bytes, str]] = []
     for name, value in (("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s3cret")):
