@@ -96,8 +96,9 @@ class IntegrityError(GatewayError):
 
 
 class WriteRefused(GatewayError):
-    """A write the server would not keep (SFTP's refusal, FTP's 452 or 552, a file
-    or S3 object short of what was sent): its disk or a quota full, mostly."""
+    """A write the server would not keep (SFTP's refusal, FTP's 452 or 552 or a reply
+    that says it is out of room, a file or S3 object short of what was sent): its disk
+    or a quota full, mostly."""
 
     hint = "is its disk or a quota full? nothing was published"
 

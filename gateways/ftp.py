@@ -11,6 +11,7 @@ import contextlib
 import ftplib
 import netrc
 import queue
+import re
 import socket
 import ssl
 import time
@@ -35,8 +36,16 @@ _NETWORK = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply)
 # UTF-8, a size or listing that does not parse (ValueError); ftplib lets them through
 _NOT_FTP = (ftplib.error_proto, ValueError)
 _FULL = ("452", "552")  # a STOR refused for want of room: the disk, or a quota
+# how servers that answer a full disk with another code say it (ProFTPD's 426 and 451
+# "No space left on device", "Disk quota exceeded"; a 4xx is otherwise worth a retry)
+_ROOM = re.compile(r"no space|quota|disk full|insufficient storage", re.IGNORECASE)
 T = TypeVar("T")
 Entry = tuple[str, int, "float | None", bool]
+
+
+def _reply(exc: BaseException) -> str:
+    """A server's reply as one short line of an error: its code and first words."""
+    return "FTP " + " ".join(str(exc).split())[:80]
 
 
 def _not_ftp(where: str, exc: BaseException) -> ProtocolError:
@@ -173,6 +182,8 @@ class FTPGateway(Gateway):
             raise ProtocolError(where, f"FTP error {str(exc)[:60]}", code=code)
         with contextlib.suppress(Exception):
             conn.close()
+        if isinstance(exc, (ftplib.error_temp, ftplib.error_reply)):  # it answered
+            raise TransientError(self.display(path), f"the server answered {_reply(exc)}")
         if isinstance(exc, _NETWORK):
             raise TransientError(self.display(path), f"connection broke: {type(exc).__name__}")
         if isinstance(exc, _NOT_FTP):
@@ -315,9 +326,9 @@ class FTPGateway(Gateway):
                 try:
                     conn.storbinary(f"STOR {tmp}", stream, CHUNK, count)
                 except (ftplib.error_temp, ftplib.error_perm) as exc:
-                    if str(exc)[:3] not in _FULL:
+                    if str(exc)[:3] not in _FULL and not _ROOM.search(str(exc)):
                         raise
-                    raise self._refused(path, f"FTP {str(exc)[:80]}") from None
+                    raise self._refused(path, _reply(exc)) from None
                 kept = conn.size(tmp)  # a server that said yes and kept less
                 if kept != sent:
                     raise WriteRefused.short(self.display(path), kept, sent)

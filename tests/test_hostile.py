@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.server
+import logging
 import os
 import random
 import shutil
@@ -449,3 +450,105 @@ def test_an_s3_object_written_is_checked_against_the_bytes_sent(
     assert said[0].startswith(f"ferry: error: {url}: the server stored 4999 bytes of the 5000")
     assert "disk or a quota" in said[0] and "s3cret" not in result.stderr
     assert stored == {} and (b"DELETE", key) in seen
+
+
+class _Room:
+    """A file on a disk with ``left`` bytes of room: writes past it fail as a full
+    disk's do (``short``: every write silently keeps one byte less, as a server whose
+    disk filled without telling it)."""
+
+    def __init__(self, handle: Any, left: int, short: bool) -> None:
+        self._handle, self.name, self._left, self._short = handle, handle.name, left, short
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._handle.closed)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def write(self, data: bytes) -> int:
+        if self._short:
+            return int(self._handle.write(data[:-1]))
+        if len(data) > self._left:
+            self._handle.write(data[: self._left])
+            self._left = 0
+            raise OSError(28, "No space left on device")
+        self._left -= len(data)
+        return int(self._handle.write(data))
+
+
+@contextlib.contextmanager
+def _ftp_with_room(root: Path, how: str) -> Iterator[tuple[int, list[str]]]:
+    """pyftpdlib on loopback whose disk holds 3,000 bytes of an upload. Out of room it
+    answers as it does itself (``426 None; transfer aborted.``), or as ProFTPD does
+    (``426 Transfer aborted. No space left on device``); ``short``: it keeps less and
+    says nothing. Yields its port and the commands it was sent."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.filesystems import AbstractedFS
+    from pyftpdlib.handlers import DTPHandler, FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    commands: list[str] = []
+
+    class Disk(AbstractedFS):  # type: ignore[misc]
+        def open(self, filename: str, mode: str) -> Any:
+            handle = super().open(filename, mode)
+            return _Room(handle, 3000, how == "short") if "w" in mode else handle
+
+    class Data(DTPHandler):  # type: ignore[misc]
+        def handle_error(self) -> None:
+            if how != "words":
+                return super().handle_error()  # type: ignore[no-any-return]
+            self._resp = ("426 Transfer aborted. No space left on device", lambda line: None)
+            self.close()
+
+    class Control(FTPHandler):  # type: ignore[misc]
+        def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+            commands.append(cmd)
+            super().pre_process_command(line, cmd, arg)
+
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("ferry", "Zq9#Leak1", str(root), perm="elradfmwMT")
+    Control.authorizer, Control.abstracted_fs, Control.dtp_handler = authorizer, Disk, Data
+    server = FTPServer(("127.0.0.1", 0), Control)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.05})
+    quiet = logging.getLogger("pyftpdlib")  # its lines are not ferry's stderr
+    quiet.disabled = True
+    thread.start()
+    try:
+        yield server.socket.getsockname()[1], commands
+    finally:
+        server.close_all()
+        thread.join(5)
+        quiet.disabled = False
+
+
+@pytest.mark.parametrize("how", ["bare", "words", "short"])
+def test_an_ftp_server_out_of_room_fails_the_copy_in_one_line(how: str, tmp_path: Path) -> None:
+    """A real FTP server whose disk fills during an upload: its answer quoted (one
+    that says it is out of room is a refused write, which a sync does not retry), or,
+    where it kept less and said nothing, the size it reports held against the bytes
+    sent. Nothing is left under the package's name or a temp name, and the password
+    is not printed."""
+    root = tmp_path / "root"
+    root.mkdir()
+    source = tmp_path / "pkg.conda"
+    source.write_bytes(os.urandom(5000))
+    with _ftp_with_room(root, how) as (port, commands):
+        url = f"ftp://ferry:Zq9%23Leak1@127.0.0.1:{port}/ch/noarch/pkg.conda"
+        result = ferry("cp", str(source), url)
+    assert result.exit_code == 1
+    said = result.stderr.strip().splitlines()
+    assert len(said) == 1, result.stderr
+    shown = f"ftp://ferry:***@127.0.0.1:{port}/ch/noarch/pkg.conda"
+    assert said[0].startswith(f"ferry: error: {shown}: ")
+    assert "Leak1" not in result.stderr
+    expected = {
+        "bare": "the server answered FTP 426 None; transfer aborted.",
+        "words": "the server refused a write: FTP 426 Transfer aborted. No space left on device",
+        "short": "the server stored 4999 bytes of the 5000 sent",
+    }[how]
+    assert expected in said[0]
+    assert commands.count("STOR") == 1 and "DELE" in commands  # the temp deleted again
+    assert list((root / "ch" / "noarch").iterdir()) == []
