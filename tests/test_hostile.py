@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -484,10 +485,12 @@ def _ftp_with_room(root: Path, how: str) -> Iterator[tuple[int, list[str]]]:
     answers as it does itself (``426 None; transfer aborted.``), or as ProFTPD does
     (``426 Transfer aborted. No space left on device``); ``short``: it keeps less and
     says nothing. Yields its port and the commands it was sent."""
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.filesystems import AbstractedFS
-    from pyftpdlib.handlers import DTPHandler, FTPHandler
-    from pyftpdlib.servers import FTPServer
+    with warnings.catch_warnings():  # it is built on asyncore, deprecated in 3.11
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.filesystems import AbstractedFS
+        from pyftpdlib.handlers import DTPHandler, FTPHandler
+        from pyftpdlib.servers import FTPServer
 
     commands: list[str] = []
 
@@ -527,10 +530,10 @@ def _ftp_with_room(root: Path, how: str) -> Iterator[tuple[int, list[str]]]:
 @pytest.mark.parametrize("how", ["bare", "words", "short"])
 def test_an_ftp_server_out_of_room_fails_the_copy_in_one_line(how: str, tmp_path: Path) -> None:
     """A real FTP server whose disk fills during an upload: its answer quoted (one
-    that says it is out of room is a refused write, which a sync does not retry), or,
-    where it kept less and said nothing, the size it reports held against the bytes
-    sent. Nothing is left under the package's name or a temp name, and the password
-    is not printed."""
+    that says it is out of room is a refused write, whose hint asks about the disk,
+    not "it may work on a later run"), or, where it kept less and said nothing, the
+    size it reports held against the bytes sent. Nothing is left under the package's
+    name or a temp name, and the password is not printed."""
     root = tmp_path / "root"
     root.mkdir()
     source = tmp_path / "pkg.conda"
