@@ -185,7 +185,7 @@ class FTPGateway(Gateway):
         if isinstance(exc, (ftplib.error_temp, ftplib.error_reply)):  # it answered
             raise TransientError(self.display(path), f"the server answered {_reply(exc)}")
         if isinstance(exc, _NETWORK):
-            raise TransientError(self.display(path), f"connection broke: {type(exc).__name__}")
+            raise TransientError(self.display(path), f"connection broke: {network_problem(exc)}")
         if isinstance(exc, _NOT_FTP):
             raise _not_ftp(self.display(path), exc) from None
         raise exc

@@ -396,7 +396,7 @@ class SFTPGateway(Gateway):
         except (paramiko.SSHException, EOFError) as exc:
             self._drop_session()
             raise TransientError(
-                self.display(path), f"connection broke: {type(exc).__name__}"
+                self.display(path), f"connection broke: {network_problem(exc)}"
             ) from None
         except (paramiko.SFTPError, UnicodeError) as exc:
             # an answer no SFTP server may give (a packet paramiko calls garbage, a name

@@ -18,7 +18,7 @@ from typing import BinaryIO, cast
 
 import msgspec
 
-from .errors import IntegrityError, TooSlow, TransientError
+from .errors import IntegrityError, TooSlow, TransientError, network_problem
 from .retry import RetryPolicy
 
 log = logging.getLogger("ferry.gateways")
@@ -79,7 +79,7 @@ class GuardedStream(RawStream):
         try:
             return self._read(size) or b""
         except self._errors as exc:
-            raise TransientError(self._url, f"connection broke: {type(exc).__name__}") from None
+            raise TransientError(self._url, f"connection broke: {network_problem(exc)}") from None
 
     def close(self) -> None:
         if self.closed:
