@@ -15,6 +15,7 @@ busy cores. The run with the best total is printed.
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import os
 import subprocess
@@ -69,44 +70,36 @@ class Busy:
         """Busy core-seconds from ``start`` to ``end``, interpolated between samples."""
 
         def at(when: float) -> float:
-            before = after = self.samples[0]
-            for sample in self.samples:
-                if sample[0] <= when:
-                    before = sample
-                else:
-                    after = sample
-                    break
-            else:
-                return self.samples[-1][1]
-            span = after[0] - before[0]
-            share = (when - before[0]) / span if span > 0 else 0.0
-            return before[1] + share * (after[1] - before[1])
+            i = bisect.bisect_right(self.samples, when, key=lambda sample: sample[0])
+            if i == 0 or i == len(self.samples):
+                return self.samples[min(i, len(self.samples) - 1)][1]
+            (t0, b0), (t1, b1) = self.samples[i - 1], self.samples[i]
+            return b0 + (when - t0) / (t1 - t0) * (b1 - b0) if t1 > t0 else b0
 
         return at(end) - at(start)
 
 
-def phases_of_sync(command: list[str], target: Path) -> tuple[list[tuple[str, float, float]], Busy]:
-    """(phase, start, end) of one cold sync, and the busy samples over it."""
-    with Busy() as busy:
-        started = time.time()
-        subprocess.run(command, check=True)
-        ended = time.time()
-    made = sorted(p.stat().st_mtime for p in target.rglob("*") if p.name.endswith(PACKAGES))
-    first, last = made[0], made[-1]
-    phases = [
-        ("start-up: to the first package", started, first),
-        ("transfer: to the last package", first, last),
-        ("commit: repodata, shards, pages", last, ended),
-    ]
-    return phases, busy
-
-
-def timed_busy(run: Callable[[], None]) -> tuple[float, float]:
+def busy_run(run: Callable[[], object]) -> tuple[float, float, Busy]:
+    """When ``run()`` started and ended, and the machine's busy samples over it."""
     with Busy() as busy:
         started = time.time()
         run()
         ended = time.time()
-    return ended - started, busy.between(started, ended)
+    return started, ended, busy
+
+
+def phases_of_sync(
+    command: list[str], env: dict[str, str], target: Path
+) -> tuple[list[tuple[str, float, float]], Busy]:
+    """(phase, start, end) of one cold sync, and the busy samples over it."""
+    started, ended, busy = busy_run(lambda: subprocess.run(command, check=True, env=env))
+    made = sorted(p.stat().st_mtime for p in target.rglob("*") if p.name.endswith(PACKAGES))
+    phases = [
+        ("start-up: to the first package", started, made[0]),
+        ("transfer: to the last package", made[0], made[-1]),
+        ("commit: repodata, shards, pages", made[-1], ended),
+    ]
+    return phases, busy
 
 
 def main() -> None:
@@ -139,11 +132,14 @@ def main() -> None:
                     f"source: {url}\ntarget: {target}\nsubdirs: [linux-64, noarch]\njobs: {JOBS}\n"
                 )
                 command = [ferry, "-q", "sync", str(job)]
-                phases, busy = phases_of_sync(command, target)
+                phases, busy = phases_of_sync(command, env, target)
                 total = phases[-1][2] - phases[0][1]
                 if best is None or total < best[0]:
                     best = (total, phases, busy)
-                curl = timed_busy(functools.partial(curl_parallel, urls, out / f"curl-{round_}"))
+                began, done, curl_busy = busy_run(
+                    functools.partial(curl_parallel, urls, out / f"curl-{round_}")
+                )
+                curl = (done - began, curl_busy.between(began, done))
                 if curl_best is None or curl[0] < curl_best[0]:
                     curl_best = curl
         finally:

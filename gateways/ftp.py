@@ -37,7 +37,7 @@ _NETWORK = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply)
 _NOT_FTP = (ftplib.error_proto, ValueError)
 _FULL = ("452", "552")  # a STOR refused for want of room: the disk, or a quota
 # how servers that answer a full disk with another code say it (ProFTPD's 426 and 451
-# "No space left on device", "Disk quota exceeded"; a 4xx is otherwise worth a retry)
+# "No space left on device", "Disk quota exceeded"); any other 4xx is transient
 _ROOM = re.compile(r"no space|quota|disk full|insufficient storage", re.IGNORECASE)
 T = TypeVar("T")
 Entry = tuple[str, int, "float | None", bool]
