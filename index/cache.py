@@ -13,21 +13,14 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import orjson
 
 from conda_ferry.gateways import UsageError
 
-from .records import record_problem
-
-
-class Entry(msgspec.Struct, frozen=True):
-    record: Mapping[str, Any]  # a dict, or a record read compactly (index.compact)
-    extras: dict[str, Any]
+from .records import Entry, record_problem
 
 
 def default_dir() -> Path:

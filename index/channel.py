@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from conda_ferry.gateways import FileInfo, Gateway, GatewayError
 
 from . import channeldata, patches, repodata
-from .cache import Entry, IndexCache
 from .compact import bulk
 from .package import BadPackage, read_package
 from .publish import (
@@ -26,7 +26,17 @@ from .publish import (
     when_asked,
     write_if_changed,
 )
-from .records import EXTENSIONS, BadFilename, check_filename, package_key, record_from_package
+from .records import (
+    EXTENSIONS,
+    BadFilename,
+    Entry,
+    check_filename,
+    package_key,
+    record_from_package,
+)
+
+if TYPE_CHECKING:
+    from .cache import IndexCache
 from .subdir import SubdirView
 
 log = logging.getLogger("ferry.index")
@@ -156,7 +166,7 @@ def _sweep(gateway: Gateway, view: SubdirView) -> None:
 def scan_subdir(
     gateway: Gateway,
     view: SubdirView,
-    cache: IndexCache,
+    open_cache: Callable[[], IndexCache],
     jobs: int,
     summary: SubdirSummary,
     known: Mapping[str, Mapping[str, Any]],
@@ -167,9 +177,11 @@ def scan_subdir(
 
     ``known``: records to take as given for files present (never read); ``skip``:
     files present that are not to be published; ``extras``: what channeldata and
-    run_exports.json need of a known record (about, run_exports, flags), by file name.
+    run_exports.json need of a known record (about, run_exports, flags), by file name;
+    ``open_cache``: the cache of packages read before, opened only where a file is not
+    ``known`` (a mirror's subdir never needs it: its SQLite file, made and opened,
+    cost every commit of a cold sync a few ms on its critical path).
     """
-    subdir = view.subdir
     files: dict[str, FileInfo] = {}
     for name, info in view.packages.items():
         if name in skip:
@@ -178,22 +190,53 @@ def scan_subdir(
             files[check_filename(name)] = info
         except BadFilename as exc:
             summary.skipped.append((name, str(exc)))
-    cached = cache.load(subdir)
     entries: dict[str, Entry] = {}
-    todo: list[str] = []
+    unknown: list[str] = []
     for name, info in files.items():
-        if name in known:
-            if int(known[name].get("size", info.size)) == info.size:
-                entries[name] = Entry(known[name], (extras or {}).get(name, {}))
-            else:
-                summary.skipped.append((name, "size differs from its record"))
-            continue
+        if name not in known:
+            unknown.append(name)
+        elif int(known[name].get("size", info.size)) == info.size:
+            entries[name] = Entry(known[name], (extras or {}).get(name, {}))
+        else:
+            summary.skipped.append((name, "size differs from its record"))
+    if unknown:
+        cache = open_cache()
+        try:
+            _read_unknown(gateway, view, cache, jobs, summary, files, unknown, entries)
+        finally:
+            cache.close()
+    summary.packages = len(entries)
+    return {name: entries[name] for name in files if name in entries}  # in listing order
+
+
+def _open_cache(channel_url: str, directory: Path | None) -> IndexCache:
+    from .cache import IndexCache  # and SQLite: where no package is read, neither is
+
+    return IndexCache(channel_url, directory)
+
+
+def _read_unknown(
+    gateway: Gateway,
+    view: SubdirView,
+    cache: IndexCache,
+    jobs: int,
+    summary: SubdirSummary,
+    files: dict[str, FileInfo],
+    unknown: list[str],
+    entries: dict[str, Entry],
+) -> None:
+    """The records of ``unknown`` files, from the cache or read, into ``entries``."""
+    subdir = view.subdir
+    cached = cache.load(subdir)
+    todo: list[str] = []
+    for name in unknown:
+        info = files[name]
         hit = cached.get(name)
         if hit and hit[0] == info.size and hit[1] == _stamp(info):
             entries[name] = hit[2]
+            summary.cached += 1
         else:
             todo.append(name)
-    summary.cached = len(entries) - len(known.keys() & entries.keys())
     cache.forget(subdir, [name for name in cached if name not in files])
 
     fresh: list[tuple[str, int, str, Entry]] = []
@@ -223,8 +266,6 @@ def scan_subdir(
             fresh.append((name, info.size, _stamp(info), result))
     cache.store(subdir, fresh)
     summary.read = len(fresh)
-    summary.packages = len(entries)
-    return entries
 
 
 class ChannelEntry(NamedTuple):
@@ -259,13 +300,10 @@ def build_subdir(
     subdir = view.subdir
     summary = SubdirSummary(subdir)
     _sweep(gateway, view)
-    cache = IndexCache(gateway.url, options.cache_dir)
-    try:
-        entries = scan_subdir(
-            gateway, view, cache, options.jobs, summary, known or {}, skip, extras
-        )
-    finally:
-        cache.close()
+    open_cache = functools.partial(_open_cache, gateway.url, options.cache_dir)
+    entries = scan_subdir(
+        gateway, view, open_cache, options.jobs, summary, known or {}, skip, extras
+    )
     sections: dict[str, dict[str, Mapping[str, Any]]] = {"packages": {}, "packages.conda": {}}
     for name, entry in sorted(entries.items()):
         sections[package_key(name)][name] = entry.record

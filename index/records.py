@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import rattler
 
 from .package import BadPackage, PackageMeta
@@ -25,6 +27,13 @@ def is_subdir_name(name: object) -> bool:
     """Whether ``name`` can be a subdir (``noarch``, ``linux-64``, ...): never a path,
     whoever wrote it (a job, a bundle manifest, a package's own index.json)."""
     return isinstance(name, str) and bool(_SUBDIR.fullmatch(name))
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """A package's record and what else its package says (about, run_exports, flags)."""
+
+    record: Mapping[str, Any]  # a dict, or a record read compactly (index.compact)
+    extras: dict[str, Any]
 
 
 class BadFilename(ValueError):
