@@ -16,7 +16,7 @@ import msgspec
 from conda_ferry.gateways import FileInfo, Gateway, GatewayError
 
 from . import channeldata, patches, repodata
-from .compact import bulk
+from .compact import bulk, unwired, wired
 from .package import BadPackage, read_package
 from .publish import (
     Aside,
@@ -277,6 +277,19 @@ class ChannelEntry(NamedTuple):
     extras: dict[str, Any]  # about, run_exports, features
 
 
+class ChannelEntries(list[ChannelEntry]):
+    """Entries pickled in one go as plain tuples, their records wired (a named tuple
+    and a raw record each cost the pickler a Python call: 1,600 entries sent to the
+    worker that writes their pages took 6 ms here, 2 ms so, before it could begin)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[list[tuple[Any, ...]]]]:
+        return _entries, ([(e.subdir, e.filename, wired(e.record), e.extras) for e in self],)
+
+
+def _entries(values: list[tuple[Any, ...]]) -> ChannelEntries:
+    return ChannelEntries(ChannelEntry(s, f, unwired(r), x) for s, f, r, x in values)
+
+
 class BuiltSubdir(msgspec.Struct):
     """A subdir's repodata, made and not yet published; ``entries``: its records."""
 
@@ -331,7 +344,9 @@ def build_subdir(
         summary,
         document,
         extra_files,
-        [ChannelEntry(subdir, n, kept[n], e.extras) for n, e in entries.items() if n in kept],
+        ChannelEntries(
+            ChannelEntry(subdir, n, kept[n], e.extras) for n, e in entries.items() if n in kept
+        ),
     )
 
 

@@ -20,6 +20,7 @@ import msgspec
 from conda_ferry.gateways import Gateway, GatewayError, NotFound, is_temp
 
 from . import jlap, repodata, shards
+from .compact import Records
 from .outputs import OutputOptions
 
 __all__ = ["Aside", "OutputOptions", "Written", "publish_subdir", "when_asked", "write_if_changed"]
@@ -182,7 +183,9 @@ def publish_subdir(
     written = Written()
     sharding = None  # started first: it is the longer half, and links nothing yet
     if options.shards or shards.INDEX_NAME in (existing or ()):
-        document_or_none = document if options.shards else None
+        # its records pickled in one go, should the shards be written by another process
+        sent = {k: Records(v) if k in repodata.SECTIONS else v for k, v in document.items()}
+        document_or_none = sent if options.shards else None
         sharding = aside(write_shards, gateway, subdir, document_or_none, reread, shard_keys)
     gateway.flush()  # every package written so far durable before any repodata names it
     new_json = repodata.dumps(document)

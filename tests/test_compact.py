@@ -13,6 +13,7 @@ import jsonpatch
 import pytest
 
 from conda_ferry.index import compact, jlap, patches, repodata, shards
+from conda_ferry.index.channel import ChannelEntries, ChannelEntry
 from conda_ferry.index.records import record_problem
 from tests.upstream import build_upstream
 
@@ -44,6 +45,15 @@ def _read_back(data: bytes) -> int:
             sent = pickle.loads(pickle.dumps(record))  # as a worker receives it
             assert isinstance(sent, compact.RawRecord) and sent == expected
             assert (sent.name, sent.size) == (record.name, record.size)
+            batch = compact.Records({filename: record, "plain.conda": expected})
+            many = pickle.loads(pickle.dumps(batch))  # a subdir's, sent to the shard writer
+            assert type(many) is compact.Records and many == batch
+            assert isinstance(many[filename], compact.RawRecord) and many[filename].raw == raw
+            assert type(many["plain.conda"]) is dict
+            entries = ChannelEntries([ChannelEntry(section, filename, record, {"about": {}})])
+            (entry,) = pickle.loads(pickle.dumps(entries))  # to the page writer
+            assert type(entry) is ChannelEntry and entry == entries[0]
+            assert isinstance(entry.record, compact.RawRecord)
     return fit
 
 
