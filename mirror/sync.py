@@ -536,7 +536,10 @@ class SyncRun:
         report.message = str(exc)
 
     def _failed(self, target: Gateway, state: SubdirState, message: str) -> None:
-        """Keep a failed run in the state, for `ferry status` and the channel page."""
+        """Keep a failed run in the state, for `ferry status` and the channel page,
+        and the subdir incomplete: a commit that failed after taking upstream's
+        validators must not leave the next run a 304 and nothing to publish."""
+        state.complete = False
         state.last_run = {
             "started": utc(self.started),
             "finished": utc(time.time()),

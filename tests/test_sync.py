@@ -275,7 +275,9 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The subdirs share one transfer, then each is committed on its own: one whose
-    commit fails is reported and noted in its state; the other is published."""
+    commit fails is reported and noted in its state; the other is published. The next
+    run publishes the failed one (it once found upstream unchanged, said "up to date"
+    and left it unpublished for good)."""
     _, url = upstream
     mirror = tmp_path / "mirror"
     job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
@@ -297,6 +299,11 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     assert not (mirror / "linux-64" / "repodata.json").exists()
     assert load(mirror / ".ferry" / "linux-64.json")["last_run"]["result"] == "failed"
     assert not list(mirror.glob("*/.ferry.lock"))
+    monkeypatch.undo()
+    result = ferry("sync", str(job), "--json", str(tmp_path / "again.json"))
+    assert result.exit_code == 0, result.output
+    assert load(mirror / "linux-64" / "repodata.json")["packages.conda"]
+    assert {s["status"] for s in load(tmp_path / "again.json")["subdirs"]} == {"synced"}
 
 
 def test_prune_beyond_fraction_refuses_without_force(
