@@ -183,8 +183,9 @@ def publish_subdir(
     written = Written()
     sharding = None  # started first: it is the longer half, and links nothing yet
     if options.shards or shards.INDEX_NAME in (existing or ()):
-        # its records pickled in one go, should the shards be written by another process
-        sent = {k: Records(v) if k in repodata.SECTIONS else v for k, v in document.items()}
+        sent = document
+        if aside is not when_asked:  # its records pickled in one go, for another process
+            sent = {k: Records(v) if k in repodata.SECTIONS else v for k, v in document.items()}
         document_or_none = sent if options.shards else None
         sharding = aside(write_shards, gateway, subdir, document_or_none, reread, shard_keys)
     gateway.flush()  # every package written so far durable before any repodata names it
