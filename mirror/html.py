@@ -8,6 +8,7 @@ render from an air-gapped file share as well as from nginx.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable
@@ -50,15 +51,20 @@ def esc(value: Any) -> str:
     return text.translate(ESCAPES) if SPECIAL.search(text) else text
 
 
+HEAD = (  # what every page starts with, up to its title
+    "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+    '<meta name=viewport content="width=device-width,initial-scale=1">'
+    f'<meta name=generator content="{GENERATOR}"><title>'
+)
+STYLED = f"</title><style>{STYLE}</style></head><body>\n"
+
+
 def page(title: str, nav: str, body: Iterable[str], search: bool = False) -> bytes:
     """A complete page; ``nav`` and ``body`` are markup made with :func:`esc`."""
+    title = esc(title)
     parts = [
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>",
-        '<meta name=viewport content="width=device-width,initial-scale=1">',
-        f'<meta name=generator content="{GENERATOR}">',
-        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>\n",
-        f"<nav>{nav}</nav>\n" if nav else "",
-        f"<h1>{esc(title)}</h1>\n",
+        f"{HEAD}{title}{STYLED}<nav>{nav}</nav>\n" if nav else f"{HEAD}{title}{STYLED}",
+        f"<h1>{title}</h1>\n",
         *body,
         f"\n<script>{SEARCH_SCRIPT}</script>" if search else "",
         "\n</body></html>\n",
@@ -74,14 +80,17 @@ def search_box(count: int) -> str:
     )
 
 
-def table(headers: Iterable[str], rows: Iterable[str], filtered: bool = False) -> Iterable[str]:
+def table(headers: tuple[str, ...], rows: Iterable[str], filtered: bool = False) -> Iterable[str]:
     """``rows``: ``<tr>`` markup, streamed so a long table is never one list."""
-    attribute = " data-filter" if filtered else ""
-    yield f"<table{attribute}><thead><tr>"
-    yield "".join(f"<th>{esc(h)}</th>" for h in headers)
-    yield "</tr></thead><tbody>\n"
+    yield _table_head(headers, filtered)
     yield from rows
     yield "</tbody></table>\n"
+
+
+@functools.cache  # a few fixed heads, one per kind of page: made once, not per page
+def _table_head(headers: tuple[str, ...], filtered: bool) -> str:
+    cells = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    return f"<table{' data-filter' if filtered else ''}><thead><tr>{cells}</tr></thead><tbody>\n"
 
 
 def date(stamp: Any) -> str:

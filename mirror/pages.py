@@ -60,7 +60,7 @@ class Package(msgspec.Struct, dict=True):
         """Decoded once: the package's page and its listing row read several fields."""
         return plain(self.builds[0][1])
 
-    @property
+    @functools.cached_property  # a page, its listing row and the listing's total
     def size(self) -> int:
         return sum(as_int(record.get("size")) for _, record in self.builds)
 
