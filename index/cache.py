@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
+from conda_ferry import cache_home
 from conda_ferry.gateways import UsageError
 
 from .records import Entry, record_problem
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "conda-ferry" / "index"
+    return cache_home() / "index"
 
 
 class IndexCache:

@@ -16,7 +16,7 @@ from conda_ferry.index.records import is_subdir_name
 from .commit import DEFAULT_GRACE
 from .errors import ConfigError
 from .filters import Filters
-from .yamldoc import Reader, Source, load, parse_size, read_options
+from .yamldoc import Reader, Source, parse_size, read_options
 
 __all__ = ["Job", "load_job", "parse_job", "parse_size"]
 
@@ -100,7 +100,7 @@ def _names(cls: type) -> set[str]:
 def parse_job(path: str, text: str) -> Job:
     """The job, or one ConfigError listing every mistake of the file in line order."""
     src = Source(path, text)
-    data = load(path, text)
+    data = src.document
     if not isinstance(data, dict):
         raise src.fail((), "a job is a mapping of keys", "start with 'source:' and 'target:'")
     top = Reader(data, src, (), TOP_KEYS)

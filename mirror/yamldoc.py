@@ -14,72 +14,30 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from .errors import ConfigError
+from .yamlread import Parsed, parse
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 T = TypeVar("T")
 
 
-class Loader(yaml.SafeLoader):
-    """YAML without implicit dates: ``after: 2024-13-01`` stays a string that the job
-    reader names with its line, instead of failing inside the YAML library."""
-
-
-Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def load(path: str, text: str) -> Any:
-    """The document of ``text`` (already composed by :class:`Source`, so what fails
-    here is building values: an unknown tag, a key that cannot be one)."""
-    try:
-        return yaml.load(text, Loader=Loader)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(path, exc) from None
-
-
-def _yaml_error(path: str, exc: yaml.YAMLError) -> ConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}" if mark else path
-    problem = getattr(exc, "problem", None) or "not valid YAML"
-    return ConfigError(f"{where}: {problem} (fix the YAML syntax)")
-
-
 class Source:
-    """Line numbers for every key of the loaded document, and the problems found in
-    it: all reported at once, in line order, so one run shows every mistake."""
+    """The document, the line of each of its keys, and the problems found in it:
+    all reported at once, in line order, so one run shows every mistake."""
 
     def __init__(self, path: str, text: str) -> None:
         self.path = path
-        self.lines: dict[tuple[str, ...], int] = {}
         self.problems: list[tuple[int, str]] = []
-        try:
-            node = yaml.compose(text, Loader=Loader)
-        except yaml.YAMLError as exc:
-            raise _yaml_error(path, exc) from None
-        if node is not None:
-            self._walk(node, ())
-
-    def _walk(self, node: yaml.Node, where: tuple[str, ...]) -> None:
-        self.lines[where] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                child = (*where, str(key.value))
-                line = key.start_mark.line + 1
-                if child in self.lines and child != where:
-                    self.note(
-                        child,
-                        f"duplicate key (line {self.lines[child]} has it too)",
-                        "keep one: YAML silently uses the last",
-                        line,
-                    )
-                self.lines[child] = line
-                self._walk(value, child)
+        parsed = parse(path, text) if text else Parsed(None, {}, [])
+        self.document, self.lines = parsed.document, parsed.lines
+        for where, first, line in parsed.duplicates:
+            self.note(
+                where,
+                f"duplicate key (line {first} has it too)",
+                "keep one: YAML silently uses the last",
+                line,
+            )
 
     def _line(self, where: tuple[str, ...]) -> int:
         probe = where

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +133,59 @@ def test_dates_are_checked_by_the_job_reader(tmp_path: Path) -> None:
     )
     crossed = ferry("sync", str(job))
     assert crossed.exit_code == 2 and "2024-01-01 is not after 2025-01-01" in crossed.stderr
+
+
+READ_JOB = """
+import json, sys
+from conda_ferry.mirror.config import load_job
+from conda_ferry.mirror.errors import ConfigError
+try:
+    said = repr(load_job(sys.argv[1]))
+except ConfigError as exc:
+    said = str(exc)
+print(json.dumps([said, "yaml" in sys.modules]))
+"""
+
+
+def _read_in_a_new_process(job: Path, cache: Path) -> tuple[str, bool]:
+    """What loading ``job`` gives a fresh process, and whether it imported PyYAML."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", READ_JOB, str(job)], env=env, capture_output=True, check=True
+    )
+    said, imported = json.loads(done.stdout)
+    return said, imported
+
+
+@pytest.mark.parametrize(
+    "text,kept",
+    [
+        ("source: a\ntarget: b\nsubdirs: [noarch, linux-64]\njobs: 3\n", True),
+        ("source: a\ntarget: b\nsubdirs: [noarch]\njobs: 3\njobs: 4\nprune: maybe\n", True),
+        ("source: a\ntarget: b\nsubdirs: !!set {noarch: null}\n", False),  # no msgpack set
+        ("source: a\ntarget: b\nmax_prune_fraction: .nan\n", False),
+        ("source: a\ntarget: [b\n", False),  # not YAML: nothing to keep
+    ],
+)
+def test_a_job_read_again_is_not_parsed_again(tmp_path: Path, text: str, kept: bool) -> None:
+    """cron reads the same job file every night: its parse is kept, private to the
+    user, and the next process takes it without importing PyYAML (10 ms of every
+    start). The same job or the same mistakes, on the same lines, come out; what
+    msgpack cannot hold as it is, a damaged kept parse or another text is parsed
+    again."""
+    job, cache = tmp_path / "job.yaml", tmp_path / "cache"
+    job.write_text(text)
+    first, imported = _read_in_a_new_process(job, cache)
+    assert imported
+    again, imported = _read_in_a_new_process(job, cache)
+    assert again == first and imported is not kept
+    found = list((cache / "conda-ferry" / "jobs").glob("*")) if kept else []
+    assert len(found) == kept
+    for path in found:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        path.write_bytes(b"\xc1 damaged")
+        assert _read_in_a_new_process(job, cache) == (first, True)
+    job.write_text(f"# the same job, edited\n{text}")
+    edited, imported = _read_in_a_new_process(job, cache)
+    assert imported and (edited, True) == _read_in_a_new_process(job, tmp_path / "fresh")
