@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import yaml
 
 Where = tuple[str, ...]  # the keys that lead to a value
+DIGEST = 16  # bytes of the digest that seals a kept parse
 
 
 class Parsed(NamedTuple):
@@ -117,9 +118,18 @@ def _path(key: str) -> Path:
     return cache_home() / "jobs" / f"{key}.msgpack"
 
 
+def _sealed(data: bytes) -> bytes:
+    """``data`` with its own digest before it: a kept parse that a bit flip changed
+    would still decode, as another job (another target, say)."""
+    return hashlib.blake2b(data, digest_size=DIGEST).digest() + data
+
+
 def _cached(key: str) -> Parsed | None:
     try:
-        document, lines, duplicates = msgspec.msgpack.decode(_path(key).read_bytes())
+        sealed = _path(key).read_bytes()
+        if _sealed(sealed[DIGEST:]) != sealed:
+            return None  # damaged: parsed again
+        document, lines, duplicates = msgspec.msgpack.decode(sealed[DIGEST:])
         return Parsed(
             document,
             {tuple(where): line for where, line in lines},
@@ -143,7 +153,7 @@ def _keep(key: str, parsed: Parsed) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{os.getpid()}")
         with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-            out.write(data)
+            out.write(_sealed(data))
         os.replace(temp, path)
 
 
