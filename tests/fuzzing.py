@@ -63,7 +63,8 @@ from tests import sftpliar
 from tests.pkgmaker import DEMO, Spec, package_bytes
 from tests.sftppeer import Behaviour, Peer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SHARED = ROOT.parent / "shared" / "data" / "packages"
 WEIRD: list[Any] = [
     None,
     True,
@@ -417,6 +418,38 @@ def fuzz_lockfiles(seconds: float, seed: int) -> int:
             path.write_bytes(_mutate(rng, LOCKS[name].encode()))
             with contextlib.suppress(lockfiles.LockfileError):
                 lockfiles.read_lockfile(path)
+    return count
+
+
+def fuzz_jobs(seconds: float, seed: int) -> int:
+    """Mutated job files (the bundled examples') through the job reader: a job or a
+    ConfigError, and the same again from the parse it keeps, and again once that is
+    damaged (parsed anew, never taken for another job)."""
+    from conda_ferry.mirror.config import load_job
+    from conda_ferry.mirror.errors import ConfigError
+
+    examples = [p.read_bytes() for p in sorted((ROOT / "configs").glob("*.yaml"))]
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
+        kept = Path(tmp) / "cache" / "conda-ferry" / "jobs"
+        job = Path(tmp) / "job.yaml"
+
+        def read() -> str:
+            try:
+                return repr(load_job(str(job)))
+            except ConfigError as exc:
+                return str(exc)
+
+        count = 0
+        for count in _deadline(seconds):
+            job.write_bytes(_mutate(rng, examples[count % len(examples)]))
+            first = read()
+            assert read() == first, job.read_bytes()
+            for path in kept.glob("*.msgpack"):
+                path.write_bytes(_mutate(rng, path.read_bytes()))
+            assert read() == first, job.read_bytes()
+            shutil.rmtree(kept, ignore_errors=True)
     return count
 
 
@@ -1391,6 +1424,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "records": fuzz_records,
     "manifests": fuzz_manifests,
     "lockfiles": fuzz_lockfiles,
+    "jobs": fuzz_jobs,
     "shards": fuzz_shards,
     "bodies": fuzz_bodies,
     "sftp": fuzz_sftp,
