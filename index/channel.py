@@ -34,10 +34,10 @@ from .records import (
     package_key,
     record_from_package,
 )
+from .subdir import SubdirView
 
 if TYPE_CHECKING:
     from .cache import IndexCache
-from .subdir import SubdirView
 
 log = logging.getLogger("ferry.index")
 KNOWN_SUBDIRS = {
