@@ -74,6 +74,10 @@ def test_defaults_and_env_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     loaded = load_job(str(job))
     assert loaded.source == "ftp://me:hunter2@host/ch"
+    monkeypatch.setenv("FTP_PASSWORD", "changed")  # the kept parse holds ${...}, not its value
+    assert load_job(str(job)).source == "ftp://me:changed@host/ch"
+    kept = list((tmp_path / "cache" / "conda-ferry" / "jobs").iterdir())
+    assert len(kept) == 1 and b"hunter2" not in kept[0].read_bytes()
     assert loaded.target == str(tmp_path / "mirror")
     size_rule = loaded.filters.rule(SizeRule)
     assert size_rule is not None and size_rule.max_size == int(1.5 * 1024**3)
