@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 Where = tuple[str, ...]  # the keys that lead to a value
 DIGEST = 16  # bytes of the digest that seals a kept parse
 KEPT_AT_MOST = 16 << 20  # bytes of a kept parse read back
+KEPT_FILES = 256  # kept parses, one per job text: a site's every job, and its edits
 
 
 class Parsed(NamedTuple):
@@ -132,6 +133,8 @@ def _cached(key: str) -> Parsed | None:
         if len(sealed) > KEPT_AT_MOST or _sealed(sealed[DIGEST:]) != sealed:
             return None  # damaged: parsed again
         document, lines, duplicates = msgspec.msgpack.decode(sealed[DIGEST:])
+        with contextlib.suppress(OSError):
+            os.utime(_path(key))  # used: the last to go (see _keep)
         return Parsed(
             document,
             {tuple(where): line for where, line in lines},
@@ -157,6 +160,10 @@ def _keep(key: str, parsed: Parsed) -> None:
         with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             out.write(_sealed(data))
         os.replace(temp, path)
+        # each edit of each job adds one: the least recently used go past a bound
+        kept = sorted(path.parent.glob("*.msgpack"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-KEPT_FILES]:
+            old.unlink(missing_ok=True)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conda_ferry.mirror import yamlread
 from conda_ferry.mirror.config import load_job, parse_size
 from conda_ferry.mirror.filters import SizeRule
 from tests.helpers import ferry
@@ -196,3 +197,25 @@ def test_a_job_read_again_is_not_parsed_again(tmp_path: Path, text: str, kept: b
     job.write_text(f"# the same job, edited\n{text}")
     edited, imported = _read_in_a_new_process(job, cache)
     assert imported and (edited, True) == _read_in_a_new_process(job, tmp_path / "fresh")
+
+
+def test_kept_job_parses_are_bounded_least_recently_used_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every edit of every job keeps one more parse: past the bound, the parses least
+    recently used go, and one read meanwhile stays."""
+    monkeypatch.setattr(yamlread, "KEPT_FILES", 3)
+    kept = tmp_path / "cache" / "conda-ferry" / "jobs"
+    job = tmp_path / "job.yaml"
+    for jobs in range(5):
+        job.write_text(f"source: a\ntarget: b\nsubdirs: [noarch]\njobs: {jobs + 1}\n")
+        load_job(str(job))
+        if jobs == 0:
+            first = next(kept.iterdir())
+            os.utime(first, (1, 1))  # long unused
+        if jobs == 2:
+            os.utime(first, (2, 2))
+            job.write_text("source: a\ntarget: b\nsubdirs: [noarch]\njobs: 1\n")
+            load_job(str(job))  # the first, used again
+    names = sorted(p.name for p in kept.iterdir())
+    assert len(names) == 3 and first.name in names
