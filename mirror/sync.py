@@ -49,11 +49,15 @@ from .filters import Selection, Selector
 from .indexing import ensure_noarch
 from .plan import Plan, Record, make_plan
 from .progress import Progress
-from .state import SubdirState, subdir_lock, sweep_temps
+from .state import STATE_DIR, SubdirState, subdir_lock, sweep_temps
 from .transfer import transfer, usable_cores
 from .units import human_size, parse_http_date, utc
 
 log = logging.getLogger("ferry.sync")
+# There while channeldata.json may lag the subdirs a run committed (it failed or was
+# stopped before writing it): the next run, upstream unchanged, must not say "up to
+# date" and leave it so.
+OWED = f"{STATE_DIR}/channeldata.owed"
 REPLACED = (
     "upstream now serves other bytes under this file name; the mirrored file and its "
     "record are kept (allow_replace: true in the job takes the new one)"
@@ -272,7 +276,10 @@ class SyncRun:
             states = {s: SubdirState.load(target, s) for s in job.subdirs}
             self._refuse_held(target, states)
             cache = None if self.dry_run else target
-            fetched = self._fetch(source, states, explain is not None or self.verify, cache)
+            # a run that stopped after its commits owes the channel's own files: this
+            # one compares in full, so that it commits and writes them
+            owed = target.exists(OWED)
+            fetched = self._fetch(source, states, explain is not None or self.verify or owed, cache)
             if fetched is None:
                 self.report.subdirs = [  # up to date
                     SubdirReport(s, upstream_modified=parse_http_date(states[s].last_modified))
@@ -315,6 +322,8 @@ class SyncRun:
             descriptions = None if self.dry_run else upstream.Descriptions(source)
             if descriptions is not None:
                 remember_channel(target, source.display(), job.public_url)
+                if not owed:
+                    target.write_bytes(OWED, b"")  # cleared once channeldata is out
             entries: list[ChannelEntry] = []
             self._subdirs(source, target, fetched, selection, states, descriptions)
             for report in self.report.subdirs:
@@ -329,6 +338,7 @@ class SyncRun:
                     entries.extend(report.entries)
                 sweep_temps(target, "", ".channeldata.json.")
                 write_channeldata(target, list(job.subdirs), entries)
+                target.delete(OWED)
             if descriptions is not None:
                 ensure_noarch(target, job.outputs)
                 if job.snapshot_keep and self.report.exit_code == errors.OK:

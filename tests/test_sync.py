@@ -12,7 +12,7 @@ import pytest
 import rattler
 import requests
 
-from conda_ferry.gateways import open_gateway
+from conda_ferry.gateways import GatewayError, open_gateway
 from conda_ferry.mirror import sync
 from conda_ferry.mirror.errors import FerryError
 from tests.clientread import read_msgpack_zst
@@ -304,6 +304,32 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     assert result.exit_code == 0, result.output
     assert load(mirror / "linux-64" / "repodata.json")["packages.conda"]
     assert {s["status"] for s in load(tmp_path / "again.json")["subdirs"]} == {"synced"}
+
+
+def test_a_run_stopped_before_channeldata_has_the_next_one_write_it(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """channeldata.json is written once every subdir is committed: a run that fails
+    (or is killed) in between leaves that owed, and the next run, upstream unchanged,
+    compares in full and writes it instead of saying "up to date"."""
+    _, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+
+    def failing(*args: Any, **kw: Any) -> None:
+        raise GatewayError(str(mirror), "the disk said no")
+
+    monkeypatch.setattr(sync, "write_channeldata", failing)
+    assert ferry("sync", str(job)).exit_code == 1
+    assert load(mirror / "linux-64" / "repodata.json")["packages.conda"]
+    assert not (mirror / "channeldata.json").exists()
+    monkeypatch.undo()
+    again = ferry("sync", str(job))
+    assert again.exit_code == 0 and "up to date" not in again.output, again.output
+    assert load(mirror / "channeldata.json")["packages"]
+    assert assert_consistent(mirror) == 8
+    quiet = ferry("sync", str(job))
+    assert quiet.exit_code == 0 and "up to date" in quiet.output, quiet.output
 
 
 def test_prune_beyond_fraction_refuses_without_force(
