@@ -54,9 +54,10 @@ from .transfer import transfer, usable_cores
 from .units import human_size, parse_http_date, utc
 
 log = logging.getLogger("ferry.sync")
-# There while channeldata.json may lag the subdirs a run committed (it failed or was
-# stopped before writing it): the next run, upstream unchanged, must not say "up to
-# date" and leave it so.
+# There while the channel's own files (channeldata.json, noarch's placeholder, the
+# snapshot after a sync, the front page) may lag the subdirs a run committed (it
+# failed or was stopped before them): the next run, upstream unchanged, must not say
+# "up to date" and leave them so.
 OWED = f"{STATE_DIR}/channeldata.owed"
 REPLACED = (
     "upstream now serves other bytes under this file name; the mirrored file and its "
@@ -323,7 +324,7 @@ class SyncRun:
             if descriptions is not None:
                 remember_channel(target, source.display(), job.public_url)
                 if not owed:
-                    target.write_bytes(OWED, b"")  # cleared once channeldata is out
+                    target.write_bytes(OWED, b"")  # cleared once they are out
             entries: list[ChannelEntry] = []
             self._subdirs(source, target, fetched, selection, states, descriptions)
             for report in self.report.subdirs:
@@ -331,15 +332,15 @@ class SyncRun:
                     report.failures.update(refused[report.subdir])
                     if report.status in (Status.SYNCED, Status.UP_TO_DATE):
                         report.status = Status.PARTIAL
-            if descriptions is not None and not any(
-                s.status in (Status.FAILED, Status.LOCKED) for s in self.report.subdirs
-            ):
-                for report in self.report.subdirs:
-                    entries.extend(report.entries)
-                sweep_temps(target, "", ".channeldata.json.")
-                write_channeldata(target, list(job.subdirs), entries)
-                target.delete(OWED)
             if descriptions is not None:
+                whole = not any(
+                    s.status in (Status.FAILED, Status.LOCKED) for s in self.report.subdirs
+                )
+                if whole:
+                    for report in self.report.subdirs:
+                        entries.extend(report.entries)
+                    sweep_temps(target, "", ".channeldata.json.")
+                    write_channeldata(target, list(job.subdirs), entries)
                 ensure_noarch(target, job.outputs)
                 if job.snapshot_keep and self.report.exit_code == errors.OK:
                     self.report.snapshots = snapshots.after_sync(
@@ -348,6 +349,8 @@ class SyncRun:
                     for line in self.report.snapshots:
                         log.info("%s", line)
                 write_channel_page(target, job.outputs.html)
+                if whole:
+                    target.delete(OWED)  # the channel's own files are all out
         self.report.seconds = time.monotonic() - started
         return self.report, []
 

@@ -306,28 +306,41 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     assert {s["status"] for s in load(tmp_path / "again.json")["subdirs"]} == {"synced"}
 
 
-def test_a_run_stopped_before_channeldata_has_the_next_one_write_it(
-    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("step", "subdirs", "owed"),
+    [
+        ("write_channeldata", "[linux-64, noarch]", "channeldata.json"),
+        ("ensure_noarch", "[linux-64]", "noarch/repodata.json"),  # clients need one
+    ],
+)
+def test_a_run_stopped_before_the_channels_own_files_has_the_next_one_write_them(
+    upstream: tuple[Path, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    subdirs: str,
+    owed: str,
 ) -> None:
-    """channeldata.json is written once every subdir is committed: a run that fails
-    (or is killed) in between leaves that owed, and the next run, upstream unchanged,
-    compares in full and writes it instead of saying "up to date"."""
+    """The channel's own files are written once every subdir is committed: a run
+    that fails (or is killed) in between leaves them owed, and the next run, upstream
+    unchanged, compares in full and writes them instead of saying "up to date"."""
     _, url = upstream
     mirror = tmp_path / "mirror"
-    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source: {url}\ntarget: {mirror}\nsubdirs: {subdirs}\n")
 
     def failing(*args: Any, **kw: Any) -> None:
         raise GatewayError(str(mirror), "the disk said no")
 
-    monkeypatch.setattr(sync, "write_channeldata", failing)
+    monkeypatch.setattr(sync, step, failing)
     assert ferry("sync", str(job)).exit_code == 1
     assert load(mirror / "linux-64" / "repodata.json")["packages.conda"]
-    assert not (mirror / "channeldata.json").exists()
+    assert not (mirror / owed).exists()
     monkeypatch.undo()
     again = ferry("sync", str(job))
     assert again.exit_code == 0 and "up to date" not in again.output, again.output
-    assert load(mirror / "channeldata.json")["packages"]
-    assert assert_consistent(mirror) == 8
+    assert (mirror / owed).exists() and not (mirror / ".ferry" / "channeldata.owed").exists()
+    assert assert_consistent(mirror) > 0
     quiet = ferry("sync", str(job))
     assert quiet.exit_code == 0 and "up to date" in quiet.output, quiet.output
 
