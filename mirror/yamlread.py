@@ -11,16 +11,19 @@ msgpack cannot hold as it is (a set, a NaN) keeps that file parsed every time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import math
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from conda_ferry import __version__, cache_home
+from conda_ferry.gateways import is_temp, temp_name
 
 from .errors import ConfigError
 
@@ -70,7 +73,7 @@ def _parse(path: str, text: str) -> Parsed:
 
 
 def _walk(node: yaml.Node, where: Where, parsed: Parsed) -> None:
-    import yaml
+    import yaml  # imported already: this walks what it composed
 
     parsed.lines[where] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
@@ -83,25 +86,21 @@ def _walk(node: yaml.Node, where: Where, parsed: Parsed) -> None:
             _walk(value, child, parsed)
 
 
-_LOADER: list[type] = []
-
-
+@functools.cache
 def _loader() -> type:
     """PyYAML's safe loader without implicit dates: ``after: 2024-13-01`` stays a
     string that the job reader names with its line, instead of failing inside the
     YAML library."""
-    if not _LOADER:
-        import yaml
+    import yaml
 
-        class Loader(yaml.SafeLoader):
-            pass
+    class Loader(yaml.SafeLoader):
+        pass
 
-        Loader.yaml_implicit_resolvers = {
-            first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-        }
-        _LOADER.append(Loader)
-    return _LOADER[0]
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return Loader
 
 
 def _key(text: str) -> str:
@@ -127,14 +126,15 @@ def _sealed(data: bytes) -> bytes:
 
 
 def _cached(key: str) -> Parsed | None:
+    path = _path(key)
     try:
-        with _path(key).open("rb") as kept:
+        with path.open("rb") as kept:
             sealed = kept.read(KEPT_AT_MOST + 1)  # a job is a few kB; this is not one
         if len(sealed) > KEPT_AT_MOST or _sealed(sealed[DIGEST:]) != sealed:
             return None  # damaged: parsed again
         document, lines, duplicates = msgspec.msgpack.decode(sealed[DIGEST:])
         with contextlib.suppress(OSError):
-            os.utime(_path(key))  # used: the last to go (see _keep)
+            os.utime(path)  # used: the last to go (see _keep)
         return Parsed(
             document,
             {tuple(where): line for where, line in lines},
@@ -156,13 +156,20 @@ def _keep(key: str, parsed: Parsed) -> None:
     path = _path(key)
     with contextlib.suppress(OSError):  # only ever a shortcut
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}")
-        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        temp = temp_name(str(path))  # the gateways' pattern, swept below once stale
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
             out.write(_sealed(data))
         os.replace(temp, path)
-        # each edit of each job adds one: the least recently used go past a bound
+        # each edit of each job adds one: the least recently used go past a bound, and
+        # what a writer killed mid-write left
         kept = sorted(path.parent.glob("*.msgpack"), key=lambda p: p.stat().st_mtime)
-        for old in kept[:-KEPT_FILES]:
+        now = time.time()
+        stale = [
+            p
+            for p in path.parent.iterdir()
+            if is_temp(p.name) and p.stat().st_mtime < now - 60  # not another's, mid-write
+        ]
+        for old in [*kept[:-KEPT_FILES], *stale]:
             old.unlink(missing_ok=True)
 
 

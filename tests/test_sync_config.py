@@ -203,7 +203,7 @@ def test_kept_job_parses_are_bounded_least_recently_used_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every edit of every job keeps one more parse: past the bound, the parses least
-    recently used go, and one read meanwhile stays."""
+    recently used go, and one read meanwhile stays; a killed writer's temp goes too."""
     monkeypatch.setattr(yamlread, "KEPT_FILES", 3)
     kept = tmp_path / "cache" / "conda-ferry" / "jobs"
     job = tmp_path / "job.yaml"
@@ -217,5 +217,9 @@ def test_kept_job_parses_are_bounded_least_recently_used_first(
             os.utime(first, (2, 2))
             job.write_text("source: a\ntarget: b\nsubdirs: [noarch]\njobs: 1\n")
             load_job(str(job))  # the first, used again
+        if jobs == 3:  # what a writer killed mid-write left, long ago
+            left = kept / ".gone.msgpack.0123456789ab.part"
+            left.write_bytes(b"half")
+            os.utime(left, (1, 1))
     names = sorted(p.name for p in kept.iterdir())
     assert len(names) == 3 and first.name in names
