@@ -81,6 +81,24 @@ def assert_consistent(mirror: Path, subdirs: tuple[str, ...] = ("linux-64", "noa
         return check_channel(gateway, subdirs)
 
 
+def assert_channel_files_current(
+    gateway: Gateway, subdirs: tuple[str, ...] = ("linux-64", "noarch")
+) -> None:
+    """After a clean sync: channeldata.json names every package name the subdirs
+    publish, and nothing is owed for a later run (a run killed before the channel's
+    own files once left them behind, and the rerun said "up to date")."""
+    published = {
+        record["name"]
+        for subdir in subdirs
+        for record in repodata.records(
+            json.loads(gateway.read_bytes(f"{subdir}/repodata.json"))
+        ).values()
+    }
+    channeldata = json.loads(gateway.read_bytes("channeldata.json"))
+    assert set(channeldata["packages"]) == published
+    assert not gateway.exists(".ferry/channeldata.owed")
+
+
 def assert_converged(gateway: Gateway, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> None:
     """After a clean run: the log leads to the repodata.json served, no temp file left."""
     for subdir in subdirs:

@@ -21,7 +21,7 @@ import pytest
 
 from conda_ferry.gateways import Gateway, GatewayOptions, open_gateway
 from tests.helpers import records
-from tests.mirrorcheck import assert_converged, check_channel
+from tests.mirrorcheck import assert_channel_files_current, assert_converged, check_channel
 from tests.pkgmaker import Spec, package_bytes, write_package
 from tests.servers import Server
 from tests.upstream import reindex
@@ -177,6 +177,8 @@ def test_sync_killed_at_random(
 
     assert kill_at_random(["sync", str(job)], target, span, change) > 0
     assert _converge(["sync", str(job)], target) == len(list(upstream.glob("*/p*-*")))
+    with target.gateway() as gateway:
+        assert_channel_files_current(gateway)
 
 
 def test_index_killed_at_random(target: Target, tmp_path: Path) -> None:
