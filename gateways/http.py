@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
+import importlib.util
 import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import certifi
 import pycurl
 
 from .base import Fetched, FileInfo, Gateway, GatewayOptions, listable
@@ -34,6 +35,21 @@ from .urls import join, parse
 COMPRESSED_SUFFIXES = (".zst", ".bz2", ".conda", ".gz", ".xz", ".zip", ".msgpack.zst")
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _NETWORK_ERRORS = (OSError, EOFError)  # CurlError and the built-ins it maps to
+
+
+@functools.cache
+def certifi_bundle() -> str:
+    """certifi's CA bundle, found where certifi keeps it without importing certifi,
+    whose import (importlib.resources, tempfile, shutil, lzma) cost 5-8 ms of every
+    start; certifi's own answer where the file is not there (a zipped install)."""
+    spec = importlib.util.find_spec("certifi")
+    if spec is not None and spec.origin:
+        bundle = os.path.join(os.path.dirname(spec.origin), "cacert.pem")
+        if os.path.isfile(bundle):
+            return bundle
+    import certifi
+
+    return certifi.where()
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -131,7 +147,7 @@ class HTTPGateway(Gateway):
             curl.setopt(pycurl.SSL_VERIFYPEER, 0)
             curl.setopt(pycurl.SSL_VERIFYHOST, 0)
         else:
-            curl.setopt(pycurl.CAINFO, self._ca or certifi.where())
+            curl.setopt(pycurl.CAINFO, self._ca or certifi_bundle())
 
     def _url(self, path: str) -> str:
         return join(self._base, path)

@@ -5,6 +5,8 @@ Exit statuses are in :mod:`errors`; every expected failure is one line on stderr
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -1159,15 +1161,52 @@ def snapshot_release(target: str, subdirs: tuple[str, ...], options: GatewayOpti
 
 
 def console() -> None:
-    """The ``ferry`` command: :func:`main`, then the process ends. What is left then
-    is the operating system's to free; frozen, it is skipped by the collections the
-    interpreter runs as it shuts down (measured: 50-60 ms of a 0.3 s re-sync). Not
-    done by :func:`main` itself, which tests call many times in one process."""
+    """The ``ferry`` command: :func:`main`, then the process ends at once. What is
+    left then is the operating system's to free: the interpreter's own teardown
+    (every module's objects freed one by one, a last collection) cost 7-10 ms of every
+    run. Not done by :func:`main` itself, which tests call many times in one process."""
     _open_standard_streams()
     try:
         main()
+    except SystemExit as stop:
+        _end(stop.code)
+    except OSError as exc:  # click's own output (--help, --version) was not written
+        _end(_output_failed(exc, errors.OK))
     finally:
-        gc.freeze()
+        gc.freeze()  # a bug of ours ends the slow way: its collections skip all this
+
+
+def _end(code: str | int | None) -> None:
+    """Exit with ``code`` as the interpreter would, without its teardown: what its
+    exit runs for others (``atexit``: logging's flush) runs first, and the standard
+    streams are flushed. A thread still running would be cut off: then the
+    interpreter's exit, which waits for it."""
+    if threading.active_count() > 1:
+        sys.exit(code)
+    if isinstance(code, str):  # sys.exit("words"): the words on stderr, as Python does
+        print(code, file=sys.stderr)
+        code = errors.FAILED
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        code = _output_failed(exc, code or 0)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(code or 0)
+
+
+def _output_failed(exc: OSError, code: int) -> int:
+    """Standard output failed as the process ends: a reader that went away (``ferry
+    --help | head -1``) changes nothing, as in :func:`out`; a full disk is one line,
+    not a traceback, and a failure. What is still buffered goes nowhere."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):
+        return code
+    with contextlib.suppress(OSError, ValueError):
+        print(f"ferry: error: standard output: cannot write: {exc.strerror}", file=sys.stderr)
+    return errors.FAILED
 
 
 def _open_standard_streams() -> None:

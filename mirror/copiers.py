@@ -36,6 +36,7 @@ import functools
 import logging
 import os
 import pickle
+import select
 import selectors
 import signal
 import struct
@@ -94,6 +95,7 @@ class Helpers:
         self.count = count if count > 1 else 0
         self.always = always
         self._workers: list[_Worker] | None = None
+        self._ending: list[_Worker] = []  # let go by finish(), not yet waited for
 
     def __enter__(self) -> Helpers:
         if self.count and threading.active_count() == 1 and sys.platform == "linux":
@@ -167,13 +169,20 @@ class Helpers:
 
         return result
 
+    def finish(self) -> None:
+        """Let the workers end now (a process takes milliseconds to), while this one
+        does its last work; what is asked of them later is done here."""
+        for worker in self._workers or ():
+            worker.end(stop=False)
+        self._ending, self._workers = [*self._ending, *(self._workers or ())], []
+
     def close(self, stop: bool = False) -> None:
         """Let the workers end (their input closed), or ``stop`` them at once."""
-        for worker in self._workers or ():
+        workers, self._ending, self._workers = [*self._ending, *(self._workers or ())], [], []
+        for worker in workers:
             worker.end(stop)
-        for worker in self._workers or ():
+        for worker in workers:
             worker.wait()
-        self._workers = []
 
 
 def _hear(
@@ -413,6 +422,23 @@ class _Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        """Woken as the worker ends where Linux gives a process a descriptor to wait
+        on (every run waits for its workers to end), else polled."""
+        if self.poll() is None:
+            try:
+                fd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):  # not Linux 5.3+: polled
+                return self._poll_until(timeout)
+            try:
+                select.select([fd], [], [], timeout)
+            finally:
+                os.close(fd)
+            if self.poll() is None:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _poll_until(self, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:

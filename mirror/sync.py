@@ -327,6 +327,8 @@ class SyncRun:
                     target.write_bytes(OWED, b"")  # cleared once they are out
             entries: list[ChannelEntry] = []
             self._subdirs(source, target, fetched, selection, states, descriptions)
+            if self.helpers is not None:
+                self.helpers.finish()  # they end beside the channel's own files
             for report in self.report.subdirs:
                 if refused.get(report.subdir):
                     report.failures.update(refused[report.subdir])

@@ -288,6 +288,42 @@ def test_output_that_cannot_be_written_fails_the_run_after_its_work(tmp_path: Pa
     assert (tmp_path / "mirror" / "noarch" / "repodata.json").is_file()
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--help"]])
+def test_clicks_own_output_that_cannot_be_written_is_one_line(args: list[str]) -> None:
+    with open("/dev/full", "wb") as full:
+        run = subprocess.run(
+            [sys.executable, "-m", "conda_ferry", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == errors.FAILED
+    assert run.stderr == "ferry: error: standard output: cannot write: No space left on device\n"
+
+
+def test_the_process_ends_with_its_output_whole_and_its_status(tmp_path: Path) -> None:
+    """The command line ends without the interpreter's teardown: what it printed
+    (through a pipe, block-buffered) is all there, and its status is the run's."""
+    job = _sync_job(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "conda_ferry", "-q", "sync", str(job), "--json", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["exit_code"] == 0
+    missing = subprocess.run(
+        [sys.executable, "-m", "conda_ferry", "sync", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == errors.USAGE
+    assert missing.stderr.startswith("ferry: error: ")
+
+
 def test_the_demo_mirror_describes_its_packages(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "configs" / "demo-channel", tmp_path / "up")
     job = job_yaml(tmp_path / "job.yaml", str(tmp_path / "up"), str(tmp_path / "mirror"))
