@@ -686,8 +686,19 @@ def verify_command(
         f"{len(findings['corrupt'])} corrupt, {len(findings['extra'])} extra"
     )
     report_result(findings)
-    if any(findings[k] for k in ("missing", "corrupt", "extra", "unindexed")):
-        ctx.exit(errors.FAILED)
+    damaged = len(findings["missing"]) + len(findings["corrupt"])
+    fixes = []
+    if damaged:
+        fixes.append(
+            f"{plural(damaged, 'file')} missing or corrupt: 'ferry sync JOB --verify' "
+            "fetches a mirror's again (a channel of your own: publish them again)"
+        )
+    if findings["unindexed"]:
+        fixes.append(f"'ferry index {redact(target)}' writes the missing repodata")
+    if findings["extra"]:
+        fixes.append(f"{plural(len(findings['extra']), 'file')} no repodata names (listed above)")
+    if fixes:
+        _fail(f"{redact(target)}: {'; '.join(fixes)}", errors.FAILED)
 
 
 @main.command("status")

@@ -416,6 +416,9 @@ def test_publish_custom_packages_and_verify(tmp_path: Path) -> None:
     findings = load(tmp_path / "v.json")
     assert len(findings["corrupt"]) == 1 and len(findings["missing"]) == 1
     assert findings["extra"] == ["noarch/stray-1.0-0.conda"]
+    last = bad.stderr.strip().splitlines()[-1]  # the fix, in one line
+    assert last.startswith(f"ferry: error: {custom}: 2 files missing or corrupt: ")
+    assert "publish them again" in last and "1 file no repodata names" in last
     broken = tmp_path / "broken-1.0-0.conda"
     broken.write_bytes(b"nope")
     refused = ferry("publish", str(broken), "--to", str(custom))
@@ -521,6 +524,7 @@ def test_a_mirror_damaged_behind_its_back_is_reported_and_mended(
     assert f"missing: linux-64/shards/{lost.name}" in found.stderr
     assert "corrupt: linux-64/repodata.json.zst: does not hold repodata.json" in found.stderr
     assert "corrupt: noarch/repodata.jlap: not a verified log leading to" in found.stderr
+    assert "'ferry sync JOB --verify' fetches" in found.stderr.strip().splitlines()[-1]
 
     result = ferry("sync", str(job), "--verify")
     assert result.exit_code == 0, result.stderr
