@@ -343,7 +343,8 @@ class SyncRun:
                         entries.extend(report.entries)
                     sweep_temps(target, "", ".channeldata.json.")
                     write_channeldata(target, list(job.subdirs), entries)
-                ensure_noarch(target, job.outputs)
+                if "noarch" not in job.subdirs:  # a job's own is published by its commit
+                    ensure_noarch(target, job.outputs)
                 if job.snapshot_keep and self.report.exit_code == errors.OK:
                     self.report.snapshots = snapshots.after_sync(
                         target, list(job.subdirs), job.snapshot_keep, job.grace

@@ -306,6 +306,32 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     assert {s["status"] for s in load(tmp_path / "again.json")["subdirs"]} == {"synced"}
 
 
+def test_noarch_failing_its_first_commit_is_not_indexed_from_its_files(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel without noarch gets an empty one (clients refuse a channel without
+    it), but a job's own noarch whose commit failed is left unpublished: its package
+    files had landed, and indexing them would have served records made from the files
+    instead of upstream's (its hot-fixes lost) as if it were a channel of our own."""
+    _, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    commit = sync.commit_subdir
+
+    def failing(target: Any, view: Any, *args: Any, **kw: Any) -> Any:
+        if view.subdir == "noarch":
+            raise FerryError("noarch: the disk said no")
+        return commit(target, view, *args, **kw)
+
+    monkeypatch.setattr(sync, "commit_subdir", failing)
+    assert ferry("sync", str(job)).exit_code == 1
+    assert list((mirror / "noarch").glob("*.conda"))  # landed, named by nothing
+    assert not (mirror / "noarch" / "repodata.json").exists()
+    monkeypatch.undo()
+    assert ferry("sync", str(job)).exit_code == 0
+    assert assert_consistent(mirror) > 0
+
+
 @pytest.mark.parametrize(
     ("step", "subdirs", "owed"),
     [
