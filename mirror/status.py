@@ -13,7 +13,7 @@ from conda_ferry.index.subdir import SubdirView
 
 from .snapstore import Snapshot, all_snapshots
 from .state import SubdirState
-from .units import parse_http_date, parse_utc
+from .units import human_age, parse_http_date, parse_utc
 
 
 def _lock(gateway: Gateway, subdir: str) -> str | None:
@@ -43,7 +43,11 @@ def subdir_status(
     if last.get("result") == "failed":
         problems.append(f"the last run failed: {last.get('message', '')}".rstrip(": "))
     if max_age is not None and (age is None or age > max_age):
-        problems.append("no run recorded" if age is None else f"the last run is {age:.0f}s old")
+        problems.append(
+            "no run recorded"
+            if age is None
+            else f"the last run is {human_age(age)} old, more than --max-age {human_age(max_age)}"
+        )
     upstream = parse_http_date(state.last_modified)
     published = _modified(gateway, f"{subdir}/repodata.json")
     return {

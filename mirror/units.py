@@ -4,6 +4,7 @@ style, real plurals, one UTC time format."""
 from __future__ import annotations
 
 import calendar
+import itertools
 import time
 from typing import Any
 
@@ -42,6 +43,17 @@ def human_size(size: int) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def human_age(seconds: float) -> str:
+    """A span in its two largest units: ``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``."""
+    whole = max(0, round(seconds))
+    units = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+    for (unit, size), (smaller, next_size) in itertools.pairwise(units):
+        if whole >= size:
+            rest = whole % size // next_size if unit != "min" else 0
+            return f"{whole // size} {unit}" + (f" {rest} {smaller}" if rest else "")
+    return f"{whole} s"
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:

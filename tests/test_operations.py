@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from conda_ferry.gateways.streams import RateCap
-from conda_ferry.mirror.units import utc
+from conda_ferry.mirror.units import human_age, utc
 from tests.helpers import ferry, load
 from tests.pkgmaker import Spec, package_bytes
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
@@ -192,7 +193,18 @@ def test_status_of_a_fresh_a_failed_and_a_stale_mirror(
 
     time.sleep(1.1)
     stale = ferry("status", str(mirror), "--subdir", "noarch", "--max-age", "1s")
-    assert stale.exit_code == 1 and "old" in stale.stderr
+    assert stale.exit_code == 1, stale.stderr
+    assert re.search(
+        r"^noarch: the last run is \d+ s old, more than --max-age 1 s$", stale.stderr, re.M
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0, "0 s"), (59.4, "59 s"), (61, "1 min"), (3660, "1 h 1 min"), (187_259, "2 d 4 h")],
+)
+def test_ages_read_in_their_two_largest_units(seconds: float, said: str) -> None:
+    assert human_age(seconds) == said
 
 
 def test_a_quiet_night_counts_as_a_run(synced: tuple[Path, Path, Path], tmp_path: Path) -> None:
