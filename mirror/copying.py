@@ -28,6 +28,7 @@ from conda_ferry.gateways import (
     Expected,
     Gateway,
     GatewayError,
+    NotFound,
     copy_file,
     copy_prefetched,
 )
@@ -35,6 +36,7 @@ from conda_ferry.gateways import (
 from .progress import Progress
 
 INTEGRITY_ATTEMPTS = 2  # a body corrupted in transit is fetched once more
+GONE_UPSTREAM = "the upstream's index names it, but it is not there; a later run tries again"
 
 Landed = Callable[[str, Copied], None]
 Failed = Callable[[str, str], None]
@@ -97,6 +99,12 @@ def copy_all(
                     attempts=INTEGRITY_ATTEMPTS,
                     progress=advance,
                 )
+        except NotFound as exc:
+            if exc.url == source.display(source_path):  # named by the index just read
+                exc.hint = (
+                    "the upstream's index names it, but it is not there; a later run tries again"
+                )
+            failed(filename, str(exc))
         except GatewayError as exc:
             failed(filename, str(exc))
         else:

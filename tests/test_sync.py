@@ -14,6 +14,7 @@ import requests
 
 from conda_ferry.gateways import GatewayError, open_gateway
 from conda_ferry.mirror import sync
+from conda_ferry.mirror.copying import GONE_UPSTREAM
 from conda_ferry.mirror.errors import FerryError
 from tests.clientread import read_msgpack_zst
 from tests.faultproxy import FaultProxy
@@ -304,6 +305,31 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     assert result.exit_code == 0, result.output
     assert load(mirror / "linux-64" / "repodata.json")["packages.conda"]
     assert {s["status"] for s in load(tmp_path / "again.json")["subdirs"]} == {"synced"}
+
+
+def test_a_file_upstreams_index_names_but_upstream_lacks_is_named_and_fetched_later(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    """An upstream caught between writing its index and its files: the run publishes
+    everything else, names the file as upstream's gap (not a path of the user's to
+    check), exits 3, and the next run fetches it once it is there."""
+    root, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    gone = root / "noarch/demo-data-2024.1-0.conda"
+    held = gone.read_bytes()
+    gone.unlink()
+    first = ferry("sync", str(job), "--json", str(tmp_path / "r.json"))
+    assert first.exit_code == 3, first.output
+    subdirs = load(tmp_path / "r.json")["subdirs"]
+    failures = {name: why for s in subdirs for name, why in s["failures"].items()}
+    assert list(failures) == [gone.name]
+    assert failures[gone.name].endswith(f"({GONE_UPSTREAM})")
+    assert gone.name not in load(mirror / "noarch/repodata.json")["packages.conda"]
+    gone.write_bytes(held)
+    assert ferry("sync", str(job)).exit_code == 0
+    assert gone.name in load(mirror / "noarch/repodata.json")["packages.conda"]
+    assert assert_consistent(mirror) > 0
 
 
 def test_noarch_failing_its_first_commit_is_not_indexed_from_its_files(
