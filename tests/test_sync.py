@@ -272,6 +272,17 @@ def test_second_run_on_a_locked_target_exits_75(upstream: tuple[Path, str], tmp_
     assert not list(mirror.glob("*/.ferry.lock"))
 
 
+def _fail_commit_of(subdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    commit = sync.commit_subdir
+
+    def failing(target: Any, view: Any, *args: Any, **kw: Any) -> Any:
+        if view.subdir == subdir:
+            raise FerryError(f"{subdir}: the disk said no")
+        return commit(target, view, *args, **kw)
+
+    monkeypatch.setattr(sync, "commit_subdir", failing)
+
+
 def test_a_subdir_that_fails_to_commit_fails_alone(
     upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -282,14 +293,7 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     _, url = upstream
     mirror = tmp_path / "mirror"
     job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
-    commit = sync.commit_subdir
-
-    def failing(target: Any, view: Any, *args: Any, **kw: Any) -> Any:
-        if view.subdir == "linux-64":
-            raise FerryError("linux-64: the disk said no")
-        return commit(target, view, *args, **kw)
-
-    monkeypatch.setattr(sync, "commit_subdir", failing)
+    _fail_commit_of("linux-64", monkeypatch)
     result = ferry("sync", str(job), "--json", str(tmp_path / "r.json"))
     assert result.exit_code == 1, result.output
     report = {s["subdir"]: s for s in load(tmp_path / "r.json")["subdirs"]}
@@ -342,14 +346,7 @@ def test_noarch_failing_its_first_commit_is_not_indexed_from_its_files(
     _, url = upstream
     mirror = tmp_path / "mirror"
     job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
-    commit = sync.commit_subdir
-
-    def failing(target: Any, view: Any, *args: Any, **kw: Any) -> Any:
-        if view.subdir == "noarch":
-            raise FerryError("noarch: the disk said no")
-        return commit(target, view, *args, **kw)
-
-    monkeypatch.setattr(sync, "commit_subdir", failing)
+    _fail_commit_of("noarch", monkeypatch)
     assert ferry("sync", str(job)).exit_code == 1
     assert list((mirror / "noarch").glob("*.conda"))  # landed, named by nothing
     assert not (mirror / "noarch" / "repodata.json").exists()
