@@ -1195,7 +1195,8 @@ def _end(code: str | int | None) -> None:
     if threading.active_count() > 1:
         sys.exit(code)
     if isinstance(code, str):  # sys.exit("words"): the words on stderr, as Python does
-        print(code, file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            print(code, file=sys.stderr)
         code = errors.FAILED
     atexit._run_exitfuncs()
     try:
@@ -1213,6 +1214,7 @@ def _output_failed(exc: OSError, code: int) -> int:
     not a traceback, and a failure. What is still buffered goes nowhere."""
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, sys.stdout.fileno())
+    os.close(null)
     if isinstance(exc, BrokenPipeError):
         return code
     with contextlib.suppress(OSError, ValueError):

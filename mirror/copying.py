@@ -101,9 +101,7 @@ def copy_all(
                 )
         except NotFound as exc:
             if exc.url == source.display(source_path):  # named by the index just read
-                exc.hint = (
-                    "the upstream's index names it, but it is not there; a later run tries again"
-                )
+                exc.hint = GONE_UPSTREAM
             failed(filename, str(exc))
         except GatewayError as exc:
             failed(filename, str(exc))
