@@ -594,7 +594,8 @@ class SyncRun:
             raise errors.FerryError(
                 f"{subdir}: the plan drops every build of {len(vanishing)} of the "
                 f"{len(mirrored)} mirrored packages, more than max_prune_fraction "
-                f"{self.job.max_prune_fraction} (check the filters; --force to do it anyway)"
+                f"{self.job.max_prune_fraction} (an upstream emptied or a filter's mistake: "
+                "check both; --force to do it anyway)"
             )
         return plan
 
