@@ -46,7 +46,8 @@ def human_size(size: int) -> str:
 
 
 def human_age(seconds: float) -> str:
-    """A span in its two largest units: ``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``."""
+    """A span in its two largest units, minutes whole: ``45 s``, ``12 min``, ``3 h 5
+    min``, ``2 d 4 h``."""
     whole = max(0, round(seconds))
     units = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
     for (unit, size), (smaller, next_size) in itertools.pairwise(units):
