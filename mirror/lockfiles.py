@@ -118,8 +118,10 @@ def read_lockfile(path: Path) -> list[Locked]:
 
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise LockfileError("neither @EXPLICIT nor YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise LockfileError(f"neither @EXPLICIT nor valid YAML{where}") from None
     if isinstance(data, dict) and "package" in data and "metadata" in data:
         return _conda_lock(data, path.name)
     if isinstance(data, dict) and "environments" in data:

@@ -153,7 +153,7 @@ def test_an_unreadable_lockfile_is_one_line_naming_it(tmp_path: Path) -> None:
     job.write_text(job.read_text() + "filters: {lockfiles: [pixi.lock, missing.lock]}\n")
     result = ferry("sync", str(job))
     assert result.exit_code == 2
-    assert f"{lock}: neither @EXPLICIT nor YAML" in result.output
+    assert f"{lock}: neither @EXPLICIT nor valid YAML (line 2)" in result.output
     assert "missing.lock: no such file" in result.output
     assert "Traceback" not in result.output
 
