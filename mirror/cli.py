@@ -694,7 +694,10 @@ def verify_command(
             "fetches a mirror's again (a channel of your own: publish them again)"
         )
     if findings["unindexed"]:
-        fixes.append(f"'ferry index {redact(target)}' writes the missing repodata")
+        fixes.append(
+            f"{plural(len(findings['unindexed']), 'subdir')} without repodata: a mirror's "
+            f"next sync publishes it (a channel of your own: 'ferry index {redact(target)}')"
+        )
     if findings["extra"]:
         fixes.append(f"{plural(len(findings['extra']), 'file')} no repodata names (listed above)")
     if fixes:

@@ -479,6 +479,21 @@ def test_publish_custom_packages_and_verify(tmp_path: Path) -> None:
     assert refused.exit_code == 1 and "not a valid package" in refused.output
 
 
+def test_verify_names_a_subdir_without_repodata_and_its_fix(tmp_path: Path) -> None:
+    channel = tmp_path / "ch"
+    write_package(channel, Spec("inhouse", "1.0", "0", subdir="linux-64"))
+    found = ferry("verify", str(channel))
+    assert found.exit_code == 1
+    assert "no repodata: linux-64/repodata.json is missing" in found.stderr
+    last = found.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"ferry: error: {channel}: 1 subdir without repodata: a mirror's next sync "
+        f"publishes it (a channel of your own: 'ferry index {channel}')"
+    )
+    assert ferry("index", str(channel)).exit_code == 0
+    assert ferry("verify", str(channel)).exit_code == 0
+
+
 def test_publish_into_a_mirror_keeps_upstream_records(
     upstream: tuple[Path, str], tmp_path: Path
 ) -> None:
