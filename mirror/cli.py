@@ -252,12 +252,17 @@ def out(text: str) -> None:
     try:
         click.echo(text)
     except OSError as exc:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # also silences the flush at exit
-        os.close(devnull)
+        _stdout_to_devnull()  # also silences the flush at exit
         ctx = click.get_current_context(silent=True)
         if ctx is not None and not isinstance(exc, BrokenPipeError):  # a full disk
             ctx.meta.setdefault("ferry.output_lost", exc.strerror or str(exc))
+
+
+def _stdout_to_devnull() -> None:
+    """The rest of standard output, buffered or to come, goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def say(text: str = "") -> None:
@@ -1221,9 +1226,7 @@ def _output_failed(exc: OSError, code: int) -> int:
     """Standard output failed as the process ends: a reader that went away (``ferry
     --help | head -1``) changes nothing, as in :func:`out`; a full disk is one line,
     not a traceback, and a failure. What is still buffered goes nowhere."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, sys.stdout.fileno())
-    os.close(null)
+    _stdout_to_devnull()
     if isinstance(exc, BrokenPipeError):
         return code
     with contextlib.suppress(OSError, ValueError):

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from .yamlread import error_line
+
 HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -119,8 +121,8 @@ def read_lockfile(path: Path) -> list[Locked]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
+        line = error_line(exc)
+        where = f" (line {line})" if line else ""
         raise LockfileError(f"neither @EXPLICIT nor valid YAML{where}") from None
     if isinstance(data, dict) and "package" in data and "metadata" in data:
         return _conda_lock(data, path.name)

@@ -62,14 +62,20 @@ def _parse(path: str, text: str) -> Parsed:
         node = yaml.compose(text, Loader=loader)
         document = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
+        line = error_line(exc)
+        where = f"{path}:{line}" if line else path
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{where}: {problem} (fix the YAML syntax)") from None
     parsed = Parsed(document, {}, [])
     if node is not None:
         _walk(node, (), parsed)
     return parsed
+
+
+def error_line(exc: Exception) -> int | None:
+    """The line a YAML error names (PyYAML's marks count from 0), if it names one."""
+    mark = getattr(exc, "problem_mark", None)
+    return mark.line + 1 if mark is not None else None
 
 
 def _walk(node: yaml.Node, where: Where, parsed: Parsed) -> None:
