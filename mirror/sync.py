@@ -488,14 +488,19 @@ class SyncRun:
                     held.enter_context(one.lock)
                     staged.append(one)
             self._transfer(source, target, staged)
-            for one in staged:  # a run killed while it commits the first subdirs: the
-                self._guarded(target, [one], one.journal.save)  # others' files adopted
-            for one in staged:
-                with one.lock:
-                    if one.report.status is Status.SYNCED:  # nothing failed it yet
-                        assert descriptions is not None  # a dry run stages nothing
-                        commit = functools.partial(self._commit, target, one, descriptions)
-                        self._guarded(target, [one], commit)
+            for i, one in enumerate(staged):
+                try:
+                    with one.lock:
+                        if one.report.status is Status.SYNCED:  # nothing failed it yet
+                            assert descriptions is not None  # a dry run stages nothing
+                            commit = functools.partial(self._commit, target, one, descriptions)
+                            self._guarded(target, [one], commit)
+                finally:  # the others' files journaled, should the run stop in a commit
+                    for other in staged[1:] if i == 0 else ():
+                        # after the first commit, whose flush makes them durable with
+                        # its shards and pages started first: a flush ahead of it held
+                        # them up on a disk (a run killed outright reads them again)
+                        self._guarded(target, [other], other.journal.save)
 
     def _broken(self, target: Gateway, subdir: str) -> SubdirReport:
         """A subdir whose upstream document is unusable: failed, and so noted."""
@@ -563,6 +568,7 @@ class SyncRun:
             "message": message,
         }
         with contextlib.suppress(GatewayError):
+            target.flush()  # the files it lists as verified durable before it does
             state.save(target)
 
     def _plan(self, view: SubdirView, selection: Selection, state: SubdirState) -> Plan:
