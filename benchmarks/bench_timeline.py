@@ -1,12 +1,14 @@
 """Where a cold sync leaves cores idle: its phases, and how busy the machine was in each.
 
-    .venv/bin/python -m benchmarks.bench_timeline [--packages 2000] [--rounds 3] [--on DIR]
+    .venv/bin/python -m benchmarks.bench_timeline [--packages 2000] [--size 20000]
+        [--rounds 3] [--on DIR]
 
-A cold sync of --packages small packages over nginx on loopback (as bench_sync's
-first case), with the machine's busy time read from ``/proc/stat`` every 10 ms. The
-phases are read off the mirror's own files afterwards: the start-up ends when the
-first package file is made, the transfer when the last one is, the commit (repodata,
-shards, pages, state) when the process exits. A phase whose cores are not all busy
+A cold sync of --packages packages of --size bytes over nginx on loopback (as
+bench_sync's first case; ``--packages 12 --size 20000000`` as its third), with the
+machine's busy time read from ``/proc/stat`` every 10 ms. The phases are read off the
+mirror's own files afterwards: the start-up ends when the first package file is made,
+the transfer when the last one is, the commit (repodata, shards, pages, state) when
+the process exits. A phase whose cores are not all busy
 could be shorter with more work beside it; a phase with every core busy is shortened
 only by less work. ``curl`` x8 on the same files is timed the same way, for its
 busy cores. The run with the best total is printed.
@@ -105,6 +107,7 @@ def phases_of_sync(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--packages", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=20_000, help="bytes of each package")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--on", type=Path, help="write the mirrors and curl's files here")
     args = parser.parse_args()
@@ -119,7 +122,7 @@ def main() -> None:
         env["XDG_CACHE_HOME"] = str(work / "cache")
         nginx = servers.start_nginx(work / "nginx")
         try:
-            build_upstream(nginx.root / "small", args.packages, 20_000)
+            build_upstream(nginx.root / "small", args.packages, args.size)
             os.sync()
             url = f"{nginx.url}/small"
             urls = package_urls(nginx.root / "small", url)
@@ -157,7 +160,7 @@ def main() -> None:
         )
     seconds, used = curl_best
     rows.append((f"curl x{JOBS}, same files", f"{seconds:.3f}", f"{used / seconds:.2f}", ""))
-    print(f"cold sync of {args.packages} small packages, best of {args.rounds}")
+    print(f"cold sync of {args.packages} packages of {args.size:,} bytes, best of {args.rounds}")
     table(rows)
 
 

@@ -1,5 +1,5 @@
 """``python -m conda_ferry``: the ``ferry`` command without its console script."""
 
-from conda_ferry.mirror.cli import console
+from conda_ferry.mirror.command import console
 
 console()

@@ -299,6 +299,17 @@ def main(verbose: int, quiet: bool) -> None:
     setup_logging(-1 if quiet else verbose)
     _stop_on(signal.SIGTERM, errors.TERMINATED, "stopped by SIGTERM")
     _stop_on(signal.SIGHUP, errors.HANGUP, "stopped by SIGHUP")
+    if click.get_current_context().invoked_subcommand != "sync":
+        collect_from_here()  # sync does, once it has loaded the modules of its run
+
+
+def collect_from_here() -> None:
+    """The cyclic collector on again, where the console script turned it off for the
+    start (:mod:`.command`): what the start made (modules, classes, the job) is
+    frozen, never walked by a collection again, in this process or its workers."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _subdir_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
@@ -619,6 +630,7 @@ def sync_command(
     job = load_job(job_file)
     progress = make_progress(quiet())
     run = SyncRun(job, progress, dry_run=dry_run, force=force, verify=verify)
+    collect_from_here()
     report_result(run.report.as_dict)  # what was done so far, however the run ends
     try:
         report, explanation = run.run(explain)

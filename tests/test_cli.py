@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -322,6 +323,22 @@ def test_the_process_ends_with_its_output_whole_and_its_status(tmp_path: Path) -
     )
     assert missing.returncode == errors.USAGE
     assert missing.stderr.startswith("ferry: error: ")
+
+
+def test_the_collector_is_on_again_once_a_command_has_loaded(tmp_path: Path) -> None:
+    """The console script starts with the cyclic collector off (loading the modules
+    makes no garbage); every command turns it on again before its work, what the
+    start made frozen: sync once its run is loaded, the others as they begin."""
+    job = _sync_job(tmp_path)
+    for args in (["sync", str(job)], ["status", str(tmp_path / "mirror")]):
+        gc.disable()
+        try:
+            assert ferry("-q", *args).exit_code == 0
+            assert gc.isenabled()
+            assert gc.get_freeze_count() > 0
+        finally:
+            gc.unfreeze()
+            gc.enable()
 
 
 def test_the_demo_mirror_describes_its_packages(tmp_path: Path) -> None:
