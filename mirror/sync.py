@@ -495,12 +495,13 @@ class SyncRun:
                             assert descriptions is not None  # a dry run stages nothing
                             commit = functools.partial(self._commit, target, one, descriptions)
                             self._guarded(target, [one], commit)
-                finally:  # the others' files journaled, should the run stop in a commit
-                    for other in staged[1:] if i == 0 else ():
-                        # after the first commit, whose flush makes them durable with
-                        # its shards and pages started first: a flush ahead of it held
-                        # them up on a disk (a run killed outright reads them again)
-                        self._guarded(target, [other], other.journal.save)
+                finally:
+                    if i == 0:  # the others' files journaled for a run that stops before
+                        # their commits: after the first commit (or its stop), whose flush
+                        # makes them durable with its shards and pages started first (a
+                        # flush ahead of it held those up); one killed outright re-reads them
+                        for other in staged[1:]:
+                            self._guarded(target, [other], other.journal.save)
 
     def _broken(self, target: Gateway, subdir: str) -> SubdirReport:
         """A subdir whose upstream document is unusable: failed, and so noted."""
