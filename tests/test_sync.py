@@ -17,6 +17,7 @@ from conda_ferry.gateways import GatewayError, open_gateway
 from conda_ferry.mirror import sync
 from conda_ferry.mirror.copying import GONE_UPSTREAM
 from conda_ferry.mirror.errors import FerryError
+from conda_ferry.mirror.state import SubdirState
 from tests.clientread import read_msgpack_zst
 from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
@@ -314,6 +315,29 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     assert result.exit_code == 0, result.output
     assert load(mirror / "linux-64" / "repodata.json")["packages.conda"]
     assert {s["status"] for s in load(tmp_path / "again.json")["subdirs"]} == {"synced"}
+
+
+def test_a_state_never_vouches_for_a_file_not_yet_durable(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whenever a subdir's state is saved naming files verified, every file written so
+    far is durable: also when the first commit fails before anything of its own is
+    flushed (the others' journals are saved after it, the failed one's state at once)."""
+    _, url = upstream
+    job = job_yaml(tmp_path / "job.yaml", url, str(tmp_path / "mirror"))
+    _fail_commit_of("linux-64", monkeypatch)
+    save = SubdirState.save
+    vouched = []
+
+    def checked(state: SubdirState, target: Any) -> None:
+        if state.verified:
+            assert not target._unflushed and not target._syncing, state.subdir
+            vouched.append(state.subdir)
+        save(state, target)
+
+    monkeypatch.setattr(SubdirState, "save", checked)
+    assert ferry("sync", str(job)).exit_code == 1
+    assert "linux-64" in vouched  # the failed one's state, saved with its verified files
 
 
 def test_a_file_upstreams_index_names_but_upstream_lacks_is_named_and_fetched_later(
