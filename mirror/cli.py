@@ -784,15 +784,16 @@ def gc_command(target: str, subdirs: tuple[str, ...], now: bool, options: Gatewa
 
     from .channelpage import refresh_channel_page
     from .commit import collect_garbage
-    from .state import SubdirState, subdir_lock
+    from .state import subdir_lock
 
     deleted: list[str] = []
     waiting: list[float] = []  # when each file still in its grace is due
     with open_gateway(target, options) as gateway:
         for subdir in list(subdirs) or discover_subdirs(gateway):
             with subdir_lock(gateway, subdir):
-                deleted.extend(collect_garbage(gateway, subdir, now))
-                waiting.extend(SubdirState.load(gateway, subdir).due.values())
+                gone, due = collect_garbage(gateway, subdir, now)
+                deleted.extend(gone)
+                waiting.extend(due.values())
         refresh_channel_page(gateway)
     for path in deleted:
         say(f"deleted {path}")

@@ -215,13 +215,16 @@ def mirrored(view: SubdirView, state: SubdirState, descriptions: Descriptions) -
     return Commit(known, managed, extras=descriptions.extras(view.subdir, known))
 
 
-def collect_garbage(target: Gateway, subdir: str, everything: bool) -> list[str]:
+def collect_garbage(
+    target: Gateway, subdir: str, everything: bool
+) -> tuple[list[str], dict[str, float]]:
     """Delete the subdir's files whose grace has passed (``everything``: all of them
-    now), and what a killed writer of its state left; the caller holds its lock."""
+    now), and what a killed writer of its state left; the caller holds its lock. The
+    paths deleted, and when each file still in its grace is due."""
     state = SubdirState.load(target, subdir)
     if everything:
         state.due = dict.fromkeys(state.due, 0.0)
     gone = expire(target, subdir, state, set(state.due), 0.0)
     state.upstream_files = sorted(set(state.upstream_files) - gone)
     state.save(target)
-    return sorted(f"{subdir}/{name}" for name in gone)
+    return sorted(f"{subdir}/{name}" for name in gone), state.due

@@ -174,7 +174,8 @@ class Helpers:
         does its last work; what is asked of them later is done here."""
         for worker in self._workers or ():
             worker.end(stop=False)
-        self._ending, self._workers = [*self._ending, *(self._workers or ())], []
+        self._ending += self._workers or []
+        self._workers = []
 
     def close(self, stop: bool = False) -> None:
         """Let the workers end (their input closed), or ``stop`` them at once."""

@@ -168,14 +168,13 @@ def _keep(key: str, parsed: Parsed) -> None:
         os.replace(temp, path)
         # each edit of each job adds one: the least recently used go past a bound, and
         # what a writer killed mid-write left
-        kept = sorted(path.parent.glob("*.msgpack"), key=lambda p: p.stat().st_mtime)
-        now = time.time()
-        stale = [
-            p
-            for p in path.parent.iterdir()
-            if is_temp(p.name) and p.stat().st_mtime < now - 60  # not another's, mid-write
-        ]
-        for old in [*kept[:-KEPT_FILES], *stale]:
+        kept, stale, now = [], [], time.time()
+        for p in path.parent.iterdir():
+            if p.name.endswith(".msgpack"):
+                kept.append((p.stat().st_mtime, p))
+            elif is_temp(p.name) and p.stat().st_mtime < now - 60:  # not another's, mid-write
+                stale.append(p)
+        for old in [*(p for _, p in sorted(kept)[:-KEPT_FILES]), *stale]:
             old.unlink(missing_ok=True)
 
 
