@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 import msgspec
 import orjson
+from rattler import Version
+from rattler.exceptions import InvalidVersionError  # here: loaded before workers fork
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry
@@ -77,9 +79,6 @@ class Package(msgspec.Struct, dict=True):
 @bulk()  # a Package per name, a list entry per record
 def group(entries: Iterable[ChannelEntry]) -> list[Package]:
     """Records by name, builds in conda's order, newest first (rattler decides)."""
-    from rattler import Version
-    from rattler.exceptions import InvalidVersionError
-
     packages: dict[str, Package] = {}
     for entry in entries:
         name = str(entry.record.get("name", ""))

@@ -261,7 +261,8 @@ class SyncRun:
     def _run(self, explain: str | None) -> tuple[SyncReport, list[str]]:
         started = time.monotonic()
         job = self.job
-        adapter(job.source)  # imported once, before the workers fork, not in each
+        for url in (job.source, job.target):  # imported once, before the workers fork
+            adapter(url)
         with (
             self._helpers() as self.helpers,
             open_gateway(job.source, job.source_options) as source,
