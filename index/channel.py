@@ -19,11 +19,10 @@ from . import channeldata, patches, repodata
 from .compact import bulk, unwired, wired
 from .package import BadPackage, read_package
 from .publish import (
-    Aside,
     OutputOptions,
+    Sharded,
     Written,
     publish_subdir,
-    when_asked,
     write_if_changed,
 )
 from .records import (
@@ -355,10 +354,11 @@ def publish_built(
     view: SubdirView,
     options: IndexOptions,
     built: BuiltSubdir,
-    aside: Aside = when_asked,
     shard_keys: Mapping[str, str] | None = None,
+    sharded: Callable[[], Sharded] | None = None,
 ) -> SubdirSummary:
-    """``shard_keys``: what the last publication's summary held (see write_shards)."""
+    """``shard_keys``: what the last publication's summary held (see write_shards);
+    ``sharded``: the shards where the caller writes them (see publish_subdir)."""
     summary = built.summary
     written = publish_subdir(
         gateway,
@@ -368,9 +368,9 @@ def publish_built(
         built.extra_files,
         view.repodata_json,
         view.names,
-        aside,
         options.reread,
         shard_keys,
+        sharded,
     )
     summary.written, summary.deleted, summary.stale = written.paths, written.deleted, written.stale
     summary.shard_keys = written.shard_keys

@@ -148,18 +148,6 @@ def unwired(value: Any) -> Mapping[str, Any]:
     return cast(Mapping[str, Any], value)
 
 
-class Records(dict[str, Mapping[str, Any]]):
-    """Records by file name, pickled in one go as plain tuples (see :func:`wired`):
-    a subdir's records sent to the worker that writes its shards."""
-
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
-        return _records, ({filename: wired(record) for filename, record in self.items()},)
-
-
-def _records(values: dict[str, Any]) -> Records:
-    return Records((filename, unwired(value)) for filename, value in values.items())
-
-
 def plain(record: Mapping[str, Any]) -> dict[str, Any]:
     """``record`` as a dict, for writers that serialise it."""
     if isinstance(record, dict):

@@ -20,7 +20,6 @@ import msgspec
 from conda_ferry.gateways import Gateway, GatewayError, NotFound, is_temp
 
 from . import jlap, repodata, shards
-from .compact import Records
 from .outputs import OutputOptions
 
 __all__ = ["Aside", "OutputOptions", "Written", "publish_subdir", "when_asked", "write_if_changed"]
@@ -127,28 +126,75 @@ def write_shards(
     A shard present is trusted by its name (its content's hash) unless ``reread``:
     then it is read back, and written again if damaged; ``known``: the keys the last
     publication returned, for names whose shard is still there."""
+    have = present_shards(gateway, subdir)
+    if document is None:
+        return Sharded(None, [], sorted(have), {})
+    part = write_shard_part(gateway, subdir, document, have, reread, known)
+    return join_shards(document.get("info", {}), have, [part])
+
+
+def present_shards(gateway: Gateway, subdir: str) -> set[str]:
+    """The subdir's shard files, by path in the subdir; a killed run's half-written
+    one is deleted."""
     have: set[str] = set()
     for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
         if is_temp(info.name):
-            gateway.delete(info.path)  # a killed run's half-written shard
+            gateway.delete(info.path)
         elif info.name.endswith(".msgpack.zst"):
             have.add(info.path.split("/", 1)[1])
-    if document is None:
-        return Sharded(None, [], sorted(have), {})
+    return have
+
+
+class ShardPart(msgspec.Struct):
+    """The shards of some of a subdir's names (see :func:`write_shard_part`)."""
+
+    digests: dict[str, bytes]  # name -> its shard's sha256
+    written: list[str]
+    keys: dict[str, str]
+
+
+def write_shard_part(
+    gateway: Gateway,
+    subdir: str,
+    document: Mapping[str, Any],
+    have: set[str],
+    reread: bool = False,
+    known: Mapping[str, str] | None = None,
+    flush: bool = True,
+) -> ShardPart:
+    """The shards of the names in ``document`` (all of a subdir's, or a part of them
+    that another process writes beside the others) not in ``have``, written and
+    durable (unless not ``flush``: then the caller's next flush makes them so, before
+    the index names them); :func:`join_shards` makes the parts one index."""
     trusted = {} if reread else _present(known or {}, have)
-    index_bytes, shard_files, keys = shards.build(document, trusted)
+    digests, shard_files, keys = shards.build_part(document, trusted)
     new = {shards.shard_path(h): data for h, data in shard_files.items()}
     if reread:
-        have -= {p for p in have & new.keys() if not _intact(gateway, f"{subdir}/{p}", new[p])}
+        have = have - {
+            p for p in have & new.keys() if not _intact(gateway, f"{subdir}/{p}", new[p])
+        }
     paths = gateway.write_many(
         (f"{subdir}/{path}", data)
         for path, data in new.items()
         if path not in have  # content-addressed: present means identical
     )
-    if paths:
+    if paths and flush:
         gateway.flush()  # one flush for all shards, before the index names them
-    named = {shards.keyed_path(key) for key in keys.values()} | new.keys()
-    return Sharded(index_bytes, paths, sorted(have - named), keys)
+    return ShardPart(digests, paths, keys)
+
+
+def join_shards(info: Mapping[str, Any], have: set[str], parts: list[ShardPart]) -> Sharded:
+    """One subdir's shards from its parts: the index of every name, and the shards
+    present that it no longer names."""
+    digests: dict[str, bytes] = {}
+    keys: dict[str, str] = {}
+    written: list[str] = []
+    for part in parts:
+        digests.update(part.digests)
+        keys.update(part.keys)
+        written.extend(part.written)
+    named = {shards.shard_path(digest.hex()) for digest in digests.values()}
+    return Sharded(shards.pack_index(info, digests), written, sorted(have - named), keys)
 
 
 def _present(known: Mapping[str, str], have: set[str]) -> dict[str, str]:
@@ -169,25 +215,24 @@ def publish_subdir(
     extra_files: dict[str, bytes] | None = None,
     old_json: bytes | None = None,
     existing: set[str] | None = None,
-    aside: Aside = when_asked,
     reread: bool = False,
     shard_keys: Mapping[str, str] | None = None,
+    sharded: Callable[[], Sharded] | None = None,
 ) -> Written:
     """Publish ``document`` as ``subdir``'s repodata and everything derived from it.
 
     ``old_json``: the repodata.json published now, as the caller read it;
     ``existing``: the names of the files in the subdir (outputs switched off since
-    are removed once the new repodata.json is out); ``aside``: where the shards are
-    written while this process writes the rest; ``reread``: shards present read back,
-    ``shard_keys``: the last publication's (see :func:`write_shards`)."""
+    are removed once the new repodata.json is out); ``reread``: shards present read
+    back, ``shard_keys``: the last publication's (see :func:`write_shards`);
+    ``sharded``: what gives the shards where the caller has them written beside this
+    (in other processes); else they are written here, after the repodata, before
+    their index."""
     written = Written()
-    sharding = None  # started first: it is the longer half, and links nothing yet
-    if options.shards or shards.INDEX_NAME in (existing or ()):
-        sent = document
-        if aside is not when_asked:  # its records pickled in one go, for another process
-            sent = {k: Records(v) if k in repodata.SECTIONS else v for k, v in document.items()}
-        document_or_none = sent if options.shards else None
-        sharding = aside(write_shards, gateway, subdir, document_or_none, reread, shard_keys)
+    sharding = sharded
+    if sharding is None and (options.shards or shards.INDEX_NAME in (existing or ())):
+        shown = document if options.shards else None  # None: every shard is stale
+        sharding = functools.partial(write_shards, gateway, subdir, shown, reread, shard_keys)
     gateway.flush()  # every package written so far durable before any repodata names it
     new_json = repodata.dumps(document)
 
@@ -224,11 +269,11 @@ def publish_subdir(
         write_if_changed(gateway, f"{subdir}/{path}", data, written)
 
     if sharding is not None:
-        sharded = sharding()
-        written.paths.extend(sharded.written)
-        written.stale, written.shard_keys = sharded.stale, sharded.keys
-        if sharded.index is not None:
-            write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", sharded.index, written)
+        done = sharding()
+        written.paths.extend(done.written)
+        written.stale, written.shard_keys = done.stale, done.keys
+        if done.index is not None:
+            write_if_changed(gateway, f"{subdir}/{shards.INDEX_NAME}", done.index, written)
     for key, name in OUTPUT_FILES.items():
         if not getattr(options, key) and name in (existing or ()):
             gateway.delete(f"{subdir}/{name}")

@@ -50,7 +50,6 @@ def _key(builds: list[tuple[str, str, Mapping[str, Any]]]) -> str | None:
     return hashlib.blake2b(PACKING + data, digest_size=16).hexdigest()
 
 
-@bulk()  # a dict for each of a subdir's records
 def build(
     repodata: dict[str, Any], known: Mapping[str, str] | None = None
 ) -> tuple[bytes, dict[str, bytes], dict[str, str]]:
@@ -58,6 +57,16 @@ def build(
     name's key and shard, "key sha256", to pass as ``known`` next time: a name whose
     records are unchanged takes its shard from there, not built again (on a large
     subdir, most names most nights)."""
+    digests, shard_files, keys = build_part(repodata, known)
+    return pack_index(repodata.get("info", {}), digests), shard_files, keys
+
+
+@bulk()  # a dict for each of a subdir's records
+def build_part(
+    repodata: Mapping[str, Any], known: Mapping[str, str] | None = None
+) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, str]]:
+    """:func:`build` for the names of ``repodata`` (some of a subdir's, in a part
+    another process builds), with each name's shard digest for :func:`pack_index`."""
     by_name: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = defaultdict(list)
     for section in SECTIONS:
         records = repodata.get(section, {})
@@ -65,7 +74,7 @@ def build(
             by_name[records[filename]["name"]].append((section, filename, records[filename]))
     known = known or {}
     shard_files: dict[str, bytes] = {}
-    index: dict[str, bytes] = {}
+    digests: dict[str, bytes] = {}
     keys: dict[str, str] = {}
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # made once: setup dominates
     for name in sorted(by_name):  # one shard's records decoded at a time
@@ -73,21 +82,27 @@ def build(
         key = _key(builds)
         was = known.get(name, "").split(" ")
         if key is not None and len(was) == 2 and was[0] == key:
-            index[name] = bytes.fromhex(was[1])
+            digests[name] = bytes.fromhex(was[1])
         else:
             shard: dict[str, Any] = {"packages": {}, "packages.conda": {}, "removed": []}
             for section, filename, record in builds:
                 shard[section][filename] = _binary_digests(record)
             data = _pack(shard, compressor)
-            index[name] = hashlib.sha256(data).digest()
-            shard_files[index[name].hex()] = data
+            digests[name] = hashlib.sha256(data).digest()
+            shard_files[digests[name].hex()] = data
         if key is not None:
-            keys[name] = f"{key} {index[name].hex()}"
-    info = dict(repodata.get("info", {}))
+            keys[name] = f"{key} {digests[name].hex()}"
+    return digests, shard_files, keys
+
+
+def pack_index(info: Mapping[str, Any], digests: Mapping[str, bytes]) -> bytes:
+    """The shard index of a subdir whose names have these shard ``digests``."""
+    info = dict(info)
     info.setdefault("base_url", "")
     info["shards_base_url"] = f"./{SHARDS_DIR}/"
-    index_bytes = _pack({"version": 1, "info": info, "shards": index}, compressor)
-    return index_bytes, shard_files, keys
+    index = {name: digests[name] for name in sorted(digests)}
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return _pack({"version": 1, "info": info, "shards": index}, compressor)
 
 
 def keyed_path(key: str) -> str:

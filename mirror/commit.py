@@ -15,7 +15,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -32,8 +32,8 @@ from conda_ferry.index.publish import Aside, when_asked
 from conda_ferry.index.subdir import SubdirView
 
 from . import snapstore
+from .byname import ByName
 from .errors import FerryError
-from .pages import remove_pages, write_listings, write_package_pages
 from .state import STATE_DIR, SubdirState, sweep_temps
 from .upstream import Descriptions
 
@@ -93,20 +93,25 @@ def commit_subdir(
     state: SubdirState,
     options: IndexOptions,
     aside: Aside = when_asked,
+    spare: int = 1,
 ) -> tuple[SubdirSummary, list[ChannelEntry]]:
-    """``aside``: where the package pages and the shards of a local target are
-    written while the rest of the repodata is published (with it, each is a third of
-    a large commit's work, and creating files in three directories goes faster from
-    several processes than from one)."""
+    """``aside``: where the shards and package pages of a local target are written
+    while the rest of the repodata is published, in parts, one for each of ``spare``
+    workers (see :mod:`.byname`)."""
     built = build_subdir(target, view, options, commit.known, commit.skip, commit.extras)
     if target.scheme != "file" or len(built.entries) > ASIDE_AT_MOST:
         # a remote target's writes overlap already (write_many), and a worker would
         # open one more connection to it
-        aside = when_asked
-    pages = _pages(target, view, built.entries, state, options, aside)
-    summary = publish_built(target, view, options, built, aside, state.shards)
+        aside, spare = when_asked, 1
+    state.counts = {
+        "records": len(built.entries),
+        "packages": len({e.record.get("name") for e in built.entries}),
+        "bytes": sum(int(e.record.get("size", 0)) for e in built.entries),
+    }
+    byname = ByName(target, view, built, state, options, aside, spare)
+    summary = publish_built(target, view, options, built, state.shards, byname.sharded)
     state.shards = summary.shard_keys
-    pages()
+    byname.finish(state)
     gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
     state.upstream_files = sorted(commit.managed - gone)
     published = commit.known.keys() | gone  # no more news of these for the journal
@@ -115,41 +120,6 @@ def commit_subdir(
     summary.deleted.extend(f"{view.subdir}/{f}" for f in sorted(gone))
     audit(target, view.subdir, view.published.keys(), summary.published)
     return summary, built.entries
-
-
-def _pages(
-    target: Gateway,
-    view: SubdirView,
-    entries: list[ChannelEntry],
-    state: SubdirState,
-    options: IndexOptions,
-    aside: Aside,
-) -> Callable[[], None]:
-    """The subdir's pages: package pages started ``aside``, listings (which link
-    them) once the repodata is out, as they describe what the subdir publishes."""
-    state.counts = {
-        "records": len(entries),
-        "packages": len({e.record.get("name") for e in entries}),
-        "bytes": sum(int(e.record.get("size", 0)) for e in entries),
-    }
-    if not options.outputs.html:
-
-        def remove() -> None:
-            remove_pages(target, view.subdir, state.pages)
-            state.pages = {}
-
-        return remove
-    # a page is trusted by the digest the state keeps of it; a repair writes each anew
-    trusted = {} if options.reread else state.pages
-    package_pages = aside(
-        write_package_pages, target, view.subdir, entries, trusted, view.names, options.jobs
-    )
-
-    def finish() -> None:
-        written = write_listings(target, view.subdir, package_pages(), state.pages, trusted)
-        state.pages = written.digests
-
-    return finish
 
 
 def audit(target: Gateway, subdir: str, before: Collection[str], after: Collection[str]) -> None:

@@ -173,6 +173,10 @@ class Helpers:
 
         return result
 
+    def spare(self) -> int:
+        """Workers at hand for jobs aside: alive, and not in one."""
+        return sum(1 for w in self._workers or () if w.alive and not w.busy)
+
     def finish(self) -> None:
         """Let the workers end now (a process takes milliseconds to), while this one
         does its last work; what is asked of them later is done here."""

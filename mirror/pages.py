@@ -144,23 +144,41 @@ def _listing_row(package: Package) -> str:
     )
 
 
-def listing_pages(subdir: str, packages: list[Package]) -> Iterator[tuple[str, bytes]]:
-    """``index.html`` (and ``index-2.html``, ... when split): one row per name."""
+class Rows(msgspec.Struct):
+    """The listing's rows of some of a subdir's names, in name order, and what they
+    count: made where their package pages are, joined where the listing is."""
+
+    rows: list[tuple[str, str]] = []  # name, row
+    records: int = 0
+    size: int = 0
+
+    @classmethod
+    def of(cls, packages: list[Package]) -> Rows:
+        return cls(
+            [(p.name, _listing_row(p)) for p in packages],
+            sum(len(p.builds) for p in packages),
+            sum(p.size for p in packages),
+        )
+
+
+def listing_pages(subdir: str, listed: list[Rows]) -> Iterator[tuple[str, bytes]]:
+    """``index.html`` (and ``index-2.html``, ... when split): one row per name, the
+    names of each of ``listed`` after those of the one before."""
     parts: list[list[str]] = [[]]
     firsts: list[str] = []
     size = 0
-    for package in packages:
-        row = _listing_row(package)
+    for name, row in (named for rows in listed for named in rows.rows):
         if size + len(row) > LISTING_LIMIT and parts[-1]:
             parts.append([])
             size = 0
         if not parts[-1]:
-            firsts.append(package.name)
+            firsts.append(name)
         parts[-1].append(row)
         size += len(row)
     names = [f"index-{i + 1}.html" if i else "index.html" for i in range(len(parts))]
-    records = sum(len(p.builds) for p in packages)
-    total = human_size(sum(p.size for p in packages))
+    packages = sum(len(rows.rows) for rows in listed)
+    records = sum(rows.records for rows in listed)
+    total = human_size(sum(rows.size for rows in listed))
     headers = ("Package", "Newest", "Builds", "Size", "Licence", "Summary")
     for i, rows in enumerate(parts):
         ranges = ""
@@ -171,7 +189,7 @@ def listing_pages(subdir: str, packages: list[Package]) -> Iterator[tuple[str, b
             )
             ranges = f"<p>Part {i + 1} of {len(parts)} by name: {' | '.join(links)}</p>\n"
         body = [
-            f"<p>{plural(len(packages), 'package')}, {plural(records, 'file')}, {total} · "
+            f"<p>{plural(packages, 'package')}, {plural(records, 'file')}, {total} · "
             '<a href="repodata.json">repodata.json</a></p>\n',
             ranges,
             search_box(len(rows)),
@@ -214,26 +232,66 @@ def write_package_pages(
     jobs: int = 8,
 ) -> PageWrite:
     """The package pages that changed, written and durable, and the listings made
-    but not written: no new page is linked before :func:`write_listings`. The bulk
-    of the work, which another process may do while this one publishes repodata."""
-    result = PageWrite()
+    but not written: no new page is linked before :func:`write_listings`."""
+    have = present_pages(gateway, subdir, present)
+    part = write_page_part(gateway, subdir, entries, previous, have, jobs)
+    return join_pages(subdir, have, [part])
+
+
+def present_pages(gateway: Gateway, subdir: str, present: set[str]) -> set[str]:
+    """The subdir's pages there now: the package pages, and of ``present`` (the
+    subdir's own files) the listings."""
+    return {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")} | present
+
+
+class PagePart(msgspec.Struct):
+    """The package pages of some of a subdir's names (see :func:`write_page_part`)."""
+
+    written: list[str]
+    digests: dict[str, str]  # page -> the digest of its inputs
+    rows: Rows
+
+
+def write_page_part(
+    gateway: Gateway,
+    subdir: str,
+    entries: list[ChannelEntry],
+    previous: dict[str, str],
+    have: set[str],
+    jobs: int = 8,
+    flush: bool = True,
+) -> PagePart:
+    """The package pages of the names in ``entries`` (all of a subdir's, or a part
+    of them that another process writes beside the others) that changed, written and
+    durable (unless not ``flush``: then the caller's next flush makes them so, before
+    a listing links them), and their rows of the listing. The bulk of a commit's
+    work."""
     packages = group(entries)
-    result.have = {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")}
-    result.have |= present
+    digests: dict[str, str] = {}
 
     def changed() -> Iterator[tuple[str, bytes]]:
         for package in packages:
             path = package.link
             if path is None:
                 continue
-            result.digests[path] = _inputs(package)
-            if previous.get(path) != result.digests[path] or path not in result.have:
+            digests[path] = _inputs(package)
+            if previous.get(path) != digests[path] or path not in have:
                 yield f"{subdir}/{path}", package_page(subdir, package)
 
-    result.written = gateway.write_many(changed(), jobs)
-    if result.written:
+    written = gateway.write_many(changed(), jobs)
+    if written and flush:
         gateway.flush()  # the package pages are durable before a listing links them
-    result.listings = list(listing_pages(subdir, packages))
+    return PagePart(written, digests, Rows.of(packages))
+
+
+def join_pages(subdir: str, have: set[str], parts: list[PagePart]) -> PageWrite:
+    """One subdir's package pages from its parts (in name order), and its listings
+    made but not written."""
+    result = PageWrite(have=have)
+    for part in parts:
+        result.written.extend(part.written)
+        result.digests.update(part.digests)
+    result.listings = list(listing_pages(subdir, [part.rows for part in parts]))
     return result
 
 

@@ -794,6 +794,7 @@ class SyncRun:
             state,
             self._index_options(),
             self.helpers.aside if self.helpers else when_asked,
+            self.helpers.spare() if self.helpers else 1,
         )
 
     @staticmethod

@@ -45,15 +45,18 @@ def _read_back(data: bytes) -> int:
             sent = pickle.loads(pickle.dumps(record))  # as a worker receives it
             assert isinstance(sent, compact.RawRecord) and sent == expected
             assert (sent.name, sent.size) == (record.name, record.size)
-            batch = compact.Records({filename: record, "plain.conda": expected})
-            many = pickle.loads(pickle.dumps(batch))  # a subdir's, sent to the shard writer
-            assert type(many) is compact.Records and many == batch
-            assert isinstance(many[filename], compact.RawRecord) and many[filename].raw == raw
-            assert type(many["plain.conda"]) is dict
-            entries = ChannelEntries([ChannelEntry(section, filename, record, {"about": {}})])
-            (entry,) = pickle.loads(pickle.dumps(entries))  # to the page writer
-            assert type(entry) is ChannelEntry and entry == entries[0]
-            assert isinstance(entry.record, compact.RawRecord)
+            entries = ChannelEntries(
+                [
+                    ChannelEntry(section, filename, record, {"about": {}}),
+                    ChannelEntry(section, "plain.conda", expected, {}),
+                ]
+            )
+            # to the worker that writes the shards and pages of a part of the names
+            raw_entry, plain_entry = pickle.loads(pickle.dumps(entries))
+            assert type(raw_entry) is ChannelEntry and raw_entry == entries[0]
+            assert isinstance(raw_entry.record, compact.RawRecord)
+            assert raw_entry.record.raw == raw
+            assert type(plain_entry.record) is dict and plain_entry == entries[1]
     return fit
 
 

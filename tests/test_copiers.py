@@ -122,7 +122,7 @@ def test_a_worker_that_dies_costs_time_not_files(
 def test_one_process_where_asked_or_not_worth_it(
     upstream: tuple[Path, str], tmp_path: Path, shares: list[int]
 ) -> None:
-    pages = []
+    outputs = []
     for i, extra in enumerate(["processes: 1\n", ""]):  # the demo channel is small
         mirror = tmp_path / f"mirror{i}"
         job = job_yaml(tmp_path / f"job{i}.yaml", upstream[1], str(mirror), extra)
@@ -130,12 +130,20 @@ def test_one_process_where_asked_or_not_worth_it(
         assert result.exit_code == 0, result.output
         assert assert_consistent(mirror) == 8
         subdirs = [mirror / "linux-64", mirror / "noarch"]  # the front page shows times
-        pages.append(
-            {p.relative_to(mirror): p.read_bytes() for d in subdirs for p in d.rglob("*.html")}
+        outputs.append(
+            {
+                p.relative_to(mirror): p.read_bytes()
+                for d in subdirs
+                for p in d.rglob("*")
+                if p.suffix in (".html", ".zst") and p.name != "repodata.json.zst"
+            }
         )
     assert shares == []
-    # the second wrote its package pages from a worker (forked, unused for copying)
-    assert pages[0] == pages[1] and len(pages[0]) >= 8
+    # the second wrote its shards and package pages from workers (forked, unused for
+    # copying), each a part of the names: the same files, the same shard index
+    assert outputs[0] == outputs[1]
+    assert len([p for p in outputs[0] if p.parent.name == "shards"]) >= 6
+    assert len([p for p in outputs[0] if p.parent.name == "pages"]) >= 6
 
 
 def _children(pid: int) -> set[int]:

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from conda_ferry.index.channel import ChannelEntry
 from conda_ferry.mirror import pages
+from conda_ferry.mirror.byname import split
 from conda_ferry.mirror.pages import Package, package_page
 from tests.helpers import ferry
 from tests.pkgmaker import DEMO, Spec
@@ -212,3 +214,22 @@ def test_pages_in_a_real_browser(nginx: Server, tmp_path: Path) -> None:
         browser.quit()
     print(f"screenshots: {shots}")
     assert len(list(shots.glob("*.png"))) == 5
+
+
+def test_the_names_split_in_parts_of_consecutive_names_and_about_equal_records() -> None:
+    """Each spare worker writes the shards and pages of one part (mirror/byname.py)."""
+    counts = {"a": 3, "b": 1, "c": 1, "d": 4, "e": 1, "f": 2}
+    entries = [
+        ChannelEntry("linux-64", f"{name}-{i}-0.conda", {"name": name}, {})
+        for i in range(4)
+        for name in sorted(counts, reverse=True)
+        if i < counts[name]
+    ]
+    parts = split(entries, 2)
+    assert sorted((e for part in parts for e in part), key=entries.index) == entries
+    for part in parts:
+        assert part == sorted(part, key=entries.index)  # the order each was given
+    names = [sorted({e.record["name"] for e in part}) for part in parts]
+    assert names == [["a", "b", "c"], ["d", "e", "f"]]  # 5 and 7 records of 12
+    assert [len(p) for p in split(entries, 10)] == [3, 1, 1, 4, 1, 2]  # a name is not cut
+    assert split([], 2) == [[]]

@@ -1,0 +1,176 @@
+"""A subdir's files of one per package name, its shards (CEP 16) and its package
+pages, written in parts beside its repodata.
+
+They are most of a large commit's work, and the same work name by name: so each
+spare worker takes a part of the names (about as many records each) and writes
+both kinds for it, while this process publishes the repodata; the parts are then
+joined here into the shard index and the listings. Split by kind instead (one
+worker the shards, the other the pages), the pages' worker ended 40 ms after the
+shards' on a disk, and the records went down the pipes twice. Nothing a part writes
+is named before it is joined: a shard is named by the index, a package page by the
+listings, and each part makes its files durable first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from conda_ferry.gateways import Gateway
+from conda_ferry.index.channel import BuiltSubdir, ChannelEntries, ChannelEntry, IndexOptions
+from conda_ferry.index.publish import (
+    Aside,
+    Sharded,
+    ShardPart,
+    join_shards,
+    present_shards,
+    write_shard_part,
+)
+from conda_ferry.index.records import package_key
+from conda_ferry.index.subdir import SubdirView
+
+from .pages import (
+    PagePart,
+    join_pages,
+    present_pages,
+    remove_pages,
+    write_listings,
+    write_page_part,
+)
+from .state import SubdirState
+
+
+class Part(msgspec.Struct):
+    shards: ShardPart | None
+    pages: PagePart | None
+
+
+class Inputs(msgspec.Struct):
+    """What every part is given besides its records: the files there now, and what
+    the last publication knew of them (None: that kind is not written)."""
+
+    shards_have: set[str] | None = None
+    shard_keys: dict[str, str] = {}
+    reread: bool = False
+    pages_have: set[str] | None = None
+    pages_previous: dict[str, str] = {}
+    jobs: int = 8
+
+
+def write_part(
+    gateway: Gateway,
+    subdir: str,
+    entries: list[ChannelEntry],
+    given: Inputs,
+    pages_first: bool = False,
+) -> Part:
+    """The shards and package pages of the names of ``entries``, written and durable;
+    ``pages_first`` in every other part, so that two parts mostly create files in
+    two directories at a time (creating in one directory takes its lock)."""
+
+    def shards() -> ShardPart | None:
+        if given.shards_have is None:
+            return None
+        document: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
+        for entry in entries:
+            document[package_key(entry.filename)][entry.filename] = entry.record
+        have, keys = given.shards_have, given.shard_keys
+        return write_shard_part(gateway, subdir, document, have, given.reread, keys, False)
+
+    def pages() -> PagePart | None:
+        if given.pages_have is None:
+            return None
+        have, previous = given.pages_have, given.pages_previous
+        return write_page_part(gateway, subdir, entries, previous, have, given.jobs, False)
+
+    if pages_first:
+        written = pages()
+        part = Part(shards(), written)
+    else:
+        part = Part(shards(), pages())
+    gateway.flush()  # one flush for both kinds: nothing names either before it
+    return part
+
+
+def split(entries: list[ChannelEntry], count: int) -> list[ChannelEntries]:
+    """``entries`` in ``count`` parts (fewer if there are fewer names) of consecutive
+    names, about as many records each; each part keeps the order of ``entries``."""
+    sizes: dict[str, int] = {}
+    for entry in entries:
+        name = str(entry.record.get("name", ""))
+        sizes[name] = sizes.get(name, 0) + 1
+    part_of: dict[str, int] = {}
+    seen = 0
+    for name in sorted(sizes):
+        middle = 2 * seen + sizes[name]  # twice the name's middle record, of twice all
+        part_of[name] = min(count - 1, middle * count // (2 * len(entries)))
+        seen += sizes[name]
+    parts = [ChannelEntries() for _ in range(count)]
+    for entry in entries:
+        parts[part_of[str(entry.record.get("name", ""))]].append(entry)
+    return [part for part in parts if part] or [ChannelEntries()]
+
+
+class ByName:
+    """The parts of one subdir's names, started ``aside`` when made (a worker each,
+    where there are ``spare`` workers): :attr:`sharded` gives their shards, once
+    the repodata is out, and :meth:`finish` their pages' listings."""
+
+    def __init__(
+        self,
+        target: Gateway,
+        view: SubdirView,
+        built: BuiltSubdir,
+        state: SubdirState,
+        options: IndexOptions,
+        aside: Aside,
+        spare: int,
+    ) -> None:
+        self._target, self._subdir = target, view.subdir
+        self._info = built.document.get("info", {})
+        # a page is trusted by the digest the state keeps of it; a repair writes each anew
+        self._trusted = {} if options.reread else state.pages
+        given = self._given = Inputs(reread=options.reread, jobs=options.jobs)
+        if options.outputs.shards:
+            given.shards_have, given.shard_keys = present_shards(target, view.subdir), state.shards
+        if options.outputs.html:
+            given.pages_have = present_pages(target, view.subdir, view.names)
+            given.pages_previous = self._trusted
+        parts = split(built.entries, max(1, spare))
+        if given.shards_have is None and given.pages_have is None:
+            parts = []
+        self._started: list[Callable[[], Part]] = [
+            aside(write_part, target, view.subdir, part, given, i % 2 == 1)
+            for i, part in enumerate(parts)
+        ]
+        self._parts: list[Part] | None = None
+
+    def _done(self) -> list[Part]:
+        if self._parts is None:
+            self._parts = [started() for started in self._started]
+        return self._parts
+
+    @property
+    def sharded(self) -> Callable[[], Sharded] | None:
+        """What gives the subdir's shards (None: they are off)."""
+        return None if self._given.shards_have is None else self._shards
+
+    def _shards(self) -> Sharded:
+        assert self._given.shards_have is not None
+        parts = [p.shards for p in self._done() if p.shards is not None]
+        return join_shards(self._info, self._given.shards_have, parts)
+
+    def finish(self, state: SubdirState) -> None:
+        """The listings, which link the package pages, written as they describe what
+        the subdir publishes: after its repodata; or, with pages off, the pages
+        removed."""
+        have = self._given.pages_have
+        if have is None:
+            remove_pages(self._target, self._subdir, state.pages)
+            state.pages = {}
+            return
+        pages = join_pages(self._subdir, have, [p.pages for p in self._done() if p.pages])
+        written = write_listings(self._target, self._subdir, pages, state.pages, self._trusted)
+        state.pages = written.digests
