@@ -119,9 +119,10 @@ def write_shards(
     reread: bool = False,
     known: Mapping[str, str] | None = None,
 ) -> Sharded:
-    """The shards of ``document`` not there yet, written and durable. Half a large
-    subdir's publication, which another process may do while this one writes the
-    rest. Without a ``document`` (shards switched off), every shard is stale.
+    """The shards of ``document`` not there yet, written and durable, all in this
+    process (a writer with worker processes has each write a part of the names:
+    :func:`write_shard_part`, :func:`join_shards`). Without a ``document`` (shards
+    switched off), every shard is stale.
 
     A shard present is trusted by its name (its content's hash) unless ``reread``:
     then it is read back, and written again if damaged; ``known``: the keys the last
