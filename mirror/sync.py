@@ -321,8 +321,14 @@ class SyncRun:
                         f"is named '{explain}' (check the spelling; names are lower case)"
                     )
                 return self.report, lines
-            descriptions = None if self.dry_run else upstream.Descriptions(source)
-            if descriptions is not None:
+            descriptions = None
+            if not self.dry_run:
+                ahead = upstream.ReadAhead(  # while the packages transfer
+                    functools.partial(open_gateway, job.source, job.source_options),
+                    ["channeldata.json"]
+                    + [f"{s}/run_exports.json" for s in fetched if s not in self.broken],
+                )
+                descriptions = upstream.Descriptions(source, ahead)
                 remember_channel(target, source.display(), job.public_url)
                 if not owed:
                     target.write_bytes(OWED, b"")  # cleared once they are out

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -81,17 +83,27 @@ class Descriptions:
     """What upstream says about its packages beyond repodata (channeldata.json,
     run_exports.json), so the mirror can publish both for what it keeps without
     reading a single package. Either file may be absent or unreadable: the mirror's
-    copy then lacks what it would have said, nothing more."""
+    copy then lacks what it would have said, nothing more.
 
-    def __init__(self, source: Gateway) -> None:
-        self._source = source
-        document = self._optional("channeldata.json")
-        packages = document.get("packages") if isinstance(document, dict) else None
-        self._about: dict[str, Any] = packages if isinstance(packages, dict) else {}
+    ``ahead``: the same files read beforehand, in a thread of their own (see
+    :class:`ReadAhead`); what it did not read is read from ``source`` when asked."""
+
+    def __init__(self, source: Gateway, ahead: ReadAhead | None = None) -> None:
+        self._source, self._ahead = source, ahead
+        self._about_read: dict[str, Any] | None = None
+
+    @property
+    def _about(self) -> dict[str, Any]:
+        if self._about_read is None:
+            document = self._optional("channeldata.json")
+            packages = document.get("packages") if isinstance(document, dict) else None
+            self._about_read = packages if isinstance(packages, dict) else {}
+        return self._about_read
 
     def _optional(self, path: str) -> Any:
         try:
-            return orjson.loads(self._source.read_bytes(path))
+            data = self._ahead.take(path) if self._ahead is not None else None
+            return orjson.loads(self._source.read_bytes(path) if data is None else data)
         except (GatewayError, orjson.JSONDecodeError) as exc:
             log.debug("%s: not used (%s)", self._source.display(path), exc)
             return None
@@ -105,9 +117,10 @@ class Descriptions:
         run_exports = repodata.records(document) if isinstance(document, dict) else {}
         out: dict[str, dict[str, Any]] = {}
         shared: dict[str, dict[str, Any]] = {}  # read-only: one per name, not per file
+        described = self._about
         for filename, record in records.items():
             name = str(record.get("name"))
-            about = self._about.get(name)
+            about = described.get(name)
             about = about if isinstance(about, dict) else {}
             entry = run_exports.get(filename)
             exports = entry.get("run_exports") if isinstance(entry, dict) else None
@@ -118,6 +131,48 @@ class Descriptions:
                 shared[name] = extras_from(about, None)
             out[filename] = shared[name]
         return out
+
+
+class ReadAhead:
+    """Files of the upstream read in a thread of its own, on a gateway of its own,
+    while the packages transfer: channeldata.json and each subdir's run_exports.json
+    are only needed when a subdir is committed, and over a long way each costs a
+    round trip, and a large channel's many megabytes, that no commit should wait for
+    (nor the first package: channeldata.json was read before the transfer)."""
+
+    def __init__(self, open_source: Callable[[], Gateway], paths: list[str]) -> None:
+        self._read: dict[str, Future[bytes]] = {path: Future() for path in paths}
+        thread = threading.Thread(
+            target=self._run, args=(open_source,), name="ferry-read-ahead", daemon=True
+        )
+        thread.start()
+
+    def _run(self, open_source: Callable[[], Gateway]) -> None:
+        try:
+            with open_source() as source:
+                for path, read in self._read.items():
+                    try:
+                        read.set_result(source.read_bytes(path))
+                    except Exception as exc:  # the reader's to judge, as if it read it
+                        read.set_exception(exc)
+        except BaseException as exc:  # not opened: each is read when asked instead
+            for read in self._read.values():
+                if not read.done():
+                    read.set_exception(exc)
+
+    def take(self, path: str) -> bytes | None:
+        """``path``'s bytes, once read, or the GatewayError reading it raised (not
+        there, not readable); None where it was not read ahead, or failed otherwise
+        (the caller then reads it itself)."""
+        read = self._read.pop(path, None)
+        if read is None:
+            return None
+        try:
+            return read.result()
+        except GatewayError:
+            raise
+        except Exception:
+            return None
 
 
 def _local_path(url: str) -> str | None:

@@ -14,7 +14,7 @@ import rattler
 import requests
 
 from conda_ferry.gateways import GatewayError, open_gateway
-from conda_ferry.mirror import sync
+from conda_ferry.mirror import sync, transfer, upstream
 from conda_ferry.mirror.copying import GONE_UPSTREAM
 from conda_ferry.mirror.errors import FerryError
 from conda_ferry.mirror.state import SubdirState
@@ -677,3 +677,67 @@ def test_packages_are_durable_before_any_repodata_names_them(
         last_package = max(i for i, path in written if path.endswith((".conda", ".tar.bz2")))
         first_repodata = min(i for i, path in written if "/repodata" in path)
         assert ("flush", "") in events[last_package:first_repodata]
+
+
+READ_AHEAD = ["channeldata.json", "linux-64/run_exports.json", "noarch/run_exports.json"]
+
+
+def test_what_upstream_says_of_its_packages_is_read_while_they_transfer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """channeldata.json and each subdir's run_exports.json are read in a thread of
+    their own, on a gateway of their own, from before the first package is asked for;
+    the mirror says of its packages exactly what it says when they are read when
+    asked, and a file that could not be read ahead is read then."""
+    up = tmp_path / "up"
+    shutil.copytree(Path(__file__).parent.parent / "configs" / "demo-channel", up)
+    events: list[str] = []
+    start, copy_all = upstream.ReadAhead.__init__, transfer.copy_all
+
+    def starting(self: upstream.ReadAhead, *args: Any) -> None:
+        events.append("read ahead")
+        start(self, *args)
+
+    def copying(*args: Any) -> Any:
+        events.append("transfer")
+        return copy_all(*args)
+
+    monkeypatch.setattr(upstream.ReadAhead, "__init__", starting)
+    monkeypatch.setattr(transfer, "copy_all", copying)
+    taken, take = [], upstream.ReadAhead.take
+
+    def counted(self: upstream.ReadAhead, path: str) -> bytes | None:
+        data = take(self, path)
+        taken.append((path, data is not None))
+        return data
+
+    said = []
+    for run, take_as in enumerate([counted, lambda self, path: None]):
+        monkeypatch.setattr(upstream.ReadAhead, "take", take_as)
+        mirror = tmp_path / f"mirror{run}"
+        job = job_yaml(tmp_path / f"job{run}.yaml", str(up), str(mirror), "processes: 1\n")
+        result = ferry("sync", str(job))
+        assert result.exit_code == 0, result.output
+        said.append(
+            {
+                path: (mirror / path).read_bytes()
+                for path in ("channeldata.json", "linux-64/run_exports.json")
+            }
+        )
+        assert events[-2:] == ["read ahead", "transfer"]
+    assert said[0] == said[1]
+    assert b"zlib" in said[0]["channeldata.json"]
+    # the first run's files all came from the read-ahead
+    assert sorted(taken) == [(p, True) for p in sorted(READ_AHEAD)]
+    monkeypatch.undo()
+
+    def unopened() -> Any:
+        raise OSError("no second connection")
+
+    ahead = upstream.ReadAhead(unopened, ["channeldata.json", "gone.json"])
+    assert ahead.take("channeldata.json") is None  # read when asked instead
+    source = open_gateway(str(up))
+    with pytest.raises(GatewayError):
+        upstream.ReadAhead(lambda: open_gateway(str(up)), ["gone.json"]).take("gone.json")
+    nothing = upstream.ReadAhead(lambda: open_gateway(str(up)), ["x.json"])
+    assert upstream.Descriptions(source, nothing).extras("noarch", {}) == {}
