@@ -18,7 +18,7 @@ import orjson
 from benchmarks._common import arguments, conda_forge_like, in_subprocess, report, table, timed
 from conda_ferry.gateways import open_gateway
 from conda_ferry.index.channel import ChannelEntry
-from conda_ferry.mirror.pages import write_listings, write_package_pages
+from conda_ferry.mirror.pages import join_pages, present_pages, write_listings, write_page_part
 
 
 def make_repodata(path: Path, records: int, builds: int) -> None:
@@ -54,7 +54,9 @@ def case(name: str, work: Path) -> None:
     started = time.perf_counter()
     with open_gateway(str(work / "channel")) as gateway:
         present = {info.name for info in gateway.files("linux-64")}
-        pages = write_package_pages(gateway, "linux-64", listed, digests, present, jobs=4)
+        have = present_pages(gateway, "linux-64", present)
+        part = write_page_part(gateway, "linux-64", listed, digests, have, jobs=4)
+        pages = join_pages("linux-64", have, [part])  # in one process: one part
         result = write_listings(gateway, "linux-64", pages, digests, digests)
     seconds = time.perf_counter() - started
     (work / "digests.json").write_bytes(orjson.dumps(result.digests))

@@ -223,21 +223,6 @@ def _inputs(package: Package) -> str:
     return digest(TEMPLATES + data)
 
 
-def write_package_pages(
-    gateway: Gateway,
-    subdir: str,
-    entries: list[ChannelEntry],
-    previous: dict[str, str],
-    present: set[str],
-    jobs: int = 8,
-) -> PageWrite:
-    """The package pages that changed, written and durable, and the listings made
-    but not written: no new page is linked before :func:`write_listings`."""
-    have = present_pages(gateway, subdir, present)
-    part = write_page_part(gateway, subdir, entries, previous, have, jobs)
-    return join_pages(subdir, have, [part])
-
-
 def present_pages(gateway: Gateway, subdir: str, present: set[str]) -> set[str]:
     """The subdir's pages there now: the package pages, and of ``present`` (the
     subdir's own files) the listings."""
