@@ -14,7 +14,7 @@ listings, and each part makes its files durable first.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -145,12 +145,21 @@ class ByName:
             aside(write_part, target, view.subdir, part, given, i % 2 == 1)
             for i, part in enumerate(parts)
         ]
-        self._parts: list[Part] | None = None
+        self._parts: list[Part | Exception] | None = None
 
     def _done(self) -> list[Part]:
         if self._parts is None:
-            self._parts = [started() for started in self._started]
-        return self._parts
+            heard: list[Part | Exception] = []
+            for started in self._started:  # every part heard: each worker is free again
+                try:
+                    heard.append(started())
+                except Exception as exc:
+                    heard.append(exc)
+            self._parts = heard
+        failed = [p for p in self._parts if isinstance(p, Exception)]
+        if failed:
+            raise failed[0]
+        return cast(list[Part], self._parts)
 
     @property
     def sharded(self) -> Callable[[], Sharded] | None:

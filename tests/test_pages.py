@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from conda_ferry.index.channel import ChannelEntry
-from conda_ferry.mirror import pages
-from conda_ferry.mirror.byname import split
+from conda_ferry.mirror import byname, pages
 from conda_ferry.mirror.pages import Package, package_page
 from tests.helpers import ferry
 from tests.pkgmaker import DEMO, Spec
@@ -225,11 +224,34 @@ def test_the_names_split_in_parts_of_consecutive_names_and_about_equal_records()
         for name in sorted(counts, reverse=True)
         if i < counts[name]
     ]
-    parts = split(entries, 2)
+    parts = byname.split(entries, 2)
     assert sorted((e for part in parts for e in part), key=entries.index) == entries
     for part in parts:
         assert part == sorted(part, key=entries.index)  # the order each was given
     names = [sorted({e.record["name"] for e in part}) for part in parts]
     assert names == [["a", "b", "c"], ["d", "e", "f"]]  # 5 and 7 records of 12
-    assert [len(p) for p in split(entries, 10)] == [3, 1, 1, 4, 1, 2]  # a name is not cut
-    assert split([], 2) == [[]]
+    assert [len(p) for p in byname.split(entries, 10)] == [3, 1, 1, 4, 1, 2]  # a name is not cut
+    assert byname.split([], 2) == [[]]
+
+
+def test_a_part_that_failed_fails_the_commit_once_every_part_is_heard() -> None:
+    """Each part's worker is heard (and so free for the next subdir) before the first
+    failure is raised, and asking again raises it again, running nothing twice."""
+    heard: list[str] = []
+
+    def part(name: str, fails: bool = False) -> Any:
+        def outcome() -> Any:
+            heard.append(name)
+            if fails:
+                raise OSError(f"{name}: no space left")
+            return name
+
+        return outcome
+
+    parts = object.__new__(byname.ByName)
+    parts._started = [part("first", fails=True), part("second")]
+    parts._parts = None
+    for _ in range(2):
+        with pytest.raises(OSError, match="first: no space left"):
+            parts._done()
+    assert heard == ["first", "second"]
