@@ -164,7 +164,7 @@ class ReadAhead:
         """``path``'s bytes, once read, or the GatewayError reading it raised (not
         there, not readable); None where it was not read ahead, or failed otherwise
         (the caller then reads it itself)."""
-        read = self._read.pop(path, None)
+        read = self._read.get(path)  # (the thread goes through them: none is removed)
         if read is None:
             return None
         try:
