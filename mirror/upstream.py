@@ -142,21 +142,23 @@ class ReadAhead:
 
     def __init__(self, open_source: Callable[[], Gateway], paths: list[str]) -> None:
         self._read: dict[str, Future[bytes]] = {path: Future() for path in paths}
+        every = list(self._read.items())  # the thread's own list: take() removes from ours
         thread = threading.Thread(
-            target=self._run, args=(open_source,), name="ferry-read-ahead", daemon=True
+            target=self._run, args=(open_source, every), name="ferry-read-ahead", daemon=True
         )
         thread.start()
 
-    def _run(self, open_source: Callable[[], Gateway]) -> None:
+    @staticmethod
+    def _run(open_source: Callable[[], Gateway], every: list[tuple[str, Future[bytes]]]) -> None:
         try:
             with open_source() as source:
-                for path, read in self._read.items():
+                for path, read in every:
                     try:
                         read.set_result(source.read_bytes(path))
                     except Exception as exc:  # the reader's to judge, as if it read it
                         read.set_exception(exc)
         except BaseException as exc:  # not opened: each is read when asked instead
-            for read in self._read.values():
+            for _, read in every:
                 if not read.done():
                     read.set_exception(exc)
 
@@ -164,7 +166,7 @@ class ReadAhead:
         """``path``'s bytes, once read, or the GatewayError reading it raised (not
         there, not readable); None where it was not read ahead, or failed otherwise
         (the caller then reads it itself)."""
-        read = self._read.get(path)  # (the thread goes through them: none is removed)
+        read = self._read.pop(path, None)  # its bytes go with it, once parsed
         if read is None:
             return None
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -736,6 +737,12 @@ def test_what_upstream_says_of_its_packages_is_read_while_they_transfer(
 
     ahead = upstream.ReadAhead(unopened, ["channeldata.json", "gone.json"])
     assert ahead.take("channeldata.json") is None  # read when asked instead
+
+    def unopened_later() -> Any:
+        time.sleep(0.2)  # the file is asked for (and waited for) before this fails
+        raise OSError("no second connection")
+
+    assert upstream.ReadAhead(unopened_later, ["x.json"]).take("x.json") is None
     source = open_gateway(str(up))
     with pytest.raises(GatewayError):
         upstream.ReadAhead(lambda: open_gateway(str(up)), ["gone.json"]).take("gone.json")
