@@ -24,8 +24,9 @@ workers are stopped by the kernel (``PR_SET_PDEATHSIG``) and the next run sweeps
 they left. A worker that dies on its own costs time, not files: what it had not
 reported is handed to the others, or copied here.
 
-Between transfers a worker can also do one job aside (:meth:`Helpers.aside`): the
-package pages of a commit, written while this process publishes the repodata.
+Between transfers a worker can also do one job aside (:meth:`Helpers.aside`): a part
+of a commit's shards and package pages, written while this process publishes the
+repodata.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ QUEUED_BYTES = 64 << 20  # ... of large files: a few, so the last ones are share
 LANDED_BATCH = 16  # files a worker reports at once (a message per file costs here)
 ADVANCE_EVERY = 1 << 20  # bytes a worker counts before it tells the progress bar
 STOP_WAIT = 30.0  # seconds a stopped worker has to remove its temp files
-# a worker's input: a subdir's records for its pages (350 kB for 1,600) go into the
+# a worker's input: a commit's part of the records (350 kB for 1,600) goes into the
 # pipe in one write, not 64 kB at a time as the worker unpickles the last
 PIPE_BYTES = 1 << 20
 FRAME = struct.Struct("<I")  # each message: its length, then its pickle
