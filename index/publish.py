@@ -13,7 +13,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -22,24 +22,9 @@ from conda_ferry.gateways import Gateway, GatewayError, NotFound, is_temp
 from . import jlap, repodata, shards
 from .outputs import OutputOptions
 
-__all__ = ["Aside", "OutputOptions", "Written", "publish_subdir", "when_asked", "write_if_changed"]
+__all__ = ["OutputOptions", "Written", "publish_subdir", "write_if_changed"]
 
 log = logging.getLogger("ferry.index")
-T = TypeVar("T")
-
-
-class Aside(Protocol):
-    """Starts ``job(gateway, *args)`` where it runs beside this process's own work (a
-    worker process of a sync), or nowhere yet; the callable returned gives its result."""
-
-    def __call__(
-        self, job: Callable[..., T], gateway: Gateway, /, *args: Any
-    ) -> Callable[[], T]: ...
-
-
-def when_asked(job: Callable[..., T], gateway: Gateway, *args: Any) -> Callable[[], T]:
-    """No other process: the job runs when its result is asked for."""
-    return functools.partial(job, gateway, *args)
 
 
 class Written(msgspec.Struct):

@@ -13,15 +13,15 @@ listings, and each part makes its files durable first.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 
 from conda_ferry.gateways import Gateway
 from conda_ferry.index.channel import BuiltSubdir, ChannelEntries, ChannelEntry, IndexOptions
 from conda_ferry.index.publish import (
-    Aside,
     Sharded,
     ShardPart,
     join_shards,
@@ -40,6 +40,22 @@ from .pages import (
     write_page_part,
 )
 from .state import SubdirState
+
+T = TypeVar("T")
+
+
+class Aside(Protocol):
+    """Starts ``job(gateway, *args)`` where it runs beside this process's own work (a
+    worker process of a sync), or nowhere yet; the callable returned gives its result."""
+
+    def __call__(
+        self, job: Callable[..., T], gateway: Gateway, /, *args: Any
+    ) -> Callable[[], T]: ...
+
+
+def when_asked(job: Callable[..., T], gateway: Gateway, *args: Any) -> Callable[[], T]:
+    """No other process: the job runs when its result is asked for."""
+    return functools.partial(job, gateway, *args)
 
 
 class Part(msgspec.Struct):
@@ -97,9 +113,9 @@ def write_part(
 def split(entries: list[ChannelEntry], count: int) -> list[ChannelEntries]:
     """``entries`` in ``count`` parts (fewer if there are fewer names) of consecutive
     names, about as many records each; each part keeps the order of ``entries``."""
+    names = [str(entry.record.get("name", "")) for entry in entries]
     sizes: dict[str, int] = {}
-    for entry in entries:
-        name = str(entry.record.get("name", ""))
+    for name in names:
         sizes[name] = sizes.get(name, 0) + 1
     part_of: dict[str, int] = {}
     seen = 0
@@ -108,8 +124,8 @@ def split(entries: list[ChannelEntry], count: int) -> list[ChannelEntries]:
         part_of[name] = min(count - 1, middle * count // (2 * len(entries)))
         seen += sizes[name]
     parts = [ChannelEntries() for _ in range(count)]
-    for entry in entries:
-        parts[part_of[str(entry.record.get("name", ""))]].append(entry)
+    for name, entry in zip(names, entries, strict=True):
+        parts[part_of[name]].append(entry)
     return [part for part in parts if part] or [ChannelEntries()]
 
 

@@ -28,11 +28,10 @@ from conda_ferry.index.channel import (
     build_subdir,
     publish_built,
 )
-from conda_ferry.index.publish import Aside, when_asked
 from conda_ferry.index.subdir import SubdirView
 
 from . import snapstore
-from .byname import ByName
+from .byname import Aside, ByName, when_asked
 from .errors import FerryError
 from .state import STATE_DIR, SubdirState, sweep_temps
 from .upstream import Descriptions

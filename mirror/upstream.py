@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import posixpath
@@ -90,15 +91,12 @@ class Descriptions:
 
     def __init__(self, source: Gateway, ahead: ReadAhead | None = None) -> None:
         self._source, self._ahead = source, ahead
-        self._about_read: dict[str, Any] | None = None
 
-    @property
+    @functools.cached_property
     def _about(self) -> dict[str, Any]:
-        if self._about_read is None:
-            document = self._optional("channeldata.json")
-            packages = document.get("packages") if isinstance(document, dict) else None
-            self._about_read = packages if isinstance(packages, dict) else {}
-        return self._about_read
+        document = self._optional("channeldata.json")
+        packages = document.get("packages") if isinstance(document, dict) else None
+        return packages if isinstance(packages, dict) else {}
 
     def _optional(self, path: str) -> Any:
         try:
