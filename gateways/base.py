@@ -270,6 +270,12 @@ class Gateway(abc.ABC):
         except NotFound:
             return []
 
+    def names(self, path: str = "") -> builtins.list[str]:
+        """The names of the files directly in ``path``, sorted; none if it does not
+        exist. What :meth:`files` says, where only the names are wanted (an adapter
+        may list them without a stat each)."""
+        return [f.name for f in self.files(path)]
+
     def exists(self, path: str) -> bool:
         try:
             self.info(path)

@@ -121,6 +121,17 @@ class LocalGateway(Gateway):
                     for entry in entries
                 ]
 
+    def names(self, path: str = "") -> list[str]:
+        """Without a stat each (the directory entry says what is a directory): a
+        commit's look at its thousands of shards and pages took 5 µs a file so."""
+        directory = self._abs(path)
+        with self._errors(path):
+            try:
+                with os.scandir(directory) as entries:
+                    return sorted(e.name for e in entries if not e.is_dir(follow_symlinks=False))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
     def _open(self, path: str, offset: int, version: str | None) -> tuple[BinaryIO, str | None]:
         with self._errors(path):
             handle = open(self._abs(path), "rb")  # noqa: SIM115 - returned to the caller

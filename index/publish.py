@@ -123,11 +123,11 @@ def present_shards(gateway: Gateway, subdir: str) -> set[str]:
     """The subdir's shard files, by path in the subdir; a killed run's half-written
     one is deleted."""
     have: set[str] = set()
-    for info in gateway.files(f"{subdir}/{shards.SHARDS_DIR}"):
-        if is_temp(info.name):
-            gateway.delete(info.path)
-        elif info.name.endswith(".msgpack.zst"):
-            have.add(info.path.split("/", 1)[1])
+    for name in gateway.names(f"{subdir}/{shards.SHARDS_DIR}"):
+        if is_temp(name):
+            gateway.delete(f"{subdir}/{shards.SHARDS_DIR}/{name}")
+        elif name.endswith(".msgpack.zst"):
+            have.add(f"{shards.SHARDS_DIR}/{name}")
     return have
 
 

@@ -226,7 +226,7 @@ def _inputs(package: Package) -> str:
 def present_pages(gateway: Gateway, subdir: str, present: set[str]) -> set[str]:
     """The subdir's pages there now: the package pages, and of ``present`` (the
     subdir's own files) the listings."""
-    return {f"{PAGES_DIR}/{i.name}" for i in gateway.files(f"{subdir}/{PAGES_DIR}")} | present
+    return {f"{PAGES_DIR}/{name}" for name in gateway.names(f"{subdir}/{PAGES_DIR}")} | present
 
 
 class PagePart(msgspec.Struct):

@@ -51,6 +51,9 @@ def test_list_one_level_and_recursive(area: Area) -> None:
         if area.kind != "http":  # autoindex pages carry no reliable sizes
             assert [f.size for f in files] == [2, 3, 1]
         assert [f.path for f in gw.list("a")] == ["a/b.txt", "a/c"]
+        # the files' names only, as a commit looks at its shards and pages
+        assert gw.names("a") == ["b.txt"] and gw.names("") == ["e.txt"]
+        assert gw.names("no-such-dir") == []
 
 
 def test_info_exists_and_not_found(area: Area) -> None:
