@@ -684,14 +684,18 @@ READ_AHEAD = ["channeldata.json", "linux-64/run_exports.json", "noarch/run_expor
 
 
 def test_what_upstream_says_of_its_packages_is_read_while_they_transfer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nginx: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """channeldata.json and each subdir's run_exports.json are read in a thread of
-    their own, on a gateway of their own, from before the first package is asked for;
-    the mirror says of its packages exactly what it says when they are read when
-    asked, and a file that could not be read ahead is read then."""
-    up = tmp_path / "up"
-    shutil.copytree(Path(__file__).parent.parent / "configs" / "demo-channel", up)
+    their own, on a gateway of their own (over HTTP: libcurl in that thread), from
+    before the first package is asked for; the mirror says of its packages exactly
+    what it says when they are read when asked, and a file that could not be read
+    ahead is read then."""
+    shutil.copytree(
+        Path(__file__).parent.parent / "configs" / "demo-channel",
+        nginx.root / f"described-{tmp_path.name}",
+    )
+    up = f"{nginx.url}/described-{tmp_path.name}"
     events: list[str] = []
     start, copy_all = upstream.ReadAhead.__init__, transfer.copy_all
 
@@ -716,7 +720,7 @@ def test_what_upstream_says_of_its_packages_is_read_while_they_transfer(
     for run, take_as in enumerate([counted, lambda self, path: None]):
         monkeypatch.setattr(upstream.ReadAhead, "take", take_as)
         mirror = tmp_path / f"mirror{run}"
-        job = job_yaml(tmp_path / f"job{run}.yaml", str(up), str(mirror), "processes: 1\n")
+        job = job_yaml(tmp_path / f"job{run}.yaml", up, str(mirror), "processes: 1\n")
         result = ferry("sync", str(job))
         assert result.exit_code == 0, result.output
         said.append(
@@ -743,8 +747,8 @@ def test_what_upstream_says_of_its_packages_is_read_while_they_transfer(
         raise OSError("no second connection")
 
     assert upstream.ReadAhead(unopened_later, ["x.json"]).take("x.json") is None
-    source = open_gateway(str(up))
+    source = open_gateway(up)
     with pytest.raises(GatewayError):
-        upstream.ReadAhead(lambda: open_gateway(str(up)), ["gone.json"]).take("gone.json")
-    nothing = upstream.ReadAhead(lambda: open_gateway(str(up)), ["x.json"])
+        upstream.ReadAhead(lambda: open_gateway(up), ["gone.json"]).take("gone.json")
+    nothing = upstream.ReadAhead(lambda: open_gateway(up), ["x.json"])
     assert upstream.Descriptions(source, nothing).extras("noarch", {}) == {}
