@@ -50,11 +50,12 @@ from conda_ferry.gateways import (
 from conda_ferry.gateways.curl import parse_head
 from conda_ferry.gateways.inflate import Inflating
 from conda_ferry.gateways.sftpreads import read_size
-from conda_ferry.index import compact, repodata, shards
+from conda_ferry.index import channeldata, compact, repodata, shards
+from conda_ferry.index.channel import ChannelEntry
 from conda_ferry.index.package import BadPackage, read_package
 from conda_ferry.index.publish import OutputOptions, publish_subdir
 from conda_ferry.index.records import record_from_package, record_problem
-from conda_ferry.mirror import bundle, errors, lockfiles, sharded, snapshots, sync, upstream
+from conda_ferry.mirror import bundle, errors, lockfiles, pages, sharded, snapshots, sync, upstream
 from conda_ferry.mirror.cli import main
 from conda_ferry.mirror.filters import Filters, Selector
 from conda_ferry.mirror.plan import make_plan
@@ -312,6 +313,56 @@ def fuzz_manifests(seconds: float, seed: int) -> int:
                 pass
             outside = [p for p in root.rglob("*") if not _inside(p, root)]
             assert not outside, outside
+    return count
+
+
+def fuzz_descriptions(seconds: float, seed: int) -> int:
+    """What an upstream says of its packages beyond repodata (channeldata.json, each
+    subdir's run_exports.json), mutated or cut, read ahead in a thread as a sync reads
+    it, into the mirror's channeldata, run_exports and pages: never an exception; a
+    document that is not one is not used."""
+    rng = random.Random(seed)
+    demo, subdirs = ROOT / "configs" / "demo-channel", ("linux-64", "noarch")
+    about = json.loads((demo / "channeldata.json").read_bytes())
+    records = {
+        s: repodata.records(json.loads((demo / s / "repodata.json").read_bytes())) for s in subdirs
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        count = 0
+        for count in _deadline(seconds):
+            files = {"channeldata.json": _json_mutant(rng, about)}
+            for subdir, kept in records.items():
+                files[f"{subdir}/run_exports.json"] = _json_mutant(
+                    rng,
+                    {
+                        "packages.conda": {
+                            f: {"run_exports": {"weak": [f"x >={count}"]}} for f in kept
+                        }
+                    },
+                )
+            for path, document in files.items():
+                data = json.dumps(document).encode()
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                (root / path).write_bytes(_mutate(rng, data) if rng.random() < 0.3 else data)
+            opener = functools.partial(open_gateway, str(root))
+            with open_gateway(str(root)) as source:
+                described = upstream.Descriptions(source, upstream.ReadAhead(opener, list(files)))
+                entries = [
+                    (s, f, r, extra)
+                    for s, kept in records.items()
+                    for f, extra in described.extras(s, kept).items()
+                    for r in [kept[f]]
+                ]
+            repodata.dumps(channeldata.channeldata(list(subdirs), entries))
+            for subdir in subdirs:
+                exports = {f: x["run_exports"] for s, f, _, x in entries if s == subdir}
+                repodata.dumps(channeldata.run_exports_document(subdir, exports))
+                listed = [ChannelEntry(s, f, r, x) for s, f, r, x in entries if s == subdir]
+                packages = pages.group(listed)
+                for package in packages:
+                    pages.package_page(subdir, package)
+                list(pages.listing_pages(subdir, [pages.Rows.of(packages)]))
     return count
 
 
@@ -1423,6 +1474,7 @@ FUZZERS: dict[str, Callable[[float, int], int]] = {
     "packages": fuzz_packages,
     "records": fuzz_records,
     "manifests": fuzz_manifests,
+    "descriptions": fuzz_descriptions,
     "lockfiles": fuzz_lockfiles,
     "jobs": fuzz_jobs,
     "shards": fuzz_shards,
