@@ -162,9 +162,14 @@ class ByName:
             for i, part in enumerate(parts)
         ]
         self._parts: list[Part | Exception] | None = None
+        # what the caller has to do before it needs the parts: run by the first wait
+        self.meanwhile: Callable[[], None] | None = None
 
     def _done(self) -> list[Part]:
         if self._parts is None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            if meanwhile is not None:
+                meanwhile()
             heard: list[Part | Exception] = []
             for started in self._started:  # every part heard: each worker is free again
                 try:

@@ -15,7 +15,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -97,28 +97,66 @@ def commit_subdir(
     """``aside``: where the shards and package pages of a local target are written
     while the rest of the repodata is published, in parts, one for each of ``spare``
     workers (see :mod:`.byname`)."""
-    built = build_subdir(target, view, options, commit.known, commit.skip, commit.extras)
-    if target.scheme != "file" or len(built.entries) > ASIDE_AT_MOST:
-        # a remote target's writes overlap already (write_many), and a worker would
-        # open one more connection to it
-        aside, spare = when_asked, 1
-    state.counts = {
-        "records": len(built.entries),
-        "packages": len({e.record.get("name") for e in built.entries}),
-        "bytes": sum(int(e.record.get("size", 0)) for e in built.entries),
-    }
-    byname = ByName(target, view, built, state, options, aside, spare)
-    summary = publish_built(target, view, options, built, state.shards, byname.sharded)
-    state.shards = summary.shard_keys
-    byname.finish(state)
-    gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
-    state.upstream_files = sorted(commit.managed - gone)
-    published = commit.known.keys() | gone  # no more news of these for the journal
-    state.verified = {f: sha for f, sha in state.verified.items() if f not in published}
-    state.save(target)
-    summary.deleted.extend(f"{view.subdir}/{f}" for f in sorted(gone))
-    audit(target, view.subdir, view.published.keys(), summary.published)
-    return summary, built.entries
+    return Committing(target, view, commit, state, options, aside, spare).finish()
+
+
+class Committing:
+    """One subdir's commit, its records indexed and its parts of names started (see
+    :func:`commit_subdir`); :meth:`finish` publishes it. A writer of several subdirs
+    starts the next one's while this one waits for its parts: the next parts queue
+    behind these in the workers, so none idles between two subdirs. Starting changes
+    nothing in ``state``, and on the target, besides what a killed run left
+    half-written, only writes shards and pages that nothing links yet."""
+
+    def __init__(
+        self,
+        target: Gateway,
+        view: SubdirView,
+        commit: Commit,
+        state: SubdirState,
+        options: IndexOptions,
+        aside: Aside = when_asked,
+        spare: int = 1,
+    ) -> None:
+        self._target, self._view, self.commit = target, view, commit
+        self._state, self._options = state, options
+        self._built = build_subdir(target, view, options, commit.known, commit.skip, commit.extras)
+        if target.scheme != "file" or len(self._built.entries) > ASIDE_AT_MOST:
+            # a remote target's writes overlap already (write_many), and a worker would
+            # open one more connection to it
+            aside, spare = when_asked, 1
+        self._byname = ByName(target, view, self._built, state, options, aside, spare)
+
+    def finish(
+        self, meanwhile: Callable[[], None] | None = None
+    ) -> tuple[SubdirSummary, list[ChannelEntry]]:
+        """Publish the subdir; ``meanwhile`` runs once its repodata is out, before this
+        waits for its parts."""
+        target, view, commit, state, built = (
+            self._target,
+            self._view,
+            self.commit,
+            self._state,
+            self._built,
+        )
+        state.counts = {
+            "records": len(built.entries),
+            "packages": len({e.record.get("name") for e in built.entries}),
+            "bytes": sum(int(e.record.get("size", 0)) for e in built.entries),
+        }
+        byname = self._byname
+        byname.meanwhile = meanwhile
+        summary = publish_built(target, view, self._options, built, state.shards, byname.sharded)
+        state.shards = summary.shard_keys
+        byname.finish(state)
+        gone = expire(target, view.subdir, state, _candidates(commit, summary, state), commit.grace)
+        state.upstream_files = sorted(commit.managed - gone)
+        published = commit.known.keys() | gone  # no more news of these for the journal
+        state.verified = {f: sha for f, sha in state.verified.items() if f not in published}
+        state.save(target)
+        summary.deleted.extend(f"{view.subdir}/{f}" for f in sorted(gone))
+        audit(target, view.subdir, view.published.keys(), summary.published)
+        return summary, built.entries
 
 
 def audit(target: Gateway, subdir: str, before: Collection[str], after: Collection[str]) -> None:

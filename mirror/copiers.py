@@ -24,9 +24,9 @@ workers are stopped by the kernel (``PR_SET_PDEATHSIG``) and the next run sweeps
 they left. A worker that dies on its own costs time, not files: what it had not
 reported is handed to the others, or copied here.
 
-Between transfers a worker can also do one job aside (:meth:`Helpers.aside`): a part
-of a commit's shards and package pages, written while this process publishes the
-repodata.
+Between transfers a worker also does jobs aside (:meth:`Helpers.aside`): parts of a
+commit's shards and package pages, written while this process publishes the
+repodata. Each waits in its worker's input until the one before it is done.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ QUEUED_BYTES = 64 << 20  # ... of large files: a few, so the last ones are share
 LANDED_BATCH = 16  # files a worker reports at once (a message per file costs here)
 ADVANCE_EVERY = 1 << 20  # bytes a worker counts before it tells the progress bar
 STOP_WAIT = 30.0  # seconds a stopped worker has to remove its temp files
-# a worker's input: a commit's part of the records (350 kB for 1,600) goes into the
-# pipe in one write, not 64 kB at a time as the worker unpickles the last
+# a worker's pipes: a commit's part of the records (350 kB for 1,600) goes into the
+# pipe in one write, not 64 kB at a time as the worker unpickles the last; a part's
+# result (150 kB for 800 names) too, and the worker goes on to its next job aside
+# while this process still waits on another worker
 PIPE_BYTES = 1 << 20
 FRAME = struct.Struct("<I")  # each message: its length, then its pickle
 STOPPING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # each stops a worker as Ctrl-C
@@ -132,6 +134,7 @@ class Helpers:
         if self._workers is None:
             self._workers = [_Worker.spawned() for _ in range(self.count)]
         workers = [w for w in self._workers if w.alive]
+        assert not any(w.asked for w in workers), "a transfer after jobs aside not heard"
         feed = _Feed(work, -(-jobs // max(1, len(workers))) + 1, workers)
         try:
             for i, worker in enumerate(workers):  # the jobs split among them
@@ -147,27 +150,39 @@ class Helpers:
             copy_all(route, left, jobs, progress, arrived, failed)
 
     def aside(self, job: Callable[..., T], target: Gateway, *args: Any) -> Callable[[], T]:
-        """``job(target, *args)`` started in an idle worker, on its own gateway to the
-        same target; what is returned waits for its result. With no worker at hand
-        (none forked, or all gone), the job runs when its result is asked for, as it
-        does again here if the worker dies on it."""
-        worker = next((w for w in self._workers or () if w.alive and not w.busy), None)
-        if worker is None:
+        """``job(target, *args)`` started in a worker not in a transfer, on its own
+        gateway to the same target; what is returned waits for its result. A worker
+        with jobs aside takes more: each waits in its input until the one before is
+        done (so the next subdir's parts start as soon as the last one's end), and
+        the one with the fewest gets it. With no worker at hand (none forked, or all
+        gone), the job runs when its result is asked for, as it does again here if
+        the worker dies on it."""
+        at_hand = [w for w in self._workers or () if w.alive and not w.busy]
+        if not at_hand:
             return functools.partial(job, target, *args)  # as index.publish.when_asked
-        worker.busy = True
+        worker = min(at_hand, key=lambda w: len(w.asked))
+        asked = _Asked()
+        worker.asked.append(asked)
         worker.send("call", job, target.url, target.options, args)
 
         def result() -> T:
-            try:
-                outcome = worker.outcome()
-            except BaseException:
-                self.close(stop=True)
-                raise
-            if outcome is None:
-                worker.died()
+            while not asked.heard:  # the worker's answers come in the order asked
+                try:
+                    outcome = worker.outcome()
+                except BaseException:
+                    self.close(stop=True)
+                    raise
+                if outcome is None:
+                    worker.died()
+                    for lost in worker.asked:  # each done here instead, when asked for
+                        lost.heard = True
+                    worker.asked.clear()
+                    break
+                heard = worker.asked.popleft()
+                heard.heard, heard.outcome = True, outcome
+            if asked.outcome is None:
                 return job(target, *args)
-            worker.busy = False
-            kind, value = outcome
+            kind, value = asked.outcome
             if kind == "error":
                 raise value
             return cast(T, value)
@@ -175,7 +190,7 @@ class Helpers:
         return result
 
     def spare(self) -> int:
-        """Workers at hand for jobs aside: alive, and not in one."""
+        """Workers at hand for jobs aside: alive, and not in a transfer."""
         return sum(1 for w in self._workers or () if w.alive and not w.busy)
 
     def finish(self) -> None:
@@ -298,6 +313,13 @@ class _Feed:
         return list(self._left)
 
 
+class _Asked:
+    """A job aside, until what it came to (None: its worker died) is heard."""
+
+    heard = False
+    outcome: tuple[str, Any] | None = None
+
+
 class _Worker:
     """One worker process, and the files it has been handed and not yet reported."""
 
@@ -307,6 +329,7 @@ class _Worker:
         self.busy = False  # in a transfer, not yet ended
         self.drained = False  # told there is nothing more in this transfer
         self.queued: dict[str, Any] = {}  # name -> record, handed out and not reported
+        self.asked: deque[_Asked] = deque()  # jobs aside handed to it, not yet heard
         self._buffer = b""
 
     @classmethod
@@ -322,8 +345,9 @@ class _Worker:
     @classmethod
     def forked(cls, siblings: list[_Worker]) -> _Worker:
         down, up = os.pipe(), os.pipe()
-        with contextlib.suppress(OSError):  # a commit's records, handed over at once
+        with contextlib.suppress(OSError):  # a commit's records, and a part's result
             fcntl.fcntl(down[1], fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            fcntl.fcntl(up[1], fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         parent = os.getpid()
         # held until the worker has its own handlers: the parent's would unwind the
         # parent's code in the worker (and write its report)
@@ -385,14 +409,18 @@ class _Worker:
 
     def outcome(self) -> tuple[str, Any] | None:
         """What the job it was given came to ("result" or "error", and the value),
-        passing its log lines on; None if it died first."""
-        while data := os.read(self.output.fileno(), 1 << 16):
+        passing its log lines on; None if it died first. The answer to a job asked
+        after this one may have come in the same read: it waits in the buffer."""
+        data = b""
+        while True:
             for message in self.messages(data):
                 if message[0] == "log":
                     _relog(message)
                 else:
                     return message[0], message[1]
-        return None
+            data = os.read(self.output.fileno(), 1 << 16)
+            if not data:
+                return None
 
     def died(self) -> None:
         self.wait()

@@ -41,7 +41,14 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import errors, sharded, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
-from .commit import Commit, choose_records, collect_garbage, commit_subdir, when_asked
+from .commit import (
+    Commit,
+    Committing,
+    choose_records,
+    collect_garbage,
+    commit_subdir,
+    when_asked,
+)
 from .config import Job
 from .copiers import Helpers
 from .copying import Route, expected
@@ -495,12 +502,31 @@ class SyncRun:
                     held.enter_context(one.lock)
                     staged.append(one)
             self._transfer(source, target, staged)
+            begun: dict[int, Committing] = {}
+
+            def begin(i: int) -> None:
+                """Subdir ``i``'s commit started, if it is to be committed."""
+                one = staged[i]
+                if i in begun or one.report.status is not Status.SYNCED:
+                    return
+                assert descriptions is not None  # a dry run stages nothing
+
+                def start() -> None:
+                    begun[i] = self._begin(target, one, descriptions)
+
+                self._guarded(target, [one], start)
+
             for i, one in enumerate(staged):
                 try:
                     with one.lock:
-                        if one.report.status is Status.SYNCED:  # nothing failed it yet
-                            assert descriptions is not None  # a dry run stages nothing
-                            commit = functools.partial(self._commit, target, one, descriptions)
+                        begin(i)
+                        if i in begun and one.report.status is Status.SYNCED:
+                            # the next subdir's commit starts while this one waits for
+                            # its parts, its own parts queued behind them
+                            meanwhile = (
+                                functools.partial(begin, i + 1) if i + 1 < len(staged) else None
+                            )
+                            commit = functools.partial(self._commit, one, begun.pop(i), meanwhile)
                             self._guarded(target, [one], commit)
                 finally:
                     if i == 0:  # the others' files journaled for a run that stops before
@@ -740,24 +766,46 @@ class SyncRun:
                 self._failed(target, one.state, str(exc))
                 self._fails(one.report, exc)
 
-    def _commit(
+    def _begin(
         self, target: Gateway, staged: _Staged, descriptions: upstream.Descriptions
-    ) -> None:
-        state, report, view, plan = staged.state, staged.report, staged.view, staged.plan
-        subdir, answer, fetch, adopted = staged.subdir, staged.answer, staged.fetch, staged.adopted
-        # finished: the commit below flushes and saves the state (a run killed before
-        # it re-reads the files of its last seconds, not in the journal, next time)
+    ) -> Committing:
+        """The subdir's commit started: its records chosen and indexed, its parts of
+        names in the workers (its state changes when it is published)."""
+        view, plan, subdir = staged.view, staged.plan, staged.subdir
+        # finished: the commit flushes and saves the state (a run killed before it
+        # re-reads the files of its last seconds, not in the journal, next time)
         for info in staged.done.values():
             view.landed(info)
-        unchanged = plan.desired.keys() - set(fetch)
+        unchanged = plan.desired.keys() - set(staged.fetch)
         known = choose_records(
             {**plan.desired, **plan.retained},
             unchanged | staged.done.keys() | plan.retained.keys(),
             view.published,
             view.present,
         )
+        commit = Commit(
+            known, staged.managed, plan.remove, descriptions.extras(subdir, known), self.job.grace
+        )
+        return Committing(
+            target,
+            view,
+            commit,
+            staged.state,
+            self._index_options(),
+            self.helpers.aside if self.helpers else when_asked,
+            self.helpers.spare() if self.helpers else 1,
+        )
+
+    def _commit(
+        self,
+        staged: _Staged,
+        committing: Committing,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> None:
+        state, report, plan, fetch = staged.state, staged.report, staged.plan, staged.fetch
+        subdir, answer, adopted = staged.subdir, staged.answer, staged.adopted
         state.etag, state.last_modified = answer.etag, answer.last_modified
-        report.published = len(known)
+        report.published = len(committing.commit.known)
         report.upstream_modified = parse_http_date(answer.last_modified)
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
@@ -787,21 +835,7 @@ class SyncRun:
             "removed": report.removed,
             "failed": len(report.failures),
         }
-        _, report.entries = commit_subdir(
-            target,
-            view,
-            Commit(
-                known,
-                staged.managed,
-                plan.remove,
-                descriptions.extras(subdir, known),
-                self.job.grace,
-            ),
-            state,
-            self._index_options(),
-            self.helpers.aside if self.helpers else when_asked,
-            self.helpers.spare() if self.helpers else 1,
-        )
+        _, report.entries = committing.finish(meanwhile)
 
     @staticmethod
     def _quiet_night(target: Gateway, states: dict[str, SubdirState], html: bool) -> None:

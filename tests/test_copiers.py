@@ -5,6 +5,8 @@ that dies costs time, not files."""
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import signal
 import subprocess
@@ -255,6 +257,47 @@ def test_a_job_aside_runs_in_a_worker_or_here(
         assert helpers.aside(_whose, target, "again")()[0] != os.getpid()  # the other
     with copiers.Helpers(1) as alone:
         assert alone.aside(_whose, target, "here")()[0] == os.getpid()
+
+
+def test_jobs_aside_queue_in_their_workers_and_each_answer_finds_its_job(
+    tmp_path: Path,
+) -> None:
+    """The next subdir's parts wait behind the last one's in the workers (each worker
+    given the next job while it has the fewest), and each answer reaches the job it
+    belongs to, whichever job is asked for first."""
+    assert threading.active_count() == 1  # the workers are forked
+    target = open_gateway(str(tmp_path))
+    with copiers.Helpers(2) as helpers:
+        asked = [helpers.aside(_whose, target, f"job{i}") for i in range(6)]
+        assert helpers.spare() == 2  # both still take jobs aside
+        order = (5, 0, 3, 1, 4, 2)  # the last job of one worker asked for first
+        answers = {i: asked[i]() for i in order}
+    assert [answers[i][1] for i in range(6)] == [f"job{i}" for i in range(6)]
+    pids = [answers[i][0] for i in range(6)]
+    assert os.getpid() not in pids
+    assert pids[0] == pids[2] == pids[4] != pids[1] == pids[3] == pids[5]
+
+
+def test_answers_that_arrive_in_one_read_are_each_heard() -> None:
+    """A worker's answers to two jobs aside can reach the parent in one read: the
+    second waits in the buffer, not behind a read that would never return."""
+    read, write = os.pipe()
+    worker = copiers._Worker(copiers._Forked(0), io.BytesIO(), os.fdopen(read, "rb"))
+    with os.fdopen(write, "wb") as out:
+        out.write(
+            _frame("result", 1)
+            + _frame("log", "ferry.sync", logging.INFO, "hi")
+            + _frame("result", 2)
+        )
+    assert worker.outcome() == ("result", 1)
+    assert worker.outcome() == ("result", 2)
+    assert worker.outcome() is None  # the worker's end
+
+
+def _frame(*message: Any) -> bytes:
+    buffer = io.BytesIO()
+    copiers.send(buffer, *message)
+    return buffer.getvalue()
 
 
 class _Listener(copiers._Worker):

@@ -235,8 +235,9 @@ def test_the_names_split_in_parts_of_consecutive_names_and_about_equal_records()
 
 
 def test_a_part_that_failed_fails_the_commit_once_every_part_is_heard() -> None:
-    """Each part's worker is heard (and so free for the next subdir) before the first
-    failure is raised, and asking again raises it again, running nothing twice."""
+    """What is to run meanwhile runs first, then each part's worker is heard (and so
+    free for the next subdir) before the first failure is raised, and asking again
+    raises it again, running nothing twice."""
     heard: list[str] = []
 
     def part(name: str, fails: bool = False) -> Any:
@@ -251,7 +252,8 @@ def test_a_part_that_failed_fails_the_commit_once_every_part_is_heard() -> None:
     parts = object.__new__(byname.ByName)
     parts._started = [part("first", fails=True), part("second")]
     parts._parts = None
+    parts.meanwhile = lambda: heard.append("the next subdir started")
     for _ in range(2):
         with pytest.raises(OSError, match="first: no space left"):
             parts._done()
-    assert heard == ["first", "second"]
+    assert heard == ["the next subdir started", "first", "second"]

@@ -107,7 +107,7 @@ def test_a_run_stopped_while_committing_keeps_the_other_subdirs_files(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patched:
-        patched.setattr(sync, "commit_subdir", stopped)
+        patched.setattr(sync, "Committing", stopped)
         assert ferry("sync", str(job)).exit_code == 130
     noarch = {p.name for p in (root / "noarch").iterdir() if p.name.endswith(".conda")}
     assert noarch and set(load(mirror / ".ferry" / "noarch.json")["verified"]) == noarch

@@ -280,14 +280,18 @@ def test_second_run_on_a_locked_target_exits_75(upstream: tuple[Path, str], tmp_
 
 
 def _fail_commit_of(subdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    commit = sync.commit_subdir
+    """``subdir``'s commit fails once the next subdir's has started, its parts queued
+    in the workers behind this one's, which are never asked for."""
+    finish = sync.Committing.finish
 
-    def failing(target: Any, view: Any, *args: Any, **kw: Any) -> Any:
-        if view.subdir == subdir:
+    def failing(self: sync.Committing, meanwhile: Any = None) -> Any:
+        if self._view.subdir == subdir:
+            if meanwhile is not None:
+                meanwhile()
             raise FerryError(f"{subdir}: the disk said no")
-        return commit(target, view, *args, **kw)
+        return finish(self, meanwhile)
 
-    monkeypatch.setattr(sync, "commit_subdir", failing)
+    monkeypatch.setattr(sync.Committing, "finish", failing)
 
 
 def test_a_subdir_that_fails_to_commit_fails_alone(
