@@ -385,13 +385,19 @@ def index_subdir(
     return publish_built(gateway, view, options, built), built.entries
 
 
+def channeldata_json(subdirs: list[str], entries: list[ChannelEntry]) -> bytes:
+    return repodata.dumps(channeldata.channeldata(subdirs, entries))
+
+
 def write_channeldata(
-    gateway: Gateway, subdirs: list[str], entries: list[ChannelEntry]
+    gateway: Gateway, subdirs: list[str], entries: list[ChannelEntry], made: bytes | None = None
 ) -> list[str]:
-    """channeldata.json at the channel root, rewritten only when it changed."""
+    """channeldata.json at the channel root, rewritten only when it changed;
+    ``made``: what :func:`channeldata_json` made of the same, where a writer made
+    it ahead."""
     top = Written()
-    data = channeldata.channeldata(subdirs, entries)
-    write_if_changed(gateway, "channeldata.json", repodata.dumps(data), top)
+    data = channeldata_json(subdirs, entries) if made is None else made
+    write_if_changed(gateway, "channeldata.json", data, top)
     return top.paths
 
 

@@ -127,6 +127,11 @@ class Committing:
             aside, spare = when_asked, 1
         self._byname = ByName(target, view, self._built, state, options, aside, spare)
 
+    @property
+    def entries(self) -> list[ChannelEntry]:
+        """The subdir's channeldata input, as :meth:`finish` returns it."""
+        return self._built.entries
+
     def finish(
         self, meanwhile: Callable[[], None] | None = None
     ) -> tuple[SubdirSummary, list[ChannelEntry]]:

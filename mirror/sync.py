@@ -33,7 +33,12 @@ from conda_ferry.gateways import (
     matches,
     open_gateway,
 )
-from conda_ferry.index.channel import ChannelEntry, IndexOptions, write_channeldata
+from conda_ferry.index.channel import (
+    ChannelEntry,
+    IndexOptions,
+    channeldata_json,
+    write_channeldata,
+)
 from conda_ferry.index.compact import Checker, bulk
 from conda_ferry.index.records import BadFilename, check_filename
 from conda_ferry.index.repodata import SECTIONS
@@ -250,6 +255,8 @@ class SyncRun:
         self.filters = job.filters.for_channel(job.source)  # other channels' locks aside
         self.explaining = False
         self.helpers: Helpers | None = None  # worker processes, during a run
+        # channeldata.json as made ahead, and of which subdirs' entries (see _describe)
+        self.described: tuple[list[list[ChannelEntry]], bytes] | None = None
 
     def _name_option(self, exc: GatewayError) -> None:
         """Make a hint name the job key the user wrote, not a command-line flag."""
@@ -339,7 +346,6 @@ class SyncRun:
                 remember_channel(target, source.display(), job.public_url)
                 if not owed:
                     target.write_bytes(OWED, b"")  # cleared once they are out
-            entries: list[ChannelEntry] = []
             self._subdirs(source, target, fetched, selection, states, descriptions)
             if self.helpers is not None:
                 self.helpers.finish()  # they end beside the channel's own files
@@ -353,10 +359,17 @@ class SyncRun:
                     s.status in (Status.FAILED, Status.LOCKED) for s in self.report.subdirs
                 )
                 if whole:
-                    for report in self.report.subdirs:
-                        entries.extend(report.entries)
+                    lists = [report.entries for report in self.report.subdirs]
+                    made = self.described
+                    if made is not None and list(map(id, made[0])) != list(map(id, lists)):
+                        made = None  # not made of what was published
                     sweep_temps(target, "", ".channeldata.json.")
-                    write_channeldata(target, list(job.subdirs), entries)
+                    write_channeldata(
+                        target,
+                        list(job.subdirs),
+                        [entry for entries in lists for entry in entries],
+                        made[1] if made else None,
+                    )
                 if "noarch" not in job.subdirs:  # a job's own is published by its commit
                     ensure_noarch(target, job.outputs)
                 if job.snapshot_keep and self.report.exit_code == errors.OK:
@@ -521,12 +534,18 @@ class SyncRun:
                     with one.lock:
                         begin(i)
                         if i in begun and one.report.status is Status.SYNCED:
+                            committing = begun.pop(i)
                             # the next subdir's commit starts while this one waits for
-                            # its parts, its own parts queued behind them
+                            # its parts, its own parts queued behind them; while the
+                            # last one waits, the channel's channeldata.json is made
                             meanwhile = (
-                                functools.partial(begin, i + 1) if i + 1 < len(staged) else None
+                                functools.partial(begin, i + 1)
+                                if i + 1 < len(staged)
+                                else functools.partial(
+                                    self._describe, one.report, committing.entries
+                                )
                             )
-                            commit = functools.partial(self._commit, one, begun.pop(i), meanwhile)
+                            commit = functools.partial(self._commit, one, committing, meanwhile)
                             self._guarded(target, [one], commit)
                 finally:
                     if i == 0:  # the others' files journaled for a run that stops before
@@ -535,6 +554,15 @@ class SyncRun:
                         # flush ahead of it held those up); one killed outright re-reads them
                         for other in staged[1:]:
                             self._guarded(target, [other], other.journal.save)
+
+    def _describe(self, last: SubdirReport, entries: list[ChannelEntry]) -> None:
+        """channeldata.json made from every subdir's entries as they are once ``last``
+        (whose are ``entries``) is published: written after the commits (if every
+        subdir's are those), made while the last one waits for its parts, when the
+        workers, not this process, are busy."""
+        lists = [entries if report is last else report.entries for report in self.report.subdirs]
+        flat = [entry for subdir in lists for entry in subdir]
+        self.described = (lists, channeldata_json(list(self.job.subdirs), flat))
 
     def _broken(self, target: Gateway, subdir: str) -> SubdirReport:
         """A subdir whose upstream document is unusable: failed, and so noted."""

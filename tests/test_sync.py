@@ -15,6 +15,7 @@ import rattler
 import requests
 
 from conda_ferry.gateways import GatewayError, open_gateway
+from conda_ferry.index.channel import channeldata_json
 from conda_ferry.mirror import sync, transfer, upstream
 from conda_ferry.mirror.copying import GONE_UPSTREAM
 from conda_ferry.mirror.errors import FerryError
@@ -320,6 +321,28 @@ def test_a_subdir_that_fails_to_commit_fails_alone(
     assert result.exit_code == 0, result.output
     assert load(mirror / "linux-64" / "repodata.json")["packages.conda"]
     assert {s["status"] for s in load(tmp_path / "again.json")["subdirs"]} == {"synced"}
+
+
+def test_channeldata_made_ahead_is_what_the_published_subdirs_make(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """channeldata.json is made while the last subdir waits for its parts: what is
+    written is what every published subdir's entries make, byte for byte."""
+    _, url = upstream
+    mirror = tmp_path / "mirror"
+    job = job_yaml(tmp_path / "job.yaml", url, str(mirror))
+    written: list[tuple[bytes | None, bytes]] = []
+    write = sync.write_channeldata
+
+    def spy(target: Any, subdirs: list[str], entries: list[Any], made: Any = None) -> Any:
+        written.append((made, channeldata_json(subdirs, entries)))
+        return write(target, subdirs, entries, made)
+
+    monkeypatch.setattr(sync, "write_channeldata", spy)
+    assert ferry("sync", str(job)).exit_code == 0
+    [(made, after)] = written
+    assert made is not None and made == after == (mirror / "channeldata.json").read_bytes()
+    assert set(load(mirror / "channeldata.json")["subdirs"]) == {"linux-64", "noarch"}
 
 
 def test_a_state_never_vouches_for_a_file_not_yet_durable(
