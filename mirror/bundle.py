@@ -51,7 +51,7 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import signing, snapshots, snapstore
 from .channelpage import write_channel_page
-from .commit import Commit, choose_records, commit_subdir
+from .commit import Commit, Committing, choose_records
 from .errors import USAGE, FerryError
 from .indexing import ensure_noarch
 from .plan import same_file
@@ -763,13 +763,13 @@ def _apply_subdir(
     state.upstream_files, state.complete = sorted(managed), True
     state.save(target)  # before publishing: these files are the mirror's, not custom ones
     gone = [name for name in removals if name not in records]
-    commit_subdir(
+    Committing(
         target,
         view,
         Commit(known, managed | set(removals), [*gone, *sorted(only_held)]),
         state,
         IndexOptions(channeldata=False, run_exports=False),
-    )
+    ).finish()
     report.removed += len(gone)
 
 

@@ -85,27 +85,14 @@ class Commit(msgspec.Struct):
         return (self.managed - self.known.keys()) | self.hidden
 
 
-def commit_subdir(
-    target: Gateway,
-    view: SubdirView,
-    commit: Commit,
-    state: SubdirState,
-    options: IndexOptions,
-    aside: Aside = when_asked,
-    spare: int = 1,
-) -> tuple[SubdirSummary, list[ChannelEntry]]:
-    """``aside``: where the shards and package pages of a local target are written
-    while the rest of the repodata is published, in parts, one for each of ``spare``
-    workers (see :mod:`.byname`)."""
-    return Committing(target, view, commit, state, options, aside, spare).finish()
-
-
 class Committing:
-    """One subdir's commit, its records indexed and its parts of names started (see
-    :func:`commit_subdir`); :meth:`finish` publishes it. A writer of several subdirs
-    starts the next one's while this one waits for its parts: the next parts queue
-    behind these in the workers, so none idles between two subdirs. Starting changes
-    nothing in ``state``, and on the target, besides what a killed run left
+    """One subdir's commit, its records indexed and its parts of names started;
+    :meth:`finish` publishes it. ``aside``: where the shards and package pages of a
+    local target are written while the rest of the repodata is published, in parts,
+    one for each of ``spare`` workers (see :mod:`.byname`). A writer of several
+    subdirs starts the next one's while this one waits for its parts: the next parts
+    queue behind these in the workers, so none idles between two subdirs. Starting
+    changes nothing in ``state``, and on the target, besides what a killed run left
     half-written, only writes shards and pages that nothing links yet."""
 
     def __init__(

@@ -21,7 +21,7 @@ from conda_ferry.index.publish import OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
 from .channelpage import write_channel_page
-from .commit import commit_subdir, mirrored
+from .commit import Committing, mirrored
 from .errors import ConfigError
 from .state import SubdirState, subdir_locks, sweep_temps
 from .upstream import Descriptions
@@ -45,9 +45,8 @@ def reindex(target: Gateway, options: IndexOptions) -> IndexSummary:
         for subdir in subdirs:
             view = SubdirView.read(target, subdir)
             state = SubdirState.load(target, subdir)
-            sub, entries = commit_subdir(
-                target, view, mirrored(view, state, descriptions), state, options
-            )
+            commit = mirrored(view, state, descriptions)
+            sub, entries = Committing(target, view, commit, state, options).finish()
             summary.subdirs.append(sub)
             everything.extend(entries)
         if options.channeldata:

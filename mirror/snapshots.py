@@ -29,7 +29,7 @@ from conda_ferry.index.publish import OUTPUT_FILES, OutputOptions
 from conda_ferry.index.subdir import SubdirView
 
 from . import snapstore
-from .commit import DEFAULT_GRACE, Commit, commit_subdir
+from .commit import DEFAULT_GRACE, Commit, Committing
 from .errors import USAGE, FerryError
 from .snapstore import SNAPSHOTS_DIR, Snapshot, subdir_path
 from .state import SubdirState, subdir_locks, sweep_temps
@@ -228,7 +228,7 @@ def restore(
             state.last_run = {"started": now, "finished": now, "result": f"restored {name}"}
             if hold:
                 state.hold = {"snapshot": name, "since": now}
-            commit_subdir(gateway, view, commit, state, _options(view))
+            Committing(gateway, view, commit, state, _options(view)).finish()
             done.append(Restored(subdir, len(records), len(view.published)))
     return done
 

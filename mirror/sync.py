@@ -51,7 +51,6 @@ from .commit import (
     Committing,
     choose_records,
     collect_garbage,
-    commit_subdir,
     when_asked,
 )
 from .config import Job
@@ -700,7 +699,7 @@ class SyncRun:
             keep = {f: r for f, r in view.published.items() if f in view.present}
             for filename in withdraw:
                 keep.pop(filename, None)
-            commit_subdir(target, view, Commit(keep, managed), state, self._index_options())
+            Committing(target, view, Commit(keep, managed), state, self._index_options()).finish()
             view = SubdirView.read(target, subdir)
         return _Staged(
             answer,
