@@ -46,13 +46,7 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import errors, sharded, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
-from .commit import (
-    Commit,
-    Committing,
-    choose_records,
-    collect_garbage,
-    when_asked,
-)
+from .commit import Commit, Committing, choose_records, collect_garbage, when_asked
 from .config import Job
 from .copiers import Helpers
 from .copying import Route, expected
