@@ -6,6 +6,7 @@ a test that needs one asks for its fixture in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -13,6 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +148,27 @@ def start_nginx(base: Path) -> Server:
         "ca": str(base / "tls.crt"),
     }
     return Server(f"http://127.0.0.1:{port}", root, port, proc, extra)
+
+
+def access_log(server: Server) -> list[str]:
+    """nginx's access log once every request answered so far is in it.
+
+    nginx writes a request's line just after sending its last byte, so a client that
+    has its answer can read the log a moment before the line lands (CI once did).
+    nginx's one worker logs a request before it reads the next: once a marker
+    request's line is in, so is every earlier answered request's. Marker lines are
+    left out, so counts and slices of the log stay consistent between calls.
+    """
+    marker = f"/.log-marker-{uuid.uuid4().hex}"
+    with contextlib.suppress(urllib.error.HTTPError):  # a 404 is the expected answer
+        urllib.request.urlopen(server.url + marker, timeout=10).close()
+    path = Path(server.extra["log"])
+    deadline = time.monotonic() + 10
+    while True:
+        lines = path.read_text().splitlines()
+        if any(f" {marker} " in line for line in lines) or time.monotonic() > deadline:
+            return [line for line in lines if " /.log-marker-" not in line]
+        time.sleep(0.01)
 
 
 def start_moto(base: Path) -> Server:

@@ -21,7 +21,7 @@ import rattler
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
 from tests.pkgmaker import Spec, write_package
-from tests.servers import Server
+from tests.servers import Server, access_log
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
 
 
@@ -102,10 +102,10 @@ def test_two_bundles_rebuild_the_outside_mirror_inside(
     assert two.exit_code == 0, two.output
     assert snapshot(inside) == snapshot(outside["mirror"])
     assert_consistent(inside)
-    start = len(Path(nginx.extra["log"]).read_text().splitlines())
+    start = len(access_log(nginx))
     after = fetch()
     assert "newtool" in after["names"] and "gpltool" not in after["names"]
-    log = Path(nginx.extra["log"]).read_text().splitlines()[start:]
+    log = access_log(nginx)[start:]
     assert any(f"/{inside.name}/linux-64/repodata.jlap" in line and " 206 " in line for line in log)
 
     # a run killed after recording the import, mid-way through the front page: the

@@ -34,7 +34,7 @@ from conda_ferry.gateways.localfs import LocalGateway
 from conda_ferry.gateways.s3 import S3Gateway
 from conda_ferry.gateways.streams import bytes_problem
 from tests.conftest import FAST_RETRY, Area
-from tests.servers import Server
+from tests.servers import Server, access_log
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -109,7 +109,7 @@ def test_http_gzip_json_is_decoded_and_compressed_files_stay(nginx: Server) -> N
         assert gw.read_bytes("repodata.json") == document
         assert gw.read_bytes("repodata.json.zst") == frame
     sent = {}
-    for line in Path(nginx.extra["log"]).read_text().splitlines():
+    for line in access_log(nginx):
         fields = line.split('"')
         request, status_size = fields[1], fields[2].split()
         sent[request.split()[1]] = int(status_size[1])

@@ -17,11 +17,11 @@ from conda_ferry.index import jlap
 from conda_ferry.index.channel import IndexOptions, index_channel
 from tests.conftest import Area, make_area
 from tests.helpers import ferry, load, small_channel
-from tests.servers import Server
+from tests.servers import Server, access_log
 
 
 def requests_for(server: Server, prefix: str) -> list[str]:
-    lines = Path(server.extra["log"]).read_text().splitlines()
+    lines = access_log(server)
     return [line.split('"')[1].split()[1] for line in lines if f" {prefix}" in line]
 
 
@@ -153,12 +153,12 @@ def test_old_rattler_follows_jlap(nginx: Server, tmp_path: Path) -> None:
     write_package(channel, Spec("newcomer", "3.0", "h_0", subdir="linux-64"))
     (channel / "linux-64/libzed-1.0-h0_0.conda").unlink()
     assert ferry("index", str(channel)).exit_code == 0
-    before = len(Path(nginx.extra["log"]).read_text().splitlines())
+    before = len(access_log(nginx))
     second = fetch()
     assert second["names"] == ["app", "libzed", "newcomer"]
     served = load(channel / "linux-64/repodata.json")
     assert second["linux-64"] == sorted([*served["packages"], *served["packages.conda"]])
-    log = Path(nginx.extra["log"]).read_text().splitlines()[before:]
+    log = access_log(nginx)[before:]
     jlap_requests = [line for line in log if f"/{name}/linux-64/repodata.jlap" in line]
     assert jlap_requests and all(" 206 " in line for line in jlap_requests), jlap_requests
     assert not any(

@@ -18,16 +18,16 @@ from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
 from tests.pkgmaker import Spec, write_package
-from tests.servers import Server
+from tests.servers import Server, access_log
 from tests.upstream import job_yaml, reindex
 
 COUNT = 40
 
 
-def _package_gets(log: Path, channel: str) -> int:
+def _package_gets(nginx: Server, channel: str) -> int:
     return sum(
         1
-        for line in log.read_text().splitlines()
+        for line in access_log(nginx)
         if f"GET /{channel}/" in line and (".conda " in line or ".tar.bz2 " in line)
     )
 
@@ -62,7 +62,6 @@ def test_an_interrupted_sync_resumes_where_it_stopped(
         f"source: http://127.0.0.1:{proxy.port}/{channel}\ntarget: {mirror}\n"
         "subdirs: [linux-64, noarch]\njobs: 2\n"
     )
-    log = Path(nginx.extra["log"])
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "conda_ferry", "sync", str(job)],
@@ -81,13 +80,13 @@ def test_an_interrupted_sync_resumes_where_it_stopped(
         missing = COUNT - _landed(mirror)
         assert 0 < missing < COUNT
 
-        before = _package_gets(log, channel)
+        before = _package_gets(nginx, channel)
         proxy.default = "pass"
         rerun = ferry("sync", str(job))
     finally:
         proxy.close()
     assert rerun.exit_code == 0, rerun.stderr
-    gets = _package_gets(log, channel) - before
+    gets = _package_gets(nginx, channel) - before
     print(f"interrupted at {COUNT - missing}/{COUNT}: the rerun fetched {gets} packages")
     assert gets <= missing + math.ceil(COUNT * 0.05), (gets, missing)
     assert assert_consistent(mirror) == COUNT

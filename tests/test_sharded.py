@@ -21,7 +21,7 @@ from conda_ferry.index import shards
 from conda_ferry.index.publish import OutputOptions, publish_subdir
 from conda_ferry.mirror.filters import Filters, Selector
 from tests.helpers import ferry, load, records
-from tests.servers import Server
+from tests.servers import Server, access_log
 from tests.upstream import build_upstream, job_yaml
 
 INCLUDE = "filters: {include: [pngtool], dependencies: true}\n"
@@ -61,12 +61,12 @@ def synthetic(count: int, builds: int = 20) -> dict[str, dict[str, Any]]:
 
 
 def requests(nginx: Server, start: int, prefix: str) -> list[str]:
-    lines = Path(nginx.extra["log"]).read_text().splitlines()[start:]
+    lines = access_log(nginx)[start:]
     return [line for line in lines if f" /{prefix}/" in line]
 
 
 def log_length(nginx: Server) -> int:
-    return len(Path(nginx.extra["log"]).read_text().splitlines())
+    return len(access_log(nginx))
 
 
 def expected(root: Path, filters: str) -> dict[str, set[str]]:

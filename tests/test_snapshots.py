@@ -18,7 +18,7 @@ from conda_ferry.gateways import GatewayOptions, open_gateway
 from tests.helpers import ferry, load, records
 from tests.mirrorcheck import check_channel
 from tests.pkgmaker import Spec, write_package
-from tests.servers import Server
+from tests.servers import Server, access_log
 from tests.test_index_clients import requests_for, solve
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
 
@@ -103,9 +103,9 @@ def test_a_client_pinned_to_a_snapshot_keeps_what_the_channel_let_go(
         mirror / "snapshots/nov-1/linux-64/repodata.json"
     )
     assert snap["info"]["base_url"] == "../../../linux-64/" and snap["repodata_version"] == 2
-    before = len(Path(nginx.extra["log"]).read_text().splitlines())
+    before = len(access_log(nginx))
     assert GONE in old_fetch(python, url, cache)["linux-64"]
-    log = Path(nginx.extra["log"]).read_text().splitlines()[before:]
+    log = access_log(nginx)[before:]
     assert any(f"/{mirror.name}/linux-64/repodata.jlap" in line and " 206 " in line for line in log)
 
     # The next sync moves forward again (a restore forgets upstream's validators).

@@ -25,7 +25,7 @@ from tests.faultproxy import FaultProxy
 from tests.helpers import ferry, load
 from tests.mirrorcheck import assert_consistent
 from tests.pkgmaker import Spec, write_package
-from tests.servers import Server
+from tests.servers import Server, access_log
 from tests.upstream import build_upstream, edit_repodata, job_yaml, reindex
 
 FILTERS = """filters:
@@ -51,11 +51,11 @@ def files(mirror: Path) -> dict[str, list[str]]:
 
 
 def requests_since(server: Server, start: int) -> list[str]:
-    return Path(server.extra["log"]).read_text().splitlines()[start:]
+    return access_log(server)[start:]
 
 
 def log_length(server: Server) -> int:
-    return len(Path(server.extra["log"]).read_text().splitlines())
+    return len(access_log(server))
 
 
 def test_http_to_localfs_then_clients_install(
