@@ -28,10 +28,17 @@ def _names(document: dict[str, Any]) -> set[str]:
 
 
 def check_subdir(
-    gateway: Gateway, subdir: str, files: str | None = None, with_shards: bool = True
+    gateway: Gateway,
+    subdir: str,
+    files: str | None = None,
+    with_shards: bool = True,
+    digests: dict[str, str] | None = None,
 ) -> int:
     """Checks one subdir (a snapshot's: ``files`` is where its packages are); returns
-    how many records repodata.json names."""
+    how many records repodata.json names. ``digests`` keeps the files' sha256 for the
+    other subdirs of one check that name the same files (a snapshot names the live
+    subdir's), so each is read once."""
+    digests = {} if digests is None else digests
     data = _optional(gateway, f"{subdir}/repodata.json")
     if data is None:
         return 0
@@ -40,7 +47,10 @@ def check_subdir(
     present = {f.name: f.size for f in gateway.files(files)}
     for filename, record in records.items():
         assert present.get(filename) == record["size"], f"{subdir}: {files}/{filename}"
-        assert gateway.checksum(f"{files}/{filename}")[1] == record["sha256"], filename
+        path = f"{files}/{filename}"
+        if path not in digests:
+            digests[path] = gateway.checksum(path)[1]
+        assert digests[path] == record["sha256"], filename
     if (zst := _optional(gateway, f"{subdir}/repodata.json.zst")) is not None:
         missing = _names(json.loads(repodata.unzst(zst))) - present.keys()
         assert not missing, f"{subdir}/repodata.json.zst names missing {missing}"
@@ -69,10 +79,11 @@ def check_channel(gateway: Gateway, subdirs: tuple[str, ...] = ("linux-64", "noa
         snapshots = [e.path for e in gateway.list("snapshots") if e.is_dir]
     except NotFound:
         snapshots = []
+    digests: dict[str, str] = {}
     for snapshot in snapshots:
         for subdir in subdirs:
-            check_subdir(gateway, f"{snapshot}/{subdir}", subdir)
-    return sum(check_subdir(gateway, subdir) for subdir in subdirs)
+            check_subdir(gateway, f"{snapshot}/{subdir}", subdir, digests=digests)
+    return sum(check_subdir(gateway, subdir, digests=digests) for subdir in subdirs)
 
 
 def assert_consistent(mirror: Path, subdirs: tuple[str, ...] = ("linux-64", "noarch")) -> int:
