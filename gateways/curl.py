@@ -102,6 +102,17 @@ def parse_head(lines: list[bytes]) -> tuple[int, dict[str, str], bool]:
     return status, headers, ended
 
 
+def _header_line(name: str, value: str) -> bytes:
+    """A request header as bytes: a value read from a server's answer (an ETag, say)
+    goes back as the bytes it came as, Latin-1 as :func:`parse_head` read it; pycurl
+    would encode text as ASCII, and fail on anything else."""
+    line = f"{name}: {value}"
+    try:
+        return line.encode("latin-1")
+    except UnicodeEncodeError:
+        return line.encode(errors="surrogateescape")
+
+
 def _key(method: str, url: str, headers: dict[str, str]) -> tuple[str, ...]:
     return (method, url, *sorted(f"{k}: {v}" for k, v in headers.items()))
 
@@ -358,7 +369,7 @@ class CurlPool:
         curl = driver.idle.pop() if driver.idle else self._new_handle()
         try:
             curl.setopt(pycurl.URL, url)
-            curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+            curl.setopt(pycurl.HTTPHEADER, [_header_line(k, v) for k, v in headers.items()])
             if method == "HEAD":
                 curl.setopt(pycurl.NOBODY, 1)
             else:

@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pycurl
 
@@ -28,13 +28,17 @@ from .errors import (
 )
 from .inflate import Inflating
 from .streams import CHUNK, GuardedStream
-from .urls import join, parse
+from .urls import join, parse, redact
 
 # Files whose bytes are already compressed: a Content-Encoding on them is never undone,
 # since their hashes in repodata are of the bytes as stored.
 COMPRESSED_SUFFIXES = (".zst", ".bz2", ".conda", ".gz", ".xz", ".zip", ".msgpack.zst")
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _NETWORK_ERRORS = (OSError, EOFError)  # CurlError and the built-ins it maps to
+# what a URL's path keeps as it is (as requests and browsers do): the rest, a space or
+# a character beyond ASCII, is percent-encoded, as UTF-8, for libcurl, which takes
+# only ASCII (and refuses a space as a malformed URL)
+_PATH_SAFE = "!$%&'()*+,/:;=@[]~"
 
 
 @functools.cache
@@ -86,6 +90,18 @@ def environment_proxy(scheme: str, host: str) -> str:
     return env(f"{scheme}_proxy") or env("all_proxy")
 
 
+def _ascii_host(host: str, url: str) -> str:
+    """``host`` as DNS and libcurl take it: a name beyond ASCII in its IDNA form."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise UsageError(
+            redact(url), f"'{host}' is not a valid host name", "check the URL's host"
+        ) from None
+
+
 def _accept(path: str, wanted: str) -> str:
     """The Accept-Encoding for ``path``: identity for files whose bytes are already
     compressed, whose hashes in repodata are of the bytes as stored (an encoding a
@@ -118,13 +134,16 @@ class HTTPGateway(Gateway):
         super().__init__(url, options)
         loc = parse(url)
         parts = urlsplit(url)
-        netloc = parts.hostname or ""
+        netloc = _ascii_host(parts.hostname or "", url)
         if ":" in netloc:
             netloc = f"[{netloc}]"
         if parts.port:
             netloc = f"{netloc}:{parts.port}"
         # Credentials travel in the handle's options, never in the URL errors may show.
-        self._base = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        # bytes a command line did not decode (surrogates) are sent as they were given
+        path = quote(parts.path, _PATH_SAFE, errors="surrogateescape")
+        query = quote(parts.query, _PATH_SAFE + "?", errors="surrogateescape")
+        self._base = urlunsplit((parts.scheme, netloc, path, query, ""))
         self._credentials = (loc.username, loc.password or "") if loc.username else None
         env_ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self._ca = self.options.ca_bundle or env_ca
@@ -134,20 +153,24 @@ class HTTPGateway(Gateway):
         self._pool = CurlPool(self._configure, self.options.timeout)
 
     def _configure(self, curl: pycurl.Curl) -> None:
-        """What every request to this site shares."""
+        """What every request to this site shares. Text goes to libcurl as bytes
+        (pycurl would encode it as ASCII and fail on anything else): file names as
+        the file system spells them, a user name and password as UTF-8."""
         curl.setopt(pycurl.USERAGENT, "conda-ferry")
-        curl.setopt(pycurl.PROXY, self._proxy)  # "" is none, whatever the environment
+        # "" is none, whatever the environment
+        curl.setopt(pycurl.PROXY, os.fsencode(self._proxy))
         if self._credentials:
-            curl.setopt(pycurl.USERNAME, self._credentials[0])
-            curl.setopt(pycurl.PASSWORD, self._credentials[1])
+            user, password = self._credentials
+            curl.setopt(pycurl.USERNAME, user.encode(errors="surrogateescape"))
+            curl.setopt(pycurl.PASSWORD, password.encode(errors="surrogateescape"))
         elif self._netrc:
             curl.setopt(pycurl.NETRC, pycurl.NETRC_OPTIONAL)
-            curl.setopt(pycurl.NETRC_FILE, self._netrc)
+            curl.setopt(pycurl.NETRC_FILE, os.fsencode(self._netrc))
         if not self.options.verify_tls:
             curl.setopt(pycurl.SSL_VERIFYPEER, 0)
             curl.setopt(pycurl.SSL_VERIFYHOST, 0)
         else:
-            curl.setopt(pycurl.CAINFO, self._ca or certifi_bundle())
+            curl.setopt(pycurl.CAINFO, os.fsencode(self._ca or certifi_bundle()))
 
     def _url(self, path: str) -> str:
         return join(self._base, path)

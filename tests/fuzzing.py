@@ -1155,6 +1155,12 @@ _PLACES = [
     "s3://b/x?y#z",
     "gopher://127.0.0.1/x",
     "http://127.0.0.1:99999/x",
+    # text beyond ASCII where libcurl takes bytes (each was once an internal error)
+    "http://127.0.0.1:1/é ü",
+    "https://üser:pässwörd@127.0.0.1:1/x",
+    "http://" + "ü" * 70 + "/x",  # no IDNA form: refused before any lookup
+    "ftp://ü:ö@127.0.0.1:1/é",
+    "sftp://ü@127.0.0.1:1/é",
 ]
 _WORDS = ["", "a", "fz", "live", "../x", "a/b", "-x", "é" * 300, "linux-64", "noarch"]
 _NUMBERS = ["-1", "0", "1", "0.5", "1e400", "nan", "abc", "", "99999999999999999999", "4GB"]

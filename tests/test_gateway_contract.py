@@ -98,6 +98,38 @@ def test_conditional_fetch(area: Area) -> None:
             assert again.stream.read() == b'{"packages": {"a": 1}}'
 
 
+def test_http_takes_text_beyond_ascii_wherever_a_user_or_server_gives_it(
+    nginx: Server, tmp_path: Path
+) -> None:
+    """A channel path with a space and accents, a user name and password beyond
+    ASCII, a CA bundle at such a path, an ETag a server sent in Latin-1: each goes to
+    the server as it should (found by the commands fuzzer: each was an internal
+    error, libcurl taking only ASCII)."""
+    root = nginx.root / "kanal é"
+    root.mkdir()
+    (root / "dätä.json").write_bytes(b'{"a": 1}')
+    ca = tmp_path / "cà é.crt"
+    ca.write_bytes(Path(nginx.extra["ca"]).read_bytes())
+    for base in (nginx.url, nginx.extra["https"]):
+        url = base.replace("://", "://üser:pässwörd@") + "/kanal é"
+        with open_gateway(url, GatewayOptions(**FAST_RETRY, ca_bundle=str(ca))) as gw:
+            assert [f.name for f in gw.list("")] == ["dätä.json"]
+            assert gw.read_bytes("dätä.json") == b'{"a": 1}'
+            fetched = gw.fetch_if_changed("dätä.json", etag='"\xe9t\xe9"')
+            assert fetched is not None and fetched.stream.read() == b'{"a": 1}'
+    # bytes a command line could not decode are sent as they came
+    with (
+        open_gateway(f"{nginx.url}/x\udcff", GatewayOptions(**FAST_RETRY)) as gw,
+        pytest.raises(NotFound),
+    ):
+        gw.read_bytes("a.json")
+    log = access_log(nginx)
+    asked = [line for line in log if "/kanal%20%C3%A9/d%C3%A4t%C3%A4.json" in line]
+    assert len(asked) == 4, asked  # read and fetched, over HTTP and HTTPS
+    assert all(line.split()[2] == "\\xC3\\xBCser" for line in asked), asked  # UTF-8
+    assert any("GET /x%FF/a.json " in line for line in log)
+
+
 def test_http_gzip_json_is_decoded_and_compressed_files_stay(nginx: Server) -> None:
     root = nginx.root / "gz"
     root.mkdir()
