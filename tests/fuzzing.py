@@ -93,10 +93,13 @@ def _weird(rng: random.Random) -> Any:
     return copy.deepcopy(rng.choice(WEIRD))
 
 
+AT_LEAST = 11  # inputs every fuzzer tries, however slow the machine (CI once ran 8)
+
+
 def _deadline(seconds: float) -> Iterator[int]:
-    """Counts 1, 2, ... until the time is up."""
+    """Counts 1, 2, ... until the time is up, and to :data:`AT_LEAST` at least."""
     end, count = time.monotonic() + seconds, 0
-    while time.monotonic() < end:
+    while count < AT_LEAST or time.monotonic() < end:
         count += 1
         yield count
 

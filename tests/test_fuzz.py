@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.fuzzing import FUZZERS
+from tests.fuzzing import AT_LEAST, FUZZERS
 
 SECONDS = float(os.environ.get("FERRY_FUZZ_SECONDS", "4"))
 MEMORY = 1536 << 20  # address space on top of the interpreter's own
@@ -40,4 +40,4 @@ def test_fuzz(kind: str) -> None:
     assert run.returncode == 0, f"seed {seed}:\n{run.stderr[-3000:]}"
     report = json.loads(run.stdout)
     print(f"fuzz {kind}: {report['inputs']} inputs in {SECONDS:g}s (seed {seed})")
-    assert report["inputs"] > 10
+    assert report["inputs"] >= AT_LEAST  # every fuzzer's loop ran, whatever the time
