@@ -114,7 +114,15 @@ class S3Gateway(Gateway):
 
     def _key(self, path: str) -> str:
         rel = self._rel(path)
-        return "/".join(p for p in (self.prefix, rel) if p)
+        key = "/".join(p for p in (self.prefix, rel) if p)
+        if not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError:  # bytes a command line did not decode
+                raise UsageError(
+                    self.display(path), "an S3 key must be UTF-8 text", "check the path's bytes"
+                ) from None
+        return key
 
     def _strip(self, key: str) -> str:
         return key[len(self.prefix) + 1 :] if self.prefix else key

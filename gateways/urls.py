@@ -142,8 +142,9 @@ def clean_relative(path: str, url: str = "") -> str:
 
 @functools.lru_cache(maxsize=4096)
 def join(base: str, path: str) -> str:
-    """Join a root URL and a relative path, quoting the path for the URL."""
+    """Join a root URL and a relative path, quoting the path for the URL (as UTF-8;
+    bytes a command line did not decode, as they were given)."""
     rel = clean_relative(path, base)
     if not rel:
         return base
-    return f"{base.rstrip('/')}/{quote(rel)}"
+    return f"{base.rstrip('/')}/{quote(rel, errors='surrogateescape')}"

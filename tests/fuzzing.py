@@ -1164,6 +1164,8 @@ _PLACES = [
     "http://" + "ü" * 70 + "/x",  # no IDNA form: refused before any lookup
     "ftp://ü:ö@127.0.0.1:1/é",
     "sftp://ü@127.0.0.1:1/é",
+    "http://127.0.0.1:1/x\udcff",  # a byte the command line did not decode
+    "s3://b/x\udcff",
 ]
 _WORDS = ["", "a", "fz", "live", "../x", "a/b", "-x", "é" * 300, "linux-64", "noarch"]
 _NUMBERS = ["-1", "0", "1", "0.5", "1e400", "nan", "abc", "", "99999999999999999999", "4GB"]

@@ -122,12 +122,12 @@ def test_http_takes_text_beyond_ascii_wherever_a_user_or_server_gives_it(
         open_gateway(f"{nginx.url}/x\udcff", GatewayOptions(**FAST_RETRY)) as gw,
         pytest.raises(NotFound),
     ):
-        gw.read_bytes("a.json")
+        gw.read_bytes("a\udcff.json")
     log = access_log(nginx)
     asked = [line for line in log if "/kanal%20%C3%A9/d%C3%A4t%C3%A4.json" in line]
     assert len(asked) == 4, asked  # read and fetched, over HTTP and HTTPS
     assert all(line.split()[2] == "\\xC3\\xBCser" for line in asked), asked  # UTF-8
-    assert any("GET /x%FF/a.json " in line for line in log)
+    assert any("GET /x%FF/a%FF.json " in line for line in log)
 
 
 def test_http_gzip_json_is_decoded_and_compressed_files_stay(nginx: Server) -> None:
@@ -460,6 +460,17 @@ def test_s3_keys_that_are_no_file_names_are_not_listed(moto: Server) -> None:
     with open_gateway("s3://ferry/odd", options) as gw:
         assert [f.path for f in gw.files("linux-64")] == ["linux-64/ok"]
         assert [f.path for f in gw.list("", recursive=True)] == ["linux-64/ok"]
+
+
+def test_s3_keys_take_text_beyond_ascii_and_refuse_undecoded_bytes(moto: Server) -> None:
+    """An accented key is stored and read as UTF-8; bytes a command line did not
+    decode can be no S3 key: one usage error naming the path, not a server's fault."""
+    options = GatewayOptions(**FAST_RETRY, endpoint_url=moto.url)
+    with open_gateway("s3://ferry/kanal é", options) as gw:
+        gw.write_bytes("dätä.json", b"{}")
+        assert gw.read_bytes("dätä.json") == b"{}"
+        with pytest.raises(UsageError, match="must be UTF-8"):
+            gw.read_bytes("a\udcff.json")
 
 
 def test_s3_parallel_multipart_is_whole_or_nothing(moto: Server) -> None:
