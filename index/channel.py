@@ -188,7 +188,7 @@ def scan_subdir(
         try:
             files[check_filename(name)] = info
         except BadFilename as exc:
-            summary.skipped.append((name, str(exc)))
+            _skipped(gateway, view.subdir, summary, name, str(exc))
     entries: dict[str, Entry] = {}
     unknown: list[str] = []
     for name, info in files.items():
@@ -197,7 +197,7 @@ def scan_subdir(
         elif int(known[name].get("size", info.size)) == info.size:
             entries[name] = Entry(known[name], (extras or {}).get(name, {}))
         else:
-            summary.skipped.append((name, "size differs from its record"))
+            _skipped(gateway, view.subdir, summary, name, "size differs from its record")
     if unknown:
         cache = open_cache()
         try:
@@ -206,6 +206,12 @@ def scan_subdir(
             cache.close()
     summary.packages = len(entries)
     return {name: entries[name] for name in files if name in entries}  # in listing order
+
+
+def _skipped(gateway: Gateway, subdir: str, summary: SubdirSummary, name: str, why: str) -> None:
+    """A file not published, named on stderr as it is found and in the summary."""
+    log.warning("skipping %s: %s", gateway.display(f"{subdir}/{name}"), why)
+    summary.skipped.append((name, why))
 
 
 def _open_cache(channel_url: str, directory: Path | None) -> IndexCache:
@@ -251,14 +257,11 @@ def _read_unknown(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for name, result in pool.map(work, sorted(todo)):
             if isinstance(result, str):
-                log.warning("skipping %s: %s", gateway.display(f"{subdir}/{name}"), result)
-                summary.skipped.append((name, result))
+                _skipped(gateway, subdir, summary, name, result)
                 continue
             record_subdir = result.record.get("subdir")
             if record_subdir not in (None, subdir):
-                why = f"built for {record_subdir}, not {subdir}"
-                log.warning("skipping %s: %s", gateway.display(f"{subdir}/{name}"), why)
-                summary.skipped.append((name, why))
+                _skipped(gateway, subdir, summary, name, f"built for {record_subdir}, not {subdir}")
                 continue
             entries[name] = result
             info = files[name]

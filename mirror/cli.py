@@ -250,12 +250,24 @@ def out(text: str) -> None:
     """A line on stdout. A reader that went away (``ferry ls | head -1``) must not
     stop the work: the rest of the output goes nowhere, the run goes on."""
     try:
-        click.echo(text)
+        try:
+            click.echo(text)
+        except UnicodeEncodeError:  # a file name's bytes that are no text (a strict
+            # locale's stdout refuses them): written as those bytes, as ls writes them
+            click.echo(_as_bytes(text))
     except OSError as exc:
         _stdout_to_devnull()  # also silences the flush at exit
         ctx = click.get_current_context(silent=True)
         if ctx is not None and not isinstance(exc, BrokenPipeError):  # a full disk
             ctx.meta.setdefault("ferry.output_lost", exc.strerror or str(exc))
+
+
+def _as_bytes(text: str) -> bytes:
+    """``text`` as UTF-8, where bytes the file system gave undecoded are those bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no file name makes: shown as escaped
+        return text.encode("utf-8", "backslashreplace")
 
 
 def _stdout_to_devnull() -> None:

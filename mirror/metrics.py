@@ -25,6 +25,7 @@ HELP = {
 }
 _SAMPLE = re.compile(r"^(ferry_[a-z_]+)\{([^}]*)\}\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_ESCAPED = re.compile(r"\\(.)")
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -38,7 +39,8 @@ def _read(path: Path) -> Series:
     for line in text.splitlines():
         match = _SAMPLE.match(line.strip())
         if match:
-            labels = tuple(sorted(_LABEL.findall(match.group(2))))
+            found = _LABEL.findall(match.group(2))
+            labels = tuple(sorted((k, _unescape(v)) for k, v in found))
             try:
                 series[(match.group(1), labels)] = float(match.group(3))
             except ValueError:
@@ -48,6 +50,16 @@ def _read(path: Path) -> Series:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _unescape(value: str) -> str:
+    return _ESCAPED.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def _label(text: str) -> str:
+    """A label value is UTF-8 text: bytes of a job file's name that are not (as the
+    command line gave them) are written as ferry's error lines write them, ``\\udcff``."""
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _render(series: Series) -> str:
@@ -66,7 +78,7 @@ def _render(series: Series) -> str:
 def update(path: Path, job: str, report: dict[str, Any], exit_code: int, started: float) -> str:
     """The new file's text: this run's series replace the same series of earlier
     runs, the rest is kept (a subdir's last success moves forward only with one)."""
-    now = time.time()
+    now, job = time.time(), _label(job)
     series = _read(path)
     run = (("job", job),)
     series[("ferry_last_run_timestamp_seconds", run)] = now

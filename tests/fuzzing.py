@@ -1262,6 +1262,8 @@ def _command_fixture(root: Path) -> None:
     (root / "pkg.conda").write_bytes(package_bytes(DEMO[0][0]))
     (root / "binary").write_bytes(b"\x00\xff\xfe" * 100)
     (root / "empty").write_bytes(b"")
+    for where in ("mirror", "up"):  # a name that is no text, as a file system may hold
+        (root / where / "noarch" / os.fsdecode(b"x\xff.conda")).write_bytes(b"\xff")
 
 
 def fuzz_commands(seconds: float, seed: int) -> int:

@@ -289,6 +289,20 @@ def test_output_that_cannot_be_written_fails_the_run_after_its_work(tmp_path: Pa
     assert (tmp_path / "mirror" / "noarch" / "repodata.json").is_file()
 
 
+def test_a_file_name_that_is_not_text_is_listed_as_its_bytes(tmp_path: Path) -> None:
+    """As ls lists it, whatever the locale: a strict UTF-8 stdout (Python's under
+    en_US.UTF-8) refused it, and the listing was an internal error."""
+    (tmp_path / os.fsdecode(b"x\xff.txt")).write_bytes(b"hi")
+    run = subprocess.run(
+        [sys.executable, "-m", "conda_ferry", "ls", str(tmp_path)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip().endswith(b"  x\xff.txt"), run.stdout
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--help"]])
 def test_clicks_own_output_that_cannot_be_written_is_one_line(args: list[str]) -> None:
     with open("/dev/full", "wb") as full:

@@ -132,6 +132,23 @@ def test_metrics_keep_the_last_success_across_a_failed_run(
     assert bad['ferry_last_run_timestamp_seconds{job="nightly"}'] >= good[success]
 
 
+def test_metrics_name_any_job_file_once_in_utf_8(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A job file's name with a quote, a backslash and a byte that is not text: its
+    label is written escaped, read back as it was (a second run replaces its series,
+    not adds to them), and the file is UTF-8 as Prometheus reads it."""
+    _, url = upstream
+    metrics = tmp_path / "ferry.prom"
+    job = job_yaml(tmp_path / os.fsdecode(b'n"i\\g\xfft.yaml'), url, str(tmp_path / "mirror"))
+    for _ in range(2):
+        assert ferry("sync", str(job), "--metrics", str(metrics)).exit_code == 0
+    text = metrics.read_bytes().decode()  # strict: UTF-8
+    label = 'job="n\\"i\\\\g\\\\udcfft"'
+    runs = [line for line in text.splitlines() if line.startswith("ferry_last_exit_code")]
+    assert runs == [f"ferry_last_exit_code{{{label}}} 0"]
+
+
 def test_too_little_free_space_is_one_line_and_nothing_written(
     upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
