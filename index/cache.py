@@ -30,7 +30,8 @@ def default_dir() -> Path:
 class IndexCache:
     def __init__(self, channel_url: str, directory: Path | None = None) -> None:
         directory = directory or default_dir()
-        key = hashlib.sha256(channel_url.encode()).hexdigest()[:20]
+        # a path's bytes, those that are no text too (as the command line gave them)
+        key = hashlib.sha256(channel_url.encode("utf-8", "surrogateescape")).hexdigest()[:20]
         self.path = directory / f"{key}.sqlite"
         try:
             directory.mkdir(parents=True, exist_ok=True)

@@ -324,13 +324,15 @@ def collect_from_here() -> None:
         gc.enable()
 
 
-def _subdir_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+def _subdir_names(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | str | None
+) -> Any:
     """``--subdir`` values that can only name a subdir, never a path elsewhere."""
     if not value:
         return value
     from conda_ferry.index.records import is_subdir_name  # rattler comes with it
 
-    for name in value:
+    for name in (value,) if isinstance(value, str) else value:
         if not is_subdir_name(name):
             raise click.BadParameter(
                 f"'{redact_text(name)}' is not a subdir name (e.g. linux-64, noarch)"
@@ -499,6 +501,7 @@ def report_result(report: dict[str, Any] | Callable[[], dict[str, Any]]) -> None
     "subdirs",
     multiple=True,
     metavar="SUBDIR",
+    callback=_subdir_names,
     help="Index only this subdir (repeatable).",
 )
 @click.option("--patch-instructions", metavar="FILE", help="A patch_instructions.json to apply.")
@@ -829,6 +832,7 @@ def gc_command(target: str, subdirs: tuple[str, ...], now: bool, options: Gatewa
 @click.option(
     "--subdir",
     metavar="SUBDIR",
+    callback=_subdir_names,
     help="Put the packages here [default: each package's own subdir].",
 )
 @click.option("--force", is_flag=True, help="Replace a package the channel has with other bytes.")

@@ -69,7 +69,9 @@ def page(title: str, nav: str, body: Iterable[str], search: bool = False) -> byt
         f"\n<script>{SEARCH_SCRIPT}</script>" if search else "",
         "\n</body></html>\n",
     ]
-    return "".join(parts).encode()
+    # a byte of a path or URL that is no text (the target's, the source's: 0xff as the
+    # command line gave it) is written as ferry's error lines write it, \udcff
+    return "".join(parts).encode("utf-8", "backslashreplace")
 
 
 def search_box(count: int) -> str:

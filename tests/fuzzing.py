@@ -1141,6 +1141,8 @@ _LOCAL = [
     "é" * 10,
     ".",
     "mirror/",
+    "m\udcff",  # a channel whose path has a byte that is no text
+    "fresh\udcff",
 ]
 _PLACES = [
     *_LOCAL,
@@ -1264,6 +1266,7 @@ def _command_fixture(root: Path) -> None:
     (root / "empty").write_bytes(b"")
     for where in ("mirror", "up"):  # a name that is no text, as a file system may hold
         (root / where / "noarch" / os.fsdecode(b"x\xff.conda")).write_bytes(b"\xff")
+    shutil.copytree(root / "mirror", root / "m\udcff", symlinks=True)
 
 
 def fuzz_commands(seconds: float, seed: int) -> int:

@@ -163,6 +163,19 @@ def test_every_command_that_opens_urls_takes_the_gateway_options() -> None:
     assert lacking == ["keygen", "sync"]
 
 
+def test_every_subdir_option_takes_only_a_subdir_name() -> None:
+    """Refused as the command line is read, before anything is opened: ``index
+    --subdir a/b`` once made a/b/ in the channel, and a value with a byte that is no
+    text was an internal error."""
+    taking = [n for n, c in commands() if any(p.name in ("subdir", "subdirs") for p in c.params)]
+    assert len(taking) >= 6
+    for name in taking:
+        for value in ("a/b", "..", "x\udcff"):
+            result = ferry(*name.split(), "--subdir", value)
+            assert result.exit_code == errors.USAGE, (name, result.output)
+            assert "is not a subdir name" in result.output, (name, result.output)
+
+
 @pytest.mark.parametrize("command", [["bundle-info"], ["import", "--to", "T"]])
 def test_a_bundle_is_read_with_the_gateway_options_given(
     command: list[str], tmp_path: Path
@@ -301,6 +314,17 @@ def test_a_file_name_that_is_not_text_is_listed_as_its_bytes(tmp_path: Path) -> 
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.rstrip().endswith(b"  x\xff.txt"), run.stdout
+
+
+def test_a_channel_whose_path_is_not_text_is_indexed_and_served(tmp_path: Path) -> None:
+    """Its index cache is keyed by the path's bytes, and its pages name it as the
+    error lines do (\\udcff): each was an internal error."""
+    channel = tmp_path / os.fsdecode(b"c\xff")
+    small_channel(channel)
+    assert ferry("index", str(channel)).exit_code == 0
+    assert ferry("snapshot", "create", str(channel), "s1").exit_code == 0
+    assert ferry("verify", str(channel)).exit_code == 0
+    assert "conda channel c\\udcff" in (channel / "index.html").read_bytes().decode()
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"]])
