@@ -21,10 +21,12 @@ from typing import BinaryIO, NoReturn, TypeVar
 from .base import FileInfo, Gateway, GatewayOptions, listable, make_dirs, stat_etag, temp_name
 from .errors import (
     CredentialsError,
+    GatewayError,
     NotFound,
     PermissionDenied,
     ProtocolError,
     TransientError,
+    UsageError,
     WriteRefused,
     network_problem,
 )
@@ -48,7 +50,12 @@ def _reply(exc: BaseException) -> str:
     return "FTP " + " ".join(str(exc).split())[:80]
 
 
-def _not_ftp(where: str, exc: BaseException) -> ProtocolError:
+def _not_ftp(where: str, exc: BaseException) -> GatewayError:
+    if isinstance(exc, UnicodeEncodeError):  # ours to send: bytes a command line did
+        # not decode, which ftplib cannot send (RFC 2640's FTP speaks UTF-8)
+        return UsageError(
+            where, "FTP takes paths and credentials as UTF-8 text", "check the URL's bytes"
+        )
     return ProtocolError(where, f"an answer that is not FTP ({type(exc).__name__}: {exc!s:.60})")
 
 

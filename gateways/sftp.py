@@ -398,6 +398,11 @@ class SFTPGateway(Gateway):
             raise TransientError(
                 self.display(path), f"connection broke: {network_problem(exc)}"
             ) from None
+        except UnicodeEncodeError:  # ours to send, before anything was: bytes a
+            # command line did not decode, which paramiko sends only as UTF-8 text
+            raise UsageError(
+                self.display(path), "SFTP takes paths as UTF-8 text here", "check the URL's bytes"
+            ) from None
         except (paramiko.SFTPError, UnicodeError) as exc:
             # an answer no SFTP server may give (a packet paramiko calls garbage, a name
             # that is not UTF-8): the session may be out of step, so it goes

@@ -462,6 +462,31 @@ def test_s3_keys_that_are_no_file_names_are_not_listed(moto: Server) -> None:
         assert [f.path for f in gw.list("", recursive=True)] == ["linux-64/ok"]
 
 
+def test_a_path_that_is_no_text_is_its_byte_on_disk_and_a_usage_error_elsewhere(
+    writable: Area,
+) -> None:
+    """Bytes a command line did not decode (\\udcff for 0xff): a local file system
+    takes them as those bytes. S3, FTP and SFTP send paths as UTF-8 text, so each
+    refuses them in one usage error, before sending anything, not as the server's
+    fault; and the gateway goes on working."""
+    with open_gateway(writable.url, writable.options) as gw:
+        if writable.kind == "localfs":
+            gw.write_bytes("a\udcff.json", b"{}")
+            assert [f.name for f in gw.files("")] == ["a\udcff.json"]
+            assert gw.read_bytes("a\udcff.json") == b"{}"
+            return
+        attempts = [
+            lambda: gw.read_bytes("a\udcff.json"),
+            lambda: gw.write_bytes("a\udcff.json", b"{}"),
+            lambda: gw.files("d\udcff"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(UsageError, match="UTF-8 text"):
+                attempt()
+        gw.write_bytes("ok.json", b"{}")
+        assert gw.read_bytes("ok.json") == b"{}"
+
+
 def test_s3_keys_take_text_beyond_ascii_and_refuse_undecoded_bytes(moto: Server) -> None:
     """An accented key is stored and read as UTF-8; bytes a command line did not
     decode can be no S3 key: one usage error naming the path, not a server's fault."""
