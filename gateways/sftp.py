@@ -554,19 +554,43 @@ class SFTPGateway(Gateway):
             self._do(path, lambda s: s.remove(self._abs(path)))
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
+        """The record written whole under a temp name, then hard-linked as ``path``
+        (OpenSSH's ``hardlink@openssh.com``, which fails if it exists): the lock
+        appears whole or not at all. Created empty and then written, a run killed
+        between the two left a record no one could read, which every run took for
+        a live holder's for five minutes. Where the server has no such link, so."""
         target = self._abs(path)
+        parent = target.rpartition("/")[0]
         with self._errors(path):
             sftp = self._sftp()
-            self._makedirs(sftp, target.rpartition("/")[0])
+            self._makedirs(sftp, parent)
+            tmp = f"{parent}/{temp_name(target.rpartition('/')[2])}"
+            with sftp.open(tmp, "wbx") as out:
+                out.write(data)
             try:
+                cast(StrictSFTPClient, sftp).hardlink(tmp, target)  # every session is one
+                return True
+            except OSError:
+                if self._exists(sftp, target):
+                    return False
+            finally:
+                with contextlib.suppress(OSError):
+                    sftp.remove(tmp)
+            try:  # no hard links here: created, then written
                 with sftp.open(target, "wbx") as out:  # O_CREAT|O_EXCL|O_WRONLY
                     out.write(data)
             except OSError:
-                try:
-                    sftp.stat(target)
-                except FileNotFoundError:
+                if not self._exists(sftp, target):
                     raise
                 return False
+        return True
+
+    @staticmethod
+    def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
+        try:
+            sftp.stat(path)
+        except FileNotFoundError:
+            return False
         return True
 
     def close(self) -> None:

@@ -122,3 +122,8 @@ class StrictSFTPClient(paramiko.SFTPClient):
     def _read_packet(self) -> tuple[int, Any]:
         kind, data = super()._read_packet()  # type: ignore[misc]
         return kind, checked(kind, data)
+
+    def hardlink(self, old: str, new: str) -> None:
+        """OpenSSH's ``hardlink@openssh.com``: ``new`` made a link to ``old``, an
+        OSError if ``new`` exists or the server has no such extension."""
+        self._request(paramiko.sftp.CMD_EXTENDED, "hardlink@openssh.com", old, new)  # type: ignore[attr-defined]

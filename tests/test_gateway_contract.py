@@ -28,12 +28,13 @@ from conda_ferry.gateways import (
     ReadOnlyError,
     UsageError,
     VerifyingReader,
+    is_temp,
     open_gateway,
 )
 from conda_ferry.gateways.localfs import LocalGateway
 from conda_ferry.gateways.s3 import S3Gateway
 from conda_ferry.gateways.streams import bytes_problem
-from tests.conftest import FAST_RETRY, Area
+from tests.conftest import FAST_RETRY, Area, make_area
 from tests.servers import Server, access_log
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
@@ -460,6 +461,41 @@ def test_s3_keys_that_are_no_file_names_are_not_listed(moto: Server) -> None:
     with open_gateway("s3://ferry/odd", options) as gw:
         assert [f.path for f in gw.files("linux-64")] == ["linux-64/ok"]
         assert [f.path for f in gw.list("", recursive=True)] == ["linux-64/ok"]
+
+
+def test_an_sftp_lock_stopped_while_written_is_no_lock(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped as its record is written (a kill), a run leaves no lock that the next
+    run would take for a live holder's: it wrote the record under a temp name."""
+    import paramiko
+
+    area = make_area("sftp", request, tmp_path)
+
+    def killed(self: Any, data: Any) -> None:
+        raise KeyboardInterrupt
+
+    with open_gateway(area.url, area.options) as gw:
+        with monkeypatch.context() as patch:
+            patch.setattr(paramiko.SFTPFile, "write", killed)
+            with pytest.raises(KeyboardInterrupt), gw.lock("d/.ferry.lock"):
+                pass
+        assert not gw.exists("d/.ferry.lock")
+        with gw.lock("d/.ferry.lock"):
+            pass
+
+
+def test_a_lock_appears_with_its_whole_record_and_nothing_beside_it(writable: Area) -> None:
+    """A lock created empty and then written, killed between the two, held its
+    subdir for five minutes (no run can read whose it is): the record comes with
+    the lock, and the way it came (a temp file, over SFTP) is gone."""
+    with open_gateway(writable.url, writable.options) as gw, gw.lock("d/.ferry.lock") as mine:
+        held = LockInfo.from_bytes(gw.read_lock("d/.ferry.lock"))
+        assert held is not None and (held.pid, held.started) == (mine.pid, mine.started)
+        if writable.disk is not None:  # what the server's disk holds
+            assert not [p for p in writable.disk.rglob("*") if is_temp(p.name)]
+        with pytest.raises(LockHeld), gw.lock("d/.ferry.lock"):
+            pass
 
 
 def test_a_path_that_is_no_text_is_its_byte_on_disk_and_a_usage_error_elsewhere(
