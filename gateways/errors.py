@@ -125,6 +125,13 @@ class UsageError(GatewayError):
     hint = ""
 
 
+def not_text(where: str, what: str) -> UsageError:
+    """Bytes a command line did not decode (0xff as \\udcff) in what a protocol's
+    library sends only as UTF-8 text (an S3 key, an FTP or SFTP path): refused before
+    anything is sent, as the user's to fix, not blamed on the server."""
+    return UsageError(where, f"{what} must be UTF-8 text", "check the URL's bytes")
+
+
 def network_problem(exc: BaseException) -> str:
     """What went wrong on the wire, in words ("connection refused"), whichever library
     wrapped the socket's error and however deep."""

@@ -26,9 +26,9 @@ from .errors import (
     PermissionDenied,
     ProtocolError,
     TransientError,
-    UsageError,
     WriteRefused,
     network_problem,
+    not_text,
 )
 from .streams import CHUNK, GuardedStream
 from .urls import parse
@@ -51,11 +51,8 @@ def _reply(exc: BaseException) -> str:
 
 
 def _not_ftp(where: str, exc: BaseException) -> GatewayError:
-    if isinstance(exc, UnicodeEncodeError):  # ours to send: bytes a command line did
-        # not decode, which ftplib cannot send (RFC 2640's FTP speaks UTF-8)
-        return UsageError(
-            where, "FTP takes paths and credentials as UTF-8 text", "check the URL's bytes"
-        )
+    if isinstance(exc, UnicodeEncodeError):  # ours to send, which ftplib could not
+        return not_text(where, "FTP paths and credentials")
     return ProtocolError(where, f"an answer that is not FTP ({type(exc).__name__}: {exc!s:.60})")
 
 

@@ -27,6 +27,7 @@ from .errors import (
     TransientError,
     UsageError,
     WriteRefused,
+    not_text,
 )
 from .streams import CHUNK, GuardedStream
 from .urls import parse, redact
@@ -118,10 +119,8 @@ class S3Gateway(Gateway):
         if not key.isascii():
             try:
                 key.encode()
-            except UnicodeEncodeError:  # bytes a command line did not decode
-                raise UsageError(
-                    self.display(path), "an S3 key must be UTF-8 text", "check the path's bytes"
-                ) from None
+            except UnicodeEncodeError:
+                raise not_text(self.display(path), "an S3 key") from None
         return key
 
     def _strip(self, key: str) -> str:

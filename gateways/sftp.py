@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import select
@@ -31,6 +32,7 @@ from .errors import (
     UsageError,
     WriteRefused,
     network_problem,
+    not_text,
 )
 from .sftpreads import PipelinedReads, read_size
 from .streams import CHUNK, GuardedStream
@@ -398,11 +400,8 @@ class SFTPGateway(Gateway):
             raise TransientError(
                 self.display(path), f"connection broke: {network_problem(exc)}"
             ) from None
-        except UnicodeEncodeError:  # ours to send, before anything was: bytes a
-            # command line did not decode, which paramiko sends only as UTF-8 text
-            raise UsageError(
-                self.display(path), "SFTP takes paths as UTF-8 text here", "check the URL's bytes"
-            ) from None
+        except UnicodeEncodeError:  # ours to send, which paramiko could not
+            raise not_text(self.display(path), "SFTP paths") from None
         except (paramiko.SFTPError, UnicodeError) as exc:
             # an answer no SFTP server may give (a packet paramiko calls garbage, a name
             # that is not UTF-8): the session may be out of step, so it goes
@@ -511,18 +510,11 @@ class SFTPGateway(Gateway):
 
     # -- writing -----------------------------------------------------------------
     def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
-        def exists(level: str) -> bool:
-            try:
-                sftp.stat(level)
-            except FileNotFoundError:
-                return False
-            return True
-
         def mkdir(level: str) -> None:
             with contextlib.suppress(OSError):
                 sftp.mkdir(level)
 
-        make_dirs(directory, exists, mkdir)
+        make_dirs(directory, functools.partial(self._exists, sftp), mkdir)
 
     def write_atomic(self, path: str, stream: BinaryIO, durable: bool = True) -> FileInfo:
         target = self._abs(path)
@@ -564,7 +556,7 @@ class SFTPGateway(Gateway):
         with self._errors(path):
             sftp = self._sftp()
             self._makedirs(sftp, parent)
-            tmp = f"{parent}/{temp_name(target.rpartition('/')[2])}"
+            tmp = temp_name(target)
             with sftp.open(tmp, "wbx") as out:
                 out.write(data)
             try:
