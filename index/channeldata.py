@@ -43,7 +43,7 @@ def channeldata(
     The newest version of each name (conda's ordering, via rattler) supplies the
     descriptive fields; flags are true when any build has them.
     """
-    from rattler import Version
+    from .rattlertypes import Version
 
     packages: dict[str, dict[str, Any]] = {}
     newest: dict[str, tuple[Version, int]] = {}

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-import rattler
 
 from .package import BadPackage, PackageMeta
+from .rattlertypes import Version
 
 EXTENSIONS = (".conda", ".tar.bz2")
 SECTIONS = ("packages", "packages.conda")  # repodata's record sections, one per format
@@ -61,7 +61,7 @@ _STRING_LISTS = ("depends", "constrains")
 def _version_parses(text: str) -> bool:
     """Cached: a subdir's records share far fewer versions than they number."""
     try:
-        rattler.Version(text)
+        Version(text)
     except Exception:  # rattler raises its own exception types
         return False
     return True

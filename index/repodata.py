@@ -113,7 +113,7 @@ def current(document: dict[str, Any]) -> dict[str, Any]:
     Uses rattler's conda version ordering; dependencies are not pulled in (a client
     falls back to the full repodata when current does not solve).
     """
-    from rattler import Version
+    from .rattlertypes import Version
 
     newest: dict[str, Version] = {}
     parsed: dict[str, Version] = {}

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import msgspec
-import rattler
+
+from conda_ferry.index.rattlertypes import MatchSpec, Version, package_record
 
 from .lockfiles import Locked, LockfileError, belongs_to, read_lockfile
 from .yamldoc import Reader, Source, parse_size
@@ -48,13 +49,13 @@ class SpecMatcher:
     def __init__(self, text: str) -> None:
         self.text = text.strip()
         self.glob: str | None = None
-        self.spec: rattler.MatchSpec | None = None
+        self.spec: MatchSpec | None = None
         self.name: str | None = None
         if _is_name_glob(self.text):
             self.glob = self.text.lower()
             return
         try:
-            self.spec = rattler.MatchSpec(self.text)
+            self.spec = MatchSpec(self.text)
         except Exception as exc:  # rattler raises its own parse error types
             raise ValueError(str(exc).splitlines()[0]) from None
         name = self.text.split()[0].split("[")[0]
@@ -104,10 +105,10 @@ class Candidate:
         if self._package is _UNSET:
             record = self.record
             try:
-                self._package = rattler.PackageRecord(
+                self._package = package_record(
                     name=record["name"],
                     version=str(record["version"]),
-                    build=rattler.BuildString(str(record.get("build", ""))),
+                    build=str(record.get("build", "")),
                     build_number=int(record.get("build_number", 0)),
                     subdir=str(record.get("subdir") or "noarch"),
                 )
@@ -453,7 +454,7 @@ class Selector:
             versions: dict[str, Any] = {}
             for text in set(texts):  # a group's builds share far fewer versions
                 try:
-                    versions[text] = rattler.Version(text)
+                    versions[text] = Version(text)
                 except Exception:
                     versions[text] = None
             ordered = sorted((v for v in versions.values() if v is not None), reverse=True)

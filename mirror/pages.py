@@ -21,12 +21,14 @@ from urllib.parse import quote
 
 import msgspec
 import orjson
-from rattler import Version
-from rattler.exceptions import InvalidVersionError  # here: loaded before workers fork
 
 from conda_ferry.gateways import Gateway, NotFound, is_temp
 from conda_ferry.index.channel import ChannelEntry
 from conda_ferry.index.compact import as_fragment, bulk, fields, plain
+from conda_ferry.index.rattlertypes import (  # loaded before workers fork
+    InvalidVersionError,
+    Version,
+)
 
 from .html import GENERATOR, date, esc, page, search_box, table
 from .units import as_int, human_size, plural

@@ -155,6 +155,23 @@ def test_the_sftp_gateway_loads_paramiko_without_invoke() -> None:
     assert done.stdout.split() == ["False", "True"]
 
 
+def test_a_sync_loads_only_the_rattler_types_it_uses_and_rattler_stays_whole() -> None:
+    """rattler's package ``__init__`` loads its solver, installer and repodata gateway
+    (25-40 ms of every start-up); a sync and its filters load versions and match specs
+    alone, and ``import rattler`` afterwards still gives the whole package."""
+    code = (
+        "import sys; import conda_ferry.mirror.sync, conda_ferry.mirror.filters; "
+        "print(sorted(m for m in ('rattler.solver', 'rattler.repo_data', 'rattler.install') "
+        "if m in sys.modules)); "
+        "from conda_ferry.mirror.filters import SpecMatcher, Candidate; "
+        "c = Candidate('noarch', 'a-1-0.conda', {'name': 'a', 'version': '1', 'build': '0'}); "
+        "print(SpecMatcher('a >=1').matches(c), SpecMatcher('a >=2').matches(c)); "
+        "import rattler; print(rattler.solve.__name__, rattler.Version('1.10') > rattler.Version('1.9'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:3] == ["[]", "True False", "solve True"]
+
+
 def test_struct_defaults_are_values_not_dataclass_fields() -> None:
     """A ``dataclasses.field(...)`` left in a msgspec Struct would be every
     instance's default value itself; nothing else notices."""
