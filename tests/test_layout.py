@@ -166,7 +166,8 @@ def test_a_sync_loads_only_the_rattler_types_it_uses_and_rattler_stays_whole() -
         "from conda_ferry.mirror.filters import SpecMatcher, Candidate; "
         "c = Candidate('noarch', 'a-1-0.conda', {'name': 'a', 'version': '1', 'build': '0'}); "
         "print(SpecMatcher('a >=1').matches(c), SpecMatcher('a >=2').matches(c)); "
-        "import rattler; print(rattler.solve.__name__, rattler.Version('1.10') > rattler.Version('1.9'))"
+        "import rattler; "
+        "print(rattler.solve.__name__, rattler.Version('1.10') > rattler.Version('1.9'))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split("\n")[:3] == ["[]", "True False", "solve True"]
