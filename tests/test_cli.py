@@ -327,6 +327,20 @@ def test_a_channel_whose_path_is_not_text_is_indexed_and_served(tmp_path: Path) 
     assert "conda channel c\\udcff" in (channel / "index.html").read_bytes().decode()
 
 
+def test_the_version_answered_before_the_command_line_loads_is_clicks() -> None:
+    """``ferry --version`` is answered before click loads; in click's words."""
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "conda_ferry", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout == CliRunner().invoke(main, ["--version"]).output
+    loaded = {line.split("|")[-1].strip() for line in run.stderr.splitlines()}
+    assert not loaded & {"click", "msgspec", "conda_ferry.mirror.cli"}
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--help"]])
 def test_clicks_own_output_that_cannot_be_written_is_one_line(args: list[str]) -> None:
     with open("/dev/full", "wb") as full:
