@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,35 @@ def test_a_sync_loads_only_the_rattler_types_it_uses_and_rattler_stays_whole() -
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split("\n")[:3] == ["[]", "True False", "solve True"]
+
+
+def test_a_rattler_whose_submodules_need_the_package_is_loaded_whole(tmp_path: Path) -> None:
+    """Some py-rattler releases' submodules import names from the package itself;
+    loaded alone, they would meet its ``__init__`` half-run. Then rattler loads whole,
+    as a plain ``import rattler`` does."""
+    fake = tmp_path / "rattler"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "from rattler.version import Version\nfrom rattler.match_spec import MatchSpec\n"
+        "from rattler.exceptions import InvalidVersionError\nWHOLE = True\n"
+    )
+    (fake / "version.py").write_text("class Version(str): pass\n")
+    (fake / "exceptions.py").write_text("class InvalidVersionError(Exception): pass\n")
+    (fake / "match_spec.py").write_text("from rattler import Version\nclass MatchSpec: pass\n")
+    code = (
+        "import sys; from conda_ferry.index.rattlertypes import MatchSpec, Version; "
+        "import rattler; print(rattler.WHOLE, rattler.Version is Version, "
+        "rattler.__file__.startswith(sys.argv[1]))"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert done.stdout.split() == ["True", "True", "True"]
 
 
 def test_struct_defaults_are_values_not_dataclass_fields() -> None:
