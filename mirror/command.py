@@ -23,7 +23,7 @@ def console() -> None:
             os.write(1, f"ferry, version {__version__}\n".encode())
             os._exit(0)
         except OSError:
-            pass  # not written: the command line says so, as for any output of its
+            pass  # not written: the command line reports that, as for all its output
     from .cli import console as command
 
     command()
