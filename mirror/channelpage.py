@@ -40,9 +40,9 @@ var u=location.href.replace(/[?#].*$/,'').replace(/\\/index\\.html$/,'').replace
 
 def remember_channel(target: Gateway, source: str, public_url: str | None) -> None:
     """What only a sync knows (where the channel comes from, where it is served),
-    kept for the writers that come after it."""
+    kept for the writers that come after it (the caller sweeps what a killed writer
+    of it left)."""
     data = json.dumps({"source": redact(source), "public_url": public_url}, sort_keys=True)
-    sweep_temps(target, STATE_DIR, ".channel.json.")
     write_if_changed(target, CHANNEL_FILE, data.encode(), Written())
 
 

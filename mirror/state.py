@@ -106,9 +106,9 @@ class SubdirState:
             self._saved = data
 
 
-def sweep_temps(target: Gateway, directory: str, prefix: str) -> None:
+def sweep_temps(target: Gateway, directory: str, prefix: str | tuple[str, ...]) -> None:
     """Remove temp files a killed writer left in ``directory`` whose names start with
-    ``prefix`` (the caller holds the lock that covers those files)."""
+    ``prefix`` (or any of them; the caller holds the lock that covers those files)."""
     for info in target.files(directory):
         if is_temp(info.name) and info.name.startswith(prefix):
             target.delete(info.path)

@@ -336,6 +336,8 @@ class SyncRun:
                     + [f"{s}/run_exports.json" for s in fetched if s not in self.broken],
                 )
                 descriptions = upstream.Descriptions(source, ahead)
+                # what killed runs left half-written of the two files written here
+                sweep_temps(target, STATE_DIR, (".channel.json.", ".channeldata.owed."))
                 remember_channel(target, source.display(), job.public_url)
                 if not owed:
                     target.write_bytes(OWED, b"")  # cleared once they are out

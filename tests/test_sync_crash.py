@@ -17,7 +17,7 @@ from tests.helpers import ferry
 from tests.mirrorcheck import assert_consistent
 from tests.pkgmaker import Spec, write_package
 from tests.servers import Server
-from tests.upstream import reindex
+from tests.upstream import build_upstream, job_yaml, reindex
 
 
 def run_ferry(job: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -83,3 +83,21 @@ def test_sigkill_at_many_points_leaves_a_consistent_mirror(nginx: Server, tmp_pa
         assert ferry("verify", str(mirror)).exit_code == 0
     finally:
         proxy.close()
+
+
+def test_what_a_run_killed_writing_the_channels_own_state_left_is_swept(tmp_path: Path) -> None:
+    """Over SFTP and FTP a file is written under a temp name and renamed: a run killed
+    between the two left the temp of ``.ferry/channel.json`` or of the marker that
+    the channel's files are owed (found by the kill suite over SFTP), and the next
+    run, which wrote its own under another name, left it there for good."""
+    build_upstream(tmp_path / "up")
+    mirror = tmp_path / "mirror"
+    left = [mirror / ".ferry/.channeldata.owed.0123456789ab.part"]
+    left.append(mirror / ".ferry/.channel.json.0123456789ab.part")
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{")
+    job = job_yaml(tmp_path / "job.yaml", str(tmp_path / "up"), str(mirror))
+    assert ferry("sync", str(job)).exit_code == 0
+    assert [path for path in left if path.exists()] == []
+    assert_consistent(mirror)
