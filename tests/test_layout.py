@@ -203,6 +203,27 @@ def test_a_rattler_whose_submodules_need_the_package_is_loaded_whole(tmp_path: P
     assert done.stdout.split() == ["True", "True", "True"]
 
 
+def test_spec_filters_match_with_py_rattler_0_22() -> None:
+    """py-rattler before 0.28 has no BuildString; a record built with one failed, and
+    every match spec of a filter then matched nothing, silently."""
+    from tests.oldrattler import old_rattler_python
+
+    code = (
+        "from conda_ferry.index.rattlertypes import MatchSpec, package_record; "
+        "r = package_record('a', '1.0', '0', 0, 'noarch'); "
+        "print(MatchSpec('a >=1').matches(r), MatchSpec('a >=2').matches(r))"
+    )
+    done = subprocess.run(
+        [old_rattler_python(), "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.split() == ["True", "False"]
+
+
 def test_struct_defaults_are_values_not_dataclass_fields() -> None:
     """A ``dataclasses.field(...)`` left in a msgspec Struct would be every
     instance's default value itself; nothing else notices."""
