@@ -92,8 +92,10 @@ def test_what_a_run_killed_writing_the_channels_own_state_left_is_swept(tmp_path
     run, which wrote its own under another name, left it there for good."""
     build_upstream(tmp_path / "up")
     mirror = tmp_path / "mirror"
-    left = [mirror / ".ferry/.channeldata.owed.0123456789ab.part"]
-    left.append(mirror / ".ferry/.channel.json.0123456789ab.part")
+    left = [
+        mirror / ".ferry" / f".{name}.0123456789ab.part"
+        for name in ("channel.json", "channeldata.owed")
+    ]
     for path in left:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{")
