@@ -17,7 +17,8 @@ Over nginx on loopback:
 5. ``ferry --version`` and ``ferry --help``: start-up.
 
 Each case runs --rounds times, alternating ferry and curl; the best of each is
-compared (this machine's file creation times vary several-fold from minute to minute).
+compared (this machine's file creation times vary several-fold from minute to minute),
+and beside it the median of each round's own ratio.
 ferry makes what it wrote durable (``syncfs``) before it publishes the repodata that
 names it, and curl does not: each case also times curl followed by ``sync -f`` on the
 same file system, the wire's limit for bytes that survive a power cut. ``--on DIR``
@@ -120,13 +121,21 @@ def conda_mirror() -> str | None:
     return str(exe)
 
 
-def best(rounds: int, *cases: Callable[[], None]) -> list[float]:
-    """The best time of each case over ``rounds`` rounds, the cases interleaved."""
+def interleaved(rounds: int, *cases: Callable[[], None]) -> list[list[float]]:
+    """Each case's time in each of ``rounds`` rounds, the cases interleaved."""
     times: list[list[float]] = [[] for _ in cases]
     for _ in range(rounds):
         for i, case in enumerate(cases):
             times[i].append(timed(case))
-    return [min(t) for t in times]
+    return times
+
+
+def against(ferry: list[float], peer: list[float]) -> str:
+    """ferry's best against the peer's, and the median of the rounds' own ratios: in
+    an hour whose speed changes from one second to the next, the best of each may
+    come from different minutes, a round's two runs from the same one."""
+    rounds = statistics.median(f / p for f, p in zip(ferry, peer, strict=True))
+    return f"ferry {min(ferry) / min(peer):.2f}x (rounds' median {rounds:.2f}x)"
 
 
 def main() -> None:
@@ -178,7 +187,7 @@ def main() -> None:
                     subprocess.run([*ferry, str(job)], check=True, env=env)
 
                 urls = package_urls(nginx.root / kind, url)
-                ferry_s, one_s, bare_s, curl_s, durable_s = best(
+                times = interleaved(
                     args.rounds,
                     cold,
                     lambda cold=cold: cold(extra="processes: 1\n"),
@@ -186,6 +195,7 @@ def main() -> None:
                     lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}"),
                     lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}", True),
                 )
+                ferry_s, one_s, bare_s, curl_s, durable_s = map(min, times)
                 label = f"{count} pkgs{of}, {sizes[kind] / 1e6:.0f} MB"
                 rows.append((f"ferry cold sync, {label}", f"{ferry_s:.2f}", "", ""))
                 rows.append(
@@ -208,7 +218,7 @@ def main() -> None:
                     (
                         f"  curl x{JOBS}, same files",
                         f"{curl_s:.2f}",
-                        f"ferry {ferry_s / curl_s:.2f}x",
+                        against(times[0], times[3]),
                         aim,
                     )
                 )
@@ -216,7 +226,7 @@ def main() -> None:
                     (
                         f"  curl x{JOBS}, then sync -f (durable, as ferry's)",
                         f"{durable_s:.2f}",
-                        f"ferry {ferry_s / durable_s:.2f}x",
+                        against(times[0], times[4]),
                         "",
                     )
                 )
