@@ -298,8 +298,8 @@ class _Feed:
             if count >= self._files or (count >= self._window and queued_bytes >= QUEUED_BYTES):
                 break
             name, record = self._left.popleft()
-            more[name] = dict(zip(EXPECTED, fields(record, EXPECTED), strict=True))
-            queued_bytes += int(record.get("size") or 0)
+            expect = more[name] = dict(zip(EXPECTED, fields(record, EXPECTED), strict=True))
+            queued_bytes += int(expect["size"] or 0)
         if more:
             worker.queued.update(more)
             worker.send("files", more)
@@ -507,7 +507,7 @@ class _ToParent(Progress):
     """The worker's messages, whole frames from any thread. Landed files go in
     batches (a message per file costs the parent as much as the file) with the
     bytes counted since, at the latest before the worker waits for more work; each
-    as plain values (a Struct pickles through a Python call: six times the time)."""
+    as plain values (a Struct pickles through a Python call: five times the time)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         super().__init__()
