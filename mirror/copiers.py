@@ -254,10 +254,11 @@ def _pass_on(
 ) -> None:
     kind = message[0]
     if kind == "landed":
-        target.note_written([info[0] for _, info, _, _ in message[1]])  # with ours
-        for name, info, size, sha256 in message[1]:
+        landed = [(n, Copied(FileInfo(*info), size, sha)) for n, info, size, sha in message[1]]
+        target.note_written([copied.info.path for _, copied in landed])  # with ours
+        for name, copied in landed:
             worker.queued.pop(name, None)
-            arrived(name, Copied(FileInfo(*info), size, sha256))
+            arrived(name, copied)
     elif kind == "failed":
         worker.queued.pop(message[1], None)
         failed(message[1], message[2])
