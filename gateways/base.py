@@ -366,10 +366,14 @@ class Gateway(abc.ABC):
     def write_bytes(self, path: str, data: bytes, durable: bool = True) -> FileInfo:
         return self.write_atomic(path, io.BytesIO(data), durable)
 
-    def write_many(self, files: Iterable[tuple[str, bytes]], jobs: int = 8) -> builtins.list[str]:
+    def write_many(
+        self, files: Iterable[tuple[str, bytes]], jobs: int = 8, unseen: bool = False
+    ) -> builtins.list[str]:
         """Write many small files, several at once, none durable until :meth:`flush`;
         returns their paths in order. Creating a file costs a journal entry or a round
-        trip on every store, so they overlap; ``files`` is consumed as they go."""
+        trip on every store, so they overlap; ``files`` is consumed as they go.
+        ``unseen``: they go into a :meth:`staging_directory`, which no reader sees, so
+        an adapter may create each under its name as it fills it."""
         done: builtins.list[str] = []
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             pending: deque[tuple[str, Future[FileInfo]]] = deque()
@@ -383,6 +387,19 @@ class Gateway(abc.ABC):
                 future.result()
                 done.append(path)
         return done
+
+    def staging_directory(self, path: str) -> str | None:
+        """A new empty directory beside ``path`` (a temp name), for files written
+        ``unseen`` that :meth:`publish_directory` then puts at ``path`` all at once;
+        what a killed run staged for ``path`` is removed first. None where the store
+        cannot rename a directory, or ``path`` holds something: the files are then
+        written into ``path``, each whole. The caller holds the lock that covers
+        ``path``."""
+        return None
+
+    def publish_directory(self, staging: str, path: str) -> None:
+        """The :meth:`staging_directory` ``staging`` renamed to ``path``, durably."""
+        raise NotImplementedError(f"{self.scheme}: no staging directories")
 
     def free_space(self, path: str = "") -> int | None:
         """Bytes that may still be written below ``path``; None where unknown."""

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .base import FileInfo, Gateway, GatewayOptions, stat_etag, temp_name
+from .base import FileInfo, Gateway, GatewayOptions, is_temp, stat_etag, temp_name
 from .errors import NotFound, PermissionDenied, ProtocolError
 from .streams import CHUNK
 from .urls import parse
@@ -216,28 +216,34 @@ class LocalGateway(Gateway):
                 self._unnamed = False
         return None
 
-    def write_many(self, files: Iterable[tuple[str, bytes]], jobs: int = 8) -> list[str]:
+    def write_many(
+        self, files: Iterable[tuple[str, bytes]], jobs: int = 8, unseen: bool = False
+    ) -> list[str]:
         """One after another: creating a local file is work for the kernel, not a wait,
         and threads creating files side by side only contend (measured: 2,000 small
         files took from 1.1 to 6 times as long with 4 or 8 threads as with one). Each
         directory is opened once for all its files, each created unnamed in it, filled
         and linked: four calls a file, and no path looked up again (measured: half the
-        time of one :meth:`write_bytes` per file). Files are taken from ``files`` a
+        time of one :meth:`write_bytes` per file); ``unseen`` (a staging directory's
+        files), each created under its name and filled: three calls, and a cheaper
+        create (9 µs a file against 14 on tmpfs). Files are taken from ``files`` a
         run at a time before any is written: making a file (rendering a page) and
         writing it in turn, file by file, measured a third slower than in runs, the
         interpreter's work and the kernel's evicting each other from the CPU's caches."""
         done: list[str] = []
         directories: dict[str, int] = {}
+        write = _create_at if unseen else _write_unnamed_at
         try:
             for path, data in itertools.chain.from_iterable(_runs(files)):
                 rel = self._rel(path)
                 parent, _, name = f"{self._root}/{rel}".rpartition("/")
                 with self._errors(path):
                     directory = directories.get(parent)
-                    if directory is None and self._unnamed:
+                    if directory is None and (unseen or self._unnamed):
                         directory = directories[parent] = self._open_directory(parent)
-                    if directory is None or not _write_unnamed_at(directory, name, data):
-                        self._unnamed = False  # not on this file system
+                    if directory is None or not write(directory, name, data):
+                        if not unseen:  # else the name was taken: replaced whole
+                            self._unnamed = False  # not on this file system
                         self._write(path, (data,), durable=False)
                         done.append(path)
                         continue
@@ -247,6 +253,38 @@ class LocalGateway(Gateway):
             for directory in directories.values():
                 os.close(directory)
         return done
+
+    def staging_directory(self, path: str) -> str | None:
+        rel = self._rel(path)
+        parent, _, name = f"{self._root}/{rel}".rpartition("/")
+        with self._errors(path):
+            try:
+                if os.listdir(f"{parent}/{name}"):
+                    return None  # something (not of ours) is there: written in place
+            except FileNotFoundError:
+                pass
+            except NotADirectoryError:
+                return None  # a file in the way: named where it fails
+            os.makedirs(parent, exist_ok=True)
+            with os.scandir(parent) as entries:  # what a killed run staged for it
+                left = [
+                    e.path
+                    for e in entries
+                    if e.name.startswith(f".{name}.")
+                    and is_temp(e.name)
+                    and e.is_dir(follow_symlinks=False)
+                ]
+            for stale in left:
+                shutil.rmtree(stale)
+            staging = temp_name(rel)
+            os.mkdir(f"{self._root}/{staging}")
+        return staging
+
+    def publish_directory(self, staging: str, path: str) -> None:
+        target = f"{self._root}/{self._rel(path)}"
+        with self._errors(path):
+            os.rename(f"{self._root}/{self._rel(staging)}", target)  # over an empty one
+            _fsync_dir(os.path.dirname(target))
 
     @staticmethod
     def _open_directory(path: str) -> int:
@@ -392,6 +430,22 @@ def _write_unnamed_at(directory: int, name: str, data: bytes) -> bool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=directory)
             raise
+    return True
+
+
+def _create_at(directory: int, name: str, data: bytes) -> bool:
+    """``data`` as a new file ``name`` in the open ``directory``, which no reader sees
+    yet; False if that name is taken (the caller writes it the atomic way)."""
+    try:
+        fd = os.open(name, _CREATE | os.O_CLOEXEC, 0o644, dir_fd=directory)
+    except FileExistsError:
+        return False
+    try:
+        _write_all(fd, data)
+        if not _UMASK_KEEPS_644:
+            os.fchmod(fd, 0o644)  # servable whatever the umask
+    finally:
+        os.close(fd)
     return True
 
 

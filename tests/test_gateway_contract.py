@@ -252,6 +252,37 @@ def test_delete(writable: Area) -> None:
         gw.delete("moved/c.txt")  # deleting what is gone is fine
 
 
+def test_a_staging_directory_appears_whole_at_its_path(writable: Area) -> None:
+    """Files written unseen in a staging directory are named nowhere until it is
+    renamed to its path, all at once; what a killed run staged goes with the next
+    staging. A store that cannot rename a directory has none (its writer writes each
+    file whole at its path)."""
+    with writable.gateway() as gw:
+        staging = gw.staging_directory("sub/shards")
+        if staging is None:
+            assert not isinstance(gw, LocalGateway)
+            return
+        assert is_temp(staging.rpartition("/")[2]) and staging.startswith("sub/.shards.")
+        files = [(f"{staging}/{i}.zst", bytes([i]) * 10) for i in range(70)]
+        assert gw.write_many(iter(files), unseen=True) == [path for path, _ in files]
+        gw.flush()
+        assert gw.names("sub/shards") == []
+        gw.publish_directory(staging, "sub/shards")
+        assert gw.names("sub/shards") == sorted(f"{i}.zst" for i in range(70))
+        assert gw.read_bytes("sub/shards/3.zst") == bytes([3]) * 10
+        left = gw.staging_directory("sub/pages")  # a run killed before its rename
+        assert left is not None
+        gw.write_many([(f"{left}/a.html", b"half")], unseen=True)
+        again = gw.staging_directory("sub/pages")
+        assert again is not None and again != left
+        assert [f.path for f in gw.list("sub") if f.is_dir] == [again, "sub/shards"]
+        gw.publish_directory(again, "sub/pages")  # a new, empty directory
+        assert gw.names("sub/pages") == []
+        assert gw.staging_directory("sub/shards") is None  # not empty: written in place
+        gw.write_bytes("sub/file", b"")
+        assert gw.staging_directory("sub/file") is None
+
+
 def test_lock_excludes_a_second_holder(writable: Area) -> None:
     with writable.gateway() as first, writable.gateway() as second:
         with first.lock("linux-64/.ferry.lock") as held:
