@@ -147,11 +147,14 @@ def write_shard_part(
     reread: bool = False,
     known: Mapping[str, str] | None = None,
     flush: bool = True,
+    staging: str | None = None,
 ) -> ShardPart:
     """The shards of the names in ``document`` (all of a subdir's, or a part of them
     that another process writes beside the others) not in ``have``, written and
     durable (unless not ``flush``: then the caller's next flush makes them so, before
-    the index names them); :func:`join_shards` makes the parts one index."""
+    the index names them); :func:`join_shards` makes the parts one index. With a
+    ``staging`` directory (the shards directory's, while it is made: no shard is
+    there), they are written in it, and named as they will be once it is renamed."""
     trusted = {} if reread else _present(known or {}, have)
     digests, shard_files, keys = shards.build_part(document, trusted)
     new = {shards.shard_path(h): data for h, data in shard_files.items()}
@@ -159,11 +162,18 @@ def write_shard_part(
         have = have - {
             p for p in have & new.keys() if not _intact(gateway, f"{subdir}/{p}", new[p])
         }
-    paths = gateway.write_many(
-        (f"{subdir}/{path}", data)
-        for path, data in new.items()
-        if path not in have  # content-addressed: present means identical
-    )
+    if staging is not None:
+        gateway.write_many(
+            ((f"{staging}/{path.rpartition('/')[2]}", data) for path, data in new.items()),
+            unseen=True,
+        )
+        paths = [f"{subdir}/{path}" for path in new]
+    else:
+        paths = gateway.write_many(
+            (f"{subdir}/{path}", data)
+            for path, data in new.items()
+            if path not in have  # content-addressed: present means identical
+        )
     if paths and flush:
         gateway.flush()  # one flush for all shards, before the index names them
     return ShardPart(digests, paths, keys)

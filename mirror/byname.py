@@ -29,9 +29,11 @@ from conda_ferry.index.publish import (
     write_shard_part,
 )
 from conda_ferry.index.records import package_key
+from conda_ferry.index.shards import SHARDS_DIR
 from conda_ferry.index.subdir import SubdirView
 
 from .pages import (
+    PAGES_DIR,
     PagePart,
     join_pages,
     present_pages,
@@ -73,6 +75,10 @@ class Inputs(msgspec.Struct):
     pages_have: set[str] | None = None
     pages_previous: dict[str, str] = {}
     jobs: int = 8
+    # where a kind's directory holds none of its files yet, the directory every part
+    # writes them in, renamed to it once all are written (see staging_directory)
+    shards_staging: str | None = None
+    pages_staging: str | None = None
 
 
 def write_part(
@@ -92,14 +98,14 @@ def write_part(
         document: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
         for entry in entries:
             document[package_key(entry.filename)][entry.filename] = entry.record
-        have, keys = given.shards_have, given.shard_keys
-        return write_shard_part(gateway, subdir, document, have, given.reread, keys, False)
+        have, keys, staging = given.shards_have, given.shard_keys, given.shards_staging
+        return write_shard_part(gateway, subdir, document, have, given.reread, keys, False, staging)
 
     def pages() -> PagePart | None:
         if given.pages_have is None:
             return None
-        have, previous = given.pages_have, given.pages_previous
-        return write_page_part(gateway, subdir, entries, previous, have, given.jobs, False)
+        have, previous, staging = given.pages_have, given.pages_previous, given.pages_staging
+        return write_page_part(gateway, subdir, entries, previous, have, given.jobs, False, staging)
 
     if pages_first:
         written = pages()
@@ -130,9 +136,9 @@ def split(entries: list[ChannelEntry], count: int) -> list[ChannelEntries]:
 
 
 class ByName:
-    """The parts of one subdir's names, started ``aside`` when made (a worker each,
-    where there are ``spare`` workers): :attr:`sharded` gives their shards, once
-    the repodata is out, and :meth:`finish` their pages' listings."""
+    """The parts of one subdir's names, started ``aside`` (a worker each, where there
+    are ``spare`` workers) when made, or by :meth:`start`: :attr:`sharded` gives
+    their shards, once the repodata is out, and :meth:`finish` their pages' listings."""
 
     def __init__(
         self,
@@ -143,6 +149,7 @@ class ByName:
         options: IndexOptions,
         aside: Aside,
         spare: int,
+        start: bool = True,
     ) -> None:
         self._target, self._subdir = target, view.subdir
         self._info = built.document.get("info", {})
@@ -157,16 +164,41 @@ class ByName:
         parts = split(built.entries, max(1, spare))
         if given.shards_have is None and given.pages_have is None:
             parts = []
-        self._started: list[Callable[[], Part]] = [
-            aside(write_part, target, view.subdir, part, given, i % 2 == 1)
-            for i, part in enumerate(parts)
+        # a kind new here has its directory made whole, then named (see Inputs)
+        self._new = [
+            kind
+            for kind, have in ((SHARDS_DIR, given.shards_have), (PAGES_DIR, given.pages_have))
+            if have is not None
+            and built.entries
+            and not any(path.startswith(f"{kind}/") for path in have)
         ]
+        self._aside, self._unstarted = aside, parts
+        self._started: list[Callable[[], Part]] = []
         self._parts: list[Part | Exception] | None = None
         # what the caller has to do before it needs the parts: run by the first wait
         self.meanwhile: Callable[[], None] | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """The parts handed ``aside``, if they were not yet (a kind new here gets its
+        staging directory now, not while a transfer that may be stopped runs)."""
+        parts, self._unstarted = self._unstarted, []
+        if not parts:
+            return
+        given, new, self._new = self._given, self._new, []
+        if SHARDS_DIR in new:
+            given.shards_staging = self._target.staging_directory(f"{self._subdir}/{SHARDS_DIR}")
+        if PAGES_DIR in new:
+            given.pages_staging = self._target.staging_directory(f"{self._subdir}/{PAGES_DIR}")
+        self._started += [
+            self._aside(write_part, self._target, self._subdir, part, self._given, i % 2 == 1)
+            for i, part in enumerate(parts)
+        ]
 
     def _done(self) -> list[Part]:
         if self._parts is None:
+            self.start()
             meanwhile, self.meanwhile = self.meanwhile, None
             if meanwhile is not None:
                 meanwhile()
@@ -188,9 +220,13 @@ class ByName:
         return None if self._given.shards_have is None else self._shards
 
     def _shards(self) -> Sharded:
-        assert self._given.shards_have is not None
+        given = self._given
+        assert given.shards_have is not None
         parts = [p.shards for p in self._done() if p.shards is not None]
-        return join_shards(self._info, self._given.shards_have, parts)
+        if given.shards_staging is not None:  # every shard is in it, durable
+            self._target.publish_directory(given.shards_staging, f"{self._subdir}/{SHARDS_DIR}")
+            given.shards_staging = None
+        return join_shards(self._info, given.shards_have, parts)
 
     def finish(self, state: SubdirState) -> None:
         """The listings, which link the package pages, written as they describe what
@@ -202,5 +238,8 @@ class ByName:
             state.pages = {}
             return
         pages = join_pages(self._subdir, have, [p.pages for p in self._done() if p.pages])
+        if self._given.pages_staging is not None:  # every package page is in it, durable
+            self._target.publish_directory(self._given.pages_staging, f"{self._subdir}/{PAGES_DIR}")
+            self._given.pages_staging = None
         written = write_listings(self._target, self._subdir, pages, state.pages, self._trusted)
         state.pages = written.digests

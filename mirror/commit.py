@@ -104,6 +104,7 @@ class Committing:
         options: IndexOptions,
         aside: Aside = when_asked,
         spare: int = 1,
+        start: bool = True,
     ) -> None:
         self._target, self._view, self.commit = target, view, commit
         self._state, self._options = state, options
@@ -112,7 +113,11 @@ class Committing:
             # a remote target's writes overlap already (write_many), and a worker would
             # open one more connection to it
             aside, spare = when_asked, 1
-        self._byname = ByName(target, view, self._built, state, options, aside, spare)
+        self._byname = ByName(target, view, self._built, state, options, aside, spare, start)
+
+    def start(self) -> None:
+        """Its parts of names started, where they were not when it was made."""
+        self._byname.start()
 
     @property
     def entries(self) -> list[ChannelEntry]:

@@ -133,8 +133,10 @@ class Helpers:
         progress: Progress,
         arrived: Landed,
         failed: Failed,
+        meanwhile: Callable[[], None] | None = None,
     ) -> None:
-        """Copy ``work`` in the workers; each file goes to ``arrived`` or ``failed``."""
+        """Copy ``work`` in the workers; each file goes to ``arrived`` or ``failed``;
+        ``meanwhile`` runs once each has its first files."""
         if self._workers is None:
             self._workers = [_Worker.spawned() for _ in range(self.count)]
         workers = [w for w in self._workers if w.alive]
@@ -145,6 +147,8 @@ class Helpers:
                 worker.begin(route, max(1, (jobs + i) // len(workers)), len(workers))
             for worker in workers:
                 feed.top_up(worker)
+            if meanwhile is not None:
+                meanwhile()
             _hear(workers, feed, route.target, progress, arrived, failed)
         except BaseException:
             self.close(stop=True)
@@ -193,9 +197,10 @@ class Helpers:
 
         return result
 
-    def spare(self) -> int:
-        """Workers at hand for jobs aside: alive, and not in a transfer."""
-        return sum(1 for w in self._workers or () if w.alive and not w.busy)
+    def spare(self, after_transfer: bool = False) -> int:
+        """Workers at hand for jobs aside: alive, and not in a transfer (or, asked
+        ``after_transfer``, once the transfer ends)."""
+        return sum(1 for w in self._workers or () if w.alive and (after_transfer or not w.busy))
 
     def finish(self) -> None:
         """Let the workers end now (a process takes milliseconds to), while this one

@@ -247,14 +247,18 @@ def write_page_part(
     have: set[str],
     jobs: int = 8,
     flush: bool = True,
+    staging: str | None = None,
 ) -> PagePart:
     """The package pages of the names in ``entries`` (all of a subdir's, or a part
     of them that another process writes beside the others) that changed, written and
     durable (unless not ``flush``: then the caller's next flush makes them so, before
     a listing links them), and their rows of the listing. The bulk of a commit's
-    work."""
+    work. With a ``staging`` directory (the pages directory's, while it is made: no
+    page is there), they are written in it, and named as they will be once it is
+    renamed."""
     packages = group(entries)
     digests: dict[str, str] = {}
+    written: list[str] = []
 
     def changed() -> Iterator[tuple[str, bytes]]:
         for package in packages:
@@ -263,9 +267,11 @@ def write_page_part(
                 continue
             digests[path] = _inputs(package)
             if previous.get(path) != digests[path] or path not in have:
-                yield f"{subdir}/{path}", package_page(subdir, package)
+                written.append(f"{subdir}/{path}")
+                into = f"{subdir}/{path}" if staging is None else f"{staging}/{package.name}.html"
+                yield into, package_page(subdir, package)
 
-    written = gateway.write_many(changed(), jobs)
+    gateway.write_many(changed(), jobs, unseen=staging is not None)
     if written and flush:
         gateway.flush()  # the package pages are durable before a listing links them
     return PagePart(written, digests, Rows.of(packages))

@@ -16,9 +16,9 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -224,10 +224,20 @@ class _Staged(msgspec.Struct):
     done: dict[str, FileInfo] = {}  # copied: file name -> as written
     failed: dict[str, str] = {}
     bytes: int = 0
+    ahead: _Ahead | None = None  # its commit, made while its files transferred
 
     @property
     def subdir(self) -> str:
         return self.answer.subdir
+
+
+class _Ahead(NamedTuple):
+    """A subdir's commit made as if every file of its transfer landed (unstarted),
+    the view it was made of, and the workers it was split for."""
+
+    committing: Committing
+    view: SubdirView
+    spare: int
 
 
 class SyncRun:
@@ -509,7 +519,7 @@ class SyncRun:
                 if one is not None:
                     held.enter_context(one.lock)
                     staged.append(one)
-            self._transfer(source, target, staged)
+            self._transfer(source, target, staged, descriptions)
             begun: dict[int, Committing] = {}
 
             def begin(i: int) -> None:
@@ -718,7 +728,13 @@ class SyncRun:
             channeldata=False, jobs=job.jobs, outputs=job.outputs, reread=self.verify
         )
 
-    def _transfer(self, source: Gateway, target: Gateway, staged: list[_Staged]) -> None:
+    def _transfer(
+        self,
+        source: Gateway,
+        target: Gateway,
+        staged: list[_Staged],
+        descriptions: upstream.Descriptions | None = None,
+    ) -> None:
         """The staged subdirs' files: one transfer for all those beside their repodata
         (the workers go on from one subdir's files to the next instead of waiting for
         the last of each, and a few large files are shared out evenly: a cold sync of
@@ -726,7 +742,9 @@ class SyncRun:
         packages are elsewhere (``info.base_url``)."""
         together = [s for s in staged if s.fetch and s.package_url is None]
         if together:
-            copy = functools.partial(self._copy, Route(source, "", target, ""), together)
+            route = Route(source, "", target, "")
+            ahead = self._ahead(target, together, descriptions)
+            copy = functools.partial(self._copy, route, together, ahead)
             self._guarded(target, together, copy)
         for one in staged:
             if one.fetch and one.package_url is not None:
@@ -737,9 +755,43 @@ class SyncRun:
         with open_gateway(package_url, self.job.source_options) as packages:
             self._copy(Route(packages, "", target, f"{staged.subdir}/"), [staged])
 
-    def _copy(self, route: Route, group: list[_Staged]) -> None:
+    def _ahead(
+        self, target: Gateway, group: list[_Staged], descriptions: upstream.Descriptions | None
+    ) -> threading.Thread | None:
+        """A thread that makes each subdir's commit while its files transfer in the
+        workers, as if every one lands (as on most nights): the workers then go from
+        their last file straight to its parts of names, where they idled while this
+        process made the commit (about 20 ms of a cold sync of 2,000 packages, one
+        core idle). :meth:`_begin` takes it only where every file did land. Made on
+        a local target only, the one whose parts the workers write."""
+        helpers = self.helpers
+        if descriptions is None or helpers is None or target.scheme != "file":
+            return None
+        spare = helpers.spare(after_transfer=True)
+
+        def make() -> None:
+            for one in group:
+                view = msgspec.structs.replace(one.view, packages=dict(one.view.packages))
+                for filename in one.fetch:
+                    size = int(one.plan.desired[filename]["size"])
+                    view.landed(FileInfo(f"{one.subdir}/{filename}", size, 0.0, "", False))
+                try:
+                    committing = self._made(
+                        target, one, descriptions, view, one.fetch, spare, start=False
+                    )
+                except Exception:  # made again, and so told, once the files are in
+                    log.debug("%s: commit not made ahead", one.subdir, exc_info=True)
+                    continue
+                one.ahead = _Ahead(committing, view, spare)
+
+        return threading.Thread(target=make, name="ferry-commit-ahead")
+
+    def _copy(
+        self, route: Route, group: list[_Staged], ahead: threading.Thread | None = None
+    ) -> None:
         """``group``'s files through ``route``; each is named by its path on the target
-        below the route's ``target_dir`` (``linux-64/x.conda``, or ``x.conda``)."""
+        below the route's ``target_dir`` (``linux-64/x.conda``, or ``x.conda``);
+        ``ahead`` started once the workers have their first files."""
         subdirs = {one.subdir: one for one in group}
 
         def owner(name: str) -> tuple[_Staged, str]:
@@ -768,11 +820,15 @@ class SyncRun:
                 self.progress,
                 landed,
                 self.helpers,
+                None if ahead is None else ahead.start,
             )
         except BaseException:
             for one in group:
                 one.journal.save()  # interrupted: what landed is kept for the next run
             raise
+        finally:
+            if ahead is not None and ahead.ident is not None:
+                ahead.join()
         for name, info in result.done.items():
             one, filename = owner(name)
             one.done[filename] = info
@@ -793,30 +849,53 @@ class SyncRun:
         self, target: Gateway, staged: _Staged, descriptions: upstream.Descriptions
     ) -> Committing:
         """The subdir's commit started: its records chosen and indexed, its parts of
-        names in the workers (its state changes when it is published)."""
-        view, plan, subdir = staged.view, staged.plan, staged.subdir
+        names in the workers (its state changes when it is published); the one made
+        ahead where every file landed, as it was made to expect."""
+        ahead, staged.ahead = staged.ahead, None
+        spare = self.helpers.spare() if self.helpers else 1
+        as_made = ahead is not None and ahead.spare == spare and not staged.failed
+        if ahead is not None and as_made and staged.done.keys() == set(staged.fetch):
+            for info in staged.done.values():
+                ahead.view.landed(info)  # as written, over the sizes it was made with
+            staged.view = ahead.view
+            ahead.committing.start()
+            return ahead.committing
         # finished: the commit flushes and saves the state (a run killed before it
         # re-reads the files of its last seconds, not in the journal, next time)
         for info in staged.done.values():
-            view.landed(info)
+            staged.view.landed(info)
+        return self._made(target, staged, descriptions, staged.view, staged.done, spare)
+
+    def _made(
+        self,
+        target: Gateway,
+        staged: _Staged,
+        descriptions: upstream.Descriptions,
+        view: SubdirView,
+        landed: Collection[str],
+        spare: int,
+        start: bool = True,
+    ) -> Committing:
+        """The subdir's commit with ``landed`` of its files in ``view``, its parts of
+        names split for ``spare`` workers and ``start``-ed."""
+        plan = staged.plan
         unchanged = plan.desired.keys() - set(staged.fetch)
         known = choose_records(
             {**plan.desired, **plan.retained},
-            unchanged | staged.done.keys() | plan.retained.keys(),
+            unchanged | set(landed) | plan.retained.keys(),
             view.published,
             view.present,
         )
-        commit = Commit(
-            known, staged.managed, plan.remove, descriptions.extras(subdir, known), self.job.grace
-        )
+        extras = descriptions.extras(staged.subdir, known)
         return Committing(
             target,
             view,
-            commit,
+            Commit(known, staged.managed, plan.remove, extras, self.job.grace),
             staged.state,
             self._index_options(),
             self.helpers.aside if self.helpers else when_asked,
-            self.helpers.spare() if self.helpers else 1,
+            spare,
+            start,
         )
 
     def _commit(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -38,11 +38,13 @@ def transfer(
     progress: Progress,
     landed: Landed = lambda name, copied: None,
     helpers: Helpers | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> TransferResult:
     """Copy ``items`` (``what`` they are, for the progress shown); ``landed`` hears of
     each verified file as it arrives.
 
-    ``helpers`` copy a transfer worth their start. Interrupted (Ctrl-C, SIGTERM),
+    ``helpers`` copy a transfer worth their start; ``meanwhile`` runs once they have
+    their first files (not at all without them). Interrupted (Ctrl-C, SIGTERM),
     the copies in flight are abandoned at their next chunk, their temp files
     removed, and nothing more is started."""
     result = TransferResult()
@@ -65,7 +67,7 @@ def transfer(
     # others have nothing left to take
     work = sorted(items.items(), key=lambda item: (-int(item[1].get("size") or 0), item[0]))
     if helpers is not None and helpers.worth(len(items), total):
-        helpers.share(route, work, jobs, progress, arrived, failed)
+        helpers.share(route, work, jobs, progress, arrived, failed, meanwhile)
     else:
         copy_all(route, work, jobs, progress, arrived, failed)
     return result

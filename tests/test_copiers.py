@@ -22,7 +22,7 @@ import pytest
 from conda_ferry.gateways import is_temp, open_gateway
 from conda_ferry.gateways.base import FileInfo
 from conda_ferry.gateways.copy import SMALL, Copied
-from conda_ferry.mirror import copiers, copying
+from conda_ferry.mirror import copiers, copying, sync
 from conda_ferry.mirror.progress import Progress
 from conda_ferry.mirror.transfer import transfer
 from tests.faultproxy import FaultProxy
@@ -92,6 +92,41 @@ def test_workers_land_fail_and_log_as_one_process(
     healed = ferry("sync", str(job))
     assert healed.exit_code == 0, healed.output
     assert assert_consistent(mirror) == 8
+
+
+def test_a_commit_made_while_its_files_transfer_is_taken_only_where_all_landed(
+    upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each subdir's commit is made in a thread while the workers copy its files, as
+    if all land; where one failed, its subdir's is made again after the transfer,
+    and nothing published names the failed file (its page neither)."""
+    made: list[tuple[str, str]] = []
+    make = sync.SyncRun._made
+
+    def noted(self: sync.SyncRun, target: Any, staged: Any, *args: Any, **kw: Any) -> Any:
+        made.append((staged.subdir, threading.current_thread().name))
+        return make(self, target, staged, *args, **kw)
+
+    monkeypatch.setattr(sync.SyncRun, "_made", noted)
+    root, url = upstream
+    ahead = "ferry-commit-ahead"
+    job = job_yaml(tmp_path / "job.yaml", url, str(tmp_path / "mirror"), "processes: 2\n")
+    result = ferry("sync", str(job))
+    assert result.exit_code == 0, result.output
+    assert made == [("linux-64", ahead), ("noarch", ahead)]
+    assert assert_consistent(tmp_path / "mirror") == 8
+
+    made.clear()
+    victim = root / "linux-64/zlib-1.3.1-h0_0.conda"
+    victim.write_bytes(victim.read_bytes()[:-1] + b"!")  # same size, wrong bytes
+    mirror = tmp_path / "again"
+    job = job_yaml(tmp_path / "again.yaml", url, str(mirror), "processes: 2\n")
+    assert ferry("sync", str(job)).exit_code == 3
+    assert made == [("linux-64", ahead), ("noarch", ahead), ("linux-64", "MainThread")]
+    assert assert_consistent(mirror) == 7
+    pages = [p.read_text() for p in (mirror / "linux-64").rglob("*.html")]
+    assert pages and not [page for page in pages if "zlib-1.3.1-h0_0.conda" in page]
+    assert not [p for p in mirror.rglob(".*") if p.is_dir() and p.name != ".ferry"]
 
 
 def test_a_worker_that_dies_costs_time_not_files(

@@ -4,12 +4,14 @@ split when large, removed when switched off; and what a real browser shows."""
 from __future__ import annotations
 
 import html
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conda_ferry.index import repodata
 from conda_ferry.index.channel import ChannelEntry
 from conda_ferry.mirror import byname, pages
 from conda_ferry.mirror.pages import Package, package_page
@@ -73,6 +75,25 @@ def test_a_link_is_never_a_script() -> None:
     text = package_page("linux-64", package).decode()
     assert 'href="javascript' not in text
     assert "<script>alert" not in text
+
+
+def test_a_new_subdir_names_its_shards_and_pages_all_at_once(tmp_path: Path) -> None:
+    """A subdir with no shard or page yet has each kind written in a staging directory
+    that is renamed into place before the shard index or a listing names it; what a
+    killed run left staged goes, and no staging directory stays."""
+    upstream = hostile_upstream(tmp_path / "upstream")
+    mirror = tmp_path / "mirror"
+    left = mirror / "linux-64/.shards.0123456789ab.part"
+    left.mkdir(parents=True)
+    (left / "torn.msgpack.zst").write_bytes(b"half")
+    sync(job_yaml(tmp_path / "job.yaml", str(upstream), str(mirror)))
+    for subdir in ("linux-64", "noarch"):
+        assert not [p for p in (mirror / subdir).iterdir() if p.name.startswith(".")]
+        records = json.loads((mirror / subdir / "repodata.json").read_bytes())
+        names = {r["name"] for r in repodata.records(records).values()}
+        pages_made = {p.name for p in (mirror / subdir / "pages").iterdir()}
+        assert pages_made == {f"{name}.html" for name in names}
+        assert len(list((mirror / subdir / "shards").iterdir())) == len(names)
 
 
 def test_unchanged_channel_is_left_byte_identical(mirrored: tuple[Path, Path, Path]) -> None:
@@ -251,6 +272,7 @@ def test_a_part_that_failed_fails_the_commit_once_every_part_is_heard() -> None:
 
     parts = object.__new__(byname.ByName)
     parts._started = [part("first", fails=True), part("second")]
+    parts._unstarted = []
     parts._parts = None
     parts.meanwhile = lambda: heard.append("the next subdir started")
     for _ in range(2):
