@@ -238,7 +238,19 @@ class _Paramiko:
         return sftp
 
     def close(self) -> None:
-        self._client.close()
+        _close(self._client, self._timeout)
+
+
+def _close(client: paramiko.SSHClient, timeout: float) -> None:
+    """Close ``client`` and let its transport's thread end (paramiko's close does not
+    wait for it): a run with a thread about would start its workers afresh instead
+    of forking them."""
+    transport = client.get_transport()
+    client.close()
+    if transport is None or transport.ident is None:  # none, or never started
+        return
+    if transport is not threading.current_thread():
+        transport.join(timeout)
 
 
 class SFTPGateway(Gateway):
@@ -309,6 +321,17 @@ class SFTPGateway(Gateway):
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
+            self._handshake(client, where)
+        except BaseException:
+            _close(client, self.options.timeout)  # a failed handshake's, too
+            raise
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(30)
+        return client
+
+    def _handshake(self, client: paramiko.SSHClient, where: str) -> None:
+        try:
             client.connect(
                 self.host,
                 self.port,
@@ -338,10 +361,6 @@ class SFTPGateway(Gateway):
                 f"cannot connect: {network_problem(exc)}",
                 "check the host name, port and network",
             ) from None
-        transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(30)
-        return client
 
     def _sftp(self, retry: bool = True) -> paramiko.SFTPClient:
         """This thread's channel, reconnecting the shared transport if it died
