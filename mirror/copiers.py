@@ -68,7 +68,7 @@ WORTH_FILES = 200  # fewer files and bytes than these are copied in this process
 WORTH_BYTES = 32 << 20
 QUEUED_FILES = 64  # a worker's queue of small files: enough that it never waits
 QUEUED_BYTES = 64 << 20  # ... of large files: a few, so the last ones are shared
-LANDED_BATCH = 16  # files a worker reports at once (a message per file costs here)
+LANDED_BATCH = 32  # files a worker reports at once (a message per file costs here)
 ADVANCE_EVERY = 1 << 20  # bytes a worker counts before it tells the progress bar
 STOP_WAIT = 30.0  # seconds a stopped worker has to remove its temp files
 # a worker's pipes: a commit's part of the records (350 kB for 1,600) goes into the
@@ -259,6 +259,8 @@ def _pass_on(
 ) -> None:
     kind = message[0]
     if kind == "landed":
+        if message[2]:
+            progress.advance(message[2])
         landed = [(n, Copied(FileInfo(*info), size, sha)) for n, info, size, sha in message[1]]
         target.note_written([copied.info.path for _, copied in landed])  # with ours
         for name, copied in landed:
@@ -550,12 +552,13 @@ class _ToParent(Progress):
             self._flush()
 
     def _flush(self) -> None:
-        if self._counted:
+        """One message: the files landed, with the bytes counted since the last."""
+        if self._landed:
+            send(self._stream, "landed", self._landed, self._counted)
+            self._landed, self._counted = [], 0
+        elif self._counted:
             send(self._stream, "advance", self._counted)
             self._counted = 0
-        if self._landed:
-            send(self._stream, "landed", self._landed)
-            self._landed = []
 
 
 class _LogToParent(logging.Handler):
