@@ -187,15 +187,17 @@ def main() -> None:
                     subprocess.run([*ferry, str(job)], check=True, env=env)
 
                 urls = package_urls(nginx.root / kind, url)
+                # ferry's cold sync between the two curl runs it is set against, so
+                # that a round's ratios compare runs seconds apart
                 times = interleaved(
                     args.rounds,
+                    lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}"),
                     cold,
+                    lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}", True),
                     lambda cold=cold: cold(extra="processes: 1\n"),
                     lambda cold=cold: cold(extra=BARE),
-                    lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}"),
-                    lambda urls=urls: curl_parallel(urls, out / f"curl-{next(fresh)}", True),
                 )
-                ferry_s, one_s, bare_s, curl_s, durable_s = map(min, times)
+                curl_s, ferry_s, durable_s, one_s, bare_s = map(min, times)
                 label = f"{count} pkgs{of}, {sizes[kind] / 1e6:.0f} MB"
                 rows.append((f"ferry cold sync, {label}", f"{ferry_s:.2f}", "", ""))
                 rows.append(
@@ -218,7 +220,7 @@ def main() -> None:
                     (
                         f"  curl x{JOBS}, same files",
                         f"{curl_s:.2f}",
-                        against(times[0], times[3]),
+                        against(times[1], times[0]),
                         aim,
                     )
                 )
@@ -226,7 +228,7 @@ def main() -> None:
                     (
                         f"  curl x{JOBS}, then sync -f (durable, as ferry's)",
                         f"{durable_s:.2f}",
-                        against(times[0], times[4]),
+                        against(times[1], times[2]),
                         "",
                     )
                 )
