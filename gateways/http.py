@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import functools
 import importlib.util
 import os
@@ -26,6 +25,7 @@ from .errors import (
     UsageError,
     network_problem,
 )
+from .httpdate import http_date
 from .inflate import Inflating
 from .streams import CHUNK, GuardedStream
 from .urls import join, parse, redact
@@ -61,11 +61,8 @@ def _retry_after(value: str | None) -> float | None:
         return None
     if value.strip().isascii() and value.strip().isdigit():
         return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    when = http_date(value)
+    return None if when is None else max(0.0, when - time.time())
 
 
 def _count(value: str | None) -> int:
@@ -245,10 +242,7 @@ class HTTPGateway(Gateway):
             size = _count(headers["content-range"].rpartition("/")[2])
         if headers.get("content-encoding") and not path.endswith(COMPRESSED_SUFFIXES):
             size = -1  # the encoded length says nothing about the file's
-        mtime = None
-        if lm := headers.get("last-modified"):
-            with contextlib.suppress(TypeError, ValueError):
-                mtime = email.utils.parsedate_to_datetime(lm).timestamp()
+        mtime = http_date(headers.get("last-modified"))
         return FileInfo(self._rel(path), size, mtime, headers.get("etag"))
 
     def info(self, path: str) -> FileInfo:

@@ -7,7 +7,6 @@ import errno
 import functools
 import itertools
 import os
-import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -274,8 +273,11 @@ class LocalGateway(Gateway):
                     and is_temp(e.name)
                     and e.is_dir(follow_symlinks=False)
                 ]
-            for stale in left:
-                shutil.rmtree(stale)
+            if left:
+                import shutil  # with the compressors it loads: not on every start-up
+
+                for stale in left:
+                    shutil.rmtree(stale)
             staging = temp_name(rel)
             os.mkdir(f"{self._root}/{staging}")
         return staging
@@ -298,7 +300,7 @@ class LocalGateway(Gateway):
         where = self._abs(path)
         while not where.exists() and where != where.parent:
             where = where.parent  # a target not created yet: its nearest ancestor
-        return shutil.disk_usage(where).free
+        return _free_bytes(str(where))
 
     def flush(self) -> None:
         """Exactly this run's files where they are few (a sync would also wait for
@@ -356,6 +358,16 @@ class LocalGateway(Gateway):
                 os.close(fd)
             _fsync_dir(parent)
         return True
+
+
+def _free_bytes(path: str) -> int:
+    """shutil.disk_usage's free bytes, without the compressors shutil imports."""
+    if not hasattr(os, "statvfs"):  # Windows
+        import shutil
+
+        return shutil.disk_usage(path).free
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def _open_dir(path: str) -> int:

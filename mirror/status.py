@@ -8,12 +8,13 @@ import time
 from typing import Any
 
 from conda_ferry.gateways import Gateway, LockInfo, NotFound
+from conda_ferry.gateways.httpdate import http_date
 from conda_ferry.index.channel import discover_subdirs
 from conda_ferry.index.subdir import SubdirView
 
 from .snapstore import Snapshot, all_snapshots
 from .state import SubdirState
-from .units import human_age, parse_http_date, parse_utc
+from .units import human_age, parse_utc
 
 
 def _lock(gateway: Gateway, subdir: str) -> str | None:
@@ -48,7 +49,7 @@ def subdir_status(
             if age is None
             else f"the last run is {human_age(age)} old, more than --max-age {human_age(max_age)}"
         )
-    upstream = parse_http_date(state.last_modified)
+    upstream = http_date(state.last_modified)
     published = _modified(gateway, f"{subdir}/repodata.json")
     return {
         "subdir": subdir,

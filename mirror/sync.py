@@ -33,6 +33,7 @@ from conda_ferry.gateways import (
     matches,
     open_gateway,
 )
+from conda_ferry.gateways.httpdate import http_date
 from conda_ferry.index.channel import (
     ChannelEntry,
     IndexOptions,
@@ -56,7 +57,7 @@ from .plan import Plan, Record, make_plan
 from .progress import Progress
 from .state import STATE_DIR, SubdirState, subdir_lock, sweep_temps
 from .transfer import transfer, usable_cores
-from .units import human_size, parse_http_date, utc
+from .units import human_size, utc
 
 log = logging.getLogger("ferry.sync")
 # There while the channel's own files (channeldata.json, noarch's placeholder, the
@@ -301,7 +302,7 @@ class SyncRun:
             fetched = self._fetch(source, states, explain is not None or self.verify or owed, cache)
             if fetched is None:
                 self.report.subdirs = [  # up to date
-                    SubdirReport(s, upstream_modified=parse_http_date(states[s].last_modified))
+                    SubdirReport(s, upstream_modified=http_date(states[s].last_modified))
                     for s in job.subdirs
                 ]
                 log.info("up to date: nothing changed upstream or in %s", job.path)
@@ -908,7 +909,7 @@ class SyncRun:
         subdir, answer, adopted = staged.subdir, staged.answer, staged.adopted
         state.etag, state.last_modified = answer.etag, answer.last_modified
         report.published = len(committing.commit.known)
-        report.upstream_modified = parse_http_date(answer.last_modified)
+        report.upstream_modified = http_date(answer.last_modified)
         state.variant = answer.variant
         state.fingerprint = self.job.fingerprint(subdir)
         kept = {f: REPLACED for f in plan.replaced if f not in fetch}

@@ -23,16 +23,6 @@ def parse_utc(text: Any) -> float | None:
         return None
 
 
-def parse_http_date(text: str | None) -> float | None:
-    """An HTTP date (Last-Modified), or None when absent or malformed."""
-    try:
-        import email.utils  # a dozen ms at start-up that most commands never need
-
-        return email.utils.parsedate_to_datetime(text).timestamp() if text else None
-    except (TypeError, ValueError):
-        return None
-
-
 def human_size(size: int) -> str:
     """Bytes in binary units, one decimal past KiB: ``512 B``, ``3.1 KiB``, ``57.7 MiB``."""
     if size < 0:

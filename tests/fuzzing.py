@@ -48,6 +48,7 @@ from conda_ferry.gateways import (
     open_gateway,
 )
 from conda_ferry.gateways.curl import parse_head
+from conda_ferry.gateways.httpdate import http_date
 from conda_ferry.gateways.inflate import Inflating
 from conda_ferry.gateways.sftpreads import read_size
 from conda_ferry.index import channeldata, compact, repodata, shards
@@ -519,7 +520,7 @@ def _bodies() -> list[bytes]:
 def fuzz_bodies(seconds: float, seed: int) -> int:
     """Lying HTTP answers: damaged gzip bodies through the inflater (ProtocolError or
     EOFError only, never more output than the expansion cap), and damaged header lines
-    through the transport's parser."""
+    through the transport's parser, and damaged dates through the date reader."""
     rng = random.Random(seed)
     seeds = _bodies()
     lines = [b"HTTP/1.1 200 OK\r\n", b'ETag: "x"\r\n', b"Content-Length: 12\r\n", b"\r\n"]
@@ -539,6 +540,8 @@ def fuzz_bodies(seconds: float, seed: int) -> int:
         assert isinstance(status, int) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         )
+        date = _mutate(rng, b"Sun, 06 Nov 1994 08:49:37 GMT").decode("latin-1")
+        assert isinstance(http_date(date), float | None)
     return count
 
 

@@ -724,6 +724,18 @@ def test_local_writes_unnamed_files_or_temps(tmp_path: Path, unnamed: bool) -> N
         assert (tmp_path / "d/f.conda").read_bytes() == b"two, longer"
 
 
+def test_local_free_space_is_what_the_standard_library_says(tmp_path: Path) -> None:
+    import shutil
+
+    from conda_ferry.gateways import localfs
+
+    with open_gateway(str(tmp_path)) as gateway:
+        free = gateway.free_space("not/made/yet")  # its nearest ancestor's
+    assert free is not None
+    assert abs(free - shutil.disk_usage(tmp_path).free) < 64 << 20  # others write too
+    assert localfs._free_bytes(str(tmp_path)) > 0
+
+
 @pytest.mark.parametrize("unnamed", [True, False])
 def test_local_write_many_replaces_files_whole(
     tmp_path: Path, unnamed: bool, monkeypatch: pytest.MonkeyPatch

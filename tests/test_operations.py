@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -152,13 +151,9 @@ def test_metrics_name_any_job_file_once_in_utf_8(
 def test_too_little_free_space_is_one_line_and_nothing_written(
     upstream: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = shutil.disk_usage
+    from conda_ferry.gateways import localfs
 
-    def nearly_full(path: Any) -> Any:
-        usage = real(path)
-        return type(usage)(usage.total, usage.total - 1000, 1000)  # the OS's answer, shrunk
-
-    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    monkeypatch.setattr(localfs, "_free_bytes", lambda path: 1000)  # the OS's answer, shrunk
     mirror = tmp_path / "mirror"
     result = ferry("sync", str(job_yaml(tmp_path / "job.yaml", upstream[1], str(mirror))))
     assert result.exit_code == 1
