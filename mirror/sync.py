@@ -47,7 +47,14 @@ from conda_ferry.index.subdir import SubdirView
 
 from . import errors, sharded, snapshots, upstream
 from .channelpage import remember_channel, write_channel_page
-from .commit import Commit, Committing, choose_records, collect_garbage, when_asked
+from .commit import (
+    ASIDE_AT_MOST,
+    Commit,
+    Committing,
+    choose_records,
+    collect_garbage,
+    when_asked,
+)
 from .config import Job
 from .copiers import Helpers
 from .copying import Route, expected
@@ -772,6 +779,8 @@ class SyncRun:
 
         def make() -> None:
             for one in group:
+                if len(one.plan.desired) + len(one.plan.retained) > ASIDE_AT_MOST:
+                    continue  # its parts are written here, not in the workers
                 view = msgspec.structs.replace(one.view, packages=dict(one.view.packages))
                 for filename in one.fetch:
                     size = int(one.plan.desired[filename]["size"])
@@ -861,6 +870,7 @@ class SyncRun:
             staged.view = ahead.view
             ahead.committing.start()
             return ahead.committing
+        del ahead  # its memory is not held while the commit is made again
         # finished: the commit flushes and saves the state (a run killed before it
         # re-reads the files of its last seconds, not in the journal, next time)
         for info in staged.done.values():
