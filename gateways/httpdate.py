@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import re
 
-_FIXDATE = re.compile(r"[A-Z][a-z]{2}, (\d\d) ([A-Z][a-z]{2}) (\d{4}) (\d\d):(\d\d):(\d\d) GMT")
+_FIXDATE = re.compile(
+    r"[A-Z][a-z]{2}, (\d\d) ([A-Z][a-z]{2}) (\d{4}) (\d\d):(\d\d):(\d\d) GMT", re.ASCII
+)
 _MONTHS = {
     name: number
     for number, name in enumerate(
@@ -26,10 +28,11 @@ def http_date(text: str | None) -> float | None:
         return None
     match = _FIXDATE.fullmatch(text.strip())
     if match is not None and match[2] in _MONTHS:
-        day, _, year, hour, minute, second = (int(g) if g.isdigit() else 0 for g in match.groups())
+        day, month, year, hour, minute, second = match.groups()
+        utc = datetime.timezone.utc
         try:
             when = datetime.datetime(
-                year, _MONTHS[match[2]], day, hour, minute, second, tzinfo=datetime.timezone.utc
+                int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second), 0, utc
             )
             return when.timestamp()
         except ValueError:

@@ -24,6 +24,7 @@ from conda_ferry.gateways.httpdate import http_date
         "Tue, 30 Feb 2026 00:00:00 GMT",  # no such day
         "Tue, 01 Foo 2026 00:00:00 GMT",
         "Tue, 01 Dec 2026 25:00:00 GMT",
+        "Tue, \u0661\u0662 Dec 2026 00:00:00 GMT",  # digits, but not ASCII ones
         "yesterday",
         "",
     ],
