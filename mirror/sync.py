@@ -794,7 +794,7 @@ class SyncRun:
                     continue
                 one.ahead = _Ahead(committing, view, spare)
 
-        return threading.Thread(target=make, name="ferry-commit-ahead")
+        return threading.Thread(target=make, name="ferry-commit-ahead", daemon=True)
 
     def _copy(
         self, route: Route, group: list[_Staged], ahead: threading.Thread | None = None
@@ -817,6 +817,7 @@ class SyncRun:
             one.journal.landed(filename, copied)  # journaled the moment it is true
 
         below = len(route.target_dir)
+        stopped = False
         try:
             result = transfer(
                 route,
@@ -832,12 +833,15 @@ class SyncRun:
                 self.helpers,
                 None if ahead is None else ahead.start,
             )
-        except BaseException:
+        except BaseException as exc:
             for one in group:
                 one.journal.save()  # interrupted: what landed is kept for the next run
+            stopped = not isinstance(exc, Exception)  # Ctrl-C, SIGTERM
             raise
         finally:
-            if ahead is not None and ahead.ident is not None:
+            # a stop does not wait for the commit made ahead (it may be waiting for
+            # upstream's channeldata.json); the thread, a daemon, ends with the process
+            if ahead is not None and ahead.ident is not None and not stopped:
                 ahead.join()
         for name, info in result.done.items():
             one, filename = owner(name)
