@@ -197,10 +197,13 @@ class Helpers:
 
         return result
 
-    def spare(self, after_transfer: bool = False) -> int:
-        """Workers at hand for jobs aside: alive, and not in a transfer (or, asked
-        ``after_transfer``, once the transfer ends)."""
-        return sum(1 for w in self._workers or () if w.alive and (after_transfer or not w.busy))
+    def spare(self) -> int:
+        """Workers at hand for jobs aside: alive, and not in a transfer."""
+        return sum(1 for w in self._workers or () if w.alive and not w.busy)
+
+    def alive(self) -> int:
+        """Workers alive: those at hand for jobs aside once a transfer ends."""
+        return sum(1 for w in self._workers or () if w.alive)
 
     def finish(self) -> None:
         """Let the workers end now (a process takes milliseconds to), while this one

@@ -775,7 +775,7 @@ class SyncRun:
         helpers = self.helpers
         if descriptions is None or helpers is None or target.scheme != "file":
             return None
-        spare = helpers.spare(after_transfer=True)
+        spare = helpers.alive()  # spare once the transfer ends
 
         def make() -> None:
             for one in group:
